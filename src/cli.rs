@@ -1,0 +1,172 @@
+//! Command-line surface: clap derive only. Nothing here decides anything; `config.rs` turns
+//! these raw values into typed options before any logic sees them.
+//!
+//! Every environment variable of SPEC §3 is also a flag. Flags that carry secrets use
+//! `hide_env_values` so `--help` never prints them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const ENV_HEADING: &str = "Delivery and site settings (each also read from its environment variable)";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "journeyctl",
+    version,
+    about = "Sends the post-booking journey of Cal.com therapy sessions: confirmations, reminders \
+             and followups, each exactly once, recorded in PostgreSQL.",
+    long_about = None,
+    after_help = "Exit status: 0 all good (also: nothing due, or another run held the stage's lock); \
+                  1 a delivery failed or an error was counted; 2 usage or configuration error, or \
+                  the database could not be reached.\n\
+                  Typical cron line: */5 * * * * journeyctl followups"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/db?sslmode=require
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+
+    /// Pretend the current time is this instant (RFC 3339, e.g. 2026-03-10T14:00:00Z).
+    /// Every rule of the run is judged against it.
+    #[arg(long, global = true, value_name = "RFC3339")]
+    pub now: Option<String>,
+
+    /// Print one JSON report on stdout (logs stay on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output (-v info per booking, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = ENV_HEADING)]
+pub struct SettingsArgs {
+    /// SMTP relay: smtps://user:pass@host:465, smtp://user:pass@host:587?tls=required, or
+    /// smtp://host:port (no TLS, local only)
+    #[arg(long, env = "SMTP_URL", hide_env_values = true, global = true)]
+    pub smtp_url: Option<String>,
+
+    /// Instead of SMTP, write each email as an .eml file into this directory
+    #[arg(long, env = "EMAIL_OUTBOX_DIR", global = true, value_name = "DIR")]
+    pub email_outbox_dir: Option<PathBuf>,
+
+    /// Sender mailbox, e.g. "Praxisteam <termine@example.de>"
+    #[arg(long, env = "EMAIL_FROM", global = true)]
+    pub email_from: Option<String>,
+
+    /// Optional Reply-To mailbox
+    #[arg(long, env = "EMAIL_REPLY_TO", global = true)]
+    pub email_reply_to: Option<String>,
+
+    /// Twilio account SID (SMS)
+    #[arg(long, env = "TWILIO_ACCOUNT_SID", global = true)]
+    pub twilio_account_sid: Option<String>,
+
+    /// Twilio auth token (SMS)
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true, global = true)]
+    pub twilio_auth_token: Option<String>,
+
+    /// Sender number for SMS (E.164)
+    #[arg(long, env = "TWILIO_FROM", global = true)]
+    pub twilio_from: Option<String>,
+
+    /// Twilio messaging service, used instead of --twilio-from
+    #[arg(long, env = "TWILIO_MESSAGING_SERVICE_SID", global = true)]
+    pub twilio_messaging_service_sid: Option<String>,
+
+    /// Base URL of Twilio's API [default: https://api.twilio.com]
+    #[arg(long, env = "TWILIO_API_BASE", global = true)]
+    pub twilio_api_base: Option<String>,
+
+    /// Instead of Twilio, append each SMS as a JSON line to sms.jsonl in this directory
+    #[arg(long, env = "SMS_OUTBOX_DIR", global = true, value_name = "DIR")]
+    pub sms_outbox_dir: Option<PathBuf>,
+
+    /// HMAC key of the Cal.com webhook
+    #[arg(long, env = "CAL_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    pub cal_webhook_secret: Option<String>,
+
+    /// Cal.com origin for booking links [default: https://cal.com]
+    #[arg(long, env = "CAL_ORIGIN", global = true)]
+    pub cal_origin: Option<String>,
+
+    /// The marketplace's site, for match links
+    #[arg(long, env = "PUBLIC_BASE_URL", global = true)]
+    pub public_base_url: Option<String>,
+
+    /// Where webhook confirmations of test bookings go (unset: not sent)
+    #[arg(long, env = "QA_NOTIFY_EMAIL", global = true)]
+    pub qa_notify_email: Option<String>,
+
+    /// Time zone of all rendered dates [default: Europe/Berlin]
+    #[arg(long = "timezone", env = "JOURNEY_TIMEZONE", global = true, value_name = "TZ")]
+    pub timezone: Option<String>,
+
+    /// Directory whose files override the built-in templates, file by file
+    #[arg(long, env = "JOURNEY_TEMPLATES_DIR", global = true, value_name = "DIR")]
+    pub templates_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply the sql/ migrations (creates what is missing, never drops data; safe to repeat)
+    Migrate,
+
+    /// Send confirmations and therapist notices the webhook did not get out
+    ConfirmationRecovery(StageArgs),
+    /// Remind patients 24 hours before the session (email + SMS)
+    #[command(name = "reminder-24h")]
+    Reminder24h(StageArgs),
+    /// Remind patients 1 hour before the session (email + SMS)
+    #[command(name = "reminder-1h")]
+    Reminder1h(StageArgs),
+}
+
+/// Options shared by every stage command.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StageArgs {
+    /// Select and render as a real run, print what would be sent; send and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Process at most N due bookings (the rest wait for the next run)
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+
+    /// Near edge of the selection window, as a duration from now (e.g. 50m, 23h, 3d).
+    /// Reminders look ahead, followups and recoveries look back.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub window_start: Option<String>,
+
+    /// Far edge of the selection window (see --window-start)
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub window_end: Option<String>,
+
+    /// Do not take the stage's advisory lock (for tests proving the ledger alone prevents
+    /// double sends)
+    #[arg(long, hide = true)]
+    pub no_lock: bool,
+
+    /// Sends in flight at once
+    #[arg(long, default_value_t = 8, value_name = "N", hide = true)]
+    pub concurrency: usize,
+}

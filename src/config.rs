@@ -1,0 +1,380 @@
+//! The one place that reads configuration. clap has already merged flags and environment
+//! variables (SPEC §3); this module validates them into typed settings, wraps secrets, and
+//! names the variable in every error. Nothing below this module calls `std::env::var`.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use crate::cli::{GlobalArgs, SettingsArgs};
+use crate::clock::Clock;
+use crate::domain::{EmailAddress, PhoneNumber};
+use crate::secret::{redact_url, Secret};
+
+/// A configuration or usage problem: the run stops with exit status 2 and this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    pub fn new(msg: impl Into<String>) -> ConfigError {
+        ConfigError(msg.into())
+    }
+}
+
+/// Where email goes.
+#[derive(Clone, Debug)]
+pub enum EmailTransport {
+    /// `SMTP_URL`; the URL may carry a password, so it is kept as a secret.
+    Smtp { url: Secret },
+    /// `EMAIL_OUTBOX_DIR`: one `.eml` file per message.
+    Outbox { dir: PathBuf },
+}
+
+#[derive(Clone, Debug)]
+pub struct EmailSettings {
+    pub transport: Option<EmailTransport>,
+    /// Sender mailbox as given (`Name <addr>` or `addr`), validated at start-up.
+    pub from: String,
+    pub reply_to: Option<String>,
+}
+
+impl EmailSettings {
+    /// The transport, or the exit-2 error a real run that must send email gets without one.
+    pub fn require_transport(&self) -> Result<&EmailTransport, ConfigError> {
+        self.transport.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "no email transport configured: set SMTP_URL (or --smtp-url) to send through a \
+                 relay, or EMAIL_OUTBOX_DIR (or --email-outbox-dir) to write .eml files",
+            )
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum TwilioSender {
+    From(PhoneNumber),
+    MessagingService(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct TwilioSettings {
+    pub account_sid: String,
+    pub auth_token: Secret,
+    pub sender: TwilioSender,
+    /// Without trailing slash, e.g. `https://api.twilio.com`.
+    pub api_base: String,
+}
+
+/// Where SMS goes. `None` in [`Settings::sms`] means SMS is off.
+#[derive(Clone, Debug)]
+pub enum SmsTransport {
+    Twilio(TwilioSettings),
+    Outbox { dir: PathBuf },
+}
+
+/// Everything a run needs besides the database.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub email: EmailSettings,
+    pub sms: Option<SmsTransport>,
+    pub cal_webhook_secret: Option<Secret>,
+    /// Without trailing slash.
+    pub cal_origin: String,
+    /// Without trailing slash.
+    pub public_base_url: Option<String>,
+    pub qa_notify_email: Option<EmailAddress>,
+    pub timezone: Tz,
+    pub templates_dir: Option<PathBuf>,
+}
+
+pub const DEFAULT_EMAIL_FROM: &str = "journeyctl <journeyctl@localhost>";
+
+impl Settings {
+    pub fn from_args(a: &SettingsArgs) -> Result<Settings, ConfigError> {
+        let transport = match (nonempty(&a.smtp_url), &a.email_outbox_dir) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "both SMTP_URL and EMAIL_OUTBOX_DIR are set: choose one email transport",
+                ))
+            }
+            (Some(url), None) => {
+                check_smtp_url(url)?;
+                Some(EmailTransport::Smtp {
+                    url: Secret::new(url),
+                })
+            }
+            (None, Some(dir)) => Some(EmailTransport::Outbox { dir: dir.clone() }),
+            (None, None) => None,
+        };
+        let from = match nonempty(&a.email_from) {
+            Some(f) => {
+                check_mailbox("EMAIL_FROM", f)?;
+                f.to_string()
+            }
+            None if matches!(transport, Some(EmailTransport::Smtp { .. })) => {
+                return Err(ConfigError::new(
+                    "EMAIL_FROM is not set: a relay needs a real sender mailbox, e.g. \
+                     EMAIL_FROM='Praxisteam <termine@example.de>'",
+                ))
+            }
+            None => DEFAULT_EMAIL_FROM.to_string(),
+        };
+        let reply_to = match nonempty(&a.email_reply_to) {
+            Some(r) => {
+                check_mailbox("EMAIL_REPLY_TO", r)?;
+                Some(r.to_string())
+            }
+            None => None,
+        };
+
+        let sms = sms_transport(a)?;
+
+        let cal_origin = match nonempty(&a.cal_origin) {
+            Some(o) => check_base_url("CAL_ORIGIN", o)?,
+            None => "https://cal.com".to_string(),
+        };
+        let public_base_url = match nonempty(&a.public_base_url) {
+            Some(o) => Some(check_base_url("PUBLIC_BASE_URL", o)?),
+            None => None,
+        };
+        let qa_notify_email = match nonempty(&a.qa_notify_email) {
+            Some(e) => Some(EmailAddress::parse(e).map_err(|why| {
+                ConfigError::new(format!("QA_NOTIFY_EMAIL is not usable: {why}"))
+            })?),
+            None => None,
+        };
+        let timezone = match nonempty(&a.timezone) {
+            Some(tz) => tz.parse::<Tz>().map_err(|_| {
+                ConfigError::new(format!(
+                    "JOURNEY_TIMEZONE={tz:?} is not an IANA time zone name (e.g. Europe/Berlin)"
+                ))
+            })?,
+            None => chrono_tz::Europe::Berlin,
+        };
+        if let Some(dir) = &a.templates_dir {
+            if !dir.is_dir() {
+                return Err(ConfigError::new(format!(
+                    "JOURNEY_TEMPLATES_DIR={} is not a directory",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(Settings {
+            email: EmailSettings {
+                transport,
+                from,
+                reply_to,
+            },
+            sms,
+            cal_webhook_secret: nonempty(&a.cal_webhook_secret).map(Secret::new),
+            cal_origin,
+            public_base_url,
+            qa_notify_email,
+            timezone,
+            templates_dir: a.templates_dir.clone(),
+        })
+    }
+}
+
+fn sms_transport(a: &SettingsArgs) -> Result<Option<SmsTransport>, ConfigError> {
+    let sid = nonempty(&a.twilio_account_sid);
+    let token = nonempty(&a.twilio_auth_token);
+    let from = nonempty(&a.twilio_from);
+    let service = nonempty(&a.twilio_messaging_service_sid);
+    let any_twilio = sid.is_some() || token.is_some() || from.is_some() || service.is_some();
+    if any_twilio && a.sms_outbox_dir.is_some() {
+        return Err(ConfigError::new(
+            "both Twilio settings and SMS_OUTBOX_DIR are set: choose one SMS transport",
+        ));
+    }
+    if let Some(dir) = &a.sms_outbox_dir {
+        return Ok(Some(SmsTransport::Outbox { dir: dir.clone() }));
+    }
+    if !any_twilio {
+        return Ok(None);
+    }
+    let sid = sid.ok_or_else(|| {
+        ConfigError::new("TWILIO_ACCOUNT_SID is not set, but other TWILIO_* settings are")
+    })?;
+    let token = token.ok_or_else(|| {
+        ConfigError::new("TWILIO_AUTH_TOKEN is not set, but other TWILIO_* settings are")
+    })?;
+    let sender = match (from, service) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "both TWILIO_FROM and TWILIO_MESSAGING_SERVICE_SID are set: choose one sender",
+            ))
+        }
+        (Some(f), None) => TwilioSender::From(PhoneNumber::parse(f).map_err(|why| {
+            ConfigError::new(format!("TWILIO_FROM is not an E.164 number: {why}"))
+        })?),
+        (None, Some(s)) => TwilioSender::MessagingService(s.to_string()),
+        (None, None) => {
+            return Err(ConfigError::new(
+                "Twilio needs a sender: set TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID",
+            ))
+        }
+    };
+    let api_base = match nonempty(&a.twilio_api_base) {
+        Some(b) => check_base_url("TWILIO_API_BASE", b)?,
+        None => "https://api.twilio.com".to_string(),
+    };
+    Ok(Some(SmsTransport::Twilio(TwilioSettings {
+        account_sid: sid.to_string(),
+        auth_token: Secret::new(token),
+        sender,
+        api_base,
+    })))
+}
+
+fn nonempty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn check_smtp_url(raw: &str) -> Result<(), ConfigError> {
+    let u = url::Url::parse(raw).map_err(|e| {
+        ConfigError::new(format!(
+            "SMTP_URL ({}) is not a URL: {e}; expected smtps://user:pass@host:465 or \
+             smtp://host:port",
+            redact_url(raw)
+        ))
+    })?;
+    if u.scheme() != "smtp" && u.scheme() != "smtps" {
+        return Err(ConfigError::new(format!(
+            "SMTP_URL must start with smtp:// or smtps://, not {}://",
+            u.scheme()
+        )));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::new("SMTP_URL has no host"));
+    }
+    Ok(())
+}
+
+fn check_mailbox(var: &str, raw: &str) -> Result<(), ConfigError> {
+    raw.parse::<lettre::message::Mailbox>()
+        .map(|_| ())
+        .map_err(|e| {
+            ConfigError::new(format!(
+                "{var}={raw:?} is not a mailbox ({e}); use addr@example.de or \"Name <addr@example.de>\""
+            ))
+        })
+}
+
+fn check_base_url(var: &str, raw: &str) -> Result<String, ConfigError> {
+    let u = url::Url::parse(raw)
+        .map_err(|e| ConfigError::new(format!("{var}={raw:?} is not a URL: {e}")))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err(ConfigError::new(format!(
+            "{var} must be an http(s) URL, got {raw:?}"
+        )));
+    }
+    Ok(raw.trim_end_matches('/').to_string())
+}
+
+/// Parses `--now` (RFC 3339) into the run's clock; without it, the system time read once.
+pub fn clock_from(now: Option<&str>) -> Result<Clock, ConfigError> {
+    match now {
+        None => Ok(Clock::system()),
+        Some(s) => DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| Clock::fixed(t.with_timezone(&Utc)))
+            .map_err(|e| {
+                ConfigError::new(format!(
+                    "--now {s:?} is not an RFC 3339 instant ({e}); e.g. 2026-03-10T14:00:00Z"
+                ))
+            }),
+    }
+}
+
+/// The database URL, required by every command that touches PostgreSQL.
+pub fn database_url(g: &GlobalArgs) -> Result<Secret, ConfigError> {
+    nonempty(&g.database_url)
+        .map(Secret::new)
+        .ok_or_else(|| {
+            ConfigError::new(
+                "DATABASE_URL is not set: give the PostgreSQL URL in DATABASE_URL or --database-url \
+                 (e.g. postgres://postgres@127.0.0.1:5432/journey)",
+            )
+        })
+}
+
+/// Parses a window edge: `50m`, `23h`, `3d`, optionally signed (`-30m`).
+pub fn parse_offset(flag: &str, raw: &str) -> Result<chrono::Duration, ConfigError> {
+    let s = raw.trim();
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let d = humantime::parse_duration(body).map_err(|e| {
+        ConfigError::new(format!(
+            "{flag} {raw:?} is not a duration ({e}); use e.g. 50m, 23h or 3d"
+        ))
+    })?;
+    let d = chrono::Duration::from_std(d)
+        .map_err(|_| ConfigError::new(format!("{flag} {raw:?} is too large")))?;
+    Ok(if neg { -d } else { d })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> SettingsArgs {
+        SettingsArgs::default()
+    }
+
+    #[test]
+    fn smtp_without_from_names_the_variable() {
+        let mut a = args();
+        a.smtp_url = Some("smtp://127.0.0.1:2525".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("EMAIL_FROM"), "{e}");
+    }
+
+    #[test]
+    fn debug_of_settings_hides_tokens_and_passwords() {
+        let mut a = args();
+        a.smtp_url = Some("smtps://mailer:sup3rsecret@smtp.example:465".into());
+        a.email_from = Some("Team <team@example.de>".into());
+        a.twilio_account_sid = Some("AC123".into());
+        a.twilio_auth_token = Some("tok3nvalue".into());
+        a.twilio_from = Some("+4930123456".into());
+        a.cal_webhook_secret = Some("whsec_abc".into());
+        let s = Settings::from_args(&a).unwrap();
+        let dbg = format!("{s:?}");
+        for secret in ["sup3rsecret", "tok3nvalue", "whsec_abc"] {
+            assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
+        }
+    }
+
+    #[test]
+    fn bad_timezone_is_named() {
+        let mut a = args();
+        a.timezone = Some("Mars/Olympus".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("JOURNEY_TIMEZONE"));
+    }
+
+    #[test]
+    fn half_configured_twilio_is_an_error() {
+        let mut a = args();
+        a.twilio_account_sid = Some("AC1".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("TWILIO_AUTH_TOKEN"));
+    }
+
+    #[test]
+    fn offsets_parse_with_sign() {
+        assert_eq!(
+            parse_offset("--window-start", "50m").unwrap(),
+            chrono::Duration::minutes(50)
+        );
+        assert_eq!(
+            parse_offset("--window-start", "-3d").unwrap(),
+            chrono::Duration::days(-3)
+        );
+        assert!(parse_offset("--window-end", "soon").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! The journey's vocabulary: stages, channels, delivery states, counters and the contact
+//! newtypes that can only be built by parsing.
+//!
+//! This module depends on nothing else in the crate and does no I/O. Every conversion between
+//! these enums and their database text happens here, in `as_str`/`parse`, and nowhere else.
+
+mod contact;
+mod counters;
+mod stage;
+
+pub use contact::{mask_email, mask_phone, EmailAddress, PhoneNumber};
+pub use counters::{Counter, Counters};
+pub use stage::{BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole, Stage};

@@ -1,0 +1,286 @@
+use std::fmt;
+
+/// A stage of the journey as an operator runs it (one subcommand each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    ConfirmationRecovery,
+    Reminder24h,
+    Reminder1h,
+    IntroFollowup,
+    SessionFollowup,
+    CancellationRecovery,
+}
+
+impl Stage {
+    /// Every stage, in the order `journeyctl followups` runs them.
+    pub const ALL: [Stage; 6] = [
+        Stage::ConfirmationRecovery,
+        Stage::Reminder24h,
+        Stage::Reminder1h,
+        Stage::IntroFollowup,
+        Stage::SessionFollowup,
+        Stage::CancellationRecovery,
+    ];
+
+    /// The stage id used in reports, `journey_runs` and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::ConfirmationRecovery => "confirmation_recovery",
+            Stage::Reminder24h => "reminder_24h",
+            Stage::Reminder1h => "reminder_1h",
+            Stage::IntroFollowup => "intro_followup",
+            Stage::SessionFollowup => "session_followup",
+            Stage::CancellationRecovery => "cancellation_recovery",
+        }
+    }
+
+    /// The subcommand name.
+    pub fn command(self) -> &'static str {
+        match self {
+            Stage::ConfirmationRecovery => "confirmation-recovery",
+            Stage::Reminder24h => "reminder-24h",
+            Stage::Reminder1h => "reminder-1h",
+            Stage::IntroFollowup => "intro-followup",
+            Stage::SessionFollowup => "session-followup",
+            Stage::CancellationRecovery => "cancellation-recovery",
+        }
+    }
+
+    /// The value of `journey_deliveries.stage`. The webhook's confirmations and confirmation
+    /// recovery share one ledger stage so that one can never duplicate the other.
+    pub fn ledger_stage(self) -> &'static str {
+        match self {
+            Stage::ConfirmationRecovery => CONFIRMATION_LEDGER_STAGE,
+            other => other.as_str(),
+        }
+    }
+
+    /// Default selection window, as offsets from `now` (start, end).
+    /// Reminders look ahead at `start_time`; followups look back at `end_time`;
+    /// cancellation recovery looks back at `cancelled_at`; confirmation recovery looks back at
+    /// `created_at` (start) and requires `start_time` in the future.
+    pub fn default_window(self) -> (chrono::Duration, chrono::Duration) {
+        use chrono::Duration as D;
+        match self {
+            Stage::ConfirmationRecovery => (D::days(-7), D::minutes(-10)),
+            Stage::Reminder24h => (D::hours(23), D::hours(25)),
+            Stage::Reminder1h => (D::minutes(50), D::minutes(70)),
+            Stage::IntroFollowup => (D::minutes(-30), D::minutes(-10)),
+            Stage::SessionFollowup => (D::days(-5), D::days(-3)),
+            Stage::CancellationRecovery => (D::hours(-4), D::hours(-2)),
+        }
+    }
+
+    /// The `cal_bookings` column that marks this stage done.
+    pub fn mark_column(self) -> &'static str {
+        match self {
+            Stage::ConfirmationRecovery => "client_confirmation_sent_at",
+            Stage::Reminder24h => "reminder_24h_sent_at",
+            Stage::Reminder1h => "reminder_1h_sent_at",
+            Stage::IntroFollowup => "followup_sent_at",
+            Stage::SessionFollowup => "session_followup_sent_at",
+            Stage::CancellationRecovery => "cancellation_recovery_sent_at",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s || st.command() == s)
+    }
+}
+
+/// Ledger stage of the booking confirmation and therapist notice (webhook and recovery).
+pub const CONFIRMATION_LEDGER_STAGE: &str = "confirmation";
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    Email,
+    Sms,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "email" => Some(Channel::Email),
+            "sms" => Some(Channel::Sms),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecipientRole {
+    Patient,
+    Therapist,
+    /// Webhook confirmations of test bookings, redirected to `QA_NOTIFY_EMAIL`.
+    Qa,
+}
+
+impl RecipientRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipientRole::Patient => "patient",
+            RecipientRole::Therapist => "therapist",
+            RecipientRole::Qa => "qa",
+        }
+    }
+    pub fn parse(s: &str) -> Option<RecipientRole> {
+        match s {
+            "patient" => Some(RecipientRole::Patient),
+            "therapist" => Some(RecipientRole::Therapist),
+            "qa" => Some(RecipientRole::Qa),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RecipientRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// State of one row of `journey_deliveries`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeliveryStatus {
+    /// Claimed; the provider may or may not have been called yet.
+    Sending,
+    Sent,
+    /// Transient failure: a later run inside the window tries again.
+    Retry,
+    /// Permanent failure: never tried again automatically.
+    Failed,
+    Skipped,
+    /// A run died (or the provider's answer was lost) after the message may have left.
+    /// Never resent automatically; `journeyctl resolve` settles it.
+    InDoubt,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Sending => "sending",
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Retry => "retry",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Skipped => "skipped",
+            DeliveryStatus::InDoubt => "in_doubt",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        match s {
+            "sending" => Some(DeliveryStatus::Sending),
+            "sent" => Some(DeliveryStatus::Sent),
+            "retry" => Some(DeliveryStatus::Retry),
+            "failed" => Some(DeliveryStatus::Failed),
+            "skipped" => Some(DeliveryStatus::Skipped),
+            "in_doubt" => Some(DeliveryStatus::InDoubt),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `cal_bookings.booking_kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BookingKind {
+    Intro,
+    FullSession,
+}
+
+impl BookingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BookingKind::Intro => "intro",
+            BookingKind::FullSession => "full_session",
+        }
+    }
+    pub fn parse(s: &str) -> Option<BookingKind> {
+        match s {
+            "intro" => Some(BookingKind::Intro),
+            "full_session" => Some(BookingKind::FullSession),
+            _ => None,
+        }
+    }
+}
+
+/// Every message the journey sends. The template file names and the `email_sent.kind`
+/// property derive from this one enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    ClientConfirmation,
+    TherapistNotification,
+    Reminder24h,
+    Reminder1h,
+    IntroFollowup,
+    SessionFollowup,
+    CancellationRecovery,
+}
+
+impl MessageKind {
+    pub const ALL: [MessageKind; 7] = [
+        MessageKind::ClientConfirmation,
+        MessageKind::TherapistNotification,
+        MessageKind::Reminder24h,
+        MessageKind::Reminder1h,
+        MessageKind::IntroFollowup,
+        MessageKind::SessionFollowup,
+        MessageKind::CancellationRecovery,
+    ];
+
+    /// `properties.kind` of the `email_sent` event (SPEC §7).
+    pub fn event_kind(self) -> &'static str {
+        match self {
+            MessageKind::ClientConfirmation => "cal_booking_client_confirmation",
+            MessageKind::TherapistNotification => "cal_booking_therapist_notification",
+            MessageKind::Reminder24h => "cal_booking_reminder_24h",
+            MessageKind::Reminder1h => "cal_booking_reminder_1h",
+            MessageKind::IntroFollowup => "cal_intro_followup",
+            MessageKind::SessionFollowup => "cal_session_followup",
+            MessageKind::CancellationRecovery => "cancellation_recovery",
+        }
+    }
+
+    /// Base name of the template files: `templates/{name}.subject.hbs`, `.html.hbs`, `.txt.hbs`,
+    /// and `.sms.hbs` for kinds that also go out by SMS.
+    pub fn template_name(self) -> &'static str {
+        match self {
+            MessageKind::ClientConfirmation => "client_confirmation",
+            MessageKind::TherapistNotification => "therapist_notification",
+            MessageKind::Reminder24h => "reminder_24h",
+            MessageKind::Reminder1h => "reminder_1h",
+            MessageKind::IntroFollowup => "intro_followup",
+            MessageKind::SessionFollowup => "session_followup",
+            MessageKind::CancellationRecovery => "cancellation_recovery",
+        }
+    }
+
+    /// Whether this message also has an SMS form.
+    pub fn has_sms(self) -> bool {
+        matches!(self, MessageKind::Reminder24h | MessageKind::Reminder1h)
+    }
+}
