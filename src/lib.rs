@@ -88,3 +88,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         }
     }
 }
+
+/// Installs ring as the process-wide rustls crypto provider, once. Test builds also link
+/// aws-lc (through the test SMTP server), and with two providers rustls refuses to pick one.
+pub fn ensure_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
