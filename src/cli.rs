@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-const ENV_HEADING: &str = "Delivery and site settings (each also read from its environment variable)";
+const ENV_HEADING: &str =
+    "Delivery and site settings (each also read from its environment variable)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -102,7 +103,12 @@ pub struct SettingsArgs {
     pub sms_outbox_dir: Option<PathBuf>,
 
     /// HMAC key of the Cal.com webhook
-    #[arg(long, env = "CAL_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "CAL_WEBHOOK_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub cal_webhook_secret: Option<String>,
 
     /// Cal.com origin for booking links [default: https://cal.com]
@@ -118,7 +124,12 @@ pub struct SettingsArgs {
     pub qa_notify_email: Option<String>,
 
     /// Time zone of all rendered dates [default: Europe/Berlin]
-    #[arg(long = "timezone", env = "JOURNEY_TIMEZONE", global = true, value_name = "TZ")]
+    #[arg(
+        long = "timezone",
+        env = "JOURNEY_TIMEZONE",
+        global = true,
+        value_name = "TZ"
+    )]
     pub timezone: Option<String>,
 
     /// Directory whose files override the built-in templates, file by file

@@ -290,14 +290,12 @@ pub fn clock_from(now: Option<&str>) -> Result<Clock, ConfigError> {
 
 /// The database URL, required by every command that touches PostgreSQL.
 pub fn database_url(g: &GlobalArgs) -> Result<Secret, ConfigError> {
-    nonempty(&g.database_url)
-        .map(Secret::new)
-        .ok_or_else(|| {
-            ConfigError::new(
-                "DATABASE_URL is not set: give the PostgreSQL URL in DATABASE_URL or --database-url \
+    nonempty(&g.database_url).map(Secret::new).ok_or_else(|| {
+        ConfigError::new(
+            "DATABASE_URL is not set: give the PostgreSQL URL in DATABASE_URL or --database-url \
                  (e.g. postgres://postgres@127.0.0.1:5432/journey)",
-            )
-        })
+        )
+    })
 }
 
 /// Parses a window edge: `50m`, `23h`, `3d`, optionally signed (`-30m`).

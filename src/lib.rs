@@ -6,7 +6,9 @@
 
 pub mod cli;
 pub mod clock;
+mod commands;
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod secret;
 
@@ -71,7 +73,10 @@ pub async fn run(cli: Cli) -> ExitStatus {
 
 /// Configuration errors and an unreachable database exit 2; everything else 1.
 pub fn status_of(err: &anyhow::Error) -> ExitStatus {
-    if err.chain().any(|c| c.is::<config::ConfigError>()) {
+    if err
+        .chain()
+        .any(|c| c.is::<config::ConfigError>() || c.is::<db::Unreachable>())
+    {
         ExitStatus::Config
     } else {
         ExitStatus::Failed
@@ -82,7 +87,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     let _clock = config::clock_from(cli.global.now.as_deref())?;
     let _settings = config::Settings::from_args(&cli.global.settings)?;
     match cli.command {
-        Command::Migrate => anyhow::bail!("not yet"),
+        Command::Migrate => commands::migrate(&cli.global).await,
         Command::ConfirmationRecovery(_) | Command::Reminder24h(_) | Command::Reminder1h(_) => {
             anyhow::bail!("not yet")
         }

@@ -25,7 +25,8 @@ impl EmailAddress {
             || !domain.contains('.')
             || domain.starts_with('.')
             || domain.ends_with('.')
-            || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+            || s.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
         {
             return Err("malformed email address");
         }

@@ -1,0 +1,10 @@
+//! All SQL lives below this module: one async fn per query, typed rows in and out.
+//!
+//! Every call returns its error with context; a failed lookup is never turned into "no row".
+//! Eligibility queries compare with bound `$n::timestamptz` parameters (the run's clock), never
+//! with `now()`.
+
+pub mod migrate;
+mod pool;
+
+pub use pool::{connect, Db, Unreachable};

@@ -1,0 +1,198 @@
+//! The connection pool: deadpool over tokio-postgres, TLS through rustls.
+//!
+//! `sslmode` follows libpq: `disable`; `prefer` and `require` encrypt without checking the
+//! certificate (what hosted Postgres such as Supabase expects with `require`); `verify-ca` and
+//! `verify-full` check the chain against the Mozilla roots. Connect and statement timeouts are
+//! set unless the URL sets them, so an unreachable server fails fast instead of hanging a cron
+//! slot.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::secret::{redact_url, Secret};
+
+/// The database could not be reached or refused us: the run exits with status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the database at {target}: {reason} (check DATABASE_URL and that PostgreSQL is running)")]
+pub struct Unreachable {
+    pub target: String,
+    pub reason: String,
+}
+
+/// A pool of connections to the journey's database.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db { .. }")
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const STATEMENT_TIMEOUT_MS: u64 = 60_000;
+
+/// Builds the pool and proves it works with one round trip. Any failure to reach, authenticate
+/// or parse the URL is an [`Unreachable`] (or a configuration error) naming the redacted URL.
+pub async fn connect(url: &Secret, max_size: usize) -> anyhow::Result<Db> {
+    crate::ensure_tls_provider();
+    let target = redact_url(url.expose());
+    let (raw, verify) = split_verify_mode(url.expose());
+    let mut cfg = tokio_postgres::Config::from_str(&raw).map_err(|e| {
+        crate::config::ConfigError::new(format!(
+            "DATABASE_URL ({target}) is not a valid PostgreSQL URL: {e}"
+        ))
+    })?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let mut options = cfg.get_options().unwrap_or("").to_string();
+    if !options.contains("statement_timeout") {
+        options.push_str(&format!(" -c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+    }
+    cfg.options(options.trim());
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("journeyctl");
+    }
+
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_tls_config(verify));
+    let mgr = Manager::from_config(
+        cfg,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(mgr)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(60)))
+        .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(2)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .context("Failed to build the database pool")?;
+    let db = Db { pool };
+    let client = db.pool.get().await.map_err(|e| Unreachable {
+        target: target.clone(),
+        reason: error_chain(&e),
+    })?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| Unreachable {
+            target,
+            reason: error_chain(&e),
+        })?;
+    Ok(db)
+}
+
+impl Db {
+    /// A pooled connection, with context for the error.
+    pub async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| {
+            anyhow::anyhow!("Failed to get a database connection: {}", error_chain(&e))
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// tokio-postgres understands `disable`, `prefer` and `require`; libpq's verifying modes are
+/// mapped to `require` plus certificate verification here.
+fn split_verify_mode(url: &str) -> (String, bool) {
+    for mode in ["verify-full", "verify-ca"] {
+        let needle = format!("sslmode={mode}");
+        if url.contains(&needle) {
+            return (url.replace(&needle, "sslmode=require"), true);
+        }
+    }
+    (url.to_string(), false)
+}
+
+fn client_tls_config(verify: bool) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions");
+    if verify {
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth()
+    }
+}
+
+/// libpq's `sslmode=require`: the channel is encrypted and the handshake signatures are
+/// checked, but the certificate chain is not (self-signed server certificates are accepted).
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
