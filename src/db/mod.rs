@@ -4,7 +4,10 @@
 //! Eligibility queries compare with bound `$n::timestamptz` parameters (the run's clock), never
 //! with `now()`.
 
+pub mod bookings;
+pub mod ledger;
 pub mod migrate;
+pub mod runs;
 mod pool;
 
-pub use pool::{connect, Db, Unreachable};
+pub use pool::{connect, connect_as, Db, Unreachable};

@@ -44,6 +44,12 @@ const STATEMENT_TIMEOUT_MS: u64 = 60_000;
 /// Builds the pool and proves it works with one round trip. Any failure to reach, authenticate
 /// or parse the URL is an [`Unreachable`] (or a configuration error) naming the redacted URL.
 pub async fn connect(url: &Secret, max_size: usize) -> anyhow::Result<Db> {
+    connect_as(url, max_size, "journeyctl").await
+}
+
+/// Like [`connect`], with every connection named `application_name` (runs use
+/// `journeyctl:<run id>` so other runs can tell they are alive).
+pub async fn connect_as(url: &Secret, max_size: usize, application_name: &str) -> anyhow::Result<Db> {
     crate::ensure_tls_provider();
     let target = redact_url(url.expose());
     let (raw, verify) = split_verify_mode(url.expose());
@@ -60,9 +66,7 @@ pub async fn connect(url: &Secret, max_size: usize) -> anyhow::Result<Db> {
         options.push_str(&format!(" -c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     }
     cfg.options(options.trim());
-    if cfg.get_application_name().is_none() {
-        cfg.application_name("journeyctl");
-    }
+    cfg.application_name(application_name);
 
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_tls_config(verify));
     let mgr = Manager::from_config(

@@ -1,0 +1,320 @@
+//! Reading what a stage needs: the due bookings with their therapist and stage facts (one
+//! query), then their patients (a second query). A stage never queries per booking.
+//!
+//! Patients are loaded separately on purpose: when that lookup fails (a renamed column, a
+//! permission), the driver counts every affected booking as an error with its id, instead of
+//! the whole selection failing anonymously or, worse, looking like "no patient".
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Db;
+use crate::domain::Stage;
+
+/// Bookings that can still take place: ACCEPTED or PENDING in any case, or NULL (pre-inserted
+/// by the booking site before the webhook arrived).
+pub const ACTIVE: &str = "(%.status IS NULL OR upper(%.status) IN ('ACCEPTED', 'PENDING'))";
+
+/// Bookings that did not fall through (for followups, where COMPLETED counts).
+const NOT_FALLEN_THROUGH: &str = "(b.status IS NULL OR upper(b.status) NOT IN \
+     ('CANCELLED', 'REJECTED', 'RESCHEDULED', 'NO_SHOW', 'NO_SHOW_GUEST', 'NO_SHOW_HOST'))";
+
+fn active(alias: &str) -> String {
+    ACTIVE.replace('%', alias)
+}
+
+#[derive(Clone, Debug)]
+pub struct TherapistInfo {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub cal_username: Option<String>,
+}
+
+impl TherapistInfo {
+    pub fn display_name(&self) -> Option<String> {
+        let name = [self.first_name.as_deref(), self.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+/// One booking a stage selected, with what its rules need to decide.
+#[derive(Clone, Debug)]
+pub struct DueBooking {
+    pub id: Uuid,
+    pub cal_uid: String,
+    pub status: Option<String>,
+    pub is_test: bool,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub booking_kind: Option<String>,
+    pub video_url: Option<String>,
+    pub location: Option<String>,
+    pub ical_sequence: Option<i32>,
+    pub patient_id: Option<Uuid>,
+    pub therapist_id: Option<Uuid>,
+    pub match_id: Option<Uuid>,
+    pub request_reschedule: bool,
+    pub rescheduled_from_uid: Option<String>,
+    pub client_confirmation_sent_at: Option<DateTime<Utc>>,
+    pub therapist_notification_sent_at: Option<DateTime<Utc>>,
+    /// The stage's own mark column.
+    pub stage_mark: Option<DateTime<Utc>>,
+    pub therapist: Option<TherapistInfo>,
+    /// Followups: another future, active booking of this patient with this therapist.
+    pub future_full_with_therapist: bool,
+    pub future_any_with_therapist: bool,
+    /// Cancellation recovery: another future, active booking of this patient with anyone.
+    pub other_future_booking: bool,
+    /// Cancellation recovery: distinct other therapists this patient was matched with.
+    pub other_matched_therapists: i64,
+    /// Cancellation recovery: a recovery email to this patient in the last 72 hours.
+    pub recently_recovered: bool,
+    pub full_slots_count: Option<i32>,
+    pub next_full_time: Option<DateTime<Utc>>,
+    pub slots_cached_at: Option<DateTime<Utc>>,
+    /// The match page to link: the booking's match, else the patient's newest.
+    pub match_secure_uuid: Option<Uuid>,
+}
+
+/// A patient as the stages see it. Contact fields are raw; the stage parses them.
+#[derive(Clone)]
+pub struct PatientRow {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone_number: Option<String>,
+    pub is_test: bool,
+}
+
+impl std::fmt::Debug for PatientRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatientRow")
+            .field("id", &self.id)
+            .field("is_test", &self.is_test)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The selection column and extra predicate of each stage (SPEC §1). The window bounds are
+/// `$2..=$3`, the run's instant `$1`.
+fn stage_predicate(stage: Stage) -> String {
+    match stage {
+        Stage::ConfirmationRecovery => format!(
+            "(b.client_confirmation_sent_at IS NULL OR b.therapist_notification_sent_at IS NULL) \
+             AND b.created_at BETWEEN $2 AND $3 AND b.start_time > $1 \
+             AND b.therapist_id IS NOT NULL AND {}",
+            active("b")
+        ),
+        Stage::Reminder24h | Stage::Reminder1h => {
+            format!("b.start_time BETWEEN $2 AND $3 AND {}", active("b"))
+        }
+        Stage::IntroFollowup => format!(
+            "b.booking_kind = 'intro' AND b.end_time BETWEEN $2 AND $3 AND {NOT_FALLEN_THROUGH}"
+        ),
+        Stage::SessionFollowup => format!(
+            "b.booking_kind = 'full_session' AND b.end_time BETWEEN $2 AND $3 \
+             AND {NOT_FALLEN_THROUGH}"
+        ),
+        Stage::CancellationRecovery => "b.cancelled_at IS NOT NULL AND b.cancelled_at BETWEEN $2 AND $3 \
+             AND upper(b.status) = 'CANCELLED'"
+            .to_string(),
+    }
+}
+
+fn order_column(stage: Stage) -> &'static str {
+    match stage {
+        Stage::ConfirmationRecovery => "b.created_at",
+        Stage::Reminder24h | Stage::Reminder1h => "b.start_time",
+        Stage::IntroFollowup | Stage::SessionFollowup => "b.end_time",
+        Stage::CancellationRecovery => "b.cancelled_at",
+    }
+}
+
+/// The selection query of a stage; public so tests can EXPLAIN it.
+pub fn due_query(stage: Stage) -> String {
+    let followup = matches!(stage, Stage::IntroFollowup | Stage::SessionFollowup);
+    let recovery = stage == Stage::CancellationRecovery;
+    let other_active = active("o");
+    let future_with_therapist = |kind_filter: &str| {
+        format!(
+            "EXISTS (SELECT 1 FROM cal_bookings o WHERE o.patient_id = b.patient_id \
+             AND o.therapist_id = b.therapist_id AND o.id <> b.id AND o.start_time > $1 \
+             {kind_filter} AND {other_active})"
+        )
+    };
+    let flag = |on: bool, expr: String| if on { expr } else { "false".to_string() };
+    format!(
+        "SELECT b.id, b.cal_uid, b.status, coalesce(b.is_test, false), b.start_time, b.end_time,
+                b.booking_kind, b.video_url, b.location, b.ical_sequence, b.patient_id,
+                b.therapist_id, b.match_id, coalesce(b.request_reschedule, false),
+                b.rescheduled_from_uid, b.client_confirmation_sent_at,
+                b.therapist_notification_sent_at, b.{mark},
+                t.id IS NOT NULL, t.first_name, t.last_name, t.email, t.cal_username,
+                {future_full} AS future_full,
+                {future_any} AS future_any,
+                {other_future} AS other_future,
+                {other_matched}::bigint AS other_matched,
+                {recent} AS recently_recovered,
+                s.full_slots_count, s.next_full_time_utc, s.cached_at,
+                coalesce(m.secure_uuid,
+                         (SELECT pm.secure_uuid FROM matches pm WHERE pm.patient_id = b.patient_id
+                          ORDER BY pm.created_at DESC NULLS LAST LIMIT 1)) AS match_secure_uuid
+         FROM cal_bookings b
+         LEFT JOIN therapists t ON t.id = b.therapist_id
+         LEFT JOIN cal_slots_cache s ON s.therapist_id = b.therapist_id
+         LEFT JOIN matches m ON m.id = b.match_id
+         WHERE {predicate}
+         ORDER BY {order}, b.id
+         LIMIT $4",
+        mark = stage.mark_column(),
+        future_full = flag(followup, future_with_therapist("AND o.booking_kind = 'full_session'")),
+        future_any = flag(followup, future_with_therapist("")),
+        other_future = flag(
+            recovery,
+            format!(
+                "EXISTS (SELECT 1 FROM cal_bookings o WHERE o.patient_id = b.patient_id \
+                 AND o.id <> b.id AND o.start_time > $1 AND {other_active})"
+            )
+        ),
+        other_matched = if recovery {
+            "(SELECT count(DISTINCT om.therapist_id) FROM matches om \
+              WHERE om.patient_id = b.patient_id AND om.therapist_id IS NOT NULL \
+              AND om.therapist_id IS DISTINCT FROM b.therapist_id \
+              AND coalesce(lower(om.status), '') NOT IN ('declined', 'failed', 'rejected'))"
+        } else {
+            "0"
+        },
+        recent = flag(
+            recovery,
+            "EXISTS (SELECT 1 FROM journey_deliveries d WHERE d.patient_id = b.patient_id \
+             AND d.stage = 'cancellation_recovery' AND d.booking_id <> b.id \
+             AND ((d.status = 'sent' AND d.sent_at > $1 - interval '72 hours') \
+                  OR d.status IN ('sending', 'in_doubt')))"
+                .to_string()
+        ),
+        predicate = stage_predicate(stage),
+        order = order_column(stage),
+    )
+}
+
+/// The bookings a stage must look at, as of `now`, within `[from, to]` on the stage's column.
+pub async fn select_due(
+    db: &Db,
+    stage: Stage,
+    now: DateTime<Utc>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: Option<u32>,
+) -> anyhow::Result<Vec<DueBooking>> {
+    let client = db.client().await?;
+    let limit: i64 = limit.map(i64::from).unwrap_or(i64::MAX);
+    let rows = client
+        .query(&due_query(stage), &[&now, &from, &to, &limit])
+        .await
+        .with_context(|| format!("Failed to select due bookings for {stage}"))?;
+    rows.iter()
+        .map(map_row)
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| format!("Failed to read due bookings for {stage}"))
+}
+
+fn map_row(r: &tokio_postgres::Row) -> anyhow::Result<DueBooking> {
+    let has_therapist: bool = r.try_get(18)?;
+    Ok(DueBooking {
+        id: r.try_get(0)?,
+        cal_uid: r.try_get(1)?,
+        status: r.try_get(2)?,
+        is_test: r.try_get(3)?,
+        start_time: r.try_get(4)?,
+        end_time: r.try_get(5)?,
+        booking_kind: r.try_get(6)?,
+        video_url: r.try_get(7)?,
+        location: r.try_get(8)?,
+        ical_sequence: r.try_get(9)?,
+        patient_id: r.try_get(10)?,
+        therapist_id: r.try_get(11)?,
+        match_id: r.try_get(12)?,
+        request_reschedule: r.try_get(13)?,
+        rescheduled_from_uid: r.try_get(14)?,
+        client_confirmation_sent_at: r.try_get(15)?,
+        therapist_notification_sent_at: r.try_get(16)?,
+        stage_mark: r.try_get(17)?,
+        therapist: if has_therapist {
+            Some(TherapistInfo {
+                first_name: r.try_get(19)?,
+                last_name: r.try_get(20)?,
+                email: r.try_get(21)?,
+                cal_username: r.try_get(22)?,
+            })
+        } else {
+            None
+        },
+        future_full_with_therapist: r.try_get(23)?,
+        future_any_with_therapist: r.try_get(24)?,
+        other_future_booking: r.try_get(25)?,
+        other_matched_therapists: r.try_get(26)?,
+        recently_recovered: r.try_get(27)?,
+        full_slots_count: r.try_get(28)?,
+        next_full_time: r.try_get(29)?,
+        slots_cached_at: r.try_get(30)?,
+        match_secure_uuid: r.try_get(31)?,
+    })
+}
+
+/// One booking by id, with the same facts as confirmation recovery sees (for the webhook's
+/// immediate confirmation). `None` when no such booking exists.
+pub async fn select_one(db: &Db, id: Uuid, now: DateTime<Utc>) -> anyhow::Result<Option<DueBooking>> {
+    let sql = due_query(Stage::ConfirmationRecovery).replace(
+        &stage_predicate(Stage::ConfirmationRecovery),
+        "b.id = $5 AND $2::timestamptz IS NOT NULL AND $3::timestamptz IS NOT NULL",
+    );
+    let client = db.client().await?;
+    let one: i64 = 1;
+    let row = client
+        .query_opt(&sql, &[&now, &now, &now, &one, &id])
+        .await
+        .with_context(|| format!("Failed to load booking {id}"))?;
+    row.as_ref().map(map_row).transpose()
+}
+
+/// The patients of the given ids. A database error is returned as such, never as "missing".
+pub async fn load_patients(db: &Db, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, PatientRow>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let client = db.client().await?;
+    let rows = client
+        .query(
+            "SELECT id, name, email, phone_number,
+                    coalesce(metadata->>'is_test', '') = 'true'
+             FROM people WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .context("Failed to load patients")?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0)?,
+                PatientRow {
+                    id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    email: r.try_get(2)?,
+                    phone_number: r.try_get(3)?,
+                    is_test: r.try_get(4)?,
+                },
+            ))
+        })
+        .collect::<anyhow::Result<HashMap<_, _>>>()
+        .context("Failed to read patients")
+}

@@ -1,0 +1,330 @@
+//! The delivery ledger, `journey_deliveries`: exactly once, or visibly in doubt (SPEC §5).
+//!
+//! Guarantees:
+//! - A message is handed to a provider only after its row is committed in `sending` under the
+//!   unique key (booking, stage, channel, recipient role). A second claim of the same key
+//!   fails, whatever process, host or timer makes it, so overlapping runs cannot double-send.
+//!   The advisory stage lock only saves work; correctness does not depend on it.
+//! - The outcome (`sent`, `retry`, `failed`, `skipped`, `in_doubt`), the booking's stage column
+//!   (on the first `sent`) and the `email_sent`/`sms_sent`/`error` event are written in one
+//!   statement, so they commit together.
+//! - Only `retry` rows are claimed again, each channel on its own: a failed email never
+//!   resends the SMS that went out.
+//! - A row left in `sending` is never resent automatically. It becomes `in_doubt` when its
+//!   lease has passed or when no connection of the run that claimed it is left (runs name
+//!   their connections `journeyctl:<run id>`, visible in `pg_stat_activity`).
+//!
+//! Residual risk: a provider accepts a message and the process dies (or loses the database)
+//! before the outcome is recorded. The row then ends `in_doubt`, is raised by `status` and
+//! settled by `journeyctl resolve`; the message is never silently sent twice, but it may need a
+//! human to decide.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Db;
+use crate::domain::{Channel, DeliveryStatus, RecipientRole};
+
+/// How long a claim may stay in `sending` before another run may declare it in doubt, even if
+/// the claiming run still looks alive.
+pub const LEASE: &str = "15 minutes";
+
+/// The unique key of one message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    pub booking_id: Uuid,
+    pub stage: &'static str,
+    pub channel: Channel,
+    pub role: RecipientRole,
+}
+
+#[derive(Clone, Debug)]
+pub struct LedgerRow {
+    pub id: Uuid,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+}
+
+/// Existing rows for these bookings in one ledger stage, keyed by (booking, channel, role).
+pub async fn load(
+    db: &Db,
+    booking_ids: &[Uuid],
+    stage: &str,
+) -> anyhow::Result<HashMap<(Uuid, Channel, RecipientRole), LedgerRow>> {
+    if booking_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let client = db.client().await?;
+    let rows = client
+        .query(
+            "SELECT id, booking_id, channel, recipient_role, status, attempts
+             FROM journey_deliveries WHERE booking_id = ANY($1) AND stage = $2",
+            &[&booking_ids, &stage],
+        )
+        .await
+        .with_context(|| format!("Failed to load the {stage} ledger"))?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let channel: String = r.try_get(2)?;
+        let role: String = r.try_get(3)?;
+        let status: String = r.try_get(4)?;
+        let (Some(channel), Some(role), Some(status)) = (
+            Channel::parse(&channel),
+            RecipientRole::parse(&role),
+            DeliveryStatus::parse(&status),
+        ) else {
+            anyhow::bail!("journey_deliveries holds an unknown channel/role/status: {channel}/{role}/{status}");
+        };
+        out.insert(
+            (r.try_get(1)?, channel, role),
+            LedgerRow {
+                id: r.try_get(0)?,
+                status,
+                attempts: r.try_get(5)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Result of trying to claim a message.
+#[derive(Clone, Debug)]
+pub enum Claim {
+    /// This run owns the message now and must record an outcome.
+    Claimed {
+        id: Uuid,
+        message_id: String,
+        attempt: i32,
+    },
+    /// Another run (or an earlier one) has it, in this state.
+    Taken(DeliveryStatus),
+}
+
+pub struct ClaimRequest<'a> {
+    pub key: &'a DeliveryKey,
+    pub patient_id: Option<Uuid>,
+    pub run_id: Uuid,
+    pub recipient_masked: &'a str,
+    /// Domain for the Message-ID (`<delivery id>@domain`).
+    pub message_id_domain: &'a str,
+}
+
+/// Commits the row in `sending` (new, or a `retry` row taken again). One statement.
+pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
+    let id = Uuid::new_v4();
+    let message_id = format!("<{}@{}>", id, req.message_id_domain);
+    let client = db.client().await?;
+    let rows = client
+        .query(
+            &format!(
+                "WITH ins AS (
+                   INSERT INTO journey_deliveries AS d
+                     (id, booking_id, patient_id, stage, channel, recipient_role, status, attempts,
+                      run_id, recipient_masked, message_id, lease_until)
+                   VALUES ($1, $2, $3, $4, $5, $6, 'sending', 1, $7, $8, $9,
+                           now() + interval '{LEASE}')
+                   ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
+                     SET status = 'sending', attempts = d.attempts + 1, run_id = EXCLUDED.run_id,
+                         lease_until = EXCLUDED.lease_until,
+                         recipient_masked = EXCLUDED.recipient_masked,
+                         message_id = coalesce(d.message_id, EXCLUDED.message_id),
+                         updated_at = now()
+                     WHERE d.status = 'retry'
+                   RETURNING d.id, d.message_id, d.attempts, d.status
+                 )
+                 SELECT id, message_id, attempts, status, true FROM ins
+                 UNION ALL
+                 SELECT id, message_id, attempts, status, false FROM journey_deliveries
+                 WHERE booking_id = $2 AND stage = $4 AND channel = $5 AND recipient_role = $6
+                   AND NOT EXISTS (SELECT 1 FROM ins)"
+            ),
+            &[
+                &id,
+                &req.key.booking_id,
+                &req.patient_id,
+                &req.key.stage,
+                &req.key.channel.as_str(),
+                &req.key.role.as_str(),
+                &req.run_id,
+                &req.recipient_masked,
+                &message_id,
+            ],
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "Failed to claim the {} {} {} delivery of booking {}",
+                req.key.stage, req.key.role, req.key.channel, req.key.booking_id
+            )
+        })?;
+    let Some(row) = rows.first() else {
+        // The conflicting row was committed after this statement's snapshot: another run
+        // claimed it a moment ago.
+        return Ok(Claim::Taken(DeliveryStatus::Sending));
+    };
+    let claimed: bool = row.try_get(4)?;
+    if claimed {
+        Ok(Claim::Claimed {
+            id: row.try_get(0)?,
+            message_id: row
+                .try_get::<_, Option<String>>(1)?
+                .unwrap_or(message_id),
+            attempt: row.try_get(2)?,
+        })
+    } else {
+        let status: String = row.try_get(3)?;
+        Ok(Claim::Taken(
+            DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Sending),
+        ))
+    }
+}
+
+/// An event row written together with an outcome.
+pub struct EventRow {
+    pub kind: &'static str,
+    pub level: &'static str,
+    pub properties: serde_json::Value,
+}
+
+/// The outcome of a claimed delivery.
+pub struct Outcome<'a> {
+    pub status: DeliveryStatus,
+    pub provider_message_id: Option<&'a str>,
+    pub error: Option<&'a str>,
+    /// `cal_bookings` column to set (if still NULL) when the status is `sent`.
+    pub mark_column: Option<&'static str>,
+    /// The run's instant, written to `sent_at` and the mark column.
+    pub now: DateTime<Utc>,
+    pub event: Option<EventRow>,
+}
+
+/// Records an outcome, the booking's mark and the event in one statement (one transaction).
+pub async fn record(db: &Db, delivery_id: Uuid, o: &Outcome<'_>) -> anyhow::Result<()> {
+    let mark = match (o.status, o.mark_column) {
+        (DeliveryStatus::Sent, Some(col)) => format!(
+            ", mark AS (UPDATE cal_bookings SET {col} = coalesce({col}, $5), updated_at = now()
+                         WHERE id = (SELECT booking_id FROM upd) RETURNING 1)"
+        ),
+        _ => String::new(),
+    };
+    let (ev_type, ev_level, ev_props) = match &o.event {
+        Some(e) => (Some(e.kind), Some(e.level), Some(e.properties.clone())),
+        None => (None, None, None),
+    };
+    let sql = format!(
+        "WITH upd AS (
+           UPDATE journey_deliveries
+              SET status = $2, provider_message_id = coalesce($3, provider_message_id),
+                  last_error = $4, lease_until = NULL, updated_at = now(),
+                  sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END
+            WHERE id = $1 RETURNING booking_id
+         ){mark},
+         ev AS (
+           INSERT INTO events (type, level, properties)
+           SELECT $6, $7, $8 WHERE $6::text IS NOT NULL
+           RETURNING 1
+         )
+         SELECT count(*) FROM upd"
+    );
+    let client = db.client().await?;
+    let n: i64 = client
+        .query_one(
+            &sql,
+            &[
+                &delivery_id,
+                &o.status.as_str(),
+                &o.provider_message_id,
+                &o.error,
+                &o.now,
+                &ev_type,
+                &ev_level,
+                &ev_props,
+            ],
+        )
+        .await
+        .with_context(|| format!("Failed to record delivery {delivery_id} as {}", o.status))?
+        .try_get(0)?;
+    anyhow::ensure!(n == 1, "delivery {delivery_id} vanished before its outcome was recorded");
+    Ok(())
+}
+
+/// Writes a `skipped` row for a message that will not be sent (unless a row exists), and marks
+/// the booking's stage column when the rule says the stage is done. One statement.
+pub async fn record_skip(
+    db: &Db,
+    key: &DeliveryKey,
+    patient_id: Option<Uuid>,
+    run_id: Uuid,
+    reason: &str,
+    mark_column: Option<&'static str>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let mark = match mark_column {
+        Some(col) => format!(
+            ", mark AS (UPDATE cal_bookings SET {col} = coalesce({col}, $8), updated_at = now()
+                         WHERE id = $1 RETURNING 1)"
+        ),
+        None => String::new(),
+    };
+    let sql = format!(
+        "WITH ins AS (
+           INSERT INTO journey_deliveries
+             (booking_id, patient_id, stage, channel, recipient_role, status, run_id, last_error)
+           VALUES ($1, $2, $3, $4, $5, 'skipped', $6, $7)
+           ON CONFLICT (booking_id, stage, channel, recipient_role) DO NOTHING
+           RETURNING 1
+         ){mark}
+         SELECT $8::timestamptz"
+    );
+    let client = db.client().await?;
+    client
+        .query_one(
+            &sql,
+            &[
+                &key.booking_id,
+                &patient_id,
+                &key.stage,
+                &key.channel.as_str(),
+                &key.role.as_str(),
+                &run_id,
+                &reason,
+                &now,
+            ],
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "Failed to record the skipped {} {} {} of booking {}",
+                key.stage, key.role, key.channel, key.booking_id
+            )
+        })?;
+    Ok(())
+}
+
+/// The application name every connection of a run carries, so other runs can see it is alive.
+pub fn run_application_name(run_id: Uuid) -> String {
+    format!("journeyctl:{run_id}")
+}
+
+/// Declares `in_doubt` every `sending` row whose lease passed or whose run has no connection
+/// left. Returns how many rows changed.
+pub async fn promote_abandoned(db: &Db) -> anyhow::Result<u64> {
+    let client = db.client().await?;
+    client
+        .execute(
+            "UPDATE journey_deliveries d
+                SET status = 'in_doubt', lease_until = NULL, updated_at = now(),
+                    last_error = 'the run that was sending this stopped before recording the \
+                                  outcome: the message may or may not have gone out'
+              WHERE d.status = 'sending'
+                AND (d.lease_until < now()
+                     OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                    WHERE a.application_name = 'journeyctl:' || d.run_id::text))",
+            &[],
+        )
+        .await
+        .context("Failed to declare abandoned deliveries in doubt")
+}
