@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod secret;
+pub mod webhook;
 
 use std::io::Write;
 
