@@ -4,8 +4,10 @@
 //! Both are pure: no I/O, no database, no clock, no logging. Applying an event to the database
 //! and the HTTP listener are built on top of these and live elsewhere.
 
+pub mod parse;
 pub mod verify;
 
+pub use parse::{parse, Attendee, CalEvent, KhMetadata, ParseError, Trigger};
 pub use verify::{sign, verify_signature, VerifyError, SIGNATURE_HEADER};
 
 /// The signed bodies in `tests/fixtures/cal/`, compiled in so unit tests see exactly the bytes
