@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod secret;
+pub mod webhook;
 
 use std::io::Write;
 
