@@ -134,8 +134,10 @@ CREATE TABLE IF NOT EXISTS journey_deliveries (
     recipient_masked text,
     -- RFC 5322 Message-ID given to the email, stable per delivery row.
     message_id text,
-    -- A row in 'sending' whose lease has passed belongs to a run that died.
+    -- A row in 'sending' whose lease has passed, or whose claiming process (by its connections'
+    -- application_name) is gone, belongs to a run that died.
     lease_until timestamptz,
+    claimed_by text,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     sent_at timestamptz,

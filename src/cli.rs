@@ -150,6 +150,60 @@ pub enum Command {
     /// Remind patients 1 hour before the session (email + SMS)
     #[command(name = "reminder-1h")]
     Reminder1h(StageArgs),
+    /// Follow up intro sessions that ended 10-30 minutes ago (booking link, next free slot)
+    IntroFollowup(StageArgs),
+    /// Invite patients whose full session ended 3-5 days ago to book the next one
+    SessionFollowup(StageArgs),
+    /// Point patients whose booking was cancelled 2-4 hours ago to their other matches
+    CancellationRecovery(StageArgs),
+    /// Process one Cal.com webhook body (stdin, or --file) as the listener would: verify,
+    /// store, send the confirmations. For replays and for wiring into another web server
+    Webhook(WebhookArgs),
+    /// Listen for Cal.com webhooks: POST /api/public/cal/webhook, GET /healthz
+    Serve(ServeArgs),
+    /// Health at a glance: last run per stage, counters, red flags. Exit 0 OK, 1 warning,
+    /// 2 critical (usable as a Nagios/Icinga check or systemd OnFailure=)
+    Status(StatusArgs),
+    /// Bookings whose window passed without the message going out, and why. Exit 1 when
+    /// something was missed for no recorded reason
+    Audit(AuditArgs),
+    /// Settle a delivery left in_doubt: --as sent (it did go out) or --as retry (send again
+    /// while the window is open)
+    Resolve(ResolveArgs),
+    /// The whole journey on a throwaway database over a simulated week, with outbox
+    /// transports; prints who got what when. Never touches an existing database
+    Demo(DemoArgs),
+    /// Run every stage in order, in one process: confirmation-recovery, reminder-24h,
+    /// reminder-1h, intro-followup, session-followup, cancellation-recovery
+    Followups(FollowupsArgs),
+}
+
+/// Options of `followups` (each stage uses its default window).
+#[derive(Args, Debug, Clone, Default)]
+pub struct FollowupsArgs {
+    /// Select and render as a real run, print what would be sent; send and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Process at most N due bookings per stage
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+
+    /// Only these stages (comma-separated, in the usual order), e.g.
+    /// --stages reminder-1h,intro-followup
+    #[arg(long, value_delimiter = ',', value_name = "STAGE,...")]
+    pub stages: Vec<String>,
+
+    #[arg(long, hide = true)]
+    pub no_lock: bool,
+
+    #[arg(long, default_value_t = 8, value_name = "N", hide = true)]
+    pub concurrency: usize,
+
+    /// Also write this run's counters in Prometheus text format to PATH (atomically), for
+    /// node_exporter's textfile collector
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Options shared by every stage command.
@@ -180,4 +234,68 @@ pub struct StageArgs {
     /// Sends in flight at once
     #[arg(long, default_value_t = 8, value_name = "N", hide = true)]
     pub concurrency: usize,
+
+    /// Also write this run's counters in Prometheus text format to PATH (atomically), for
+    /// node_exporter's textfile collector
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// Read the body from this file instead of stdin
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Value of the X-Cal-Signature-256 header (hex HMAC-SHA256 of the body)
+    #[arg(long, value_name = "HEX")]
+    pub signature: Option<String>,
+
+    /// Do not check the signature (replaying a body recorded in cal_webhook_receipts); logged
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// How far back to look at runs and counters
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub since: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuditArgs {
+    /// How many days back to look for closed windows
+    #[arg(long, default_value_t = 7, value_name = "N")]
+    pub days: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ResolveArgs {
+    /// The delivery's id (journey_deliveries.id, as `status` lists it)
+    pub id: uuid::Uuid,
+
+    /// What happened: `sent` (it reached the recipient) or `retry` (send it again)
+    #[arg(long = "as", value_name = "sent|retry")]
+    pub resolution: Resolution,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Sent,
+    Retry,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Directory for the emails (.eml) and SMS (sms.jsonl) it sends [default: ./journeyctl-demo-<time>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }

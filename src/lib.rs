@@ -10,7 +10,14 @@ mod commands;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod ics;
+pub mod links;
+pub mod metrics;
+pub mod notify;
+pub mod pgtemp;
 pub mod secret;
+pub mod stages;
+pub mod templates;
 pub mod webhook;
 
 use std::io::Write;
@@ -85,12 +92,156 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
-    let _clock = config::clock_from(cli.global.now.as_deref())?;
-    let _settings = config::Settings::from_args(&cli.global.settings)?;
-    match cli.command {
-        Command::Migrate => commands::migrate(&cli.global).await,
-        Command::ConfirmationRecovery(_) | Command::Reminder24h(_) | Command::Reminder1h(_) => {
-            anyhow::bail!("not yet")
+    let clock = config::clock_from(cli.global.now.as_deref())?;
+    let settings = config::Settings::from_args(&cli.global.settings)?;
+    let g = &cli.global;
+    let single =
+        |stage: domain::Stage, a: &cli::StageArgs| -> anyhow::Result<Vec<commands::StageRun>> {
+            Ok(vec![commands::StageRun {
+                stage,
+                opts: stages::StageOptions {
+                    dry_run: a.dry_run,
+                    limit: a.limit,
+                    window: stages::resolve_window(
+                        stage,
+                        a.window_start.as_deref(),
+                        a.window_end.as_deref(),
+                    )?,
+                    lock: !a.no_lock,
+                    concurrency: a.concurrency,
+                },
+            }])
+        };
+    use domain::Stage;
+    match &cli.command {
+        Command::Migrate => commands::migrate(g).await,
+        Command::ConfirmationRecovery(a) => {
+            let runs = single(Stage::ConfirmationRecovery, a)?;
+            commands::run_stages(
+                g,
+                settings,
+                clock,
+                "confirmation-recovery",
+                runs,
+                a.metrics_file.as_deref(),
+            )
+            .await
+        }
+        Command::Reminder24h(a) => {
+            let runs = single(Stage::Reminder24h, a)?;
+            commands::run_stages(
+                g,
+                settings,
+                clock,
+                "reminder-24h",
+                runs,
+                a.metrics_file.as_deref(),
+            )
+            .await
+        }
+        Command::Reminder1h(a) => {
+            let runs = single(Stage::Reminder1h, a)?;
+            commands::run_stages(
+                g,
+                settings,
+                clock,
+                "reminder-1h",
+                runs,
+                a.metrics_file.as_deref(),
+            )
+            .await
+        }
+        Command::IntroFollowup(a) => {
+            let runs = single(Stage::IntroFollowup, a)?;
+            commands::run_stages(
+                g,
+                settings,
+                clock,
+                "intro-followup",
+                runs,
+                a.metrics_file.as_deref(),
+            )
+            .await
+        }
+        Command::SessionFollowup(a) => {
+            let runs = single(Stage::SessionFollowup, a)?;
+            commands::run_stages(
+                g,
+                settings,
+                clock,
+                "session-followup",
+                runs,
+                a.metrics_file.as_deref(),
+            )
+            .await
+        }
+        Command::CancellationRecovery(a) => {
+            let runs = single(Stage::CancellationRecovery, a)?;
+            commands::run_stages(
+                g,
+                settings,
+                clock,
+                "cancellation-recovery",
+                runs,
+                a.metrics_file.as_deref(),
+            )
+            .await
+        }
+        Command::Webhook(a) => {
+            commands::webhook(
+                g,
+                settings,
+                clock,
+                a.file.clone(),
+                a.signature.clone(),
+                a.no_verify,
+            )
+            .await
+        }
+        Command::Serve(a) => {
+            let fixed = g.now.is_some();
+            commands::serve(g, settings, clock, fixed, a.listen).await
+        }
+        Command::Demo(a) => commands::demo(g, a.out.clone()).await,
+        Command::Status(a) => commands::status(g, clock, &a.since).await,
+        Command::Audit(a) => commands::audit(g, clock, a.days).await,
+        Command::Resolve(a) => {
+            commands::resolve(g, clock, a.id, a.resolution == cli::Resolution::Sent).await
+        }
+        Command::Followups(a) => {
+            let mut selected = Vec::new();
+            for name in &a.stages {
+                let stage = Stage::parse(name.trim()).ok_or_else(|| {
+                    config::ConfigError::new(format!(
+                        "--stages: unknown stage {name:?}; known: {}",
+                        Stage::ALL.map(Stage::command).join(", ")
+                    ))
+                })?;
+                selected.push(stage);
+            }
+            let runs = Stage::ALL
+                .into_iter()
+                .filter(|s| selected.is_empty() || selected.contains(s))
+                .map(|stage| commands::StageRun {
+                    stage,
+                    opts: stages::StageOptions {
+                        dry_run: a.dry_run,
+                        limit: a.limit,
+                        window: stage.default_window(),
+                        lock: !a.no_lock,
+                        concurrency: a.concurrency,
+                    },
+                })
+                .collect();
+            commands::run_stages(
+                g,
+                settings,
+                clock,
+                "followups",
+                runs,
+                a.metrics_file.as_deref(),
+            )
+            .await
         }
     }
 }

@@ -2,6 +2,14 @@
 //! configuration, does its work through `db`/`stages`/`webhook`, prints its report and returns
 //! the exit status. Business rules live in the modules they call, not here.
 
+mod demo;
 mod migrate;
+mod ops;
+mod stage;
+mod webhook;
 
+pub use demo::demo;
 pub use migrate::migrate;
+pub use ops::{audit, resolve, status};
+pub use stage::{journey, run as run_stages, StageRun};
+pub use webhook::{serve, webhook};

@@ -125,9 +125,11 @@ fn stage_predicate(stage: Stage) -> String {
             "b.booking_kind = 'full_session' AND b.end_time BETWEEN $2 AND $3 \
              AND {NOT_FALLEN_THROUGH}"
         ),
-        Stage::CancellationRecovery => "b.cancelled_at IS NOT NULL AND b.cancelled_at BETWEEN $2 AND $3 \
+        Stage::CancellationRecovery => {
+            "b.cancelled_at IS NOT NULL AND b.cancelled_at BETWEEN $2 AND $3 \
              AND upper(b.status) = 'CANCELLED'"
-            .to_string(),
+                .to_string()
+        }
     }
 }
 
@@ -140,8 +142,15 @@ fn order_column(stage: Stage) -> &'static str {
     }
 }
 
-/// The selection query of a stage; public so tests can EXPLAIN it.
+/// The selection query of a stage; public so tests can EXPLAIN it. Parameters: `$1` the
+/// run's instant, `$2..$3` the window, `$4` the limit.
 pub fn due_query(stage: Stage) -> String {
+    query_with(stage, &stage_predicate(stage))
+}
+
+/// The selection query with another predicate; parameters are typed explicitly, since not
+/// every stage's query uses all of them.
+fn query_with(stage: Stage, predicate: &str) -> String {
     let followup = matches!(stage, Stage::IntroFollowup | Stage::SessionFollowup);
     let recovery = stage == Stage::CancellationRecovery;
     let other_active = active("o");
@@ -173,11 +182,14 @@ pub fn due_query(stage: Stage) -> String {
          LEFT JOIN therapists t ON t.id = b.therapist_id
          LEFT JOIN cal_slots_cache s ON s.therapist_id = b.therapist_id
          LEFT JOIN matches m ON m.id = b.match_id
-         WHERE {predicate}
+         WHERE $1 IS NOT NULL AND {predicate}
          ORDER BY {order}, b.id
          LIMIT $4",
         mark = stage.mark_column(),
-        future_full = flag(followup, future_with_therapist("AND o.booking_kind = 'full_session'")),
+        future_full = flag(
+            followup,
+            future_with_therapist("AND o.booking_kind = 'full_session'")
+        ),
         future_any = flag(followup, future_with_therapist("")),
         other_future = flag(
             recovery,
@@ -202,9 +214,13 @@ pub fn due_query(stage: Stage) -> String {
                   OR d.status IN ('sending', 'in_doubt')))"
                 .to_string()
         ),
-        predicate = stage_predicate(stage),
         order = order_column(stage),
     )
+    .replace("$1", "$1::timestamptz")
+    .replace("$2", "$2::timestamptz")
+    .replace("$3", "$3::timestamptz")
+    .replace("$4", "$4::bigint")
+    .replace("$5", "$5::uuid")
 }
 
 /// The bookings a stage must look at, as of `now`, within `[from, to]` on the stage's column.
@@ -273,10 +289,15 @@ fn map_row(r: &tokio_postgres::Row) -> anyhow::Result<DueBooking> {
 
 /// One booking by id, with the same facts as confirmation recovery sees (for the webhook's
 /// immediate confirmation). `None` when no such booking exists.
-pub async fn select_one(db: &Db, id: Uuid, now: DateTime<Utc>) -> anyhow::Result<Option<DueBooking>> {
-    let sql = due_query(Stage::ConfirmationRecovery).replace(
-        &stage_predicate(Stage::ConfirmationRecovery),
-        "b.id = $5 AND $2::timestamptz IS NOT NULL AND $3::timestamptz IS NOT NULL",
+pub async fn select_one(
+    db: &Db,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<DueBooking>> {
+    // $2/$3 (the window) are unused here but must appear to get a type.
+    let sql = query_with(
+        Stage::ConfirmationRecovery,
+        "b.id = $5 AND $2 IS NOT NULL AND $3 IS NOT NULL",
     );
     let client = db.client().await?;
     let one: i64 = 1;

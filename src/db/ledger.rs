@@ -11,8 +11,8 @@
 //! - Only `retry` rows are claimed again, each channel on its own: a failed email never
 //!   resends the SMS that went out.
 //! - A row left in `sending` is never resent automatically. It becomes `in_doubt` when its
-//!   lease has passed or when no connection of the run that claimed it is left (runs name
-//!   their connections `journeyctl:<run id>`, visible in `pg_stat_activity`).
+//!   lease has passed or when no connection of the process that claimed it is left (each
+//!   process names its connections `journeyctl:<id>`, visible in `pg_stat_activity`).
 //!
 //! Residual risk: a provider accepts a message and the process dies (or loses the database)
 //! before the outcome is recorded. The row then ends `in_doubt`, is raised by `status` and
@@ -28,9 +28,8 @@ use uuid::Uuid;
 use super::Db;
 use crate::domain::{Channel, DeliveryStatus, RecipientRole};
 
-/// How long a claim may stay in `sending` before another run may declare it in doubt, even if
-/// the claiming run still looks alive.
-pub const LEASE: &str = "15 minutes";
+// A claim's lease (15 minutes, in `CLAIM_SQL`): how long a row may stay in `sending` before
+// another run may declare it in doubt, even if the claiming run still looks alive.
 
 /// The unique key of one message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -101,65 +100,86 @@ pub enum Claim {
     },
     /// Another run (or an earlier one) has it, in this state.
     Taken(DeliveryStatus),
+    /// Patient-exclusive stages: this patient already has such a message (sent recently,
+    /// being sent, or in doubt) for another booking.
+    PatientTaken,
 }
 
 pub struct ClaimRequest<'a> {
     pub key: &'a DeliveryKey,
     pub patient_id: Option<Uuid>,
     pub run_id: Uuid,
+    /// The claiming process's connection name (see [`process_application_name`]).
+    pub claimed_by: &'a str,
     pub recipient_masked: &'a str,
     /// Domain for the Message-ID (`<delivery id>@domain`).
     pub message_id_domain: &'a str,
+    /// Patient-exclusive stages (cancellation recovery): refuse the claim when the patient
+    /// got this stage's message for another booking after this instant, or has one in flight.
+    pub patient_exclusive_since: Option<DateTime<Utc>>,
 }
+
+/// Advisory lock namespace serialising patient-exclusive claims.
+const PATIENT_LOCK_NS: i32 = 0x4a43_0002;
 
 /// Commits the row in `sending` (new, or a `retry` row taken again). One statement.
 pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
     let id = Uuid::new_v4();
     let message_id = format!("<{}@{}>", id, req.message_id_domain);
-    let client = db.client().await?;
-    let rows = client
-        .query(
-            &format!(
-                "WITH ins AS (
-                   INSERT INTO journey_deliveries AS d
-                     (id, booking_id, patient_id, stage, channel, recipient_role, status, attempts,
-                      run_id, recipient_masked, message_id, lease_until)
-                   VALUES ($1, $2, $3, $4, $5, $6, 'sending', 1, $7, $8, $9,
-                           now() + interval '{LEASE}')
-                   ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
-                     SET status = 'sending', attempts = d.attempts + 1, run_id = EXCLUDED.run_id,
-                         lease_until = EXCLUDED.lease_until,
-                         recipient_masked = EXCLUDED.recipient_masked,
-                         message_id = coalesce(d.message_id, EXCLUDED.message_id),
-                         updated_at = now()
-                     WHERE d.status = 'retry'
-                   RETURNING d.id, d.message_id, d.attempts, d.status
-                 )
-                 SELECT id, message_id, attempts, status, true FROM ins
-                 UNION ALL
-                 SELECT id, message_id, attempts, status, false FROM journey_deliveries
-                 WHERE booking_id = $2 AND stage = $4 AND channel = $5 AND recipient_role = $6
-                   AND NOT EXISTS (SELECT 1 FROM ins)"
-            ),
-            &[
-                &id,
-                &req.key.booking_id,
-                &req.patient_id,
-                &req.key.stage,
-                &req.key.channel.as_str(),
-                &req.key.role.as_str(),
-                &req.run_id,
-                &req.recipient_masked,
-                &message_id,
-            ],
+    let channel = req.key.channel.as_str();
+    let role = req.key.role.as_str();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+        &id,
+        &req.key.booking_id,
+        &req.patient_id,
+        &req.key.stage,
+        &channel,
+        &role,
+        &req.run_id,
+        &req.recipient_masked,
+        &message_id,
+        &req.claimed_by,
+    ];
+    let context = || {
+        format!(
+            "Failed to claim the {} {} {} delivery of booking {}",
+            req.key.stage, req.key.role, req.key.channel, req.key.booking_id
         )
-        .await
-        .with_context(|| {
-            format!(
-                "Failed to claim the {} {} {} delivery of booking {}",
-                req.key.stage, req.key.role, req.key.channel, req.key.booking_id
+    };
+    let mut client = db.client().await?;
+    let rows = match (req.patient_exclusive_since, req.patient_id) {
+        (Some(since), Some(patient)) => {
+            let tx = client.transaction().await.with_context(context)?;
+            // Two runs, or two cancellations of one patient, must not both pass this check.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&PATIENT_LOCK_NS, &patient.to_string()],
             )
-        })?;
+            .await
+            .context("Failed to take the patient lock")?;
+            let other = tx
+                .query_opt(
+                    "SELECT 1 FROM journey_deliveries
+                     WHERE patient_id = $1 AND stage = $2 AND booking_id <> $3
+                       AND (status IN ('sending', 'in_doubt') OR (status = 'sent' AND sent_at > $4))
+                     LIMIT 1",
+                    &[&patient, &req.key.stage, &req.key.booking_id, &since],
+                )
+                .await
+                .context("Failed to check the patient's earlier messages")?;
+            if other.is_some() {
+                return Ok(Claim::PatientTaken);
+            }
+            let rows = tx.query(CLAIM_SQL, &params).await.with_context(context)?;
+            tx.commit().await.with_context(context)?;
+            rows
+        }
+        // One statement: the claim commits on its own.
+        _ => client
+            .query(CLAIM_SQL, &params)
+            .await
+            .with_context(context)?,
+    };
     let Some(row) = rows.first() else {
         // The conflicting row was committed after this statement's snapshot: another run
         // claimed it a moment ago.
@@ -169,9 +189,7 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
     if claimed {
         Ok(Claim::Claimed {
             id: row.try_get(0)?,
-            message_id: row
-                .try_get::<_, Option<String>>(1)?
-                .unwrap_or(message_id),
+            message_id: row.try_get::<_, Option<String>>(1)?.unwrap_or(message_id),
             attempt: row.try_get(2)?,
         })
     } else {
@@ -181,6 +199,28 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
         ))
     }
 }
+
+/// Inserts the row in `sending`, or takes a `retry` row again; otherwise returns the row as it
+/// is, with `false` in the last column.
+const CLAIM_SQL: &str = "WITH ins AS (
+   INSERT INTO journey_deliveries AS d
+     (id, booking_id, patient_id, stage, channel, recipient_role, status, attempts,
+      run_id, recipient_masked, message_id, claimed_by, lease_until)
+   VALUES ($1, $2, $3, $4, $5, $6, 'sending', 1, $7, $8, $9, $10, now() + interval '15 minutes')
+   ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
+     SET status = 'sending', attempts = d.attempts + 1, run_id = EXCLUDED.run_id,
+         lease_until = EXCLUDED.lease_until, claimed_by = EXCLUDED.claimed_by,
+         recipient_masked = EXCLUDED.recipient_masked,
+         message_id = coalesce(d.message_id, EXCLUDED.message_id),
+         updated_at = now()
+     WHERE d.status = 'retry'
+   RETURNING d.id, d.message_id, d.attempts, d.status
+ )
+ SELECT id, message_id, attempts, status, true FROM ins
+ UNION ALL
+ SELECT id, message_id, attempts, status, false FROM journey_deliveries
+ WHERE booking_id = $2 AND stage = $4 AND channel = $5 AND recipient_role = $6
+   AND NOT EXISTS (SELECT 1 FROM ins)";
 
 /// An event row written together with an outcome.
 pub struct EventRow {
@@ -247,7 +287,10 @@ pub async fn record(db: &Db, delivery_id: Uuid, o: &Outcome<'_>) -> anyhow::Resu
         .await
         .with_context(|| format!("Failed to record delivery {delivery_id} as {}", o.status))?
         .try_get(0)?;
-    anyhow::ensure!(n == 1, "delivery {delivery_id} vanished before its outcome was recorded");
+    anyhow::ensure!(
+        n == 1,
+        "delivery {delivery_id} vanished before its outcome was recorded"
+    );
     Ok(())
 }
 
@@ -304,9 +347,10 @@ pub async fn record_skip(
     Ok(())
 }
 
-/// The application name every connection of a run carries, so other runs can see it is alive.
-pub fn run_application_name(run_id: Uuid) -> String {
-    format!("journeyctl:{run_id}")
+/// The application name every connection of a process carries, so other runs can see it is
+/// alive: `journeyctl:<random id>`.
+pub fn process_application_name() -> String {
+    format!("journeyctl:{}", Uuid::new_v4())
 }
 
 /// Declares `in_doubt` every `sending` row whose lease passed or whose run has no connection
@@ -316,13 +360,13 @@ pub async fn promote_abandoned(db: &Db) -> anyhow::Result<u64> {
     client
         .execute(
             "UPDATE journey_deliveries d
-                SET status = 'in_doubt', lease_until = NULL, updated_at = now(),
+                SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
                     last_error = 'the run that was sending this stopped before recording the \
                                   outcome: the message may or may not have gone out'
               WHERE d.status = 'sending'
                 AND (d.lease_until < now()
                      OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                                    WHERE a.application_name = 'journeyctl:' || d.run_id::text))",
+                                    WHERE a.application_name = d.claimed_by))",
             &[],
         )
         .await

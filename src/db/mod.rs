@@ -7,7 +7,9 @@
 pub mod bookings;
 pub mod ledger;
 pub mod migrate;
-pub mod runs;
+pub mod ops;
 mod pool;
+pub mod runs;
+pub mod webhook;
 
 pub use pool::{connect, connect_as, Db, Unreachable};

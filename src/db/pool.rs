@@ -49,7 +49,11 @@ pub async fn connect(url: &Secret, max_size: usize) -> anyhow::Result<Db> {
 
 /// Like [`connect`], with every connection named `application_name` (runs use
 /// `journeyctl:<run id>` so other runs can tell they are alive).
-pub async fn connect_as(url: &Secret, max_size: usize, application_name: &str) -> anyhow::Result<Db> {
+pub async fn connect_as(
+    url: &Secret,
+    max_size: usize,
+    application_name: &str,
+) -> anyhow::Result<Db> {
     crate::ensure_tls_provider();
     let target = redact_url(url.expose());
     let (raw, verify) = split_verify_mode(url.expose());

@@ -71,6 +71,19 @@ impl Stage {
         }
     }
 
+    /// How often the shipped schedule (crontab.example, systemd/) runs this stage. Never longer
+    /// than the window, or bookings fall between two runs.
+    pub fn cadence(self) -> chrono::Duration {
+        match self {
+            Stage::ConfirmationRecovery | Stage::Reminder1h | Stage::IntroFollowup => {
+                chrono::Duration::minutes(5)
+            }
+            Stage::Reminder24h | Stage::SessionFollowup | Stage::CancellationRecovery => {
+                chrono::Duration::minutes(30)
+            }
+        }
+    }
+
     /// The `cal_bookings` column that marks this stage done.
     pub fn mark_column(self) -> &'static str {
         match self {

@@ -4,6 +4,7 @@
 //! Both are pure: no I/O, no database, no clock, no logging. Applying an event to the database
 //! and the HTTP listener are built on top of these and live elsewhere.
 
+pub mod apply;
 pub mod parse;
 pub mod verify;
 

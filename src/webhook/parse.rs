@@ -164,7 +164,7 @@ pub struct CalEvent {
 }
 
 impl CalEvent {
-    /// A test booking (SPEC §1, §6): `metadata.kh_test` is `true`, or the first attendee's email
+    /// A test booking (SPEC §1, §6): `metadata.kh_test` is `true` (or `"true"`), or the first attendee's email
     /// has `+test` in its local part (case ignored).
     pub fn is_test(&self) -> bool {
         if self.kh.test == Some(true) {
@@ -429,9 +429,13 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A boolean, also as the strings "true"/"false": metadata set through booking-link query
+    /// parameters (`metadata[kh_test]=true`) arrives as text.
     fn boolean(&self, key: &str, w: &mut Warnings) -> Option<bool> {
         match self.get(key)? {
             Value::Bool(b) => Some(*b),
+            Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Some(true),
+            Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Some(false),
             other => self.wrong(key, "a boolean", other, w),
         }
     }
@@ -775,7 +779,7 @@ mod tests {
             p["eventTypeId"] = "1187".into();
             p["iCalSequence"] = 99_999_999_999_i64.into();
             p["metadata"]["kh_booking_kind"] = "full-session".into();
-            p["metadata"]["kh_test"] = "true".into();
+            p["metadata"]["kh_test"] = "maybe".into();
             p["metadata"]["kh_match_id"] = serde_json::json!({"id": MATCH});
             p["attendees"] = serde_json::json!(["jonas.weber@example.de", {"email": 5}]);
         });
@@ -855,6 +859,17 @@ mod tests {
         let e = parsed(&body);
         assert_eq!(e.kh.test, Some(true));
         assert!(e.is_test());
+    }
+
+    #[test]
+    fn kh_test_as_the_string_true_from_a_booking_link_makes_a_test_booking() {
+        let body = edited(fixtures::BOOKING_CREATED_INTRO, |v| {
+            v["payload"]["metadata"]["kh_test"] = "true".into();
+        });
+        let e = parsed(&body);
+        assert_eq!(e.kh.test, Some(true));
+        assert!(e.is_test());
+        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
     }
 
     #[test]

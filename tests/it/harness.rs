@@ -8,8 +8,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use tokio_postgres::NoTls;
@@ -18,11 +17,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_journeyctl");
 const TEMPLATE_DB: &str = "journey_template";
 
 struct Cluster {
-    /// URL of a maintenance database on the server, without database name: `…/`.
+    /// URL of the server without database name: `…/`.
     base: String,
     /// Whether the server was started here with TLS on.
     tls: bool,
-    _watchdog: Option<Mutex<Child>>,
+    _own: Option<Mutex<journeyctl::pgtemp::TempCluster>>,
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -33,9 +32,20 @@ fn cluster() -> &'static Cluster {
         Ok(url) if !url.trim().is_empty() => Cluster {
             base: base_of(url.trim()),
             tls: false,
-            _watchdog: None,
+            _own: None,
         },
-        _ => start_throwaway_cluster(),
+        _ => {
+            let c = journeyctl::pgtemp::TempCluster::start(journeyctl::pgtemp::Options {
+                tls: true,
+                stat_statements: true,
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+            Cluster {
+                base: c.base_url.clone(),
+                tls: c.tls,
+                _own: Some(Mutex::new(c)),
+            }
+        }
     })
 }
 
@@ -45,191 +55,6 @@ fn base_of(url: &str) -> String {
     match without_query.rfind('/') {
         Some(i) if i > "postgres://".len() => without_query[..=i].to_string(),
         _ => format!("{}/", without_query.trim_end_matches('/')),
-    }
-}
-
-fn pg_bin(name: &str) -> PathBuf {
-    if let Ok(path) = std::env::var("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin").join(name))
-                .filter(|p| p.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.sort_by_key(|p| {
-        p.components()
-            .nth(4)
-            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    candidates.pop().unwrap_or_else(|| {
-        panic!(
-            "{name} not found on PATH or in /usr/lib/postgresql/*/bin: install PostgreSQL \
-             (apt-get install -y postgresql) or set JOURNEY_TEST_DATABASE_URL"
-        )
-    })
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// PostgreSQL refuses to run as root; as root, its commands run as the `postgres` user.
-fn pg_command(program: &Path, as_postgres: bool) -> Command {
-    if as_postgres {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=postgres",
-            "--regid=postgres",
-            "--init-groups",
-            "--",
-        ])
-        .arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
-
-fn check(mut cmd: Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn start_throwaway_cluster() -> Cluster {
-    let root = is_root();
-    let dir = tempfile::Builder::new()
-        .prefix("journeyctl-pg-")
-        .tempdir()
-        .expect("temp dir")
-        .keep();
-    let data = dir.join("data");
-    if root {
-        check(
-            {
-                let mut c = Command::new("chown");
-                c.args(["-R", "postgres:postgres"]).arg(&dir);
-                c
-            },
-            "chown test cluster dir",
-        );
-    }
-    let mut initdb = pg_command(&pg_bin("initdb"), root);
-    initdb.arg("-D").arg(&data).args([
-        "-U",
-        "postgres",
-        "-A",
-        "trust",
-        "-E",
-        "UTF8",
-        "--locale=C",
-        "--no-sync",
-    ]);
-    check(initdb, "initdb");
-
-    // A self-signed certificate, so `sslmode=require` can be tested against this server.
-    let mut openssl = Command::new("openssl");
-    openssl
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-        ])
-        .arg("/CN=localhost")
-        .arg("-keyout")
-        .arg(data.join("server.key"))
-        .arg("-out")
-        .arg(data.join("server.crt"));
-    let tls = openssl
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if tls {
-        if root {
-            let mut c = Command::new("chown");
-            c.arg("postgres:postgres")
-                .arg(data.join("server.key"))
-                .arg(data.join("server.crt"));
-            check(c, "chown certificate");
-        }
-        let mut c = Command::new("chmod");
-        c.arg("600").arg(data.join("server.key"));
-        check(c, "chmod key");
-    }
-
-    let port = free_port();
-    let opts = format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off \
-         -c full_page_writes=off -c max_connections=400 -c ssl={}",
-        dir.display(),
-        if tls { "on" } else { "off" }
-    );
-    let mut start = pg_command(&pg_bin("pg_ctl"), root);
-    start
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(dir.join("server.log"))
-        .args(["-w", "-t", "60", "-o", &opts, "start"]);
-    check(start, "pg_ctl start");
-
-    // The watchdog waits for EOF on its stdin (this process's end) and stops the server.
-    let script = format!(
-        "cat >/dev/null; '{}' -D '{}' -m immediate stop >/dev/null 2>&1; rm -rf '{}'",
-        pg_bin("pg_ctl").display(),
-        data.display(),
-        dir.display()
-    );
-    let mut watchdog = if root {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=postgres",
-            "--regid=postgres",
-            "--init-groups",
-            "--",
-            "sh",
-            "-c",
-        ]);
-        c
-    } else {
-        let mut c = Command::new("sh");
-        c.arg("-c");
-        c
-    };
-    let child = watchdog
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the cluster watchdog");
-    Cluster {
-        base: format!("postgres://postgres@127.0.0.1:{port}/"),
-        tls,
-        _watchdog: Some(Mutex::new(child)),
     }
 }
 

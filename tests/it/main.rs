@@ -1,5 +1,13 @@
 //! The one integration test binary: every test talks to a real PostgreSQL (see `harness`),
 //! real SMTP and HTTP peers, and the compiled `journeyctl` binary.
 
+mod exactly_once;
+mod followups;
 mod harness;
 mod migrate;
+mod notify;
+mod ops;
+mod seed;
+mod stages;
+mod transports;
+mod webhook;

@@ -1,0 +1,249 @@
+//! Stage commands (`reminder-24h`, …, `followups`): build the run's `Journey`, run the stages
+//! in order, record the run, print the report. A failing stage does not stop the next one;
+//! the exit status is the worst of them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::cli::GlobalArgs;
+use crate::clock::Clock;
+use crate::config::{self, ConfigError, Settings};
+use crate::db::{self, ledger, runs};
+use crate::domain::{Counter, Counters, Stage};
+use crate::notify::email::Mailer;
+use crate::notify::sms::SmsSender;
+use crate::stages::{run_stage, Journey, StageOptions, StageReport};
+use crate::templates::Templates;
+use crate::ExitStatus;
+
+/// One stage with its options.
+pub struct StageRun {
+    pub stage: Stage,
+    pub opts: StageOptions,
+}
+
+/// Builds what every sending command needs: pool, templates, transports.
+pub async fn journey(
+    g: &GlobalArgs,
+    settings: Settings,
+    clock: Clock,
+    dry_run: bool,
+    pool_size: usize,
+) -> anyhow::Result<Journey> {
+    let url = config::database_url(g)?;
+    let mailer = match (&settings.email.transport, dry_run) {
+        (Some(_), _) => Some(Mailer::from_settings(&settings.email)?),
+        (None, true) => None,
+        (None, false) => return Err(settings.email.require_transport().unwrap_err().into()),
+    };
+    let sms = settings.sms.as_ref().map(SmsSender::from_settings);
+    if sms.is_none() {
+        log::warn!(
+            "SMS is off (neither TWILIO_* nor SMS_OUTBOX_DIR is set): patients with only a phone \
+             number are counted as skipped_no_contact"
+        );
+    }
+    let templates = Templates::load(settings.templates_dir.as_deref(), settings.timezone)
+        .map_err(|e| ConfigError::new(format!("templates cannot be loaded: {e:#}")))?;
+    let message_id_domain = settings
+        .email
+        .from
+        .parse::<lettre::message::Mailbox>()
+        .map(|m| m.email.domain().to_string())
+        .unwrap_or_else(|_| "journeyctl.local".to_string());
+    let run_id = Uuid::new_v4();
+    let application_name = ledger::process_application_name();
+    let db = db::connect_as(&url, pool_size, &application_name).await?;
+    Ok(Journey {
+        db,
+        settings: Arc::new(settings),
+        templates: Arc::new(templates),
+        mailer,
+        sms,
+        clock,
+        run_id,
+        application_name,
+        message_id_domain,
+    })
+}
+
+/// Runs the given stages as one run named `command`, and prints the report.
+pub async fn run(
+    g: &GlobalArgs,
+    settings: Settings,
+    clock: Clock,
+    command: &str,
+    stages: Vec<StageRun>,
+    metrics_file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitStatus> {
+    let dry_run = stages.iter().any(|s| s.opts.dry_run);
+    let concurrency = stages.iter().map(|s| s.opts.concurrency).max().unwrap_or(8);
+    let j = journey(g, settings, clock, dry_run, concurrency + 2).await?;
+    let (status, reports, totals) = execute(&j, command, &stages).await?;
+    if let Some(path) = metrics_file {
+        let text = crate::metrics::render(command, j.clock.now(), dry_run, status, &reports);
+        crate::metrics::write_atomically(path, &text)
+            .with_context(|| format!("Failed to write the metrics file {}", path.display()))?;
+    }
+    if g.json {
+        let report = json!({
+            "run_id": j.run_id,
+            "command": command,
+            "now": j.clock.now(),
+            "dry_run": dry_run,
+            "stages": reports,
+            "totals": totals,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(command, &j, dry_run, &reports, &totals);
+    }
+    Ok(status)
+}
+
+/// Runs the stages in order with `j` and records the run (unless dry). A failing stage does
+/// not stop the next; the status is the worst of them.
+pub async fn execute(
+    j: &Journey,
+    command: &str,
+    stages: &[StageRun],
+) -> anyhow::Result<(ExitStatus, Vec<StageReport>, Counters)> {
+    let started = Instant::now();
+    let dry_run = stages.iter().any(|s| s.opts.dry_run);
+    if !dry_run {
+        runs::start(&j.db, j.run_id, command, j.clock.now(), &hostname())
+            .await
+            .map_err(|e| {
+                ConfigError::new(format!(
+                    "{e:#} (has `journeyctl migrate` been run against this database?)"
+                ))
+            })?;
+    }
+    let mut reports: Vec<StageReport> = Vec::new();
+    for s in stages {
+        log::debug!("{}: starting", s.stage);
+        match run_stage(j, s.stage, &s.opts).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                log::error!("{}: {e:#}", s.stage);
+                let mut r = StageReport::new(s.stage.as_str());
+                r.counters.bump(Counter::Errors);
+                reports.push(r);
+            }
+        }
+    }
+    let mut totals = Counters::default();
+    for r in &reports {
+        totals.merge(&r.counters);
+    }
+    let status = if reports.iter().any(StageReport::failed) {
+        ExitStatus::Failed
+    } else {
+        ExitStatus::Ok
+    };
+    if !dry_run {
+        let stages_json = serde_json::to_value(
+            reports
+                .iter()
+                .map(|r| json!({"stage": r.stage, "counters": r.counters}))
+                .collect::<Vec<_>>(),
+        )?;
+        let totals_json = serde_json::to_value(&totals)?;
+        let props = json!({
+            "command": command,
+            "run_id": j.run_id,
+            "now": j.clock.now(),
+            "stages": stages_json,
+            "totals": totals_json,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        });
+        runs::finish(
+            &j.db,
+            j.run_id,
+            &stages_json,
+            &totals_json,
+            status.code() as i32,
+            &props,
+        )
+        .await
+        .context("Failed to record the run")?;
+    }
+    Ok((status, reports, totals))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn print_table(
+    command: &str,
+    j: &Journey,
+    dry_run: bool,
+    reports: &[StageReport],
+    totals: &Counters,
+) {
+    println!(
+        "journeyctl {command}{}  run {}  now {}",
+        if dry_run {
+            " (dry run: nothing sent, nothing written)"
+        } else {
+            ""
+        },
+        j.run_id,
+        j.clock.now().format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    for r in reports {
+        if r.skipped_locked {
+            println!(
+                "  {:<22} skipped: another run holds this stage's lock",
+                r.stage
+            );
+            continue;
+        }
+        let nonzero: Vec<String> = r
+            .counters
+            .iter()
+            .filter(|(c, n)| *n > 0 && *c != Counter::Processed)
+            .map(|(c, n)| format!("{}={n}", c.as_str()))
+            .collect();
+        println!(
+            "  {:<22} processed={:<4} {}",
+            r.stage,
+            r.counters.get(Counter::Processed),
+            if nonzero.is_empty() {
+                "nothing due".to_string()
+            } else {
+                nonzero.join(" ")
+            }
+        );
+        for p in &r.planned {
+            println!(
+                "      would send {} to {} {} (booking {}){}",
+                p.channel,
+                p.recipient_role,
+                p.recipient,
+                p.cal_uid,
+                p.subject
+                    .as_deref()
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if reports.len() > 1 {
+        println!(
+            "  {:<22} processed={:<4} sent_email={} sent_sms={} errors={}",
+            "total",
+            totals.get(Counter::Processed),
+            totals.get(Counter::SentEmail),
+            totals.get(Counter::SentSms),
+            totals.get(Counter::Errors)
+        );
+    }
+}

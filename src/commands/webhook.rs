@@ -1,0 +1,278 @@
+//! `journeyctl webhook`: one Cal.com body from stdin or a file, for replays and for wiring
+//! into any web server. `journeyctl serve`: the same behind an HTTP listener.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::cli::GlobalArgs;
+use crate::clock::Clock;
+use crate::config::{ConfigError, Settings};
+use crate::stages::driver::confirm_booking;
+use crate::stages::Journey;
+use crate::webhook::apply::{handle, Handled, Verification, MAX_BODY};
+use crate::webhook::SIGNATURE_HEADER;
+use crate::ExitStatus;
+
+fn require_secret(settings: &Settings, no_verify: bool) -> Result<(), ConfigError> {
+    if settings.cal_webhook_secret.is_none() && !no_verify {
+        return Err(ConfigError::new(
+            "CAL_WEBHOOK_SECRET is not set: every webhook would be refused. Set it to the secret \
+             configured in Cal.com (or pass --no-verify to replay a recorded body)",
+        ));
+    }
+    Ok(())
+}
+
+/// Sends the confirmations of a stored booking; failures are logged and counted in the ledger
+/// (`confirmation-recovery` finishes what fails here).
+async fn confirm(j: &Journey, booking_id: Uuid) -> bool {
+    match confirm_booking(j, booking_id).await {
+        Ok(report) => {
+            log::info!(
+                "confirmation of booking {booking_id}: {}",
+                report
+                    .counters
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(c, n)| format!("{}={n}", c.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            !report.failed()
+        }
+        Err(e) => {
+            log::error!("confirmation of booking {booking_id}: {e:#}");
+            false
+        }
+    }
+}
+
+/// `journeyctl webhook [--file F] [--signature HEX] [--no-verify]`
+pub async fn webhook(
+    g: &GlobalArgs,
+    settings: Settings,
+    clock: Clock,
+    file: Option<PathBuf>,
+    signature: Option<String>,
+    no_verify: bool,
+) -> anyhow::Result<ExitStatus> {
+    require_secret(&settings, no_verify)?;
+    let body = match &file {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?,
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(MAX_BODY as u64 + 1)
+                .read_to_end(&mut buf)
+                .context("Failed to read the body from stdin")?;
+            buf
+        }
+    };
+    if no_verify {
+        log::warn!(
+            "--no-verify: the body's signature is NOT checked; use only for recorded bodies"
+        );
+    }
+    let j = super::journey(g, settings, clock, false, 3).await?;
+    let verification = if no_verify {
+        Verification::Skipped
+    } else {
+        Verification::Required(j.settings.cal_webhook_secret.as_ref())
+    };
+    let handled = handle(
+        &j.db,
+        verification,
+        &body,
+        signature.as_deref(),
+        clock.now(),
+    )
+    .await;
+    let mut confirmed = None;
+    if let Some(id) = handled.confirm_booking {
+        confirmed = Some(confirm(&j, id).await);
+    }
+    print_handled(g.json, &handled, confirmed);
+    // Applied or acknowledged: 0, unless its confirmation failed. Rejected or failed: 1.
+    Ok(if handled.http_status == 200 && confirmed != Some(false) {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Failed
+    })
+}
+
+fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "status": h.http_status,
+                "outcome": h.outcome,
+                "message": h.message,
+                "trigger": h.trigger,
+                "cal_uid": h.cal_uid,
+                "confirmation_sent": confirmed,
+            })
+        );
+    } else {
+        println!("{} {}: {}", h.http_status, h.outcome, h.message);
+        match confirmed {
+            Some(true) => println!("confirmations handled (see the delivery ledger)"),
+            Some(false) => {
+                println!("confirmations FAILED: confirmation-recovery will retry within its window")
+            }
+            None => {}
+        }
+    }
+}
+
+struct ServeState {
+    journey: Journey,
+    fixed_now: bool,
+    confirmations: mpsc::Sender<Uuid>,
+}
+
+/// `journeyctl serve [--listen ADDR]`
+pub async fn serve(
+    g: &GlobalArgs,
+    settings: Settings,
+    clock: Clock,
+    fixed_now: bool,
+    listen: SocketAddr,
+) -> anyhow::Result<ExitStatus> {
+    require_secret(&settings, false)?;
+    let j = super::journey(g, settings, clock, false, 8).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ConfigError::new(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener.local_addr()?;
+
+    // Confirmations go out after the 200, from one worker; on shutdown it drains the queue.
+    let (tx, mut rx) = mpsc::channel::<Uuid>(1024);
+    let worker_journey = j.clone();
+    let worker = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some(id) = rx.recv().await {
+            let mut jj = worker_journey.clone();
+            if !fixed_now {
+                // Each confirmation is judged at its own arrival, not at start-up.
+                jj.clock = Clock::system();
+            }
+            tasks.spawn(async move { confirm(&jj, id).await });
+            while tasks.len() >= 8 {
+                let _ = tasks.join_next().await;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+
+    let state = Arc::new(ServeState {
+        journey: j,
+        fixed_now,
+        confirmations: tx,
+    });
+    let app = Router::new()
+        .route("/api/public/cal/webhook", post(receive))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .with_state(state.clone());
+    println!("listening on http://{local} (POST /api/public/cal/webhook, GET /healthz)");
+    log::info!("serve: listening on {local}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    log::info!("serve: stopped accepting; finishing queued confirmations");
+    drop(state);
+    let _ = worker.await;
+    Ok(ExitStatus::Ok)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<ServeState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let now = if state.fixed_now {
+        state.journey.clock.now()
+    } else {
+        Clock::system().now()
+    };
+    let handled = handle(
+        &state.journey.db,
+        Verification::Required(state.journey.settings.cal_webhook_secret.as_ref()),
+        &body,
+        signature,
+        now,
+    )
+    .await;
+    log::info!(
+        "webhook {} {}: {} {}",
+        handled.trigger.as_deref().unwrap_or("-"),
+        handled.cal_uid.as_deref().unwrap_or("-"),
+        handled.http_status,
+        handled.outcome
+    );
+    if let Some(id) = handled.confirm_booking {
+        if state.confirmations.send(id).await.is_err() {
+            log::error!(
+                "confirmation queue closed; confirmation-recovery will send booking {id}'s"
+            );
+        }
+    }
+    let status =
+        StatusCode::from_u16(handled.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        axum::Json(serde_json::json!({"outcome": handled.outcome, "message": handled.message})),
+    )
+}
+
+async fn healthz(State(state): State<Arc<ServeState>>) -> (StatusCode, &'static str) {
+    match state.journey.db.client().await {
+        Ok(c) => match c.simple_query("SELECT 1").await {
+            Ok(_) => (StatusCode::OK, "ok\n"),
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+        },
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+    }
+}

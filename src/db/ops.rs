@@ -1,0 +1,323 @@
+//! Queries for operators: run history and red flags (`status`), misses (`audit`), settling
+//! deliveries in doubt (`resolve`). Read-mostly; `resolve` writes one row and its booking mark.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Db;
+use crate::domain::{Counters, Stage};
+
+/// One finished run of a stage (a `followups` run counts for each of its stages).
+#[derive(Clone, Debug)]
+pub struct StageRun {
+    pub stage: Stage,
+    pub run_id: Uuid,
+    pub now: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub exit_status: i32,
+    pub counters: Counters,
+}
+
+/// Finished runs since `since` (by their `now`), newest first, split per stage.
+pub async fn stage_runs(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Vec<StageRun>> {
+    let rows = db
+        .client()
+        .await?
+        .query(
+            "SELECT r.id, r.now, r.finished_at, coalesce(r.exit_status, 0), s->>'stage', s->'counters'
+             FROM journey_runs r, jsonb_array_elements(r.stages) s
+             WHERE r.finished_at IS NOT NULL AND r.now >= $1
+             ORDER BY r.now DESC, r.finished_at DESC",
+            &[&since],
+        )
+        .await
+        .context("Failed to read journey_runs")?;
+    let mut out = Vec::new();
+    for r in rows {
+        let name: Option<String> = r.try_get(4)?;
+        let Some(stage) = name.as_deref().and_then(Stage::parse) else {
+            continue;
+        };
+        let counters: Option<serde_json::Value> = r.try_get(5)?;
+        out.push(StageRun {
+            stage,
+            run_id: r.try_get(0)?,
+            now: r.try_get(1)?,
+            finished_at: r.try_get(2)?,
+            exit_status: r.try_get(3)?,
+            counters: counters
+                .as_ref()
+                .map(Counters::from_json)
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// The newest finished run of each stage, whenever it was.
+pub async fn last_finished(db: &Db) -> anyhow::Result<Vec<(Stage, DateTime<Utc>)>> {
+    let rows = db
+        .client()
+        .await?
+        .query(
+            "SELECT s->>'stage', max(r.now)
+             FROM journey_runs r, jsonb_array_elements(r.stages) s
+             WHERE r.finished_at IS NOT NULL
+             GROUP BY 1",
+            &[],
+        )
+        .await
+        .context("Failed to read journey_runs")?;
+    let mut out = Vec::new();
+    for r in rows {
+        let name: Option<String> = r.try_get(0)?;
+        if let Some(stage) = name.as_deref().and_then(Stage::parse) {
+            out.push((stage, r.try_get(1)?));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub booking_id: Uuid,
+    pub stage: String,
+    pub channel: String,
+    pub recipient_role: String,
+    pub status: String,
+    pub recipient: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Deliveries left `in_doubt`.
+pub async fn in_doubt(db: &Db) -> anyhow::Result<Vec<Delivery>> {
+    let rows = db
+        .client()
+        .await?
+        .query(
+            "SELECT id, booking_id, stage, channel, recipient_role, status, recipient_masked,
+                    last_error, updated_at
+             FROM journey_deliveries WHERE status = 'in_doubt' ORDER BY updated_at",
+            &[],
+        )
+        .await
+        .context("Failed to read deliveries in doubt")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Delivery {
+                id: r.try_get(0)?,
+                booking_id: r.try_get(1)?,
+                stage: r.try_get(2)?,
+                channel: r.try_get(3)?,
+                recipient_role: r.try_get(4)?,
+                status: r.try_get(5)?,
+                recipient: r.try_get(6)?,
+                last_error: r.try_get(7)?,
+                updated_at: r.try_get(8)?,
+            })
+        })
+        .collect()
+}
+
+/// Settles an `in_doubt` delivery: `sent` (the message did go out; the booking's stage is
+/// marked) or `retry` (a later run sends it again while the window is open). Returns the row
+/// as it was, or `None` when no such delivery is in doubt.
+pub async fn resolve(
+    db: &Db,
+    id: Uuid,
+    sent: bool,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Delivery>> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "SELECT id, booking_id, stage, channel, recipient_role, status, recipient_masked,
+                    last_error, updated_at
+             FROM journey_deliveries WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .context("Failed to read the delivery")?;
+    let Some(r) = row else { return Ok(None) };
+    let d = Delivery {
+        id: r.try_get(0)?,
+        booking_id: r.try_get(1)?,
+        stage: r.try_get(2)?,
+        channel: r.try_get(3)?,
+        recipient_role: r.try_get(4)?,
+        status: r.try_get(5)?,
+        recipient: r.try_get(6)?,
+        last_error: r.try_get(7)?,
+        updated_at: r.try_get(8)?,
+    };
+    if d.status != "in_doubt" {
+        return Ok(Some(d));
+    }
+    let status = if sent { "sent" } else { "retry" };
+    tx.execute(
+        "UPDATE journey_deliveries
+            SET status = $2, updated_at = now(),
+                sent_at = CASE WHEN $2 = 'sent' THEN $3 ELSE sent_at END,
+                last_error = 'resolved by an operator as ' || $2 || coalesce(': ' || last_error, '')
+          WHERE id = $1",
+        &[&id, &status, &now],
+    )
+    .await
+    .context("Failed to settle the delivery")?;
+    if sent {
+        if let Some(col) = mark_column(&d.stage, &d.recipient_role) {
+            tx.execute(
+                &format!(
+                    "UPDATE cal_bookings SET {col} = coalesce({col}, $2), updated_at = now()
+                     WHERE id = $1"
+                ),
+                &[&d.booking_id, &now],
+            )
+            .await
+            .context("Failed to mark the booking")?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO events (type, level, properties) VALUES ('delivery_resolved', 'info', $1)",
+        &[
+            &serde_json::json!({"delivery_id": id, "booking_id": d.booking_id, "stage": d.stage,
+                              "channel": d.channel, "resolved_as": status}),
+        ],
+    )
+    .await
+    .context("Failed to write the resolve event")?;
+    tx.commit().await?;
+    Ok(Some(d))
+}
+
+/// The booking column a ledger stage and role mark.
+fn mark_column(ledger_stage: &str, role: &str) -> Option<&'static str> {
+    match (ledger_stage, role) {
+        (_, "qa") => None,
+        ("confirmation", "patient") => Some("client_confirmation_sent_at"),
+        ("confirmation", "therapist") => Some("therapist_notification_sent_at"),
+        (other, _) => Stage::parse(other).map(Stage::mark_column),
+    }
+}
+
+/// A booking whose window for a stage has passed without a `sent` patient message.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Miss {
+    pub booking_id: Uuid,
+    pub cal_uid: String,
+    pub stage: &'static str,
+    /// `missed` (no recorded reason), or the recorded outcome: `skipped`, `failed`,
+    /// `in_doubt`, `retry`, `test`, `no_patient`, `no_contact`.
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+impl Miss {
+    pub fn unexplained(&self) -> bool {
+        self.outcome == "missed"
+    }
+}
+
+/// Audits one stage: bookings whose window closed in `[from, now]` and that should have had
+/// the stage's patient message.
+pub async fn audit(
+    db: &Db,
+    stage: Stage,
+    from: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Miss>> {
+    // Where the window closes, and which bookings the stage is meant for.
+    let took_place =
+        "(b.status IS NULL OR upper(b.status) IN ('ACCEPTED', 'PENDING', 'COMPLETED'))";
+    let (closes, eligible) = match stage {
+        Stage::ConfirmationRecovery => (
+            // Recovery keeps trying until the session starts.
+            "b.start_time",
+            format!("{took_place} AND b.start_time > b.created_at + interval '10 minutes'"),
+        ),
+        Stage::Reminder24h => (
+            "b.start_time - interval '23 hours'",
+            format!("{took_place} AND b.created_at < b.start_time - interval '25 hours'"),
+        ),
+        Stage::Reminder1h => (
+            "b.start_time - interval '50 minutes'",
+            format!("{took_place} AND b.created_at < b.start_time - interval '70 minutes'"),
+        ),
+        Stage::IntroFollowup => (
+            "b.end_time + interval '30 minutes'",
+            format!("b.booking_kind = 'intro' AND {took_place}"),
+        ),
+        Stage::SessionFollowup => (
+            "b.end_time + interval '5 days'",
+            format!("b.booking_kind = 'full_session' AND {took_place}"),
+        ),
+        Stage::CancellationRecovery => (
+            "b.cancelled_at + interval '4 hours'",
+            "upper(b.status) = 'CANCELLED' AND NOT coalesce(b.request_reschedule, false)"
+                .to_string(),
+        ),
+    };
+    let sql = format!(
+        "SELECT b.id, b.cal_uid, d.status, d.last_error,
+                coalesce(b.is_test, false) OR coalesce(p.metadata->>'is_test', '') = 'true',
+                b.patient_id IS NOT NULL AND p.id IS NULL OR b.patient_id IS NULL,
+                (coalesce(trim(p.email), '') = '' OR lower(p.email) LIKE 'temp\\_%')
+                  AND coalesce(trim(p.phone_number), '') = ''
+         FROM cal_bookings b
+         LEFT JOIN people p ON p.id = b.patient_id
+         LEFT JOIN LATERAL (
+           SELECT status, last_error FROM journey_deliveries d
+           WHERE d.booking_id = b.id AND d.stage = $3 AND d.recipient_role = 'patient'
+           ORDER BY (d.status = 'sent') DESC, d.updated_at DESC LIMIT 1
+         ) d ON true
+         WHERE {closes} BETWEEN $1 AND $2 AND {eligible}
+           AND b.{mark} IS NULL
+           AND coalesce(d.status, '') <> 'sent'
+         ORDER BY {closes}",
+        mark = stage.mark_column(),
+    );
+    let rows = db
+        .client()
+        .await?
+        .query(&sql, &[&from, &now, &stage.ledger_stage()])
+        .await
+        .with_context(|| format!("Failed to audit {stage}"))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let status: Option<String> = r.try_get(2)?;
+        let error: Option<String> = r.try_get(3)?;
+        let (is_test, no_patient, no_contact): (bool, bool, bool) =
+            (r.try_get(4)?, r.try_get(5)?, r.try_get(6)?);
+        let (outcome, detail) = match status {
+            Some(s) => (s, error),
+            None if is_test => ("test".to_string(), Some("test booking or patient".into())),
+            None if no_patient => (
+                "no_patient".to_string(),
+                Some("booking has no patient row".into()),
+            ),
+            None if no_contact => (
+                "no_contact".to_string(),
+                Some("no usable email or phone".into()),
+            ),
+            None if stage == Stage::SessionFollowup => (
+                "missed".to_string(),
+                Some(
+                    "never sent: the therapist may have had no free slots during the window".into(),
+                ),
+            ),
+            None => ("missed".to_string(), Some("never selected or sent".into())),
+        };
+        out.push(Miss {
+            booking_id: r.try_get(0)?,
+            cal_uid: r.try_get(1)?,
+            stage: stage.as_str(),
+            outcome,
+            detail,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,289 @@
+//! SQL of webhook ingestion: receipts, resolution of therapist and patient, and the ordered
+//! upsert of `cal_bookings`. Everything here runs inside the caller's transaction.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use uuid::Uuid;
+
+/// A booking row as one webhook event describes it. `None` means "the event does not say";
+/// the upsert keeps the stored value then (an event never writes NULL over a known value).
+#[derive(Debug, Default)]
+pub struct BookingUpsert<'a> {
+    pub cal_uid: &'a str,
+    pub trigger: &'a str,
+    pub organizer_username: Option<&'a str>,
+    pub event_type_id: Option<i32>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub therapist_id: Option<Uuid>,
+    pub patient_id: Option<Uuid>,
+    pub match_id: Option<Uuid>,
+    pub booking_kind: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub is_test: bool,
+    pub metadata: Option<serde_json::Value>,
+    pub video_url: Option<&'a str>,
+    pub location: Option<&'a str>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub cancellation_reason: Option<&'a str>,
+    pub request_reschedule: Option<bool>,
+    pub rescheduled_from_uid: Option<&'a str>,
+    pub rescheduled_to_uid: Option<&'a str>,
+    /// When the event happened (envelope `createdAt`), for ordering.
+    pub event_at: Option<DateTime<Utc>>,
+    pub ical_sequence: Option<i32>,
+    /// The run's instant: `created_at` of a new row, `updated_at` always.
+    pub now: DateTime<Utc>,
+}
+
+pub struct Upserted {
+    pub id: Uuid,
+    pub status: Option<String>,
+}
+
+/// Inserts or merges one booking by `cal_uid`. Status rules:
+/// - a CANCELLED, REJECTED or RESCHEDULED booking is not revived by a late CREATED/REQUESTED;
+/// - otherwise an event older than the newest applied one (by `createdAt`) does not change
+///   the status.
+pub async fn upsert_booking(
+    tx: &Transaction<'_>,
+    u: &BookingUpsert<'_>,
+) -> anyhow::Result<Upserted> {
+    let row = tx
+        .query_one(
+            "INSERT INTO cal_bookings AS b
+               (cal_uid, last_trigger_event, organizer_username, event_type_id, start_time,
+                end_time, therapist_id, patient_id, match_id, booking_kind, status, is_test,
+                metadata, video_url, location, cancelled_at, cancellation_reason,
+                request_reschedule, rescheduled_from_uid, rescheduled_to_uid, created_at,
+                updated_at, last_event_at, ical_sequence)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                     coalesce($13, '{}'::jsonb), $14, $15, $16, $17, coalesce($18, false), $19,
+                     $20, $21, $21, $22, $23)
+             ON CONFLICT (cal_uid) DO UPDATE SET
+               last_trigger_event = EXCLUDED.last_trigger_event,
+               organizer_username = coalesce(EXCLUDED.organizer_username, b.organizer_username),
+               event_type_id = coalesce(EXCLUDED.event_type_id, b.event_type_id),
+               start_time = coalesce(EXCLUDED.start_time, b.start_time),
+               end_time = coalesce(EXCLUDED.end_time, b.end_time),
+               therapist_id = coalesce(EXCLUDED.therapist_id, b.therapist_id),
+               patient_id = coalesce(EXCLUDED.patient_id, b.patient_id),
+               match_id = coalesce(EXCLUDED.match_id, b.match_id),
+               booking_kind = coalesce(EXCLUDED.booking_kind, b.booking_kind),
+               status = CASE
+                 WHEN $11::text IS NULL THEN b.status
+                 WHEN upper(coalesce(b.status, '')) IN ('CANCELLED', 'REJECTED', 'RESCHEDULED')
+                      AND upper($11::text) IN ('ACCEPTED', 'PENDING') THEN b.status
+                 WHEN b.last_event_at IS NOT NULL AND $22::timestamptz IS NOT NULL
+                      AND $22::timestamptz < b.last_event_at THEN b.status
+                 ELSE $11::text END,
+               is_test = coalesce(b.is_test, false) OR EXCLUDED.is_test,
+               metadata = coalesce(b.metadata, '{}'::jsonb) || coalesce($13, '{}'::jsonb),
+               video_url = coalesce(EXCLUDED.video_url, b.video_url),
+               location = coalesce(EXCLUDED.location, b.location),
+               cancelled_at = coalesce(EXCLUDED.cancelled_at, b.cancelled_at),
+               cancellation_reason = coalesce(EXCLUDED.cancellation_reason, b.cancellation_reason),
+               request_reschedule = coalesce($18, b.request_reschedule),
+               rescheduled_from_uid = coalesce(EXCLUDED.rescheduled_from_uid, b.rescheduled_from_uid),
+               rescheduled_to_uid = coalesce(EXCLUDED.rescheduled_to_uid, b.rescheduled_to_uid),
+               updated_at = EXCLUDED.updated_at,
+               last_event_at = greatest(b.last_event_at, EXCLUDED.last_event_at),
+               ical_sequence = greatest(b.ical_sequence, EXCLUDED.ical_sequence)
+             RETURNING id, status",
+            &[
+                &u.cal_uid,
+                &u.trigger,
+                &u.organizer_username,
+                &u.event_type_id,
+                &u.start_time,
+                &u.end_time,
+                &u.therapist_id,
+                &u.patient_id,
+                &u.match_id,
+                &u.booking_kind,
+                &u.status,
+                &u.is_test,
+                &u.metadata,
+                &u.video_url,
+                &u.location,
+                &u.cancelled_at,
+                &u.cancellation_reason,
+                &u.request_reschedule,
+                &u.rescheduled_from_uid,
+                &u.rescheduled_to_uid,
+                &u.now,
+                &u.event_at,
+                &u.ical_sequence,
+            ],
+        )
+        .await
+        .with_context(|| format!("Failed to store booking {}", u.cal_uid))?;
+    Ok(Upserted {
+        id: row.try_get(0)?,
+        status: row.try_get(1)?,
+    })
+}
+
+/// What a rescheduled booking carries over to its new uid.
+#[derive(Debug, Default)]
+pub struct CarriedOver {
+    pub patient_id: Option<Uuid>,
+    pub therapist_id: Option<Uuid>,
+    pub booking_kind: Option<String>,
+    pub match_id: Option<Uuid>,
+    pub is_test: bool,
+}
+
+/// Reads what the old booking knew, for the new uid of a reschedule.
+pub async fn carried_over(tx: &Transaction<'_>, old_uid: &str) -> anyhow::Result<CarriedOver> {
+    let row = tx
+        .query_opt(
+            "SELECT patient_id, therapist_id, booking_kind, match_id, coalesce(is_test, false)
+             FROM cal_bookings WHERE cal_uid = $1",
+            &[&old_uid],
+        )
+        .await
+        .with_context(|| format!("Failed to read rescheduled booking {old_uid}"))?;
+    Ok(match row {
+        Some(r) => CarriedOver {
+            patient_id: r.try_get(0)?,
+            therapist_id: r.try_get(1)?,
+            booking_kind: r.try_get(2)?,
+            match_id: r.try_get(3)?,
+            is_test: r.try_get(4)?,
+        },
+        None => CarriedOver::default(),
+    })
+}
+
+pub struct TherapistRef {
+    pub id: Uuid,
+    pub intro_event_type: Option<i32>,
+    pub full_event_type: Option<i32>,
+}
+
+pub async fn therapist_by_username(
+    tx: &Transaction<'_>,
+    username: &str,
+) -> anyhow::Result<Option<TherapistRef>> {
+    therapist_where(tx, "cal_username = $1", &username).await
+}
+
+pub async fn therapist_by_id(
+    tx: &Transaction<'_>,
+    id: Uuid,
+) -> anyhow::Result<Option<TherapistRef>> {
+    therapist_where(tx, "id = $1", &id).await
+}
+
+async fn therapist_where(
+    tx: &Transaction<'_>,
+    predicate: &str,
+    value: &(dyn tokio_postgres::types::ToSql + Sync),
+) -> anyhow::Result<Option<TherapistRef>> {
+    let row = tx
+        .query_opt(
+            &format!(
+                "SELECT id, cal_intro_event_type_id, cal_full_session_event_type_id
+                 FROM therapists WHERE {predicate}"
+            ),
+            &[value],
+        )
+        .await
+        .context("Failed to look up the therapist")?;
+    row.map(|r| {
+        Ok(TherapistRef {
+            id: r.try_get(0)?,
+            intro_event_type: r.try_get(1)?,
+            full_event_type: r.try_get(2)?,
+        })
+    })
+    .transpose()
+}
+
+pub async fn person_exists(tx: &Transaction<'_>, id: Uuid) -> anyhow::Result<bool> {
+    Ok(tx
+        .query_opt("SELECT 1 FROM people WHERE id = $1", &[&id])
+        .await
+        .context("Failed to look up the patient by id")?
+        .is_some())
+}
+
+/// The newest `people` row with this email address (case-insensitive).
+pub async fn person_by_email(tx: &Transaction<'_>, email: &str) -> anyhow::Result<Option<Uuid>> {
+    let row = tx
+        .query_opt(
+            "SELECT id FROM people WHERE lower(email) = lower($1)
+             ORDER BY created_at DESC NULLS LAST LIMIT 1",
+            &[&email],
+        )
+        .await
+        .context("Failed to look up the patient by email")?;
+    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+}
+
+pub async fn match_exists(tx: &Transaction<'_>, id: Uuid) -> anyhow::Result<bool> {
+    Ok(tx
+        .query_opt("SELECT 1 FROM matches WHERE id = $1", &[&id])
+        .await
+        .context("Failed to look up the match")?
+        .is_some())
+}
+
+/// Whether these exact bytes were already applied or acknowledged.
+pub async fn already_received(tx: &Transaction<'_>, body_sha256: &str) -> anyhow::Result<bool> {
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM cal_webhook_receipts
+             WHERE body_sha256 = $1 AND outcome IN ('applied', 'acknowledged') LIMIT 1",
+            &[&body_sha256],
+        )
+        .await
+        .context("Failed to check webhook receipts")?
+        .is_some())
+}
+
+pub struct Receipt<'a> {
+    pub trigger: Option<&'a str>,
+    pub cal_uid: Option<&'a str>,
+    pub body_sha256: &'a str,
+    pub outcome: &'a str,
+    pub error: Option<&'a str>,
+    pub body: Option<&'a str>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Records a received body and its `cal_webhook_received` event (no personal data).
+pub async fn record_receipt(tx: &Transaction<'_>, r: &Receipt<'_>) -> anyhow::Result<Uuid> {
+    let row = tx
+        .query_one(
+            "WITH rec AS (
+               INSERT INTO cal_webhook_receipts
+                 (received_at, trigger_event, cal_uid, body_sha256, signature_ok, outcome, error, body)
+               VALUES ($1, $2, $3, $4, true, $5, $6, $7)
+               RETURNING id
+             ), ev AS (
+               INSERT INTO events (type, level, properties)
+               SELECT 'cal_webhook_received', CASE WHEN $6::text IS NULL THEN 'info' ELSE 'warn' END,
+                      jsonb_build_object('trigger', $2::text, 'cal_uid', $3::text,
+                                         'outcome', $5::text, 'receipt_id', rec.id,
+                                         'body_sha256', $4::text)
+               FROM rec
+               RETURNING 1
+             )
+             SELECT id FROM rec",
+            &[
+                &r.received_at,
+                &r.trigger,
+                &r.cal_uid,
+                &r.body_sha256,
+                &r.outcome,
+                &r.error,
+                &r.body,
+            ],
+        )
+        .await
+        .context("Failed to record the webhook receipt")?;
+    Ok(row.try_get(0)?)
+}

@@ -1,0 +1,228 @@
+//! A throwaway PostgreSQL cluster built with the machine's `initdb`/`pg_ctl`, for `demo` and the
+//! tests. It lives in a temporary directory, listens on a free loopback port, and is stopped
+//! and deleted by a watchdog process when this process exits (however it exits): the watchdog
+//! waits for EOF on a pipe only this process holds.
+//!
+//! PostgreSQL refuses to run as root; as root, its commands run as the `postgres` user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+
+pub struct TempCluster {
+    /// `postgres://postgres@127.0.0.1:PORT/` — append a database name.
+    pub base_url: String,
+    pub dir: PathBuf,
+    /// Whether TLS is on (a self-signed certificate; needs `openssl`).
+    pub tls: bool,
+    _watchdog: Child,
+}
+
+pub struct Options {
+    pub tls: bool,
+    /// Load pg_stat_statements when the module is installed.
+    pub stat_statements: bool,
+}
+
+/// Finds a PostgreSQL program on PATH or in `/usr/lib/postgresql/*/bin` (newest version).
+pub fn pg_bin(name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    let p = e.path().join("bin").join(name);
+                    p.is_file().then_some((version, p))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    match candidates.pop() {
+        Some((_, p)) => Ok(p),
+        None => bail!(
+            "{name} not found on PATH or in /usr/lib/postgresql/*/bin: install PostgreSQL \
+             (apt-get install -y postgresql) or give a DATABASE_URL"
+        ),
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn as_postgres(program: &Path, root: bool) -> Command {
+    if root {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl TempCluster {
+    pub fn start(opts: Options) -> anyhow::Result<TempCluster> {
+        let root = is_root();
+        let dir =
+            std::env::temp_dir().join(format!("journeyctl-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let data = dir.join("data");
+        if root {
+            let mut c = Command::new("chown");
+            c.args(["-R", "postgres:postgres"]).arg(&dir);
+            run(
+                c,
+                "chown of the cluster directory (is there a postgres user?)",
+            )?;
+        }
+        let mut initdb = as_postgres(&pg_bin("initdb")?, root);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        run(initdb, "initdb")?;
+
+        let mut tls = false;
+        if opts.tls {
+            let mut openssl = Command::new("openssl");
+            openssl
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                ])
+                .arg("/CN=localhost")
+                .arg("-keyout")
+                .arg(data.join("server.key"))
+                .arg("-out")
+                .arg(data.join("server.crt"));
+            tls = openssl
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if tls {
+                if root {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres")
+                        .arg(data.join("server.key"))
+                        .arg(data.join("server.crt"));
+                    run(c, "chown of the certificate")?;
+                }
+                let mut c = Command::new("chmod");
+                c.arg("600").arg(data.join("server.key"));
+                run(c, "chmod of the key")?;
+            }
+        }
+        let stat_statements = opts.stat_statements && {
+            Command::new(pg_bin("pg_config")?)
+                .arg("--pkglibdir")
+                .output()
+                .map(|o| {
+                    Path::new(String::from_utf8_lossy(&o.stdout).trim())
+                        .join("pg_stat_statements.so")
+                        .is_file()
+                })
+                .unwrap_or(false)
+        };
+        let port = free_port()?;
+        let mut server_opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=400 -c ssl={}",
+            dir.display(),
+            if tls { "on" } else { "off" }
+        );
+        if stat_statements {
+            server_opts.push_str(
+                " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all",
+            );
+        }
+        let pg_ctl = pg_bin("pg_ctl")?;
+        let mut start = as_postgres(&pg_ctl, root);
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &server_opts, "start"]);
+        run(start, "pg_ctl start")?;
+
+        let script = format!(
+            "cat >/dev/null; '{}' -D '{}' -m immediate stop >/dev/null 2>&1; rm -rf '{}'",
+            pg_ctl.display(),
+            data.display(),
+            dir.display()
+        );
+        let mut watchdog = if root {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+                "sh",
+                "-c",
+            ]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.arg("-c");
+            c
+        };
+        let watchdog = watchdog
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start the cluster watchdog")?;
+        Ok(TempCluster {
+            base_url: format!("postgres://postgres@127.0.0.1:{port}/"),
+            dir,
+            tls,
+            _watchdog: watchdog,
+        })
+    }
+}

@@ -1,0 +1,763 @@
+//! The shared stage driver: select → decide → claim → render → send → record, the same for
+//! every stage (SPEC §5). Sends overlap up to `concurrency`, so a slow SMTP server does not
+//! serialise the run. One bad booking never stops the batch: it is counted, logged with its
+//! id, written as an `error` event, and the totals set the exit status.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::Duration;
+use futures::StreamExt;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::confirmation::{self, Trigger};
+use super::plan::{MessagePlan, Outgoing, Plan, PlanInput, Recipient};
+use super::{followups, reminders};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::db::bookings::{self, DueBooking, PatientRow};
+use crate::db::ledger::{self, Claim, ClaimRequest, DeliveryKey, EventRow, LedgerRow, Outcome};
+use crate::db::{runs, Db};
+use crate::domain::{
+    Channel, Counter, Counters, DeliveryStatus, MessageKind, RecipientRole, Stage,
+};
+use crate::notify::email::{Attachment, Mailer, OutgoingEmail};
+use crate::notify::sms::SmsSender;
+use crate::notify::SendOutcome;
+use crate::templates::Templates;
+
+/// Advisory lock namespace of stage runs (first key of `pg_try_advisory_lock(int, int)`).
+const STAGE_LOCK_NS: i32 = 0x4a43_0001;
+
+/// What one run works with. Built once per process; stages share it.
+#[derive(Clone)]
+pub struct Journey {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    pub templates: Arc<Templates>,
+    /// `None` only in dry runs without a configured transport.
+    pub mailer: Option<Mailer>,
+    /// `None`: SMS is off.
+    pub sms: Option<SmsSender>,
+    pub clock: Clock,
+    pub run_id: Uuid,
+    /// This process's connection name, recorded on claims (liveness of `sending` rows).
+    pub application_name: String,
+    /// Right-hand side of generated Message-IDs (the sender's domain).
+    pub message_id_domain: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct StageOptions {
+    pub dry_run: bool,
+    pub limit: Option<u32>,
+    /// Offsets from now, `(earlier, later)`.
+    pub window: (Duration, Duration),
+    pub lock: bool,
+    pub concurrency: usize,
+}
+
+/// A message a dry run would send (SPEC §2), recipient masked.
+#[derive(Clone, Debug, Serialize)]
+pub struct Planned {
+    pub booking_id: Uuid,
+    pub cal_uid: String,
+    pub stage: &'static str,
+    pub channel: &'static str,
+    pub recipient_role: &'static str,
+    pub recipient: String,
+    pub subject: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StageReport {
+    pub stage: &'static str,
+    pub counters: Counters,
+    pub planned: Vec<Planned>,
+    /// Deliveries that failed this run (transient, permanent, ambiguous) and errors: any
+    /// makes the exit status 1.
+    #[serde(skip)]
+    pub failures: u64,
+    /// Another run held this stage's lock; nothing was done.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped_locked: bool,
+}
+
+impl StageReport {
+    pub fn new(stage: &'static str) -> StageReport {
+        StageReport {
+            stage,
+            counters: Counters::default(),
+            planned: Vec::new(),
+            failures: 0,
+            skipped_locked: false,
+        }
+    }
+
+    fn error(&mut self) {
+        self.counters.bump(Counter::Errors);
+        self.failures += 1;
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failures > 0 || self.counters.get(Counter::Errors) > 0
+    }
+}
+
+/// Runs one stage over its window.
+pub async fn run_stage(
+    j: &Journey,
+    stage: Stage,
+    opts: &StageOptions,
+) -> anyhow::Result<StageReport> {
+    let mut report = StageReport::new(stage.as_str());
+    // This connection stays checked out for the whole run: it holds the stage lock, and its
+    // application name tells other runs this run is alive.
+    let live = j.db.client().await?;
+    if opts.lock {
+        let got: bool = live
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&STAGE_LOCK_NS, &(stage as i32)],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("Failed to try the {stage} lock: {e}"))?
+            .get(0);
+        if !got {
+            log::info!("{stage}: another run holds the stage lock; nothing to do");
+            report.skipped_locked = true;
+            return Ok(report);
+        }
+    }
+    let result = run_locked(j, stage, opts, &mut report).await;
+    if opts.lock {
+        if let Err(e) = live
+            .execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&STAGE_LOCK_NS, &(stage as i32)],
+            )
+            .await
+        {
+            log::warn!("{stage}: failed to release the stage lock: {e}");
+        }
+    }
+    result.map(|()| report)
+}
+
+async fn run_locked(
+    j: &Journey,
+    stage: Stage,
+    opts: &StageOptions,
+    report: &mut StageReport,
+) -> anyhow::Result<()> {
+    if !opts.dry_run {
+        match ledger::promote_abandoned(&j.db).await {
+            Ok(0) => {}
+            Ok(n) => log::warn!("{n} delivery(ies) left in 'sending' by a dead run are now in_doubt; see `journeyctl status`"),
+            Err(e) => {
+                report.error();
+                log::error!("{stage}: {e:#}");
+            }
+        }
+    }
+    let now = j.clock.now();
+    let (from, to) = (now + opts.window.0, now + opts.window.1);
+    let due = match bookings::select_due(&j.db, stage, now, from, to, opts.limit).await {
+        Ok(d) => d,
+        Err(e) => {
+            report.error();
+            log::error!("{stage}: {e:#}");
+            error_event(
+                j,
+                opts.dry_run,
+                stage.ledger_stage(),
+                None,
+                None,
+                &format!("{e:#}"),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    log::info!(
+        "{stage}: {} booking(s) due between {} and {}",
+        due.len(),
+        from.format("%Y-%m-%d %H:%M"),
+        to.format("%Y-%m-%d %H:%M")
+    );
+    process(
+        j,
+        stage,
+        Trigger::Recovery,
+        due,
+        opts.dry_run,
+        opts.concurrency,
+        report,
+    )
+    .await;
+    Ok(())
+}
+
+/// Sends the confirmation and therapist notice of one booking now (the webhook's path).
+pub async fn confirm_booking(j: &Journey, booking_id: Uuid) -> anyhow::Result<StageReport> {
+    let mut report = StageReport::new(Stage::ConfirmationRecovery.ledger_stage());
+    let Some(b) = bookings::select_one(&j.db, booking_id, j.clock.now()).await? else {
+        anyhow::bail!("booking {booking_id} vanished before its confirmation");
+    };
+    process(
+        j,
+        Stage::ConfirmationRecovery,
+        Trigger::Webhook,
+        vec![b],
+        false,
+        2,
+        &mut report,
+    )
+    .await;
+    Ok(report)
+}
+
+/// One message ready to claim and send.
+struct Job {
+    booking_id: Uuid,
+    cal_uid: String,
+    patient_id: Option<Uuid>,
+    key: DeliveryKey,
+    outgoing: Outgoing,
+    mark_column: Option<&'static str>,
+    invite: Option<String>,
+}
+
+#[derive(Default)]
+struct JobResult {
+    counters: Counters,
+    failures: u64,
+    planned: Option<Planned>,
+}
+
+impl JobResult {
+    fn count(mut self, c: Counter) -> JobResult {
+        self.counters.bump(c);
+        self
+    }
+    fn fail(mut self, c: Counter) -> JobResult {
+        self.counters.bump(c);
+        self.failures += 1;
+        self
+    }
+}
+
+/// The column a stage sets for a recipient, if any.
+fn mark_column(stage: Stage, role: RecipientRole) -> Option<&'static str> {
+    match (stage, role) {
+        (_, RecipientRole::Qa) => None,
+        (Stage::ConfirmationRecovery, RecipientRole::Patient) => {
+            Some("client_confirmation_sent_at")
+        }
+        (Stage::ConfirmationRecovery, RecipientRole::Therapist) => {
+            Some("therapist_notification_sent_at")
+        }
+        (other, _) => Some(other.mark_column()),
+    }
+}
+
+fn is_marked(stage: Stage, role: RecipientRole, b: &DueBooking) -> bool {
+    match (stage, role) {
+        (_, RecipientRole::Qa) => false,
+        (Stage::ConfirmationRecovery, RecipientRole::Patient) => {
+            b.client_confirmation_sent_at.is_some()
+        }
+        (Stage::ConfirmationRecovery, RecipientRole::Therapist) => {
+            b.therapist_notification_sent_at.is_some()
+        }
+        _ => b.stage_mark.is_some(),
+    }
+}
+
+fn plan_for(stage: Stage, trigger: Trigger, input: &PlanInput<'_>) -> Plan {
+    match stage {
+        Stage::ConfirmationRecovery => confirmation::plan(input, trigger),
+        Stage::Reminder24h => reminders::plan(input, MessageKind::Reminder24h),
+        Stage::Reminder1h => reminders::plan(input, MessageKind::Reminder1h),
+        Stage::IntroFollowup => followups::intro(input),
+        Stage::SessionFollowup => followups::session(input),
+        Stage::CancellationRecovery => followups::cancellation(input),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn process(
+    j: &Journey,
+    stage: Stage,
+    trigger: Trigger,
+    due: Vec<DueBooking>,
+    dry_run: bool,
+    concurrency: usize,
+    report: &mut StageReport,
+) {
+    let ledger_stage = stage.ledger_stage();
+    report.counters.add(Counter::Processed, due.len() as u64);
+    if due.is_empty() {
+        return;
+    }
+    let patient_ids: Vec<Uuid> = due.iter().filter_map(|b| b.patient_id).collect();
+    let patients: Result<HashMap<Uuid, PatientRow>, String> =
+        bookings::load_patients(&j.db, &patient_ids)
+            .await
+            .map_err(|e| format!("{e:#}"));
+    let booking_ids: Vec<Uuid> = due.iter().map(|b| b.id).collect();
+    let existing: Result<HashMap<(Uuid, Channel, RecipientRole), LedgerRow>, String> =
+        ledger::load(&j.db, &booking_ids, ledger_stage)
+            .await
+            .map_err(|e| format!("{e:#}"));
+    let sms_enabled = j.sms.is_some();
+    let now = j.clock.now();
+    let mut jobs = Vec::new();
+    let mut recovered_patients: HashSet<Uuid> = HashSet::new();
+
+    for b in &due {
+        let lookup = patients
+            .as_ref()
+            .and_then(|p| existing.as_ref().map(|l| (p, l)));
+        let (patients, existing) = match lookup {
+            Ok(found) => found,
+            Err(why) => {
+                // A failed lookup is an error for every booking it concerns, never "no patient".
+                report.error();
+                log::error!("{stage}: booking {}: lookup failed: {why}", b.id);
+                error_event(j, dry_run, ledger_stage, Some(b.id), None, why).await;
+                continue;
+            }
+        };
+        let patient = b.patient_id.and_then(|id| patients.get(&id));
+        let input = PlanInput {
+            booking: b,
+            patient,
+            settings: &j.settings,
+            now,
+            sms_enabled,
+        };
+        match plan_for(stage, trigger, &input) {
+            Plan::Skip {
+                counter,
+                mark,
+                reason,
+            } => {
+                report.counters.bump(counter);
+                log::debug!("{stage}: booking {} skipped: {reason}", b.id);
+                if mark && !dry_run {
+                    let key = DeliveryKey {
+                        booking_id: b.id,
+                        stage: ledger_stage,
+                        channel: Channel::Email,
+                        role: RecipientRole::Patient,
+                    };
+                    let col = mark_column(stage, RecipientRole::Patient);
+                    if let Err(e) =
+                        ledger::record_skip(&j.db, &key, b.patient_id, j.run_id, reason, col, now)
+                            .await
+                    {
+                        report.error();
+                        log::error!("{stage}: booking {}: {e:#}", b.id);
+                    }
+                }
+            }
+            Plan::Messages(messages) => {
+                let mut acted = false;
+                for m in messages {
+                    match m {
+                        MessagePlan::Skip {
+                            channel,
+                            role,
+                            counter,
+                            reason,
+                        } => {
+                            acted = true;
+                            report.counters.bump(counter);
+                            log::debug!(
+                                "{stage}: booking {} {role} {channel} skipped: {reason}",
+                                b.id
+                            );
+                            let key = DeliveryKey {
+                                booking_id: b.id,
+                                stage: ledger_stage,
+                                channel,
+                                role,
+                            };
+                            if !dry_run && !existing.contains_key(&(b.id, channel, role)) {
+                                if let Err(e) = ledger::record_skip(
+                                    &j.db,
+                                    &key,
+                                    b.patient_id,
+                                    j.run_id,
+                                    reason,
+                                    None,
+                                    now,
+                                )
+                                .await
+                                {
+                                    report.error();
+                                    log::error!("{stage}: booking {}: {e:#}", b.id);
+                                }
+                            }
+                        }
+                        MessagePlan::Send(out) => {
+                            let channel = out.to.channel();
+                            let role = out.role;
+                            match existing.get(&(b.id, channel, role)).map(|r| r.status) {
+                                Some(DeliveryStatus::Retry) => {}
+                                Some(DeliveryStatus::InDoubt) => {
+                                    acted = true;
+                                    report.counters.bump(Counter::InDoubt);
+                                    continue;
+                                }
+                                Some(_) => continue,
+                                None if is_marked(stage, role, b) => continue,
+                                None => {}
+                            }
+                            if stage == Stage::CancellationRecovery {
+                                if let Some(pid) = b.patient_id {
+                                    if !recovered_patients.insert(pid) {
+                                        acted = true;
+                                        report.counters.bump(Counter::SkippedRecentlyRecovered);
+                                        continue;
+                                    }
+                                }
+                            }
+                            acted = true;
+                            jobs.push(Job {
+                                booking_id: b.id,
+                                cal_uid: b.cal_uid.clone(),
+                                patient_id: b.patient_id,
+                                key: DeliveryKey {
+                                    booking_id: b.id,
+                                    stage: ledger_stage,
+                                    channel,
+                                    role,
+                                },
+                                invite: out.invite.then(|| invite_for(b, &out)),
+                                mark_column: mark_column(stage, role),
+                                outgoing: *out,
+                            });
+                        }
+                    }
+                }
+                if !acted {
+                    report.counters.bump(Counter::SkippedAlreadySent);
+                }
+            }
+        }
+    }
+
+    let results: Vec<JobResult> = futures::stream::iter(jobs)
+        .map(|job| deliver(j, stage, job, dry_run))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    for r in results {
+        report.counters.merge(&r.counters);
+        report.failures += r.failures;
+        report.planned.extend(r.planned);
+    }
+    report.planned.sort_by(|a, b| {
+        (a.booking_id, a.channel, a.recipient_role).cmp(&(
+            b.booking_id,
+            b.channel,
+            b.recipient_role,
+        ))
+    });
+}
+
+fn invite_for(b: &DueBooking, out: &Outgoing) -> String {
+    let ctx = &out.context;
+    let summary = match (out.role, ctx.booking_kind) {
+        (RecipientRole::Therapist, crate::domain::BookingKind::Intro) => {
+            "Kennenlerngespräch".to_string()
+        }
+        (RecipientRole::Therapist, _) => "Therapiesitzung".to_string(),
+        (_, crate::domain::BookingKind::Intro) => {
+            format!("Kennenlerngespräch mit {}", ctx.therapist_name)
+        }
+        (_, _) => format!("Therapiesitzung mit {}", ctx.therapist_name),
+    };
+    let location = ctx.video_url.as_deref().or(ctx.location.as_deref());
+    crate::ics::invite(&crate::ics::Invite {
+        uid: &b.cal_uid,
+        sequence: b.ical_sequence.unwrap_or(0).max(0) as u32,
+        start: ctx.start,
+        end: ctx.end,
+        summary: &summary,
+        description: location.unwrap_or(""),
+        organizer_name: &ctx.therapist_name,
+        organizer_email: b.therapist.as_ref().and_then(|t| t.email.as_deref()),
+        location,
+        cancelled: false,
+    })
+}
+
+/// Renders, claims, sends and records one message.
+async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResult {
+    let res = JobResult::default();
+    let out = &job.outgoing;
+    let channel = out.to.channel();
+    let sent_counter = match channel {
+        Channel::Email => Counter::SentEmail,
+        Channel::Sms => Counter::SentSms,
+    };
+    // Render first: a template error must not leave a claim behind.
+    let rendered = match channel {
+        Channel::Email => j
+            .templates
+            .render_email(out.kind, &out.context)
+            .map(|r| (Some(r.subject), r.text, Some(r.html))),
+        Channel::Sms => j
+            .templates
+            .render_sms(out.kind, &out.context)
+            .map(|body| (None, body, None)),
+    };
+    let (subject, text, html) = match rendered {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("{e:#}");
+            log::error!("{stage}: booking {}: {why}", job.booking_id);
+            error_event(
+                j,
+                dry_run,
+                job.key.stage,
+                Some(job.booking_id),
+                Some(channel),
+                &why,
+            )
+            .await;
+            return res.fail(Counter::Errors);
+        }
+    };
+    if dry_run {
+        let mut res = res.count(sent_counter);
+        res.planned = Some(Planned {
+            booking_id: job.booking_id,
+            cal_uid: job.cal_uid.clone(),
+            stage: stage.as_str(),
+            channel: channel.as_str(),
+            recipient_role: out.role.as_str(),
+            recipient: out.to.masked(),
+            subject,
+        });
+        return res;
+    }
+
+    let masked = out.to.masked();
+    let claim = ledger::claim(
+        &j.db,
+        &ClaimRequest {
+            key: &job.key,
+            patient_id: job.patient_id,
+            run_id: j.run_id,
+            claimed_by: &j.application_name,
+            recipient_masked: &masked,
+            message_id_domain: &j.message_id_domain,
+            patient_exclusive_since: (stage == Stage::CancellationRecovery)
+                .then(|| j.clock.now() - Duration::hours(72)),
+        },
+    )
+    .await;
+    let (delivery_id, message_id, attempt) = match claim {
+        Ok(Claim::Claimed {
+            id,
+            message_id,
+            attempt,
+        }) => (id, message_id, attempt),
+        Ok(Claim::Taken(DeliveryStatus::InDoubt)) => return res.count(Counter::InDoubt),
+        Ok(Claim::PatientTaken) => return res.count(Counter::SkippedRecentlyRecovered),
+        Ok(Claim::Taken(_)) => return res.count(Counter::SkippedAlreadySent),
+        Err(e) => {
+            let why = format!("{e:#}");
+            log::error!("{stage}: booking {}: {why}", job.booking_id);
+            error_event(
+                j,
+                false,
+                job.key.stage,
+                Some(job.booking_id),
+                Some(channel),
+                &why,
+            )
+            .await;
+            return res.fail(Counter::Errors);
+        }
+    };
+
+    let outcome = match (&out.to, &j.mailer, &j.sms) {
+        (Recipient::Email(to), Some(mailer), _) => {
+            let attachments = job
+                .invite
+                .as_ref()
+                .map(|ics| {
+                    vec![Attachment {
+                        filename: "termin.ics".to_string(),
+                        content_type: "text/calendar; charset=utf-8; method=REQUEST".to_string(),
+                        body: ics.clone().into_bytes(),
+                    }]
+                })
+                .unwrap_or_default();
+            mailer
+                .send(&OutgoingEmail {
+                    to: to.clone(),
+                    to_name: out.to_name.clone(),
+                    subject: subject.clone().unwrap_or_default(),
+                    text,
+                    html: html.unwrap_or_default(),
+                    attachments,
+                    message_id,
+                })
+                .await
+        }
+        (Recipient::Sms(to), _, Some(sms)) => sms.send(to, &text).await,
+        _ => SendOutcome::Permanent {
+            reason: format!("no {channel} transport configured"),
+        },
+    };
+
+    let base_props = serde_json::json!({
+        "booking_id": job.booking_id,
+        "stage": job.key.stage,
+        "channel": channel.as_str(),
+        "recipient_role": out.role.as_str(),
+        "delivery_id": delivery_id,
+        "run_id": j.run_id,
+        "attempt": attempt,
+    });
+    let with = |extra: serde_json::Value| {
+        let mut p = base_props.clone();
+        if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        p
+    };
+    let (status, counter, failed, provider_id, error, event) = match &outcome {
+        SendOutcome::Sent { provider_id } => (
+            DeliveryStatus::Sent,
+            sent_counter,
+            false,
+            provider_id.clone(),
+            None,
+            EventRow {
+                kind: match channel {
+                    Channel::Email => "email_sent",
+                    Channel::Sms => "sms_sent",
+                },
+                level: "info",
+                properties: with(serde_json::json!({"kind": out.kind.event_kind()})),
+            },
+        ),
+        SendOutcome::Transient { reason } => (
+            DeliveryStatus::Retry,
+            Counter::RetryScheduled,
+            true,
+            None,
+            Some(reason.clone()),
+            error_row(with(
+                serde_json::json!({"source": "deliver", "reason": reason, "outcome": "retry"}),
+            )),
+        ),
+        SendOutcome::Permanent { reason } => (
+            DeliveryStatus::Failed,
+            Counter::Errors,
+            true,
+            None,
+            Some(reason.clone()),
+            error_row(with(
+                serde_json::json!({"source": "deliver", "reason": reason, "outcome": "failed"}),
+            )),
+        ),
+        SendOutcome::OptedOut { reason } => (
+            DeliveryStatus::Skipped,
+            Counter::SkippedNoContact,
+            false,
+            None,
+            Some(format!("recipient opted out: {reason}")),
+            EventRow {
+                kind: "sms_opted_out",
+                level: "info",
+                properties: base_props.clone(),
+            },
+        ),
+        SendOutcome::Ambiguous { reason } => (
+            DeliveryStatus::InDoubt,
+            Counter::InDoubt,
+            true,
+            None,
+            Some(reason.clone()),
+            error_row(with(
+                serde_json::json!({"source": "deliver", "reason": reason, "outcome": "in_doubt"}),
+            )),
+        ),
+    };
+    if let Some(e) = &error {
+        log::warn!(
+            "{stage}: booking {} {} {}: {status}: {e}",
+            job.booking_id,
+            out.role,
+            channel
+        );
+    }
+    let recorded = ledger::record(
+        &j.db,
+        delivery_id,
+        &Outcome {
+            status,
+            provider_message_id: provider_id.as_deref(),
+            error: error.as_deref(),
+            mark_column: job.mark_column,
+            now: j.clock.now(),
+            event: Some(event),
+        },
+    )
+    .await;
+    if let Err(e) = recorded {
+        // The row stays in 'sending' and becomes in_doubt: never resent blindly.
+        log::error!(
+            "{stage}: booking {}: {e:#}; delivery {delivery_id} will be declared in doubt",
+            job.booking_id
+        );
+        return res.fail(Counter::Errors);
+    }
+    if failed {
+        res.fail(counter)
+    } else {
+        res.count(counter)
+    }
+}
+
+fn error_row(properties: serde_json::Value) -> EventRow {
+    EventRow {
+        kind: "error",
+        level: "error",
+        properties,
+    }
+}
+
+/// Writes an `error` event (best effort: the error is already counted and logged).
+async fn error_event(
+    j: &Journey,
+    dry_run: bool,
+    stage: &str,
+    booking_id: Option<Uuid>,
+    channel: Option<Channel>,
+    reason: &str,
+) {
+    if dry_run {
+        return;
+    }
+    let props = serde_json::json!({
+        "source": format!("stage:{stage}"),
+        "reason": reason,
+        "booking_id": booking_id,
+        "stage": stage,
+        "channel": channel.map(Channel::as_str),
+        "run_id": j.run_id,
+    });
+    if let Err(e) = runs::event(&j.db, "error", "error", &props).await {
+        log::error!("failed to write an error event: {e:#}");
+    }
+}

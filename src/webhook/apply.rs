@@ -1,0 +1,399 @@
+//! Applying one received webhook body: verify → parse → record → apply, in one transaction,
+//! then say whether the booking's confirmations are due (SPEC §6).
+//!
+//! What it guarantees:
+//! - Nothing is stored for a body whose signature does not verify (401).
+//! - Every verified body is recorded in `cal_webhook_receipts` (hash, trigger, uid, outcome,
+//!   the body for replays) with a `cal_webhook_received` event; the same bytes twice have one
+//!   effect.
+//! - An event never writes NULL over a known value, a late CREATED never revives a cancelled
+//!   booking, and an older event does not override a newer status (see `db::webhook`).
+//! - A bad metadata value is a logged warning, never a lost booking.
+//!
+//! It does not send anything: the caller sends confirmations after the commit, through the
+//! delivery ledger, so `confirmation-recovery` can finish what a crash interrupted.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::parse::{parse, CalEvent, Trigger};
+use super::verify::{verify_signature, VerifyError};
+use crate::db::webhook::{self as sql, BookingUpsert, Receipt};
+use crate::db::Db;
+use crate::domain::BookingKind;
+use crate::secret::Secret;
+
+/// Bodies larger than this are refused with 413 (Cal.com's bodies are a few KiB).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What happened to one body.
+#[derive(Clone, Debug)]
+pub struct Handled {
+    pub http_status: u16,
+    /// `applied`, `acknowledged`, `duplicate`, `unauthorized`, `invalid`, `too_large`, `error`.
+    pub outcome: &'static str,
+    pub message: String,
+    pub trigger: Option<String>,
+    pub cal_uid: Option<String>,
+    /// The booking whose confirmation and therapist notice should go out now.
+    pub confirm_booking: Option<Uuid>,
+}
+
+impl Handled {
+    fn reject(http_status: u16, outcome: &'static str, message: impl Into<String>) -> Handled {
+        Handled {
+            http_status,
+            outcome,
+            message: message.into(),
+            trigger: None,
+            cal_uid: None,
+            confirm_booking: None,
+        }
+    }
+}
+
+/// How to check the signature.
+pub enum Verification<'a> {
+    Required(Option<&'a Secret>),
+    /// `journeyctl webhook --no-verify`, for replays of recorded bodies.
+    Skipped,
+}
+
+pub async fn handle(
+    db: &Db,
+    verification: Verification<'_>,
+    body: &[u8],
+    signature: Option<&str>,
+    now: DateTime<Utc>,
+) -> Handled {
+    if body.len() > MAX_BODY {
+        return Handled::reject(413, "too_large", format!("body over {MAX_BODY} bytes"));
+    }
+    if let Verification::Required(secret) = verification {
+        if let Err(e) = verify_signature(secret, body, signature) {
+            let why = match e {
+                VerifyError::SecretNotConfigured => {
+                    "CAL_WEBHOOK_SECRET is not set: every webhook is refused"
+                }
+                VerifyError::MissingSignature => "no X-Cal-Signature-256 header",
+                VerifyError::NoSecretProvided => {
+                    "signature is 'no-secret-provided': set the same secret in Cal.com"
+                }
+                VerifyError::Malformed => "signature is not 64 hex characters",
+                VerifyError::Mismatch => "signature does not match the body",
+            };
+            return Handled::reject(401, "unauthorized", why);
+        }
+    }
+    let hash = hex::encode(Sha256::digest(body));
+    let event = match parse(body) {
+        Ok(e) => e,
+        Err(e) => {
+            let msg = format!("{e}");
+            if let Err(db_err) =
+                record_only(db, None, None, &hash, "invalid", Some(&msg), body, now).await
+            {
+                log::error!("webhook: {db_err:#}");
+            }
+            return Handled::reject(400, "invalid", msg);
+        }
+    };
+    for w in &event.warnings {
+        log::warn!(
+            "webhook {} {}: {w}",
+            event.trigger.as_str(),
+            event.uid.as_deref().unwrap_or("-")
+        );
+    }
+    match apply(db, &event, &hash, body, now).await {
+        Ok(h) => h,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            log::error!("webhook {}: {msg}", event.trigger.as_str());
+            let props = serde_json::json!({
+                "source": "webhook",
+                "reason": msg,
+                "trigger": event.trigger.as_str(),
+                "cal_uid": event.uid,
+                "booking_id": null,
+            });
+            if let Err(e2) = crate::db::runs::event(db, "error", "error", &props).await {
+                log::error!("webhook: failed to write the error event: {e2:#}");
+            }
+            Handled {
+                http_status: 500,
+                outcome: "error",
+                message: msg,
+                trigger: Some(event.trigger.as_str().to_string()),
+                cal_uid: event.uid.clone(),
+                confirm_booking: None,
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record_only(
+    db: &Db,
+    trigger: Option<&str>,
+    uid: Option<&str>,
+    hash: &str,
+    outcome: &str,
+    error: Option<&str>,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let body = String::from_utf8_lossy(body);
+    sql::record_receipt(
+        &tx,
+        &Receipt {
+            trigger,
+            cal_uid: uid,
+            body_sha256: hash,
+            outcome,
+            error,
+            body: Some(&body),
+            received_at: now,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The status an event sets, or `None` when it does not touch the status.
+fn status_for(event: &CalEvent) -> Option<&'static str> {
+    match &event.trigger {
+        Trigger::BookingCreated | Trigger::BookingRescheduled => {
+            match event
+                .status
+                .as_deref()
+                .map(str::to_ascii_uppercase)
+                .as_deref()
+            {
+                Some("PENDING") => Some("PENDING"),
+                _ => Some("ACCEPTED"),
+            }
+        }
+        Trigger::BookingRequested => Some("PENDING"),
+        Trigger::BookingCancelled => Some("CANCELLED"),
+        Trigger::BookingRejected => Some("REJECTED"),
+        Trigger::MeetingEnded => Some("COMPLETED"),
+        Trigger::BookingNoShowUpdated => event
+            .attendees
+            .iter()
+            .any(|a| a.no_show == Some(true))
+            .then_some("NO_SHOW_GUEST"),
+        Trigger::AfterGuestsNoShow => Some("NO_SHOW_GUEST"),
+        Trigger::AfterHostsNoShow => Some("NO_SHOW_HOST"),
+        Trigger::MeetingStarted | Trigger::Ping | Trigger::Unknown(_) => None,
+    }
+}
+
+async fn apply(
+    db: &Db,
+    event: &CalEvent,
+    hash: &str,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> anyhow::Result<Handled> {
+    let trigger = event.trigger.as_str().to_string();
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let body_text = String::from_utf8_lossy(body);
+    let mut handled = Handled {
+        http_status: 200,
+        outcome: "applied",
+        message: String::new(),
+        trigger: Some(trigger.clone()),
+        cal_uid: event.uid.clone(),
+        confirm_booking: None,
+    };
+
+    if sql::already_received(&tx, hash).await? {
+        handled.outcome = "duplicate";
+        handled.message = "the same body was already applied; nothing changed".into();
+        return Ok(handled);
+    }
+
+    let acknowledged_only = matches!(event.trigger, Trigger::Ping | Trigger::Unknown(_));
+    let uid = event.uid.as_deref().filter(|u| !u.trim().is_empty());
+    if acknowledged_only || uid.is_none() {
+        handled.outcome = "acknowledged";
+        handled.message = if acknowledged_only {
+            format!("{trigger}: acknowledged, nothing to do")
+        } else {
+            format!("{trigger} without a booking uid: acknowledged, nothing stored")
+        };
+        sql::record_receipt(
+            &tx,
+            &Receipt {
+                trigger: Some(&trigger),
+                cal_uid: uid,
+                body_sha256: hash,
+                outcome: "acknowledged",
+                error: None,
+                body: Some(&body_text),
+                received_at: now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(handled);
+    }
+    let uid = uid.unwrap_or_default();
+
+    // Therapist: organizer username, else the booking link's kh_therapist_id.
+    let mut therapist = match event.organizer_username.as_deref() {
+        Some(u) => sql::therapist_by_username(&tx, u).await?,
+        None => None,
+    };
+    if therapist.is_none() {
+        if let Some(id) = event.kh.therapist_id {
+            therapist = sql::therapist_by_id(&tx, id).await?;
+        }
+    }
+    // Patient: kh_patient_id when that person exists, else the newest person with the
+    // attendee's email.
+    let mut patient_id = match event.kh.patient_id {
+        Some(id) if sql::person_exists(&tx, id).await? => Some(id),
+        Some(_) => {
+            log::warn!("webhook {trigger} {uid}: kh_patient_id names no person; trying the email");
+            None
+        }
+        None => None,
+    };
+    if patient_id.is_none() {
+        if let Some(email) = event.patient().and_then(|a| a.email.as_deref()) {
+            patient_id = sql::person_by_email(&tx, email.trim()).await?;
+        }
+    }
+    let match_id = match event.kh.match_id {
+        Some(id) if sql::match_exists(&tx, id).await? => Some(id),
+        _ => None,
+    };
+    let booking_kind = event.kh.booking_kind.or_else(|| {
+        let (t, et) = (therapist.as_ref()?, event.event_type_id?);
+        if t.intro_event_type == Some(et) {
+            Some(BookingKind::Intro)
+        } else if t.full_event_type == Some(et) {
+            Some(BookingKind::FullSession)
+        } else {
+            None
+        }
+    });
+    let mut metadata = serde_json::Map::new();
+    if let Some(s) = &event.kh.source {
+        metadata.insert("kh_source".into(), s.clone().into());
+    }
+    if !event.warnings.is_empty() {
+        metadata.insert("webhook_warnings".into(), event.warnings.clone().into());
+    }
+
+    let carried_kind: Option<String>;
+    let status = status_for(event);
+    let is_cancel = event.trigger == Trigger::BookingCancelled;
+    let mut upsert = BookingUpsert {
+        cal_uid: uid,
+        trigger: &trigger,
+        organizer_username: event.organizer_username.as_deref(),
+        event_type_id: event.event_type_id,
+        start_time: event.start_time,
+        end_time: event.end_time,
+        therapist_id: therapist.as_ref().map(|t| t.id),
+        patient_id,
+        match_id,
+        booking_kind: booking_kind.map(BookingKind::as_str),
+        status,
+        is_test: event.is_test(),
+        metadata: (!metadata.is_empty()).then_some(serde_json::Value::Object(metadata)),
+        video_url: event.video_url.as_deref(),
+        location: event.location.as_deref(),
+        cancelled_at: is_cancel.then(|| event.created_at.unwrap_or(now)),
+        cancellation_reason: if is_cancel {
+            event.cancellation_reason.as_deref()
+        } else {
+            None
+        },
+        request_reschedule: if is_cancel {
+            Some(event.request_reschedule.unwrap_or(false))
+        } else {
+            None
+        },
+        rescheduled_from_uid: None,
+        rescheduled_to_uid: None,
+        event_at: event.created_at,
+        ical_sequence: event.ical_sequence,
+        now,
+    };
+
+    if event.trigger == Trigger::BookingRescheduled {
+        if let Some(old_uid) = event.reschedule_uid.as_deref().filter(|u| *u != uid) {
+            let old = sql::carried_over(&tx, old_uid).await?;
+            upsert.patient_id = upsert.patient_id.or(old.patient_id);
+            upsert.therapist_id = upsert.therapist_id.or(old.therapist_id);
+            upsert.match_id = upsert.match_id.or(old.match_id);
+            upsert.is_test |= old.is_test;
+            carried_kind = old.booking_kind;
+            if upsert.booking_kind.is_none() {
+                upsert.booking_kind = carried_kind.as_deref();
+            }
+            upsert.rescheduled_from_uid = Some(old_uid);
+            // The old uid ends RESCHEDULED, even if its CREATED has not arrived yet.
+            sql::upsert_booking(
+                &tx,
+                &BookingUpsert {
+                    cal_uid: old_uid,
+                    trigger: &trigger,
+                    therapist_id: upsert.therapist_id,
+                    patient_id: upsert.patient_id,
+                    match_id: upsert.match_id,
+                    booking_kind: upsert.booking_kind,
+                    status: Some("RESCHEDULED"),
+                    is_test: upsert.is_test,
+                    rescheduled_to_uid: Some(uid),
+                    event_at: event.created_at,
+                    now,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+    }
+
+    let stored = sql::upsert_booking(&tx, &upsert).await?;
+    sql::record_receipt(
+        &tx,
+        &Receipt {
+            trigger: Some(&trigger),
+            cal_uid: Some(uid),
+            body_sha256: hash,
+            outcome: "applied",
+            error: None,
+            body: Some(&body_text),
+            received_at: now,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+
+    let active = stored
+        .status
+        .as_deref()
+        .is_none_or(|s| matches!(s.to_ascii_uppercase().as_str(), "ACCEPTED" | "PENDING"));
+    if matches!(
+        event.trigger,
+        Trigger::BookingCreated | Trigger::BookingRescheduled
+    ) && active
+    {
+        handled.confirm_booking = Some(stored.id);
+    }
+    handled.message = format!(
+        "{trigger} {uid}: stored as {}",
+        stored.status.as_deref().unwrap_or("(no status)")
+    );
+    Ok(handled)
+}
