@@ -185,11 +185,6 @@ impl Templates {
             };
             let name = file.trim_end_matches(".hbs");
             let is_html = name.ends_with(".html") || name.starts_with("_html");
-            let source = if name.starts_with('_') {
-                source.trim_end_matches('\n').to_string()
-            } else {
-                source
-            };
             let registry = if is_html { &mut html } else { &mut text };
             if name.starts_with('_') {
                 registry

@@ -157,6 +157,10 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
         .map_err(|e| ConfigError::new(format!("cannot create {}: {e}", dir.display())))?;
     let dir = dir.canonicalize()?;
     eprintln!("demo: output in {}", dir.display());
+    // Thousands of simulated runs: keep their per-run lines out of the way of the progress.
+    if !g.quiet && g.verbose == 0 {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
 
     // A database of our own.
     let (_cluster, url) = match &g.database_url {
@@ -496,6 +500,20 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
             }
             next_hook += 1;
         }
+        // The booking site refreshes the slot cache hourly.
+        if (t - week_start()).num_minutes() % 60 == 0 {
+            base.db
+                .client()
+                .await?
+                .execute(
+                    "UPDATE cal_slots_cache SET cached_at = $1,
+                            next_full_time_utc = date_trunc('day', $1::timestamptz) + interval '2 days 9 hours'
+                      WHERE full_slots_count > 0",
+                    &[&t],
+                )
+                .await
+                .context("Failed to refresh the demo's slot cache")?;
+        }
         // The shipped schedule: 5-minute stages every tick, 30-minute stages on :00 and :30.
         let stages: Vec<StageRun> = Stage::ALL
             .into_iter()
@@ -531,16 +549,38 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
     }
 
     print_timeline(&base.db, tz).await?;
+    let c = base.db.client().await?;
+    let ledger = c
+        .query(
+            "SELECT channel, status, count(*) FROM journey_deliveries GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    let runs: i64 = c
+        .query_one(
+            "SELECT count(*) FROM journey_runs WHERE command = 'demo'",
+            &[],
+        )
+        .await?
+        .get(0);
     println!();
     println!(
-        "totals: {} email(s), {} SMS; skipped: {} test, {} no contact, {} no availability, {} already booked; {} error(s)",
-        totals.get(Counter::SentEmail),
-        totals.get(Counter::SentSms),
-        totals.get(Counter::SkippedTest),
-        totals.get(Counter::SkippedNoContact),
-        totals.get(Counter::SkippedNoAvailability),
-        totals.get(Counter::SkippedAlreadyBooked),
-        totals.get(Counter::Errors),
+        "ledger: {}",
+        ledger
+            .iter()
+            .map(|r| format!(
+                "{} {} {}",
+                r.get::<_, i64>(2),
+                r.get::<_, String>(0),
+                r.get::<_, String>(1)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "{runs} scheduled runs; errors counted: {}; bookings skipped per run for a counted reason \
+         (test data, no contact, no free slots) are in `journeyctl status`",
+        totals.get(Counter::Errors)
     );
     println!(
         "emails: {}/email/*.eml   SMS: {}/sms/sms.jsonl",
@@ -590,7 +630,7 @@ async fn print_timeline(db: &Db, tz: Tz) -> anyhow::Result<()> {
         let therapist: Option<String> = r.get(11);
         let when = sent_at
             .map(|t| t.with_timezone(&tz).format("%a %d.%m. %H:%M").to_string())
-            .unwrap_or_else(|| "—".repeat(1));
+            .unwrap_or_else(|| "—".to_string());
         let to = match (role.as_str(), channel.as_str()) {
             ("therapist", _) => format!("therapist {}", therapist.clone().unwrap_or_default()),
             ("qa", _) => "QA inbox".to_string(),

@@ -325,7 +325,12 @@ async fn apply(
         },
         rescheduled_from_uid: None,
         rescheduled_to_uid: None,
-        event_at: event.created_at,
+        // Flat MEETING_* bodies carry only the booking's own timestamps, not when the event
+        // happened: they must not take part in ordering (a meeting ends after its booking).
+        event_at: match event.trigger {
+            Trigger::MeetingStarted | Trigger::MeetingEnded => None,
+            _ => event.created_at,
+        },
         ical_sequence: event.ical_sequence,
         now,
     };

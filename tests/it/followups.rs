@@ -62,7 +62,7 @@ async fn intro_followup_links_the_prefilled_full_session_booking_page() {
     assert_eq!(mails.len(), 1);
     let text = mails[0].text();
     let expected = format!(
-        "https://cal.com/lena-brandt/full-session?metadata%5Bkh_therapist_id%5D={}&metadata%5Bkh_patient_id%5D={}&metadata%5Bkh_match_id%5D={}&metadata%5Bkh_booking_kind%5D=full_session&metadata%5Bkh_source%5D=intro_followup_email&name=Jonas+Weber&email=jonas%2Bkh%40example.de",
+        "https://cal.com/lena-brandt/full-session?metadata[kh_therapist_id]={}&metadata[kh_patient_id]={}&metadata[kh_match_id]={}&metadata[kh_booking_kind]=full_session&metadata[kh_source]=intro_followup_email&name=Jonas+Weber&email=jonas%2Bkh%40example.de",
         w.therapist, w.patient, m
     );
     assert!(

@@ -73,7 +73,8 @@ async fn status_flags_errors_missing_patients_silence_and_doubt() {
     )
     .await
     .unwrap();
-    tr.smtp_reply_451(true);
+    // A permanent refusal is an error (a transient one would only be a retry).
+    tr.smtp.reply_550(true);
     for minute in [0, 5, 10] {
         let now = at(NOW) + Duration::minutes(minute);
         tr.apply(db.cmd())
