@@ -112,35 +112,35 @@ pub async fn run_stage(
     opts: &StageOptions,
 ) -> anyhow::Result<StageReport> {
     let mut report = StageReport::new(stage.as_str());
-    // This connection stays checked out for the whole run: it holds the stage lock, and its
-    // application name tells other runs this run is alive.
-    let live = j.db.client().await?;
-    if opts.lock {
-        let got: bool = live
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&STAGE_LOCK_NS, &(stage as i32)],
-            )
+    if !opts.lock {
+        return run_locked(j, stage, opts, &mut report)
             .await
-            .map_err(|e| anyhow::anyhow!("Failed to try the {stage} lock: {e}"))?
-            .get(0);
-        if !got {
-            log::info!("{stage}: another run holds the stage lock; nothing to do");
-            report.skipped_locked = true;
-            return Ok(report);
-        }
+            .map(|()| report);
+    }
+    // The advisory lock belongs to a session: this connection stays checked out for the run.
+    let live = j.db.client().await?;
+    let got: bool = live
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&STAGE_LOCK_NS, &(stage as i32)],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("Failed to try the {stage} lock: {e}"))?
+        .get(0);
+    if !got {
+        log::info!("{stage}: another run holds the stage lock; nothing to do");
+        report.skipped_locked = true;
+        return Ok(report);
     }
     let result = run_locked(j, stage, opts, &mut report).await;
-    if opts.lock {
-        if let Err(e) = live
-            .execute(
-                "SELECT pg_advisory_unlock($1, $2)",
-                &[&STAGE_LOCK_NS, &(stage as i32)],
-            )
-            .await
-        {
-            log::warn!("{stage}: failed to release the stage lock: {e}");
-        }
+    if let Err(e) = live
+        .execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&STAGE_LOCK_NS, &(stage as i32)],
+        )
+        .await
+    {
+        log::warn!("{stage}: failed to release the stage lock: {e}");
     }
     result.map(|()| report)
 }
