@@ -170,6 +170,9 @@ pub enum Command {
     /// Settle a delivery left in_doubt: --as sent (it did go out) or --as retry (send again
     /// while the window is open)
     Resolve(ResolveArgs),
+    /// Render every email (HTML and text) and SMS with sample data into a directory, with an
+    /// index.html to review them in a browser
+    Preview(PreviewArgs),
     /// The whole journey on a throwaway database over a simulated week, with outbox
     /// transports; prints who got what when. Never touches an existing database
     Demo(DemoArgs),
@@ -298,4 +301,11 @@ pub struct DemoArgs {
     /// Directory for the emails (.eml) and SMS (sms.jsonl) it sends [default: ./journeyctl-demo-<time>]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PreviewArgs {
+    /// Directory to write into (created if missing)
+    #[arg(long, default_value = "journeyctl-preview", value_name = "DIR")]
+    pub out: PathBuf,
 }

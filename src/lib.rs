@@ -15,6 +15,7 @@ pub mod links;
 pub mod metrics;
 pub mod notify;
 pub mod pgtemp;
+pub mod preview;
 pub mod secret;
 pub mod stages;
 pub mod templates;
@@ -202,6 +203,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             let fixed = g.now.is_some();
             commands::serve(g, settings, clock, fixed, a.listen).await
         }
+        Command::Preview(a) => commands::preview(&settings, &a.out),
         Command::Demo(a) => commands::demo(g, a.out.clone()).await,
         Command::Status(a) => commands::status(g, clock, &a.since).await,
         Command::Audit(a) => commands::audit(g, clock, a.days).await,

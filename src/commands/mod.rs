@@ -5,11 +5,13 @@
 mod demo;
 mod migrate;
 mod ops;
+mod preview;
 mod stage;
 mod webhook;
 
 pub use demo::demo;
 pub use migrate::migrate;
 pub use ops::{audit, resolve, status};
+pub use preview::preview;
 pub use stage::{journey, run as run_stages, StageRun};
 pub use webhook::{serve, webhook};

@@ -270,3 +270,39 @@ async fn bad_input_names_the_problem_and_exits_2() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("JOURNEY_TIMEZONE"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn preview_writes_every_message_and_an_index_linking_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Cli::new()
+        .args(["preview", "--out"])
+        .arg(dir.path())
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let index = std::fs::read_to_string(dir.path().join("index.html")).unwrap();
+    for kind in journeyctl::domain::MessageKind::ALL {
+        assert!(
+            index.contains(kind.template_name()),
+            "{} missing from the index",
+            kind.template_name()
+        );
+    }
+    let mut linked = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name != "index.html" {
+            assert!(
+                index.contains(&name),
+                "{name} is not linked from index.html"
+            );
+            linked += 1;
+        }
+    }
+    assert!(linked >= 30, "only {linked} files");
+    let email = std::fs::read_to_string(dir.path().join("reminder_24h-full_session.html")).unwrap();
+    assert!(
+        email.contains("Erinnerung") || email.contains("erinnern"),
+        "{email}"
+    );
+}
