@@ -116,77 +116,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     use domain::Stage;
     match &cli.command {
         Command::Migrate => commands::migrate(g).await,
-        Command::ConfirmationRecovery(a) => {
-            let runs = single(Stage::ConfirmationRecovery, a)?;
-            commands::run_stages(
-                g,
-                settings,
-                clock,
-                "confirmation-recovery",
-                runs,
-                a.metrics_file.as_deref(),
-            )
-            .await
-        }
-        Command::Reminder24h(a) => {
-            let runs = single(Stage::Reminder24h, a)?;
-            commands::run_stages(
-                g,
-                settings,
-                clock,
-                "reminder-24h",
-                runs,
-                a.metrics_file.as_deref(),
-            )
-            .await
-        }
-        Command::Reminder1h(a) => {
-            let runs = single(Stage::Reminder1h, a)?;
-            commands::run_stages(
-                g,
-                settings,
-                clock,
-                "reminder-1h",
-                runs,
-                a.metrics_file.as_deref(),
-            )
-            .await
-        }
-        Command::IntroFollowup(a) => {
-            let runs = single(Stage::IntroFollowup, a)?;
-            commands::run_stages(
-                g,
-                settings,
-                clock,
-                "intro-followup",
-                runs,
-                a.metrics_file.as_deref(),
-            )
-            .await
-        }
-        Command::SessionFollowup(a) => {
-            let runs = single(Stage::SessionFollowup, a)?;
-            commands::run_stages(
-                g,
-                settings,
-                clock,
-                "session-followup",
-                runs,
-                a.metrics_file.as_deref(),
-            )
-            .await
-        }
-        Command::CancellationRecovery(a) => {
-            let runs = single(Stage::CancellationRecovery, a)?;
-            commands::run_stages(
-                g,
-                settings,
-                clock,
-                "cancellation-recovery",
-                runs,
-                a.metrics_file.as_deref(),
-            )
-            .await
+        Command::ConfirmationRecovery(a)
+        | Command::Reminder24h(a)
+        | Command::Reminder1h(a)
+        | Command::IntroFollowup(a)
+        | Command::SessionFollowup(a)
+        | Command::CancellationRecovery(a) => {
+            let stage = match &cli.command {
+                Command::ConfirmationRecovery(_) => Stage::ConfirmationRecovery,
+                Command::Reminder24h(_) => Stage::Reminder24h,
+                Command::Reminder1h(_) => Stage::Reminder1h,
+                Command::IntroFollowup(_) => Stage::IntroFollowup,
+                Command::SessionFollowup(_) => Stage::SessionFollowup,
+                _ => Stage::CancellationRecovery,
+            };
+            let runs = single(stage, a)?;
+            let metrics = a.metrics_file.as_deref();
+            commands::run_stages(g, settings, clock, stage.command(), runs, metrics).await
         }
         Command::Webhook(a) => {
             commands::webhook(

@@ -105,21 +105,23 @@ pub async fn in_doubt(db: &Db) -> anyhow::Result<Vec<Delivery>> {
         )
         .await
         .context("Failed to read deliveries in doubt")?;
-    rows.iter()
-        .map(|r| {
-            Ok(Delivery {
-                id: r.try_get(0)?,
-                booking_id: r.try_get(1)?,
-                stage: r.try_get(2)?,
-                channel: r.try_get(3)?,
-                recipient_role: r.try_get(4)?,
-                status: r.try_get(5)?,
-                recipient: r.try_get(6)?,
-                last_error: r.try_get(7)?,
-                updated_at: r.try_get(8)?,
-            })
-        })
-        .collect()
+    rows.iter().map(delivery).collect()
+}
+
+/// Columns: id, booking_id, stage, channel, recipient_role, status, recipient_masked,
+/// last_error, updated_at.
+fn delivery(r: &tokio_postgres::Row) -> anyhow::Result<Delivery> {
+    Ok(Delivery {
+        id: r.try_get(0)?,
+        booking_id: r.try_get(1)?,
+        stage: r.try_get(2)?,
+        channel: r.try_get(3)?,
+        recipient_role: r.try_get(4)?,
+        status: r.try_get(5)?,
+        recipient: r.try_get(6)?,
+        last_error: r.try_get(7)?,
+        updated_at: r.try_get(8)?,
+    })
 }
 
 /// Settles an `in_doubt` delivery: `sent` (the message did go out; the booking's stage is
@@ -143,17 +145,7 @@ pub async fn resolve(
         .await
         .context("Failed to read the delivery")?;
     let Some(r) = row else { return Ok(None) };
-    let d = Delivery {
-        id: r.try_get(0)?,
-        booking_id: r.try_get(1)?,
-        stage: r.try_get(2)?,
-        channel: r.try_get(3)?,
-        recipient_role: r.try_get(4)?,
-        status: r.try_get(5)?,
-        recipient: r.try_get(6)?,
-        last_error: r.try_get(7)?,
-        updated_at: r.try_get(8)?,
-    };
+    let d = delivery(&r)?;
     if d.status != "in_doubt" {
         return Ok(Some(d));
     }

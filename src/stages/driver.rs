@@ -634,6 +634,19 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         }
         p
     };
+    // A failed delivery: its ledger state, its counter, and an `error` event.
+    let failure = |status, counter, reason: &String, word: &str| {
+        (
+            status,
+            counter,
+            true,
+            None,
+            Some(reason.clone()),
+            error_row(with(
+                serde_json::json!({"source": "deliver", "reason": reason, "outcome": word}),
+            )),
+        )
+    };
     let (status, counter, failed, provider_id, error, event) = match &outcome {
         SendOutcome::Sent { provider_id } => (
             DeliveryStatus::Sent,
@@ -650,26 +663,15 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
                 properties: with(serde_json::json!({"kind": out.kind.event_kind()})),
             },
         ),
-        SendOutcome::Transient { reason } => (
+        SendOutcome::Transient { reason } => failure(
             DeliveryStatus::Retry,
             Counter::RetryScheduled,
-            true,
-            None,
-            Some(reason.clone()),
-            error_row(with(
-                serde_json::json!({"source": "deliver", "reason": reason, "outcome": "retry"}),
-            )),
+            reason,
+            "retry",
         ),
-        SendOutcome::Permanent { reason } => (
-            DeliveryStatus::Failed,
-            Counter::Errors,
-            true,
-            None,
-            Some(reason.clone()),
-            error_row(with(
-                serde_json::json!({"source": "deliver", "reason": reason, "outcome": "failed"}),
-            )),
-        ),
+        SendOutcome::Permanent { reason } => {
+            failure(DeliveryStatus::Failed, Counter::Errors, reason, "failed")
+        }
         SendOutcome::OptedOut { reason } => (
             DeliveryStatus::Skipped,
             Counter::SkippedNoContact,
@@ -682,15 +684,11 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
                 properties: base_props.clone(),
             },
         ),
-        SendOutcome::Ambiguous { reason } => (
+        SendOutcome::Ambiguous { reason } => failure(
             DeliveryStatus::InDoubt,
             Counter::InDoubt,
-            true,
-            None,
-            Some(reason.clone()),
-            error_row(with(
-                serde_json::json!({"source": "deliver", "reason": reason, "outcome": "in_doubt"}),
-            )),
+            reason,
+            "in_doubt",
         ),
     };
     if let Some(e) = &error {

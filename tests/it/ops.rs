@@ -306,3 +306,57 @@ async fn preview_writes_every_message_and_an_index_linking_them() {
         "{email}"
     );
 }
+
+/// The DOM after headless Chromium (Debian's `chromium`) rendered a local page.
+async fn rendered_dom(page: &std::path::Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .await
+        .expect("chromium is installed (.ci/test installs it: apt-get install -y chromium)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_preview_shows_its_index_and_an_email_in_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Cli::new()
+        .args(["preview", "--out"])
+        .arg(dir.path())
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let index = rendered_dom(&dir.path().join("index.html")).await;
+    assert!(
+        index.contains("Erinnerung: Ihr Termin morgen"),
+        "index lacks the 24 h subject"
+    );
+    assert!(
+        index.contains("Gleich geht's los!"),
+        "index lacks the 1 h subject"
+    );
+    let email = rendered_dom(&dir.path().join("reminder_24h-full_session.html")).await;
+    assert!(
+        email.contains("Dienstag, 3. März 2026, 14:00 Uhr"),
+        "{email}"
+    );
+    assert!(email.contains("Guten Tag Jonas Weber"), "{email}");
+}
