@@ -568,3 +568,39 @@ async fn a_session_on_the_dst_change_day_is_reminded_24_real_hours_ahead() {
         mails[0].subject()
     );
 }
+
+#[tokio::test]
+async fn the_metrics_file_holds_the_runs_counters_in_prometheus_text_format() {
+    let (db, c, t) = setup().await;
+    let tr = Transports::start().await;
+    let p = seed::patient(&c, "Jonas Weber", Some("jonas.weber@example.de"), None).await;
+    Booking::new(t, p, at(NOW) + Duration::hours(24))
+        .insert(&c)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journeyctl.prom");
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", NOW, "reminder-24h", "--metrics-file"])
+        .arg(&path)
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("# TYPE journeyctl_stage_count gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "journeyctl_stage_count{command=\"reminder-24h\",stage=\"reminder_24h\",counter=\"sent_email\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("journeyctl_run_exit_status{command=\"reminder-24h\",dry_run=\"false\"} 0"),
+        "{text}"
+    );
+    // Nothing but the file itself is left in the directory (written beside it, then renamed).
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
