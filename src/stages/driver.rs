@@ -519,15 +519,14 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
     let (subject, text, html) = match rendered {
         Ok(r) => r,
         Err(e) => {
-            let why = format!("{e:#}");
-            log::error!("{stage}: booking {}: {why}", job.booking_id);
-            error_event(
+            booking_error(
                 j,
                 dry_run,
+                stage,
                 job.key.stage,
-                Some(job.booking_id),
+                job.booking_id,
                 Some(channel),
-                &why,
+                &e,
             )
             .await;
             return res.fail(Counter::Errors);
@@ -572,15 +571,14 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         Ok(Claim::PatientTaken) => return res.count(Counter::SkippedRecentlyRecovered),
         Ok(Claim::Taken(_)) => return res.count(Counter::SkippedAlreadySent),
         Err(e) => {
-            let why = format!("{e:#}");
-            log::error!("{stage}: booking {}: {why}", job.booking_id);
-            error_event(
+            booking_error(
                 j,
                 false,
+                stage,
                 job.key.stage,
-                Some(job.booking_id),
+                job.booking_id,
                 Some(channel),
-                &why,
+                &e,
             )
             .await;
             return res.fail(Counter::Errors);
@@ -733,6 +731,21 @@ fn error_row(properties: serde_json::Value) -> EventRow {
         level: "error",
         properties,
     }
+}
+
+/// Logs one booking's error with its id and writes its `error` event; the caller counts it.
+async fn booking_error(
+    j: &Journey,
+    dry_run: bool,
+    stage: Stage,
+    ledger_stage: &str,
+    booking_id: Uuid,
+    channel: Option<Channel>,
+    e: &anyhow::Error,
+) {
+    let why = format!("{e:#}");
+    log::error!("{stage}: booking {booking_id}: {why}");
+    error_event(j, dry_run, ledger_stage, Some(booking_id), channel, &why).await;
 }
 
 /// Writes an `error` event (best effort: the error is already counted and logged).
