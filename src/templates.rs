@@ -20,7 +20,7 @@ use handlebars::{
 };
 use serde::Serialize;
 
-use crate::domain::{BookingKind, MessageKind};
+use crate::domain::{gsm7, BookingKind, MessageKind};
 
 /// Every value a message may show. Optional values are simply absent from the message.
 #[derive(Serialize, Clone, Debug)]
@@ -264,12 +264,12 @@ impl Templates {
         };
         let mut c = ctx.clone();
         let first = render(&c)?;
-        if gsm7_septets(&first) <= 160 {
+        if gsm7::fits_one_segment(&first) {
             return Ok(first);
         }
         c.video_url = None;
         let second = render(&c)?;
-        if gsm7_septets(&second) <= 160 {
+        if gsm7::fits_one_segment(&second) {
             return Ok(second);
         }
         c.therapist_name = c
@@ -281,7 +281,7 @@ impl Templates {
             .take(30)
             .collect();
         let third = render(&c)?;
-        Ok(cut_to_septets(&third, 160))
+        Ok(cut_to_septets(&third, gsm7::SEGMENT))
     }
 }
 
@@ -305,22 +305,9 @@ fn tidy_text(s: &str) -> String {
     out.trim_start_matches('\n').to_string()
 }
 
-const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
-const GSM7_EXTENDED: &str = "^{}\\[~]|€";
-
-/// Septets a GSM-7 text takes; characters outside GSM-7 count as 161 so the text never fits.
+/// Septets a text takes in GSM-7 (see [`crate::domain::gsm7`]).
 pub fn gsm7_septets(s: &str) -> usize {
-    s.chars()
-        .map(|c| {
-            if GSM7_BASIC.contains(c) {
-                1
-            } else if GSM7_EXTENDED.contains(c) {
-                2
-            } else {
-                161
-            }
-        })
-        .sum()
+    gsm7::septets(s)
 }
 
 /// Replaces characters outside GSM-7 by close equivalents (typographic quotes, dashes).
@@ -331,7 +318,7 @@ fn gsm7_safe(s: &str) -> String {
             '‚' | '‘' | '’' => '\'',
             '–' | '—' => '-',
             'ı' => 'i',
-            c if GSM7_BASIC.contains(c) || GSM7_EXTENDED.contains(c) => c,
+            c if gsm7::BASIC.contains(c) || gsm7::EXTENDED.contains(c) => c,
             _ => '?',
         })
         .collect()

@@ -130,6 +130,14 @@ pub async fn execute(
             Ok(r) => reports.push(r),
             Err(e) => {
                 log::error!("{}: {e:#}", s.stage);
+                if !dry_run {
+                    let props = json!({"source": format!("stage:{}", s.stage.ledger_stage()),
+                                       "reason": format!("{e:#}"), "booking_id": null,
+                                       "stage": s.stage.as_str(), "run_id": j.run_id});
+                    if let Err(e2) = runs::event(&j.db, "error", "error", &props).await {
+                        log::error!("failed to write an error event: {e2:#}");
+                    }
+                }
                 let mut r = StageReport::new(s.stage.as_str());
                 r.counters.bump(Counter::Errors);
                 reports.push(r);

@@ -6,6 +6,7 @@
 
 mod contact;
 mod counters;
+pub mod gsm7;
 mod stage;
 
 pub use contact::{mask_email, mask_phone, EmailAddress, PhoneNumber};

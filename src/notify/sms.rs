@@ -37,24 +37,6 @@ impl std::fmt::Debug for SmsSender {
     }
 }
 
-/// Whether the text fits one SMS segment: GSM-7 characters only (the extension table's
-/// characters count twice), at most 160 septets.
-pub fn gsm7_segment_fits(body: &str) -> bool {
-    const BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
-    const EXTENDED: &str = "^{}\\[~]|€\u{000C}";
-    let mut septets = 0usize;
-    for c in body.chars() {
-        if BASIC.contains(c) {
-            septets += 1;
-        } else if EXTENDED.contains(c) {
-            septets += 2;
-        } else {
-            return false;
-        }
-    }
-    septets <= 160
-}
-
 impl SmsSender {
     pub fn from_settings(t: &SmsTransport) -> SmsSender {
         let transport = match t {
@@ -199,21 +181,5 @@ fn outbox(dir: &std::path::Path, to: &PhoneNumber, body: &str) -> SendOutcome {
         Err(e) => SendOutcome::Transient {
             reason: format!("cannot append to {}: {e}", dir.join("sms.jsonl").display()),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gsm7_counts_extension_characters_twice() {
-        assert!(gsm7_segment_fits(
-            "Erinnerung: Ihr Termin morgen um 14:00 Uhr bei Dr. Lena Brandt. Grüße!"
-        ));
-        assert!(gsm7_segment_fits(&"a".repeat(160)));
-        assert!(!gsm7_segment_fits(&"a".repeat(161)));
-        assert!(!gsm7_segment_fits(&format!("{}€", "a".repeat(159))));
-        assert!(!gsm7_segment_fits("„Zitat“"));
     }
 }

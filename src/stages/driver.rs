@@ -157,7 +157,7 @@ async fn run_locked(
             Ok(n) => log::warn!("{n} delivery(ies) left in 'sending' by a dead run are now in_doubt; see `journeyctl status`"),
             Err(e) => {
                 report.error();
-                log::error!("{stage}: {e:#}");
+                record_error(j, opts.dry_run, stage, None, None, &format!("{e:#}")).await;
             }
         }
     }
@@ -167,16 +167,7 @@ async fn run_locked(
         Ok(d) => d,
         Err(e) => {
             report.error();
-            log::error!("{stage}: {e:#}");
-            error_event(
-                j,
-                opts.dry_run,
-                stage.ledger_stage(),
-                None,
-                None,
-                &format!("{e:#}"),
-            )
-            .await;
+            record_error(j, opts.dry_run, stage, None, None, &format!("{e:#}")).await;
             return Ok(());
         }
     };
@@ -325,8 +316,8 @@ async fn process(
             Err(why) => {
                 // A failed lookup is an error for every booking it concerns, never "no patient".
                 report.error();
-                log::error!("{stage}: booking {}: lookup failed: {why}", b.id);
-                error_event(j, dry_run, ledger_stage, Some(b.id), None, why).await;
+                let why = format!("lookup failed: {why}");
+                record_error(j, dry_run, stage, Some(b.id), None, &why).await;
                 continue;
             }
         };
@@ -359,7 +350,7 @@ async fn process(
                             .await
                     {
                         report.error();
-                        log::error!("{stage}: booking {}: {e:#}", b.id);
+                        record_error(j, dry_run, stage, Some(b.id), None, &format!("{e:#}")).await;
                     }
                 }
             }
@@ -398,7 +389,15 @@ async fn process(
                                 .await
                                 {
                                     report.error();
-                                    log::error!("{stage}: booking {}: {e:#}", b.id);
+                                    record_error(
+                                        j,
+                                        dry_run,
+                                        stage,
+                                        Some(b.id),
+                                        None,
+                                        &format!("{e:#}"),
+                                    )
+                                    .await;
                                 }
                             }
                         }
@@ -436,7 +435,7 @@ async fn process(
                                     channel,
                                     role,
                                 },
-                                invite: out.invite.then(|| invite_for(b, &out)),
+                                invite: out.invite.then(|| invite_for(b, &out, now)),
                                 mark_column: mark_column(stage, role),
                                 outgoing: *out,
                             });
@@ -469,7 +468,7 @@ async fn process(
     });
 }
 
-fn invite_for(b: &DueBooking, out: &Outgoing) -> String {
+fn invite_for(b: &DueBooking, out: &Outgoing, now: chrono::DateTime<chrono::Utc>) -> String {
     let ctx = &out.context;
     let summary = match (out.role, ctx.booking_kind) {
         (RecipientRole::Therapist, crate::domain::BookingKind::Intro) => {
@@ -482,18 +481,21 @@ fn invite_for(b: &DueBooking, out: &Outgoing) -> String {
         (_, _) => format!("Therapiesitzung mit {}", ctx.therapist_name),
     };
     let location = ctx.video_url.as_deref().or(ctx.location.as_deref());
-    crate::ics::invite(&crate::ics::Invite {
-        uid: &b.cal_uid,
-        sequence: b.ical_sequence.unwrap_or(0).max(0) as u32,
-        start: ctx.start,
-        end: ctx.end,
-        summary: &summary,
-        description: location.unwrap_or(""),
-        organizer_name: &ctx.therapist_name,
-        organizer_email: b.therapist.as_ref().and_then(|t| t.email.as_deref()),
-        location,
-        cancelled: false,
-    })
+    crate::ics::invite_at(
+        &crate::ics::Invite {
+            uid: &b.cal_uid,
+            sequence: b.ical_sequence.unwrap_or(0).max(0) as u32,
+            start: ctx.start,
+            end: ctx.end,
+            summary: &summary,
+            description: location.unwrap_or(""),
+            organizer_name: &ctx.therapist_name,
+            organizer_email: b.therapist.as_ref().and_then(|t| t.email.as_deref()),
+            location,
+            cancelled: false,
+        },
+        now,
+    )
 }
 
 /// Renders, claims, sends and records one message.
@@ -519,14 +521,13 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
     let (subject, text, html) = match rendered {
         Ok(r) => r,
         Err(e) => {
-            booking_error(
+            record_error(
                 j,
                 dry_run,
                 stage,
-                job.key.stage,
-                job.booking_id,
+                Some(job.booking_id),
                 Some(channel),
-                &e,
+                &format!("{e:#}"),
             )
             .await;
             return res.fail(Counter::Errors);
@@ -571,14 +572,13 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         Ok(Claim::PatientTaken) => return res.count(Counter::SkippedRecentlyRecovered),
         Ok(Claim::Taken(_)) => return res.count(Counter::SkippedAlreadySent),
         Err(e) => {
-            booking_error(
+            record_error(
                 j,
                 false,
                 stage,
-                job.key.stage,
-                job.booking_id,
+                Some(job.booking_id),
                 Some(channel),
-                &e,
+                &format!("{e:#}"),
             )
             .await;
             return res.fail(Counter::Errors);
@@ -712,10 +712,8 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
     .await;
     if let Err(e) = recorded {
         // The row stays in 'sending' and becomes in_doubt: never resent blindly.
-        log::error!(
-            "{stage}: booking {}: {e:#}; delivery {delivery_id} will be declared in doubt",
-            job.booking_id
-        );
+        let why = format!("{e:#}; delivery {delivery_id} will be declared in doubt");
+        record_error(j, false, stage, Some(job.booking_id), Some(channel), &why).await;
         return res.fail(Counter::Errors);
     }
     if failed {
@@ -733,33 +731,25 @@ fn error_row(properties: serde_json::Value) -> EventRow {
     }
 }
 
-/// Logs one booking's error with its id and writes its `error` event; the caller counts it.
-async fn booking_error(
+/// Logs an error of a stage run (with the booking's id when there is one) and writes its
+/// `error` event; the caller counts it. Writing the event is best effort: the error is
+/// already counted and logged, and a dry run writes nothing.
+async fn record_error(
     j: &Journey,
     dry_run: bool,
     stage: Stage,
-    ledger_stage: &str,
-    booking_id: Uuid,
-    channel: Option<Channel>,
-    e: &anyhow::Error,
-) {
-    let why = format!("{e:#}");
-    log::error!("{stage}: booking {booking_id}: {why}");
-    error_event(j, dry_run, ledger_stage, Some(booking_id), channel, &why).await;
-}
-
-/// Writes an `error` event (best effort: the error is already counted and logged).
-async fn error_event(
-    j: &Journey,
-    dry_run: bool,
-    stage: &str,
     booking_id: Option<Uuid>,
     channel: Option<Channel>,
     reason: &str,
 ) {
+    match booking_id {
+        Some(id) => log::error!("{stage}: booking {id}: {reason}"),
+        None => log::error!("{stage}: {reason}"),
+    }
     if dry_run {
         return;
     }
+    let stage = stage.ledger_stage();
     let props = serde_json::json!({
         "source": format!("stage:{stage}"),
         "reason": reason,
