@@ -84,6 +84,12 @@ pub struct DueBooking {
     pub slots_cached_at: Option<DateTime<Utc>>,
     /// The match page to link: the booking's match, else the patient's newest.
     pub match_secure_uuid: Option<Uuid>,
+    /// Calendar UID of the invite (carried over across reschedules); `cal_uid` when unset.
+    pub ical_uid: Option<String>,
+    /// The first attendee as the payload named them (walk-in bookings have no people row).
+    pub attendee_email: Option<String>,
+    pub attendee_name: Option<String>,
+    pub attendee_phone: Option<String>,
 }
 
 /// A patient as the stages see it. Contact fields are raw; the stage parses them.
@@ -177,7 +183,8 @@ fn query_with(stage: Stage, predicate: &str) -> String {
                 s.full_slots_count, s.next_full_time_utc, s.cached_at,
                 coalesce(m.secure_uuid,
                          (SELECT pm.secure_uuid FROM matches pm WHERE pm.patient_id = b.patient_id
-                          ORDER BY pm.created_at DESC NULLS LAST LIMIT 1)) AS match_secure_uuid
+                          ORDER BY pm.created_at DESC NULLS LAST LIMIT 1)) AS match_secure_uuid,
+                b.ical_uid, b.attendee_email, b.attendee_name, b.attendee_phone
          FROM cal_bookings b
          LEFT JOIN therapists t ON t.id = b.therapist_id
          LEFT JOIN cal_slots_cache s ON s.therapist_id = b.therapist_id
@@ -284,6 +291,10 @@ fn map_row(r: &tokio_postgres::Row) -> anyhow::Result<DueBooking> {
         next_full_time: r.try_get(29)?,
         slots_cached_at: r.try_get(30)?,
         match_secure_uuid: r.try_get(31)?,
+        ical_uid: r.try_get(32)?,
+        attendee_email: r.try_get(33)?,
+        attendee_name: r.try_get(34)?,
+        attendee_phone: r.try_get(35)?,
     })
 }
 

