@@ -14,6 +14,7 @@ pub mod ics;
 pub mod links;
 pub mod metrics;
 pub mod notify;
+pub mod output;
 pub mod pgtemp;
 pub mod preview;
 pub mod secret;

@@ -549,8 +549,8 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
         )
         .await?
         .get(0);
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "ledger: {}",
         ledger
             .iter()
@@ -563,18 +563,18 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
+    crate::outln!(
         "{runs} scheduled runs; errors counted: {}; bookings skipped per run for a counted reason \
          (test data, no contact, no free slots) are in `journeyctl status`",
         totals.get(Counter::Errors)
     );
-    println!(
+    crate::outln!(
         "emails: {}/email/*.eml   SMS: {}/sms/sms.jsonl",
         dir.display(),
         dir.display()
     );
     if g.database_url.is_some() {
-        println!("database: {}", crate::secret::redact_url(&url));
+        crate::outln!("database: {}", crate::secret::redact_url(&url));
     }
     Ok(if failures > 0 {
         ExitStatus::Failed
@@ -600,7 +600,7 @@ async fn print_timeline(db: &Db, tz: Tz) -> anyhow::Result<()> {
         )
         .await
         .context("Failed to read the timeline")?;
-    println!("\nWho got what, when (times in {tz}):");
+    crate::outln!("\nWho got what, when (times in {tz}):");
     for r in rows {
         let sent_at: Option<DateTime<Utc>> = r.get(0);
         let stage: String = r.get(1);
@@ -638,7 +638,7 @@ async fn print_timeline(db: &Db, tz: Tz) -> anyhow::Result<()> {
                     .to_string()
             })
             .unwrap_or_default();
-        println!(
+        crate::outln!(
             "  {when:<16} {stage:<22} {channel:<5} {status:<8} → {to:<40} {session} [{uid}]{}",
             error.map(|e| format!(" ({e})")).unwrap_or_default()
         );

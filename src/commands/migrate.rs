@@ -7,15 +7,15 @@ pub async fn migrate(g: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let db = db::connect(&url, 1).await?;
     let applied = db::migrate::run(&db).await?;
     if g.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({"command": "migrate", "applied": applied.applied})
         );
     } else if applied.applied.is_empty() {
-        println!("schema is up to date (nothing to apply)");
+        crate::outln!("schema is up to date (nothing to apply)");
     } else {
         for m in &applied.applied {
-            println!("applied {m}");
+            crate::outln!("applied {m}");
         }
     }
     Ok(ExitStatus::Ok)

@@ -67,12 +67,18 @@ fn stage_flags(stage: Stage, runs: &[&ops::StageRun], counters: &Counters, flags
             .iter()
             .map(|r| r.counters.get(Counter::SentEmail))
             .sum();
+        // Bookings that were test data, already handled or skipped for a counted reason
+        // needed no email: only the rest make silence suspicious.
         let needing: u64 = last3
             .iter()
             .map(|r| {
-                r.counters
-                    .get(Counter::Processed)
-                    .saturating_sub(r.counters.get(Counter::SkippedAlreadySent))
+                let skipped: u64 = r
+                    .counters
+                    .iter()
+                    .filter(|(c, _)| c.is_skip())
+                    .map(|(_, n)| n)
+                    .sum();
+                r.counters.get(Counter::Processed).saturating_sub(skipped)
             })
             .sum();
         if sent == 0 && needing > 0 {
@@ -162,7 +168,7 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
     };
     let word = ["OK", "WARNING", "CRITICAL"][status.code() as usize];
     if g.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "status": word,
@@ -174,12 +180,12 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
             }))?
         );
     } else {
-        println!(
+        crate::outln!(
             "JOURNEY {word} - {} flag(s) since {}",
             flags.len(),
             (now - period).format("%Y-%m-%d %H:%M UTC")
         );
-        println!(
+        crate::outln!(
             "  {:<22} {:<17} {:>4} {:>9} {:>6} {:>5} {:>6} {:>8} {:>6}",
             "stage",
             "last run (UTC)",
@@ -192,7 +198,7 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
             "errors"
         );
         for s in &stages {
-            println!(
+            crate::outln!(
                 "  {:<22} {:<17} {:>4} {:>9} {:>6} {:>5} {:>6} {:>8} {:>6}",
                 s.stage,
                 s.last_run
@@ -208,7 +214,7 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
             );
         }
         for f in &flags {
-            println!(
+            crate::outln!(
                 "  {:<8} {}{}",
                 if f.severity == Severity::Critical {
                     "CRIT"
@@ -220,7 +226,7 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
             );
         }
         for d in &doubt {
-            println!(
+            crate::outln!(
                 "  in doubt: {} ({} {} {} of booking {}, {})",
                 d.id,
                 d.stage,
@@ -248,29 +254,30 @@ pub async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<Ex
     }
     let unexplained = all.iter().filter(|m| m.unexplained()).count();
     if g.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"from": from, "now": now, "misses": all, "unexplained": unexplained})
             )?
         );
     } else if all.is_empty() {
-        println!(
+        crate::outln!(
             "audit: every closed window since {} got its message",
             from.format("%Y-%m-%d %H:%M UTC")
         );
     } else {
-        println!(
+        crate::outln!(
             "audit: {} booking(s) without their message since {} ({} for no recorded reason)",
             all.len(),
             from.format("%Y-%m-%d %H:%M UTC"),
             unexplained
         );
         for m in &all {
-            println!(
-                "  {:<22} {:<10} booking {} ({}){}",
+            crate::outln!(
+                "  {:<22} {:<10} {:<5} booking {} ({}){}",
                 m.stage,
                 m.outcome,
+                m.channel.as_deref().unwrap_or("-"),
                 m.booking_id,
                 m.cal_uid,
                 m.detail
@@ -308,7 +315,7 @@ pub async fn resolve(
             Ok(ExitStatus::Failed)
         }
         Some(d) => {
-            println!(
+            crate::outln!(
                 "delivery {id} ({} {} {} of booking {}) is now {}",
                 d.stage,
                 d.recipient_role,

@@ -12,7 +12,7 @@ pub fn preview(settings: &Settings, out: &Path) -> anyhow::Result<ExitStatus> {
     let templates = Templates::load(settings.templates_dir.as_deref(), settings.timezone)
         .map_err(|e| ConfigError::new(format!("templates cannot be loaded: {e:#}")))?;
     let written = crate::preview::write_preview(&templates, out)?;
-    println!(
+    crate::outln!(
         "wrote {} files; open {} in a browser",
         written.len(),
         out.join("index.html").display()

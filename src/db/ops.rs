@@ -205,6 +205,8 @@ pub struct Miss {
     /// `missed` (no recorded reason), or the recorded outcome: `skipped`, `failed`,
     /// `in_doubt`, `retry`, `test`, `no_patient`, `no_contact`.
     pub outcome: String,
+    /// The channel of the recorded outcome (`email`, `sms`), when there is one.
+    pub channel: Option<String>,
     pub detail: Option<String>,
 }
 
@@ -223,8 +225,8 @@ pub async fn audit(
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Miss>> {
     // Where the window closes, and which bookings the stage is meant for.
-    let took_place =
-        "(b.status IS NULL OR upper(b.status) IN ('ACCEPTED', 'PENDING', 'COMPLETED'))";
+    // PENDING was never accepted by the host: nothing was due for it.
+    let took_place = "(b.status IS NULL OR upper(b.status) IN ('ACCEPTED', 'COMPLETED'))";
     let (closes, eligible) = match stage {
         Stage::ConfirmationRecovery => (
             // Recovery keeps trying until the session starts.
@@ -253,23 +255,35 @@ pub async fn audit(
                 .to_string(),
         ),
     };
+    // Booking level: nothing went out to the patient. Channel level: one channel went out
+    // (the stage column is set) but another did not, and would otherwise hide behind it.
     let sql = format!(
-        "SELECT b.id, b.cal_uid, d.status, d.last_error,
+        "SELECT b.id, b.cal_uid, d.status, d.last_error, d.channel,
                 coalesce(b.is_test, false) OR coalesce(p.metadata->>'is_test', '') = 'true',
                 b.patient_id IS NOT NULL AND p.id IS NULL OR b.patient_id IS NULL,
                 (coalesce(trim(p.email), '') = '' OR lower(p.email) LIKE 'temp\\_%')
-                  AND coalesce(trim(p.phone_number), '') = ''
+                  AND coalesce(trim(p.phone_number), '') = '',
+                {closes}
          FROM cal_bookings b
          LEFT JOIN people p ON p.id = b.patient_id
          LEFT JOIN LATERAL (
-           SELECT status, last_error FROM journey_deliveries d
+           SELECT status, last_error, channel FROM journey_deliveries d
            WHERE d.booking_id = b.id AND d.stage = $3 AND d.recipient_role = 'patient'
            ORDER BY (d.status = 'sent') DESC, d.updated_at DESC LIMIT 1
          ) d ON true
          WHERE {closes} BETWEEN $1 AND $2 AND {eligible}
            AND b.{mark} IS NULL
            AND coalesce(d.status, '') <> 'sent'
-         ORDER BY {closes}",
+         UNION ALL
+         SELECT b.id, b.cal_uid, d.status, d.last_error, d.channel, false, false, false,
+                {closes}
+         FROM cal_bookings b
+         JOIN journey_deliveries d ON d.booking_id = b.id AND d.stage = $3
+              AND d.recipient_role = 'patient'
+              AND d.status IN ('failed', 'retry', 'in_doubt')
+         WHERE {closes} BETWEEN $1 AND $2 AND {eligible}
+           AND b.{mark} IS NOT NULL
+         ORDER BY 9",
         mark = stage.mark_column(),
     );
     let rows = db
@@ -282,8 +296,9 @@ pub async fn audit(
     for r in rows {
         let status: Option<String> = r.try_get(2)?;
         let error: Option<String> = r.try_get(3)?;
+        let channel: Option<String> = r.try_get(4)?;
         let (is_test, no_patient, no_contact): (bool, bool, bool) =
-            (r.try_get(4)?, r.try_get(5)?, r.try_get(6)?);
+            (r.try_get(5)?, r.try_get(6)?, r.try_get(7)?);
         let (outcome, detail) = match status {
             Some(s) => (s, error),
             None if is_test => ("test".to_string(), Some("test booking or patient".into())),
@@ -308,6 +323,7 @@ pub async fn audit(
             cal_uid: r.try_get(1)?,
             stage: stage.as_str(),
             outcome,
+            channel,
             detail,
         });
     }

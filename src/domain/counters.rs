@@ -45,6 +45,29 @@ impl Counter {
         Counter::Errors,
     ];
 
+    /// A booking or message that was not sent for a counted reason (not a failure).
+    pub fn is_skip(self) -> bool {
+        match self {
+            Counter::SkippedAlreadySent
+            | Counter::SkippedNoPatient
+            | Counter::SkippedNoContact
+            | Counter::SkippedInvalidPhone
+            | Counter::SkippedInactive
+            | Counter::SkippedTest
+            | Counter::SkippedNoAvailability
+            | Counter::SkippedAlreadyBooked
+            | Counter::SkippedHasSuccessfulBooking
+            | Counter::SkippedNoOtherMatches
+            | Counter::SkippedRecentlyRecovered => true,
+            Counter::Processed
+            | Counter::SentEmail
+            | Counter::SentSms
+            | Counter::RetryScheduled
+            | Counter::InDoubt
+            | Counter::Errors => false,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Counter::Processed => "processed",

@@ -7,6 +7,7 @@ mod followups;
 mod harness;
 mod migrate;
 mod notify;
+mod operators;
 mod ops;
 mod seed;
 mod stages;
