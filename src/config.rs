@@ -310,10 +310,21 @@ pub fn parse_offset(flag: &str, raw: &str) -> Result<chrono::Duration, ConfigErr
             "{flag} {raw:?} is not a duration ({e}); use e.g. 50m, 23h or 3d"
         ))
     })?;
-    let d = chrono::Duration::from_std(d)
-        .map_err(|_| ConfigError::new(format!("{flag} {raw:?} is too large")))?;
+    let too_large = || {
+        ConfigError::new(format!(
+            "{flag} {raw:?} is too large: at most {MAX_OFFSET_DAYS}d (100 years)"
+        ))
+    };
+    let d = chrono::Duration::from_std(d).map_err(|_| too_large())?;
+    if d > chrono::Duration::days(MAX_OFFSET_DAYS) {
+        return Err(too_large());
+    }
     Ok(if neg { -d } else { d })
 }
+
+/// The longest duration any flag takes. Far beyond every real window or period, and far
+/// inside what date arithmetic can hold, so `now ± offset` can never overflow.
+pub const MAX_OFFSET_DAYS: i64 = 36_500;
 
 #[cfg(test)]
 mod tests {

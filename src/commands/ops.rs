@@ -242,8 +242,12 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
 
 /// `journeyctl audit [--days N]`
 pub async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<ExitStatus> {
-    if days == 0 {
-        return Err(ConfigError::new("--days must be at least 1").into());
+    if days == 0 || i64::from(days) > config::MAX_OFFSET_DAYS {
+        return Err(ConfigError::new(format!(
+            "--days {days} is out of range: give 1 to {}",
+            config::MAX_OFFSET_DAYS
+        ))
+        .into());
     }
     let now = clock.now();
     let from = now - Duration::days(i64::from(days));

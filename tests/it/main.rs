@@ -3,6 +3,7 @@
 
 mod coverage;
 mod exactly_once;
+mod faults;
 mod followups;
 mod harness;
 mod migrate;
