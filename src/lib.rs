@@ -45,6 +45,11 @@ impl ExitStatus {
 
 /// Sets up env_logger on stderr: warnings by default, `-v` info, `-vv` debug, `-q` errors;
 /// `RUST_LOG` overrides.
+///
+/// Debug and trace lines of other crates are dropped at every setting: they print what they
+/// handle (handlebars its render context, tokio-postgres its query parameters, HTTP clients
+/// their request bodies), which holds patients' names, emails and phone numbers. Our own
+/// debug lines name bookings by id and recipients masked.
 pub fn init_logging(g: &GlobalArgs) {
     let level = if g.quiet {
         "error"
@@ -52,11 +57,14 @@ pub fn init_logging(g: &GlobalArgs) {
         match g.verbose {
             0 => "warn,journeyctl=info",
             1 => "info",
-            _ => "debug,tokio_postgres=info,hyper=info",
+            _ => "debug",
         }
     };
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format(|buf, record| {
+            if record.level() > log::Level::Info && !is_ours(record.target()) {
+                return Ok(());
+            }
             writeln!(
                 buf,
                 "{} {:<5} {}",
@@ -67,6 +75,11 @@ pub fn init_logging(g: &GlobalArgs) {
         })
         .target(env_logger::Target::Stderr)
         .try_init();
+}
+
+/// Whether a log target is this crate's own code.
+fn is_ours(target: &str) -> bool {
+    target == "journeyctl" || target.starts_with("journeyctl::")
 }
 
 /// Runs one command line to completion and maps every failure to its exit status.
