@@ -52,3 +52,7 @@ CREATE INDEX IF NOT EXISTS cal_bookings_walk_in_idx
 CREATE INDEX IF NOT EXISTS cal_bookings_unconfirmed_start_idx
     ON cal_bookings (start_time)
     WHERE client_confirmation_sent_at IS NULL OR therapist_notification_sent_at IS NULL;
+
+-- `journeyctl prune` finds the raw bodies past retention without reading the whole table.
+CREATE INDEX IF NOT EXISTS cal_webhook_receipts_body_kept_idx
+    ON cal_webhook_receipts (received_at) WHERE body IS NOT NULL;

@@ -176,6 +176,9 @@ pub enum Command {
     /// The whole journey on a throwaway database over a simulated week, with outbox
     /// transports; prints who got what when. Never touches an existing database
     Demo(DemoArgs),
+    /// Remove raw webhook bodies (they hold patients' names, emails and phones) older than
+    /// the retention period; their hashes stay for duplicate detection. Run it daily
+    Prune(PruneArgs),
     /// Run every stage in order, in one process: confirmation-recovery, reminder-24h,
     /// reminder-1h, intro-followup, session-followup, cancellation-recovery
     Followups(FollowupsArgs),
@@ -271,6 +274,18 @@ pub struct StatusArgs {
     /// How far back to look at runs and counters
     #[arg(long, default_value = "24h", value_name = "DURATION")]
     pub since: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// Keep raw webhook bodies this long (at least 1d), e.g. 30d
+    #[arg(
+        long,
+        env = "JOURNEY_WEBHOOK_RETENTION",
+        default_value = "30d",
+        value_name = "DUR"
+    )]
+    pub retention: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -167,6 +167,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Demo(a) => commands::demo(g, a.out.clone()).await,
         Command::Status(a) => commands::status(g, clock, &a.since).await,
         Command::Audit(a) => commands::audit(g, clock, a.days).await,
+        Command::Prune(a) => commands::prune(g, clock, &a.retention).await,
         Command::Resolve(a) => {
             commands::resolve(g, clock, a.id, a.resolution == cli::Resolution::Sent).await
         }

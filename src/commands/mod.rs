@@ -6,6 +6,7 @@ mod demo;
 mod migrate;
 mod ops;
 mod preview;
+mod prune;
 mod stage;
 mod webhook;
 
@@ -13,5 +14,6 @@ pub use demo::demo;
 pub use migrate::migrate;
 pub use ops::{audit, resolve, status};
 pub use preview::preview;
+pub use prune::prune;
 pub use stage::{journey, run as run_stages, StageRun};
 pub use webhook::{serve, webhook};

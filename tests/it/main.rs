@@ -10,6 +10,7 @@ mod migrate;
 mod notify;
 mod operators;
 mod ops;
+mod retention;
 mod seed;
 mod stages;
 mod transports;
