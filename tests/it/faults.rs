@@ -1,6 +1,8 @@
 //! Faults an operator can cause or meet (issue: "Faults: never hang, never lose silently"):
 //! absurd flag values, and what the logs may show at any verbosity.
 
+use futures::StreamExt;
+
 use crate::harness::TestDb;
 
 #[tokio::test]
@@ -80,4 +82,91 @@ async fn the_most_verbose_logs_never_show_a_patients_name_email_or_phone() {
     }
     // The real run did send: its logs were really exercised.
     assert_eq!(tr.emails().len(), 1);
+}
+
+/// Values an operator at 3 a.m. (or a broken script) may pass to any flag.
+const HOSTILE_VALUES: &[&str] = &[
+    "",
+    "-",
+    "0",
+    "-1",
+    "1e9",
+    "99999999999999999999",
+    "100000000d",
+    "-100000000d",
+    "9223372036854775807s",
+    "1ms",
+    "3d2h",
+    "5 m",
+    "PT5M",
+    "NaN",
+    "\u{1f600}",
+    "ß\u{202e}x",
+    "null",
+    "9999-12-31T23:59:59Z",
+    "0000-01-01T00:00:00Z",
+    "2026-02-30T10:00:00Z",
+];
+
+#[tokio::test]
+async fn no_flag_value_makes_any_command_panic() {
+    let db = TestDb::migrated().await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let outbox = out_dir.path().to_str().unwrap().to_string();
+    // (arguments before the value, arguments after it); every command that could send runs
+    // dry or into an outbox, so nothing leaves the machine.
+    let shapes: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec!["reminder-24h", "--dry-run", "--window-start"], vec![]),
+        (vec!["intro-followup", "--dry-run", "--window-end"], vec![]),
+        (vec!["reminder-1h", "--dry-run", "--limit"], vec![]),
+        (
+            vec!["session-followup", "--dry-run", "--concurrency"],
+            vec![],
+        ),
+        (vec!["followups", "--dry-run", "--stages"], vec![]),
+        (vec!["followups", "--dry-run", "--limit"], vec![]),
+        (vec!["status", "--since"], vec![]),
+        (vec!["audit", "--days"], vec![]),
+        (vec!["prune", "--retention"], vec![]),
+        (vec!["resolve"], vec!["--as", "sent"]),
+        (
+            vec!["resolve", "00000000-0000-0000-0000-000000000000", "--as"],
+            vec![],
+        ),
+        (vec!["--now"], vec!["status"]),
+        (vec!["webhook", "--no-verify", "--file"], vec![]),
+        (vec!["webhook", "--signature"], vec!["--file", "/dev/null"]),
+    ];
+    let cases: Vec<(&Vec<&str>, &str, &Vec<&str>)> = shapes
+        .iter()
+        .flat_map(|(b, a)| HOSTILE_VALUES.iter().map(move |v| (b, *v, a)))
+        .collect();
+    assert_eq!(cases.len(), shapes.len() * HOSTILE_VALUES.len());
+    let outcomes: Vec<_> = futures::stream::iter(cases)
+        .map(|(before, value, after)| {
+            let mut cli = db.cmd();
+            cli.env("EMAIL_OUTBOX_DIR", &outbox)
+                .env("EMAIL_FROM", "Praxis <termine@example.de>")
+                .env("CAL_WEBHOOK_SECRET", "whsec_x")
+                .args(before)
+                .arg(value)
+                .args(after);
+            async move { (before, value, after, cli.run().await) }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for (before, value, after, out) in outcomes {
+        assert!(
+            matches!(out.code, 0..=2),
+            "{before:?} {value:?} {after:?} exited {}: {}",
+            out.code,
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains("panicked"),
+            "{before:?} {value:?} {after:?}: {}",
+            out.stderr
+        );
+    }
 }
