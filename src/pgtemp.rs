@@ -5,6 +5,7 @@
 //!
 //! PostgreSQL refuses to run as root; as root, its commands run as the `postgres` user.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -189,8 +190,11 @@ impl TempCluster {
             .args(["-w", "-t", "60", "-o", &server_opts, "start"]);
         run(start, "pg_ctl start")?;
 
+        // The watchdog ignores the signals a terminal or a supervisor sends to a whole job
+        // (Ctrl-C, `kill -- -PGID`), and lives in its own process group, so it outlives the
+        // process it guards however that process ends (SIGKILL included) and then cleans up.
         let script = format!(
-            "cat >/dev/null; '{}' -D '{}' -m immediate stop >/dev/null 2>&1; rm -rf '{}'",
+            "trap '' INT TERM HUP QUIT; cat >/dev/null; '{}' -D '{}' -m immediate stop >/dev/null 2>&1; rm -rf '{}'",
             pg_ctl.display(),
             data.display(),
             dir.display()
@@ -213,6 +217,7 @@ impl TempCluster {
         };
         let watchdog = watchdog
             .arg(script)
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -170,3 +170,64 @@ async fn no_flag_value_makes_any_command_panic() {
         );
     }
 }
+
+/// Throwaway clusters (`journeyctl-pg-*`) left in a directory.
+fn clusters_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("journeyctl-pg-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_demo_killed_with_its_whole_process_group_leaves_no_postgresql_behind() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    // The demo's temporary directory, shared like /tmp: the cluster runs (and is removed)
+    // as the postgres user.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = tmp.path().join("out");
+    let mut cli = crate::harness::Cli::new();
+    cli.env("TMPDIR", tmp.path())
+        .args(["demo", "--out"])
+        .arg(&out);
+    // Its own process group, as a shell gives a foreground job: Ctrl-C, or systemd/a
+    // supervisor killing the group, reaches every process in it at once.
+    cli.stdin_bytes().process_group(0);
+    let mut child = cli.spawn();
+    let pgid = child.id().unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = stderr
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the demo ended before its simulation started");
+        if line.contains("simulating") {
+            break;
+        }
+    }
+    assert_eq!(clusters_in(tmp.path()).len(), 1, "the demo's cluster is up");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait().await.unwrap();
+    // The cluster's own watchdog stops the server and removes its directory.
+    let mut polls: u64 = 0;
+    while !clusters_in(tmp.path()).is_empty() {
+        polls += 1;
+        assert!(
+            polls < 1_000_000,
+            "the killed demo left its PostgreSQL behind: {:?}",
+            clusters_in(tmp.path())
+        );
+        tokio::task::yield_now().await;
+    }
+}
