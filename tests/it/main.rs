@@ -5,6 +5,7 @@ mod coverage;
 mod exactly_once;
 mod followups;
 mod harness;
+mod journey_rules;
 mod migrate;
 mod notify;
 mod ops;
