@@ -196,11 +196,12 @@ pub fn has_work(stage: Stage) -> String {
         )
     };
     match stage {
-        // Two recipients, each with its own mark; QA copies stand in for the patient's.
+        // Two recipients, each with its own mark. A test booking's one QA email carries both
+        // (see `stages::confirmation`), so a `qa` row decides both sides.
         Stage::ConfirmationRecovery => format!(
             "({retry} OR {} OR {})",
             undecided("client_confirmation_sent_at", "'patient', 'qa'"),
-            undecided("therapist_notification_sent_at", "'therapist'"),
+            undecided("therapist_notification_sent_at", "'therapist', 'qa'"),
         ),
         _ => format!(
             "({retry} OR {})",

@@ -365,10 +365,10 @@ async fn process(
                 if !again && !dry_run {
                     // The decision goes to the ledger: counted in this run only, and the
                     // booking is not selected again (SPEC §5: skipped with a counted reason).
-                    let col = mark.then(|| mark_column(stage, RecipientRole::Patient)).flatten();
-                    if let Err(e) =
-                        record_booking_skip(j, stage, b, reason, col, now).await
-                    {
+                    let col = mark
+                        .then(|| mark_column(stage, RecipientRole::Patient))
+                        .flatten();
+                    if let Err(e) = record_booking_skip(j, stage, b, reason, col, now).await {
                         report.error();
                         record_error(j, dry_run, stage, Some(b.id), None, &format!("{e:#}")).await;
                     }
@@ -454,8 +454,15 @@ async fn process(
                                             {
                                                 report.error();
                                                 let why = format!("{e:#}");
-                                                record_error(j, false, stage, Some(b.id), None, &why)
-                                                    .await;
+                                                record_error(
+                                                    j,
+                                                    false,
+                                                    stage,
+                                                    Some(b.id),
+                                                    None,
+                                                    &why,
+                                                )
+                                                .await;
                                             }
                                         }
                                         continue;
@@ -603,7 +610,8 @@ async fn deliver_guarded(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> 
                     "run_id": j.run_id,
                     "outcome": "panicked",
                 }));
-                if let Err(e) = ledger::record_panicked(&j.db, &key, j.run_id, &reason, &event).await
+                if let Err(e) =
+                    ledger::record_panicked(&j.db, &key, j.run_id, &reason, &event).await
                 {
                     log::error!("{stage}: booking {}: {e:#}", key.booking_id);
                 }

@@ -36,7 +36,10 @@ pub fn intro(input: &PlanInput<'_>) -> Plan {
         Err(skip) => return skip,
     };
     if input.booking.future_full_with_therapist {
-        return Plan::skip_and_mark(Counter::SkippedAlreadyBooked, "patient already booked a full session with this therapist");
+        return Plan::skip_and_mark(
+            Counter::SkippedAlreadyBooked,
+            "patient already booked a full session with this therapist",
+        );
     }
     let Some(mut ctx) = base_context(input, Some(patient)) else {
         return Plan::skip(Counter::SkippedInactive, "booking has no start time");
@@ -51,7 +54,10 @@ pub fn session(input: &PlanInput<'_>) -> Plan {
         Err(skip) => return skip,
     };
     if input.booking.future_any_with_therapist {
-        return Plan::skip_and_mark(Counter::SkippedAlreadyBooked, "patient already has a future booking with this therapist");
+        return Plan::skip_and_mark(
+            Counter::SkippedAlreadyBooked,
+            "patient already has a future booking with this therapist",
+        );
     }
     if input.booking.full_slots_count.unwrap_or(0) <= 0 {
         // Not decided: slots may appear later inside the window.
@@ -71,7 +77,10 @@ pub fn cancellation(input: &PlanInput<'_>) -> Plan {
     let b = input.booking;
     if b.request_reschedule {
         // Not a lost patient: the therapist wants a new date with them.
-        return Plan::skip_and_mark(Counter::SkippedInactive, "therapist asked the patient to reschedule");
+        return Plan::skip_and_mark(
+            Counter::SkippedInactive,
+            "therapist asked the patient to reschedule",
+        );
     }
     let patient = match check_patient(input) {
         Ok(p) => p,
@@ -85,10 +94,16 @@ pub fn cancellation(input: &PlanInput<'_>) -> Plan {
         );
     }
     if b.recently_recovered {
-        return Plan::skip_and_mark(Counter::SkippedRecentlyRecovered, "patient got a recovery email in the last 72 hours");
+        return Plan::skip_and_mark(
+            Counter::SkippedRecentlyRecovered,
+            "patient got a recovery email in the last 72 hours",
+        );
     }
     if b.other_matched_therapists <= 0 {
-        return Plan::skip_and_mark(Counter::SkippedNoOtherMatches, "patient has no match with another therapist");
+        return Plan::skip_and_mark(
+            Counter::SkippedNoOtherMatches,
+            "patient has no match with another therapist",
+        );
     }
     let Some(mut ctx) = base_context(input, Some(patient)) else {
         return Plan::skip(Counter::SkippedInactive, "booking has no start time");

@@ -187,7 +187,13 @@ async fn a_test_bookings_therapist_notice_also_goes_to_the_qa_address() {
         .apply(db.cmd())
         .env("CAL_WEBHOOK_SECRET", secret)
         .env("QA_NOTIFY_EMAIL", "qa@praxis.example")
-        .args(["--now", "2026-03-02T09:12:05Z", "--json", "webhook", "--file"])
+        .args([
+            "--now",
+            "2026-03-02T09:12:05Z",
+            "--json",
+            "webhook",
+            "--file",
+        ])
         .arg(&file)
         .args(["--signature", &sig])
         .run()
@@ -340,10 +346,8 @@ async fn a_delivery_that_panics_costs_no_other_patient_a_message_and_the_run_fin
         "later stages ran"
     );
     assert_eq!(
-        db.count(
-            "SELECT count(*) FROM journey_deliveries WHERE status IN ('sending', 'in_doubt')"
-        )
-        .await,
+        db.count("SELECT count(*) FROM journey_deliveries WHERE status IN ('sending', 'in_doubt')")
+            .await,
         0
     );
     assert_eq!(
