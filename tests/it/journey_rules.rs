@@ -217,6 +217,13 @@ async fn a_test_bookings_therapist_notice_also_goes_to_the_qa_address() {
         .count("SELECT count(*) FROM journey_deliveries WHERE recipient_role = 'qa' AND status = 'sent'")
         .await;
     assert_eq!(rows as usize, mails.len());
+
+    // Recovery later finds nothing left to do for it (and counts no test booking again).
+    let (code, counters, err) =
+        stage(&db, &tr, "2026-03-02T10:00:00Z", &["confirmation-recovery"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(counters["processed"], 0, "{counters}");
+    assert_eq!(tr.emails().len(), mails.len());
 }
 
 #[tokio::test]
@@ -514,8 +521,8 @@ async fn a_booking_is_counted_under_its_skip_reason_once_in_the_run_that_decided
     assert_eq!(second["sent_email"], 1, "{second}");
 }
 
-#[tokio::test]
-async fn skipped_already_sent_counts_a_booking_once_however_many_of_its_messages_went_out() {
+#[tokio::test(flavor = "multi_thread")]
+async fn skipped_already_sent_counts_a_booking_once_when_another_run_has_both_its_messages() {
     let (db, c, t, tr) = setup().await;
     let p = seed::patient(
         &c,
@@ -527,22 +534,48 @@ async fn skipped_already_sent_counts_a_booking_once_however_many_of_its_messages
     let b = Booking::new(t, p, at(NOW) + Duration::hours(24))
         .insert(&c)
         .await;
-    // Both messages were sent by a run whose mark was lost (e.g. settled by `resolve`).
-    for channel in ["email", "sms"] {
-        c.execute(
-            "INSERT INTO journey_deliveries (booking_id, patient_id, stage, channel,
+    // Another run is committing both messages of the booking right now: its rows are
+    // inserted but not yet committed, so our run selects the booking and its claims wait.
+    let other = db.client().await;
+    other
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO journey_deliveries (booking_id, patient_id, stage, channel,
                                              recipient_role, status, sent_at)
-             VALUES ($1, $2, 'reminder_24h', $3, 'patient', 'sent', $4)",
-            &[&b, &p, &channel, &at(NOW)],
-        )
+             VALUES ('{b}', '{p}', 'reminder_24h', 'email', 'patient', 'sent', now()),
+                    ('{b}', '{p}', 'reminder_24h', 'sms', 'patient', 'sent', now());"
+        ))
         .await
         .unwrap();
+    let mut cli = tr.apply(db.cmd());
+    cli.args(["--now", NOW, "--json", "reminder-24h", "--no-lock"]);
+    let child = cli.spawn();
+    let mut polls = 0;
+    while db
+        .count(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name LIKE 'journeyctl:%' AND wait_event_type = 'Lock'",
+        )
+        .await
+        < 2
+    {
+        polls += 1;
+        assert!(polls < 100_000, "the run's claims never waited");
+        tokio::task::yield_now().await;
     }
-    let (code, counters, err) = stage(&db, &tr, NOW, &["reminder-24h"]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        counters["skipped_already_sent"].as_u64().unwrap() <= 1,
-        "{counters}"
+    other.batch_execute("COMMIT").await.unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let counters = &report["stages"][0]["counters"];
+    assert_eq!(counters["skipped_already_sent"], 1, "{counters}");
+    assert_eq!(counters["sent_email"], 0, "{counters}");
     assert!(tr.emails().is_empty());
+    assert!(tr.sms().await.is_empty());
 }
