@@ -14,9 +14,18 @@ use uuid::Uuid;
 use super::Db;
 use crate::domain::Stage;
 
-/// Bookings that can still take place: ACCEPTED or PENDING in any case, or NULL (pre-inserted
-/// by the booking site before the webhook arrived).
-pub const ACTIVE: &str = "(%.status IS NULL OR upper(%.status) IN ('ACCEPTED', 'PENDING'))";
+/// Bookings that will take place (SPEC §1): ACCEPTED in any case, or NULL (pre-inserted by the
+/// booking site before the webhook arrived). PENDING is not active: the host has not accepted,
+/// so nobody is confirmed, notified or reminded yet. `%` stands for the table alias.
+///
+/// The one definition of "active" in SQL; [`is_active_status`] is the same rule in Rust. When
+/// the `BookingStatus` enum lands, both are swapped for its helpers here and nowhere else.
+pub const ACTIVE: &str = "(%.status IS NULL OR upper(%.status) = 'ACCEPTED')";
+
+/// [`ACTIVE`] for a status read from a row.
+pub fn is_active_status(status: Option<&str>) -> bool {
+    status.is_none_or(|s| s.eq_ignore_ascii_case("ACCEPTED"))
+}
 
 /// Bookings that did not fall through (for followups, where COMPLETED counts).
 const NOT_FALLEN_THROUGH: &str = "(b.status IS NULL OR upper(b.status) NOT IN \
@@ -73,8 +82,9 @@ pub struct DueBooking {
     /// Followups: another future, active booking of this patient with this therapist.
     pub future_full_with_therapist: bool,
     pub future_any_with_therapist: bool,
-    /// Cancellation recovery: another future, active booking of this patient with anyone.
-    pub other_future_booking: bool,
+    /// Cancellation recovery: the patient has another successful booking with anyone: an
+    /// active one still ahead, or a session that took place (COMPLETED, or active and ended).
+    pub has_successful_booking: bool,
     /// Cancellation recovery: distinct other therapists this patient was matched with.
     pub other_matched_therapists: i64,
     /// Cancellation recovery: a recovery email to this patient in the last 72 hours.
@@ -95,11 +105,29 @@ pub struct DueBooking {
 /// A patient as the stages see it. Contact fields are raw; the stage parses them.
 #[derive(Clone)]
 pub struct PatientRow {
-    pub id: Uuid,
+    /// `None` for a walk-in attendee (see [`PatientRow::attendee_of`]).
+    pub id: Option<Uuid>,
     pub name: Option<String>,
     pub email: Option<String>,
     pub phone_number: Option<String>,
     pub is_test: bool,
+}
+
+impl PatientRow {
+    /// The attendee of a booking without a patient row, as the payload named them (they
+    /// booked on Cal.com directly): `None` when the booking has a patient or no contact.
+    pub fn attendee_of(b: &DueBooking) -> Option<PatientRow> {
+        if b.patient_id.is_some() || (b.attendee_email.is_none() && b.attendee_phone.is_none()) {
+            return None;
+        }
+        Some(PatientRow {
+            id: None,
+            name: b.attendee_name.clone(),
+            email: b.attendee_email.clone(),
+            phone_number: b.attendee_phone.clone(),
+            is_test: false,
+        })
+    }
 }
 
 impl std::fmt::Debug for PatientRow {
@@ -111,13 +139,17 @@ impl std::fmt::Debug for PatientRow {
     }
 }
 
-/// The selection column and extra predicate of each stage (SPEC §1). The window bounds are
-/// `$2..=$3`, the run's instant `$1`.
+/// The selection column and extra predicate of each stage (SPEC §1), plus [`has_work`]: a
+/// booking is selected only while it still has something to do for the stage. The window
+/// bounds are `$2..=$3`, the run's instant `$1`.
 fn stage_predicate(stage: Stage) -> String {
-    match stage {
+    let window = match stage {
+        // No look-back on created_at: any unconfirmed active booking whose session is still
+        // ahead is caught (the partial index on start_time serves it). Only the window's end
+        // applies ("created more than 10 minutes ago": the webhook may still be sending).
         Stage::ConfirmationRecovery => format!(
             "(b.client_confirmation_sent_at IS NULL OR b.therapist_notification_sent_at IS NULL) \
-             AND b.created_at BETWEEN $2 AND $3 AND b.start_time > $1 \
+             AND b.start_time > $1 AND b.created_at <= $3 AND $2 IS NOT NULL \
              AND b.therapist_id IS NOT NULL AND {}",
             active("b")
         ),
@@ -136,6 +168,45 @@ fn stage_predicate(stage: Stage) -> String {
              AND upper(b.status) = 'CANCELLED'"
                 .to_string()
         }
+    };
+    format!("{window} AND {}", has_work(stage))
+}
+
+/// Whether a booking still has work for a stage, so handled bookings never fill `--limit`:
+/// a `retry` row of the stage (a channel that failed is tried again on its own, even when the
+/// other channel went out and set the mark), or the stage not yet done for a recipient (mark
+/// not set) and not already decided in the ledger (sent, failed, skipped for a recorded
+/// reason, in doubt, or being sent by another run). Skips that a later run must re-evaluate
+/// (no free slots) are not recorded, so those bookings stay selected.
+pub fn has_work(stage: Stage) -> String {
+    let ledger = stage.ledger_stage();
+    let rows = |filter: &str| {
+        format!(
+            "EXISTS (SELECT 1 FROM journey_deliveries w WHERE w.booking_id = b.id \
+             AND w.stage = '{ledger}' AND {filter})"
+        )
+    };
+    let retry = rows("w.status = 'retry'");
+    let undecided = |mark: &str, roles: &str| {
+        format!(
+            "(b.{mark} IS NULL AND NOT {})",
+            rows(&format!(
+                "w.status <> 'retry' AND w.recipient_role IN ({roles})"
+            ))
+        )
+    };
+    match stage {
+        // Two recipients, each with its own mark. A test booking's one QA email carries both
+        // (see `stages::confirmation`), so a `qa` row decides both sides.
+        Stage::ConfirmationRecovery => format!(
+            "({retry} OR {} OR {})",
+            undecided("client_confirmation_sent_at", "'patient', 'qa'"),
+            undecided("therapist_notification_sent_at", "'therapist', 'qa'"),
+        ),
+        _ => format!(
+            "({retry} OR {})",
+            undecided(stage.mark_column(), "'patient', 'therapist', 'qa'")
+        ),
     }
 }
 
@@ -202,7 +273,8 @@ fn query_with(stage: Stage, predicate: &str) -> String {
             recovery,
             format!(
                 "EXISTS (SELECT 1 FROM cal_bookings o WHERE o.patient_id = b.patient_id \
-                 AND o.id <> b.id AND o.start_time > $1 AND {other_active})"
+                 AND o.id <> b.id AND (upper(o.status) = 'COMPLETED' \
+                 OR ({other_active} AND (o.start_time > $1 OR o.end_time < $1))))"
             )
         ),
         other_matched = if recovery {
@@ -284,7 +356,7 @@ fn map_row(r: &tokio_postgres::Row) -> anyhow::Result<DueBooking> {
         },
         future_full_with_therapist: r.try_get(23)?,
         future_any_with_therapist: r.try_get(24)?,
-        other_future_booking: r.try_get(25)?,
+        has_successful_booking: r.try_get(25)?,
         other_matched_therapists: r.try_get(26)?,
         recently_recovered: r.try_get(27)?,
         full_slots_count: r.try_get(28)?,
@@ -319,6 +391,27 @@ pub async fn select_one(
     row.as_ref().map(map_row).transpose()
 }
 
+/// Links every walk-in booking (no patient row, an attendee email) to the newest `people` row
+/// with that email, compared case-insensitively, once one exists. One statement for all of
+/// them (a stage runs it before selecting); returns how many bookings were linked.
+pub async fn link_walk_ins(db: &Db) -> anyhow::Result<u64> {
+    let client = db.client().await?;
+    client
+        .execute(
+            "UPDATE cal_bookings b
+                SET patient_id = (SELECT pp.id FROM people pp
+                                   WHERE lower(pp.email) = lower(b.attendee_email)
+                                   ORDER BY pp.created_at DESC NULLS LAST, pp.id LIMIT 1),
+                    updated_at = now()
+              WHERE b.patient_id IS NULL AND b.attendee_email IS NOT NULL
+                AND EXISTS (SELECT 1 FROM people pp
+                             WHERE lower(pp.email) = lower(b.attendee_email))",
+            &[],
+        )
+        .await
+        .context("Failed to link walk-in bookings to their people rows")
+}
+
 /// The patients of the given ids. A database error is returned as such, never as "missing".
 pub async fn load_patients(db: &Db, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, PatientRow>> {
     if ids.is_empty() {
@@ -339,7 +432,7 @@ pub async fn load_patients(db: &Db, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid
             Ok((
                 r.try_get(0)?,
                 PatientRow {
-                    id: r.try_get(0)?,
+                    id: Some(r.try_get(0)?),
                     name: r.try_get(1)?,
                     email: r.try_get(2)?,
                     phone_number: r.try_get(3)?,

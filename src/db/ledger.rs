@@ -353,9 +353,11 @@ pub fn process_application_name() -> String {
     format!("journeyctl:{}", Uuid::new_v4())
 }
 
-/// Declares `in_doubt` every `sending` row whose lease passed or whose run has no connection
-/// left. Returns how many rows changed.
-pub async fn promote_abandoned(db: &Db) -> anyhow::Result<u64> {
+/// Declares `in_doubt` every `sending` row of this ledger stage whose lease passed or whose
+/// run has no connection left. Returns how many rows changed: the run that promotes them
+/// counts them (once; the selection does not pick such bookings again, `status` raises them
+/// until `resolve` settles them).
+pub async fn promote_abandoned(db: &Db, stage: &str) -> anyhow::Result<u64> {
     let client = db.client().await?;
     client
         .execute(
@@ -363,12 +365,56 @@ pub async fn promote_abandoned(db: &Db) -> anyhow::Result<u64> {
                 SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
                     last_error = 'the run that was sending this stopped before recording the \
                                   outcome: the message may or may not have gone out'
-              WHERE d.status = 'sending'
+              WHERE d.status = 'sending' AND d.stage = $1
                 AND (d.lease_until < now()
                      OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                                     WHERE a.application_name = d.claimed_by))",
-            &[],
+            &[&stage],
         )
         .await
-        .context("Failed to declare abandoned deliveries in doubt")
+        .with_context(|| format!("Failed to declare abandoned {stage} deliveries in doubt"))
+}
+
+/// Records a delivery whose sending panicked: its row, if this run claimed it and it is still
+/// `sending`, becomes `failed` with the reason, and the `error` event is written, in one
+/// statement. A panic is a defect on this data (it would panic again), so it is not retried.
+pub async fn record_panicked(
+    db: &Db,
+    key: &DeliveryKey,
+    run_id: Uuid,
+    reason: &str,
+    event: &EventRow,
+) -> anyhow::Result<()> {
+    let client = db.client().await?;
+    client
+        .query_one(
+            "WITH upd AS (
+               UPDATE journey_deliveries
+                  SET status = 'failed', last_error = $6, lease_until = NULL, updated_at = now()
+                WHERE booking_id = $1 AND stage = $2 AND channel = $3 AND recipient_role = $4
+                  AND run_id = $5 AND status = 'sending'
+                RETURNING 1
+             ),
+             ev AS (INSERT INTO events (type, level, properties) VALUES ($7, $8, $9) RETURNING 1)
+             SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ev)",
+            &[
+                &key.booking_id,
+                &key.stage,
+                &key.channel.as_str(),
+                &key.role.as_str(),
+                &run_id,
+                &reason,
+                &event.kind,
+                &event.level,
+                &event.properties,
+            ],
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "Failed to record the panicked {} {} {} delivery of booking {}",
+                key.stage, key.role, key.channel, key.booking_id
+            )
+        })?;
+    Ok(())
 }

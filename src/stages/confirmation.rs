@@ -2,9 +2,17 @@
 //! after the webhook, and by `confirmation-recovery` for whichever of the two did not go out.
 //! Both paths share the ledger stage `confirmation`, so neither can duplicate the other.
 //! Test bookings get their confirmations redirected to `QA_NOTIFY_EMAIL` from the webhook
-//! only; recovery never sends for them.
+//! only; recovery never sends for them. A booking that is not active (PENDING: the host has
+//! not accepted yet) is confirmed to nobody until it is.
+//!
+//! QA gets one email per test booking, under the ledger key of role `qa`: the patient
+//! confirmation with the therapist notice carried in it (as text after it, and as an HTML
+//! attachment). One message per key keeps exactly-once on the existing unique key
+//! (booking, stage, channel, role) and the fixed role values; two QA emails would need a
+//! second role value that means nothing to anyone but the ledger.
 
 use super::plan::{base_context, contacts, MessagePlan, Outgoing, Plan, PlanInput, Recipient};
+use crate::db::bookings::is_active_status;
 use crate::domain::{Counter, EmailAddress, MessageKind, RecipientRole};
 
 /// Who asked for the confirmation.
@@ -16,20 +24,26 @@ pub enum Trigger {
 
 pub fn plan(input: &PlanInput<'_>, trigger: Trigger) -> Plan {
     let b = input.booking;
-    let test = b.is_test || input.patient.is_some_and(|p| p.is_test);
+    if !is_active_status(b.status.as_deref()) {
+        // Not decided: the host's acceptance makes it active, and then both go out.
+        return Plan::skip_for_now(Counter::SkippedInactive, "booking is not active");
+    }
+    // A walk-in attendee (no patient row) is confirmed at the payload's contact.
+    let patient = input.patient.or(input.attendee);
+    let test = b.is_test || patient.is_some_and(|p| p.is_test);
     if test {
         return match (trigger, &input.settings.qa_notify_email) {
             (Trigger::Webhook, Some(qa)) => qa_plan(input, qa.clone()),
             _ => Plan::skip(Counter::SkippedTest, "test booking"),
         };
     }
-    let Some(context) = base_context(input, input.patient) else {
+    let Some(context) = base_context(input, patient) else {
         return Plan::skip(Counter::SkippedInactive, "booking has no start time");
     };
     let mut out = Vec::new();
     let mut patient_missing = false;
     if b.client_confirmation_sent_at.is_none() {
-        match input.patient {
+        match patient {
             None => patient_missing = true,
             Some(p) => {
                 if let Some(email) = contacts(p).email {
@@ -40,6 +54,7 @@ pub fn plan(input: &PlanInput<'_>, trigger: Trigger) -> Plan {
                         to_name: p.name.clone(),
                         context: context.clone(),
                         invite: true,
+                        carries_copy_of: None,
                     })));
                 } else {
                     out.push(MessagePlan::Skip {
@@ -66,6 +81,7 @@ pub fn plan(input: &PlanInput<'_>, trigger: Trigger) -> Plan {
                 to_name: b.therapist.as_ref().and_then(|t| t.display_name()),
                 context,
                 invite: true,
+                carries_copy_of: None,
             }))),
             None => out.push(MessagePlan::Skip {
                 channel: crate::domain::Channel::Email,
@@ -90,7 +106,7 @@ pub fn plan(input: &PlanInput<'_>, trigger: Trigger) -> Plan {
 }
 
 fn qa_plan(input: &PlanInput<'_>, qa: EmailAddress) -> Plan {
-    let Some(context) = base_context(input, input.patient) else {
+    let Some(context) = base_context(input, input.patient.or(input.attendee)) else {
         return Plan::skip(Counter::SkippedInactive, "booking has no start time");
     };
     Plan::Messages(vec![MessagePlan::Send(Box::new(Outgoing {
@@ -100,5 +116,6 @@ fn qa_plan(input: &PlanInput<'_>, qa: EmailAddress) -> Plan {
         to_name: None,
         context,
         invite: true,
+        carries_copy_of: Some(MessageKind::TherapistNotification),
     }))])
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Duration;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -152,9 +152,22 @@ async fn run_locked(
     report: &mut StageReport,
 ) -> anyhow::Result<()> {
     if !opts.dry_run {
-        match ledger::promote_abandoned(&j.db).await {
+        match ledger::promote_abandoned(&j.db, stage.ledger_stage()).await {
             Ok(0) => {}
-            Ok(n) => log::warn!("{n} delivery(ies) left in 'sending' by a dead run are now in_doubt; see `journeyctl status`"),
+            Ok(n) => {
+                report.counters.add(Counter::InDoubt, n);
+                log::warn!("{stage}: {n} delivery(ies) left in 'sending' by a dead run are now in_doubt; see `journeyctl status`");
+            }
+            Err(e) => {
+                report.error();
+                record_error(j, opts.dry_run, stage, None, None, &format!("{e:#}")).await;
+            }
+        }
+        // Walk-in bookings whose person now exists get their patient before selecting, so
+        // every stage (followups included) sees the row. One statement for all of them.
+        match bookings::link_walk_ins(&j.db).await {
+            Ok(0) => {}
+            Ok(n) => log::info!("{stage}: linked {n} walk-in booking(s) to their people rows"),
             Err(e) => {
                 report.error();
                 record_error(j, opts.dry_run, stage, None, None, &format!("{e:#}")).await;
@@ -232,6 +245,8 @@ struct JobResult {
     counters: Counters,
     failures: u64,
     planned: Option<Planned>,
+    /// Another run had this message already: counted once per booking by the caller.
+    taken: Option<Uuid>,
 }
 
 impl JobResult {
@@ -329,9 +344,11 @@ async fn process(
             }
         };
         let patient = b.patient_id.and_then(|id| patients.get(&id));
+        let attendee = PatientRow::attendee_of(b);
         let input = PlanInput {
             booking: b,
             patient,
+            attendee: attendee.as_ref(),
             settings: &j.settings,
             now,
             sms_enabled,
@@ -340,22 +357,18 @@ async fn process(
             Plan::Skip {
                 counter,
                 mark,
+                again,
                 reason,
             } => {
                 report.counters.bump(counter);
                 log::debug!("{stage}: booking {} skipped: {reason}", b.id);
-                if mark && !dry_run {
-                    let key = DeliveryKey {
-                        booking_id: b.id,
-                        stage: ledger_stage,
-                        channel: Channel::Email,
-                        role: RecipientRole::Patient,
-                    };
-                    let col = mark_column(stage, RecipientRole::Patient);
-                    if let Err(e) =
-                        ledger::record_skip(&j.db, &key, b.patient_id, j.run_id, reason, col, now)
-                            .await
-                    {
+                if !again && !dry_run {
+                    // The decision goes to the ledger: counted in this run only, and the
+                    // booking is not selected again (SPEC §5: skipped with a counted reason).
+                    let col = mark
+                        .then(|| mark_column(stage, RecipientRole::Patient))
+                        .flatten();
+                    if let Err(e) = record_booking_skip(j, stage, b, reason, col, now).await {
                         report.error();
                         record_error(j, dry_run, stage, Some(b.id), None, &format!("{e:#}")).await;
                     }
@@ -371,6 +384,10 @@ async fn process(
                             counter,
                             reason,
                         } => {
+                            if existing.contains_key(&(b.id, channel, role)) {
+                                // Decided and counted by an earlier run.
+                                continue;
+                            }
                             acted = true;
                             report.counters.bump(counter);
                             log::debug!(
@@ -383,7 +400,7 @@ async fn process(
                                 channel,
                                 role,
                             };
-                            if !dry_run && !existing.contains_key(&(b.id, channel, role)) {
+                            if !dry_run {
                                 if let Err(e) = ledger::record_skip(
                                     &j.db,
                                     &key,
@@ -427,6 +444,27 @@ async fn process(
                                     if !recovered_patients.insert(pid) {
                                         acted = true;
                                         report.counters.bump(Counter::SkippedRecentlyRecovered);
+                                        if !dry_run {
+                                            let reason = "patient gets a recovery email for \
+                                                          another booking in this run";
+                                            let col = mark_column(stage, role);
+                                            if let Err(e) =
+                                                record_booking_skip(j, stage, b, reason, col, now)
+                                                    .await
+                                            {
+                                                report.error();
+                                                let why = format!("{e:#}");
+                                                record_error(
+                                                    j,
+                                                    false,
+                                                    stage,
+                                                    Some(b.id),
+                                                    None,
+                                                    &why,
+                                                )
+                                                .await;
+                                            }
+                                        }
                                         continue;
                                     }
                                 }
@@ -457,15 +495,21 @@ async fn process(
     }
 
     let results: Vec<JobResult> = futures::stream::iter(jobs)
-        .map(|job| deliver(j, stage, job, dry_run))
+        .map(|job| deliver_guarded(j, stage, job, dry_run))
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
+    let mut taken: HashSet<Uuid> = HashSet::new();
     for r in results {
         report.counters.merge(&r.counters);
         report.failures += r.failures;
         report.planned.extend(r.planned);
+        taken.extend(r.taken);
     }
+    // Bookings, not messages: one booking whose two messages another run had counts once.
+    report
+        .counters
+        .add(Counter::SkippedAlreadySent, taken.len() as u64);
     report.planned.sort_by(|a, b| {
         (a.booking_id, a.channel, a.recipient_role).cmp(&(
             b.booking_id,
@@ -505,6 +549,78 @@ fn invite_for(b: &DueBooking, out: &Outgoing, now: chrono::DateTime<chrono::Utc>
     )
 }
 
+/// Writes a booking-level skip to the ledger: the stage's (email, patient) key, and for the
+/// confirmation also the therapist's, so neither recipient is selected again.
+async fn record_booking_skip(
+    j: &Journey,
+    stage: Stage,
+    b: &DueBooking,
+    reason: &str,
+    mark: Option<&'static str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let roles: &[RecipientRole] = match stage {
+        Stage::ConfirmationRecovery => &[RecipientRole::Patient, RecipientRole::Therapist],
+        _ => &[RecipientRole::Patient],
+    };
+    for &role in roles {
+        let key = DeliveryKey {
+            booking_id: b.id,
+            stage: stage.ledger_stage(),
+            channel: Channel::Email,
+            role,
+        };
+        let col = if role == RecipientRole::Patient {
+            mark
+        } else {
+            None
+        };
+        ledger::record_skip(&j.db, &key, b.patient_id, j.run_id, reason, col, now).await?;
+    }
+    Ok(())
+}
+
+/// [`deliver`], with a panic inside it caught: one delivery that panics (a value a library
+/// cannot encode, a bug) never takes down the batch. It is counted as an error, its claimed row
+/// becomes `failed` with the reason, and the `error` event is written. The panic's own message
+/// is not recorded: it may quote the data that caused it.
+async fn deliver_guarded(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResult {
+    let key = job.key.clone();
+    let role = job.outgoing.role;
+    match std::panic::AssertUnwindSafe(deliver(j, stage, job, dry_run))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(_panic) => {
+            let reason = format!(
+                "sending the {} {role} {} panicked (a defect on this booking's data); \
+                 not retried",
+                key.stage, key.channel
+            );
+            log::error!("{stage}: booking {}: {reason}", key.booking_id);
+            if !dry_run {
+                let event = error_row(serde_json::json!({
+                    "source": format!("stage:{}", key.stage),
+                    "reason": reason,
+                    "booking_id": key.booking_id,
+                    "stage": key.stage,
+                    "channel": key.channel.as_str(),
+                    "recipient_role": role.as_str(),
+                    "run_id": j.run_id,
+                    "outcome": "panicked",
+                }));
+                if let Err(e) =
+                    ledger::record_panicked(&j.db, &key, j.run_id, &reason, &event).await
+                {
+                    log::error!("{stage}: booking {}: {e:#}", key.booking_id);
+                }
+            }
+            JobResult::default().fail(Counter::Errors)
+        }
+    }
+}
+
 /// Renders, claims, sends and records one message.
 async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResult {
     let res = JobResult::default();
@@ -514,34 +630,26 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         Channel::Email => Counter::SentEmail,
         Channel::Sms => Counter::SentSms,
     };
-    // Render first: a template error must not leave a claim behind.
-    let rendered = match channel {
-        Channel::Email => j
-            .templates
-            .render_email(out.kind, &out.context)
-            .map(|r| (Some(r.subject), r.text, Some(r.html))),
-        Channel::Sms => j
-            .templates
-            .render_sms(out.kind, &out.context)
-            .map(|body| (None, body, None)),
-    };
-    let (subject, text, html) = match rendered {
+    let rendered = render(j, out);
+    let (subject, text, html, copy) = match rendered {
         Ok(r) => r,
         Err(e) => {
-            record_error(
-                j,
-                dry_run,
-                stage,
-                Some(job.booking_id),
-                Some(channel),
-                &format!("{e:#}"),
-            )
-            .await;
+            let why = format!("{e:#}");
+            record_error(j, dry_run, stage, Some(job.booking_id), Some(channel), &why).await;
+            if !dry_run {
+                // In the ledger as `retry`, so `audit` sees the channel that failed and a
+                // later run (fixed template) sends it on its own, whatever the other did.
+                if let Err(e) = record_render_error(j, &job, &why).await {
+                    let why = format!("{e:#}");
+                    record_error(j, false, stage, Some(job.booking_id), Some(channel), &why).await;
+                }
+            }
             return res.fail(Counter::Errors);
         }
     };
     if dry_run {
-        let mut res = res.count(sent_counter);
+        // A dry run sends nothing, so it counts nothing as sent: `planned` lists it.
+        let mut res = res;
         res.planned = Some(Planned {
             booking_id: job.booking_id,
             cal_uid: job.cal_uid.clone(),
@@ -577,7 +685,11 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         }) => (id, message_id, attempt),
         Ok(Claim::Taken(DeliveryStatus::InDoubt)) => return res.count(Counter::InDoubt),
         Ok(Claim::PatientTaken) => return res.count(Counter::SkippedRecentlyRecovered),
-        Ok(Claim::Taken(_)) => return res.count(Counter::SkippedAlreadySent),
+        Ok(Claim::Taken(_)) => {
+            let mut res = res;
+            res.taken = Some(job.booking_id);
+            return res;
+        }
         Err(e) => {
             record_error(
                 j,
@@ -594,7 +706,7 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
 
     let outcome = match (&out.to, &j.mailer, &j.sms) {
         (Recipient::Email(to), Some(mailer), _) => {
-            let attachments = job
+            let mut attachments = job
                 .invite
                 .as_ref()
                 .map(|ics| {
@@ -605,6 +717,11 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
                     }]
                 })
                 .unwrap_or_default();
+            attachments.extend(copy.map(|html| Attachment {
+                filename: "kopie-benachrichtigung.html".to_string(),
+                content_type: "text/html; charset=utf-8".to_string(),
+                body: html.into_bytes(),
+            }));
             mailer
                 .send(&OutgoingEmail {
                     to: to.clone(),
@@ -728,6 +845,74 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
     } else {
         res.count(counter)
     }
+}
+
+/// Subject, text, HTML of a message, and the HTML of the copy it carries (QA). A QA copy's
+/// text follows the message's own text, headed by the copy's subject.
+#[allow(clippy::type_complexity)]
+fn render(
+    j: &Journey,
+    out: &Outgoing,
+) -> anyhow::Result<(Option<String>, String, Option<String>, Option<String>)> {
+    match out.to.channel() {
+        Channel::Email => {
+            let r = j.templates.render_email(out.kind, &out.context)?;
+            let mut text = r.text;
+            let copy = match out.carries_copy_of {
+                Some(kind) => {
+                    let c = j.templates.render_email(kind, &out.context)?;
+                    text.push_str(&format!(
+                        "\n\n----- Kopie: {} -----\nBetreff: {}\n\n{}",
+                        kind.event_kind(),
+                        c.subject,
+                        c.text
+                    ));
+                    Some(c.html)
+                }
+                None => None,
+            };
+            Ok((Some(r.subject), text, Some(r.html), copy))
+        }
+        Channel::Sms => {
+            let body = j.templates.render_sms(out.kind, &out.context)?;
+            Ok((None, body, None, None))
+        }
+    }
+}
+
+/// A message that could not be rendered: claimed and recorded as `retry` with the error.
+async fn record_render_error(j: &Journey, job: &Job, why: &str) -> anyhow::Result<()> {
+    let masked = job.outgoing.to.masked();
+    let claim = ledger::claim(
+        &j.db,
+        &ClaimRequest {
+            key: &job.key,
+            patient_id: job.patient_id,
+            run_id: j.run_id,
+            claimed_by: &j.application_name,
+            recipient_masked: &masked,
+            message_id_domain: &j.message_id_domain,
+            patient_exclusive_since: None,
+        },
+    )
+    .await?;
+    let Claim::Claimed { id, .. } = claim else {
+        // Another run has it: nothing of ours to record.
+        return Ok(());
+    };
+    ledger::record(
+        &j.db,
+        id,
+        &Outcome {
+            status: DeliveryStatus::Retry,
+            provider_message_id: None,
+            error: Some(&format!("the message could not be rendered: {why}")),
+            mark_column: None,
+            now: j.clock.now(),
+            event: None,
+        },
+    )
+    .await
 }
 
 fn error_row(properties: serde_json::Value) -> EventRow {

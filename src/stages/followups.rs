@@ -36,11 +36,10 @@ pub fn intro(input: &PlanInput<'_>) -> Plan {
         Err(skip) => return skip,
     };
     if input.booking.future_full_with_therapist {
-        return Plan::Skip {
-            counter: Counter::SkippedAlreadyBooked,
-            mark: true,
-            reason: "patient already booked a full session with this therapist",
-        };
+        return Plan::skip_and_mark(
+            Counter::SkippedAlreadyBooked,
+            "patient already booked a full session with this therapist",
+        );
     }
     let Some(mut ctx) = base_context(input, Some(patient)) else {
         return Plan::skip(Counter::SkippedInactive, "booking has no start time");
@@ -55,15 +54,14 @@ pub fn session(input: &PlanInput<'_>) -> Plan {
         Err(skip) => return skip,
     };
     if input.booking.future_any_with_therapist {
-        return Plan::Skip {
-            counter: Counter::SkippedAlreadyBooked,
-            mark: true,
-            reason: "patient already has a future booking with this therapist",
-        };
+        return Plan::skip_and_mark(
+            Counter::SkippedAlreadyBooked,
+            "patient already has a future booking with this therapist",
+        );
     }
     if input.booking.full_slots_count.unwrap_or(0) <= 0 {
-        // Not marked: slots may appear later inside the window.
-        return Plan::skip(
+        // Not decided: slots may appear later inside the window.
+        return Plan::skip_for_now(
             Counter::SkippedNoAvailability,
             "therapist has no free full-session slots",
         );
@@ -79,36 +77,33 @@ pub fn cancellation(input: &PlanInput<'_>) -> Plan {
     let b = input.booking;
     if b.request_reschedule {
         // Not a lost patient: the therapist wants a new date with them.
-        return Plan::Skip {
-            counter: Counter::SkippedInactive,
-            mark: true,
-            reason: "therapist asked the patient to reschedule",
-        };
+        return Plan::skip_and_mark(
+            Counter::SkippedInactive,
+            "therapist asked the patient to reschedule",
+        );
     }
     let patient = match check_patient(input) {
         Ok(p) => p,
         Err(skip) => return skip,
     };
-    if b.other_future_booking {
-        return Plan::Skip {
-            counter: Counter::SkippedHasSuccessfulBooking,
-            mark: true,
-            reason: "patient has another active booking",
-        };
+    if b.has_successful_booking {
+        // Recovered on their own, or an established patient who cancelled once: not lost.
+        return Plan::skip_and_mark(
+            Counter::SkippedHasSuccessfulBooking,
+            "patient has another successful booking (ahead, or a session that took place)",
+        );
     }
     if b.recently_recovered {
-        return Plan::Skip {
-            counter: Counter::SkippedRecentlyRecovered,
-            mark: true,
-            reason: "patient got a recovery email in the last 72 hours",
-        };
+        return Plan::skip_and_mark(
+            Counter::SkippedRecentlyRecovered,
+            "patient got a recovery email in the last 72 hours",
+        );
     }
     if b.other_matched_therapists <= 0 {
-        return Plan::Skip {
-            counter: Counter::SkippedNoOtherMatches,
-            mark: true,
-            reason: "patient has no match with another therapist",
-        };
+        return Plan::skip_and_mark(
+            Counter::SkippedNoOtherMatches,
+            "patient has no match with another therapist",
+        );
     }
     let Some(mut ctx) = base_context(input, Some(patient)) else {
         return Plan::skip(Counter::SkippedInactive, "booking has no start time");

@@ -14,6 +14,8 @@ use crate::templates::MessageContext;
 pub struct PlanInput<'a> {
     pub booking: &'a DueBooking,
     pub patient: Option<&'a PatientRow>,
+    /// A booking without a patient row: its attendee as the payload named them (walk-in).
+    pub attendee: Option<&'a PatientRow>,
     pub settings: &'a Settings,
     pub now: DateTime<Utc>,
     pub sms_enabled: bool,
@@ -51,6 +53,9 @@ pub struct Outgoing {
     pub context: MessageContext,
     /// Attach a calendar invite (confirmations).
     pub invite: bool,
+    /// QA copies: this other message, rendered with the same context, travels in the same
+    /// email (a test booking's therapist notice goes to QA with its patient confirmation).
+    pub carries_copy_of: Option<MessageKind>,
 }
 
 /// One message of a booking: sent, or skipped with its counted reason.
@@ -68,21 +73,43 @@ pub enum MessagePlan {
 /// A stage's decision for one booking.
 #[derive(Clone, Debug)]
 pub enum Plan {
-    /// Nothing is sent. `mark` closes the stage for this booking (recorded in the ledger and
-    /// the stage column); without it a later run inside the window decides again.
+    /// Nothing is sent, counted under `counter`. Unless `again`, the decision is recorded in
+    /// the ledger, so the booking is counted once and not selected again; `mark` also closes
+    /// the stage column. With `again` nothing is recorded and a later run decides anew.
     Skip {
         counter: Counter,
         mark: bool,
+        again: bool,
         reason: &'static str,
     },
     Messages(Vec<MessagePlan>),
 }
 
 impl Plan {
+    /// Decided: recorded, counted once, not marked.
     pub fn skip(counter: Counter, reason: &'static str) -> Plan {
         Plan::Skip {
             counter,
             mark: false,
+            again: false,
+            reason,
+        }
+    }
+    /// Decided, and the stage is done for this booking (its column is set).
+    pub fn skip_and_mark(counter: Counter, reason: &'static str) -> Plan {
+        Plan::Skip {
+            counter,
+            mark: true,
+            again: false,
+            reason,
+        }
+    }
+    /// Not now: a later run inside the window decides again (nothing recorded).
+    pub fn skip_for_now(counter: Counter, reason: &'static str) -> Plan {
+        Plan::Skip {
+            counter,
+            mark: false,
+            again: true,
             reason,
         }
     }
@@ -128,6 +155,15 @@ pub fn check_patient<'a>(input: &PlanInput<'a>) -> Result<&'a PatientRow, Plan> 
         return Err(Plan::skip(Counter::SkippedTest, "test patient"));
     }
     Ok(patient)
+}
+
+/// Like [`check_patient`], but a walk-in attendee (no patient row, contact from the payload)
+/// also counts: confirmations and reminders reach them (SPEC §6).
+pub fn check_recipient<'a>(input: &PlanInput<'a>) -> Result<&'a PatientRow, Plan> {
+    match (input.patient, input.attendee) {
+        (None, Some(attendee)) if !input.booking.is_test => Ok(attendee),
+        _ => check_patient(input),
+    }
 }
 
 pub const THERAPIST_FALLBACK_NAME: &str = "Ihre Therapeutin bzw. Ihr Therapeut";
@@ -205,6 +241,7 @@ pub fn patient_email_and_sms(
             to_name: patient.name.clone(),
             context: context.clone(),
             invite: false,
+            carries_copy_of: None,
         })));
     }
     if sms_usable {
@@ -216,6 +253,7 @@ pub fn patient_email_and_sms(
                 to_name: None,
                 context,
                 invite: false,
+                carries_copy_of: None,
             }))),
             PhoneContact::Invalid => out.push(MessagePlan::Skip {
                 channel: Channel::Sms,
@@ -249,6 +287,7 @@ pub fn patient_email(patient: &PatientRow, kind: MessageKind, context: MessageCo
             to_name: patient.name.clone(),
             context,
             invite: false,
+            carries_copy_of: None,
         }))]),
         None => Plan::skip(Counter::SkippedNoContact, "no usable email"),
     }

@@ -1,11 +1,11 @@
 //! `reminder-24h` and `reminder-1h`: who is reminded, by which channels. The selection
 //! (active bookings starting inside the window) is in `db::bookings`.
 
-use super::plan::{base_context, check_patient, patient_email_and_sms, Plan, PlanInput};
+use super::plan::{base_context, check_recipient, patient_email_and_sms, Plan, PlanInput};
 use crate::domain::{Counter, MessageKind};
 
 pub fn plan(input: &PlanInput<'_>, kind: MessageKind) -> Plan {
-    let patient = match check_patient(input) {
+    let patient = match check_recipient(input) {
         Ok(p) => p,
         Err(skip) => return skip,
     };

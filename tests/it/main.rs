@@ -6,6 +6,7 @@ mod exactly_once;
 mod faults;
 mod followups;
 mod harness;
+mod journey_rules;
 mod migrate;
 mod notify;
 mod operators;
