@@ -5,6 +5,7 @@ mod coverage;
 mod exactly_once;
 mod followups;
 mod harness;
+mod lifecycle;
 mod migrate;
 mod notify;
 mod ops;
