@@ -570,3 +570,46 @@ async fn a_rescheduled_booking_keeps_the_first_invites_uid_with_a_higher_sequenc
         Some("RESCHEDULED")
     );
 }
+
+/// The intro fixture cancelled, as Cal.com sends it at `created_at`.
+fn cancelled_intro(created_at: &str) -> Vec<u8> {
+    edited("booking_created_intro.json", |v| {
+        v["triggerEvent"] = "BOOKING_CANCELLED".into();
+        v["createdAt"] = created_at.into();
+        v["payload"]["status"] = "CANCELLED".into();
+    })
+}
+
+#[tokio::test]
+async fn only_cancelling_an_active_booking_sends_the_cancellation_notice() {
+    let db = TestDb::migrated().await;
+    let c = seed_marketplace(&db).await;
+    let tr = Transports::start().await;
+
+    // Pending (the host never accepted): no invite went out, nothing to withdraw.
+    post(&db, &tr, &requested(), NOW).await;
+    let out = post(&db, &tr, &cancelled_intro("2026-03-02T09:11:00.000Z"), NOW).await;
+    assert_eq!(out["cancellation_notice_sent"], Value::Null, "{out}");
+    assert_eq!(status(&c, INTRO_UID).await.as_deref(), Some("CANCELLED"));
+
+    // A cancellation heard of before its booking: nothing was ever confirmed.
+    let early = edited("booking_cancelled.json", |v| {
+        v["payload"]["uid"] = "NeverCreated0000000000".into();
+    });
+    let out = post(&db, &tr, &early, NOW).await;
+    assert_eq!(out["cancellation_notice_sent"], Value::Null, "{out}");
+
+    // An accepted booking cancelled: the notice is due, once.
+    post(&db, &tr, &fixture("booking_created_full.json"), NOW).await;
+    let cancel_full = edited("booking_cancelled.json", |v| {
+        v["payload"]["uid"] = "Fs3nQ8vLx2WpHc7KdM5tRb".into();
+    });
+    let out = post(&db, &tr, &cancel_full, NOW).await;
+    assert_eq!(out["cancellation_notice_sent"], true, "{out}");
+    let again = edited("booking_cancelled.json", |v| {
+        v["createdAt"] = "2026-03-09T18:03:00.000Z".into();
+        v["payload"]["uid"] = "Fs3nQ8vLx2WpHc7KdM5tRb".into();
+    });
+    let out = post(&db, &tr, &again, NOW).await;
+    assert_eq!(out["cancellation_notice_sent"], Value::Null, "{out}");
+}
