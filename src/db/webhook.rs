@@ -51,11 +51,15 @@ pub struct Upserted {
     pub status: Option<String>,
 }
 
+/// Advisory lock namespace of one booking's webhook events (first key of
+/// `pg_advisory_xact_lock(int, int)`, the second is `hashtext(cal_uid)`).
+const BOOKING_LOCK_NS: i32 = 0x4a43_0010;
+
 /// A booking's lifecycle facts, read under `FOR UPDATE`.
 #[derive(Debug, Default)]
 pub struct Locked {
-    /// Whether this call inserted the row (the event is the first heard of this uid).
-    pub inserted: bool,
+    /// No row for this uid yet: the event is the first heard of the booking.
+    pub new: bool,
     pub status: Option<String>,
     pub last_event_at: Option<DateTime<Utc>>,
     /// The invite's calendar UID: `ical_uid`, else the booking's own `cal_uid`.
@@ -63,37 +67,38 @@ pub struct Locked {
     pub ical_sequence: Option<i32>,
 }
 
-/// Makes sure a row for `cal_uid` exists and locks it until the transaction ends, so two
-/// events for the same booking are decided one after the other, each on the other's result
-/// (a new uid included: the bare row is inserted first, then locked).
-pub async fn lock_booking(
-    tx: &Transaction<'_>,
-    cal_uid: &str,
-    now: DateTime<Utc>,
-) -> anyhow::Result<Locked> {
-    let inserted = tx
-        .query_opt(
-            "INSERT INTO cal_bookings (cal_uid, created_at, updated_at) VALUES ($1, $2, $2)
-             ON CONFLICT (cal_uid) DO NOTHING RETURNING 1",
-            &[&cal_uid, &now],
-        )
-        .await
-        .with_context(|| format!("Failed to insert booking {cal_uid}"))?
-        .is_some();
+/// Locks the booking `cal_uid` until the transaction ends and reads what the lifecycle table
+/// decides on, so two events for one booking are decided one after the other, each on the
+/// other's result. A uid without a row yet is covered by a transaction-scoped advisory lock on
+/// the uid: a second event for the same new booking waits, then finds the first one's row.
+pub async fn lock_booking(tx: &Transaction<'_>, cal_uid: &str) -> anyhow::Result<Locked> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&BOOKING_LOCK_NS, &cal_uid],
+    )
+    .await
+    .with_context(|| format!("Failed to take the lock of booking {cal_uid}"))?;
     let row = tx
-        .query_one(
+        .query_opt(
             "SELECT status, last_event_at, coalesce(ical_uid, cal_uid), ical_sequence
              FROM cal_bookings WHERE cal_uid = $1 FOR UPDATE",
             &[&cal_uid],
         )
         .await
         .with_context(|| format!("Failed to lock booking {cal_uid}"))?;
-    Ok(Locked {
-        inserted,
-        status: row.try_get(0)?,
-        last_event_at: row.try_get(1)?,
-        ical_uid: row.try_get(2)?,
-        ical_sequence: row.try_get(3)?,
+    Ok(match row {
+        Some(r) => Locked {
+            new: false,
+            status: r.try_get(0)?,
+            last_event_at: r.try_get(1)?,
+            ical_uid: r.try_get(2)?,
+            ical_sequence: r.try_get(3)?,
+        },
+        None => Locked {
+            new: true,
+            ical_uid: cal_uid.to_string(),
+            ..Locked::default()
+        },
     })
 }
 

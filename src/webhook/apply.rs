@@ -425,7 +425,7 @@ async fn apply(
     let mut inherited_invite: Option<(String, i32)> = None;
     if event.trigger == Trigger::BookingRescheduled {
         if let Some(old_uid) = event.reschedule_uid.as_deref().filter(|u| *u != uid) {
-            let locked_old = sql::lock_booking(&tx, old_uid, now).await?;
+            let locked_old = sql::lock_booking(&tx, old_uid).await?;
             let old = sql::carried_over(&tx, old_uid).await?;
             upsert.patient_id = upsert.patient_id.or(old.patient_id);
             upsert.therapist_id = upsert.therapist_id.or(old.therapist_id);
@@ -470,9 +470,9 @@ async fn apply(
         upsert.booking_kind = carried_kind.as_deref();
     }
 
-    let locked = sql::lock_booking(&tx, uid, now).await?;
-    // A row this event inserted was never confirmed; unknown status text is not active.
-    let was_active = !locked.inserted
+    let locked = sql::lock_booking(&tx, uid).await?;
+    // A booking first heard of now was never confirmed; unknown status text is not active.
+    let was_active = !locked.new
         && match locked.status.as_deref().map(BookingStatus::parse) {
             None => true,
             Some(parsed) => parsed.is_ok_and(|s| BookingStatus::is_active(Some(s))),

@@ -613,3 +613,59 @@ async fn only_cancelling_an_active_booking_sends_the_cancellation_notice() {
     let out = post(&db, &tr, &again, NOW).await;
     assert_eq!(out["cancellation_notice_sent"], Value::Null, "{out}");
 }
+
+#[tokio::test]
+async fn the_status_sql_helpers_select_any_case_and_treat_null_as_active_and_pending_as_not() {
+    use journeyctl::domain::BookingStatus;
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO cal_bookings (cal_uid, status) VALUES
+           ('null', NULL), ('accepted', 'accepted'), ('ACCEPTED', 'ACCEPTED'),
+           ('pending', 'pending'), ('cancelled', 'cancelled'), ('no_show', 'no_show'),
+           ('NO_SHOW_HOST', 'NO_SHOW_HOST'), ('completed', 'Completed'),
+           ('rescheduled', 'RESCHEDULED'), ('rejected', 'rejected')",
+    )
+    .await
+    .unwrap();
+    let uids = |predicate: String| {
+        let c = &c;
+        async move {
+            let mut found = c
+                .query(
+                    &format!("SELECT b.cal_uid FROM cal_bookings b WHERE {predicate}"),
+                    &[],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{predicate}: {e}"))
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>();
+            // Byte order, whatever the database's collation.
+            found.sort();
+            found
+        }
+    };
+    assert_eq!(
+        uids(BookingStatus::sql_is_active("b")).await,
+        ["ACCEPTED", "accepted", "null"]
+    );
+    assert_eq!(
+        uids(BookingStatus::sql_fell_through("b")).await,
+        [
+            "NO_SHOW_HOST",
+            "cancelled",
+            "no_show",
+            "rejected",
+            "rescheduled"
+        ]
+    );
+    assert_eq!(
+        uids(BookingStatus::sql_not_fell_through("b")).await,
+        ["ACCEPTED", "accepted", "completed", "null", "pending"]
+    );
+    assert_eq!(
+        uids(BookingStatus::Cancelled.sql_is("b")).await,
+        ["cancelled"]
+    );
+}
