@@ -273,6 +273,63 @@ fn describe_db_error(db: &tokio_postgres::error::DbError) -> String {
     }
 }
 
+/// What the new uid of a reschedule takes over from the booking it replaces.
+struct Moved {
+    booking_kind: Option<String>,
+    /// The first booking's calendar UID, so calendars move the entry instead of adding one.
+    ical_uid: String,
+    /// Higher than the old invite's, and at least Cal.com's own `iCalSequence`.
+    ical_sequence: i32,
+}
+
+/// BOOKING_RESCHEDULED, old side: the booking `old_uid` ends RESCHEDULED (even if its CREATED
+/// has not arrived yet) pointing to the new uid, and the new booking (`upsert`) fills what its
+/// payload lacks from it.
+async fn move_away(
+    tx: &deadpool_postgres::Transaction<'_>,
+    old_uid: &str,
+    event: &CalEvent,
+    upsert: &mut BookingUpsert<'_>,
+) -> anyhow::Result<Moved> {
+    let locked_old = sql::lock_booking(tx, old_uid).await?;
+    let old = sql::carried_over(tx, old_uid).await?;
+    upsert.patient_id = upsert.patient_id.or(old.patient_id);
+    upsert.therapist_id = upsert.therapist_id.or(old.therapist_id);
+    upsert.match_id = upsert.match_id.or(old.match_id);
+    upsert.is_test |= old.is_test;
+    let (_, old_status) = decide(
+        &locked_old,
+        Some(StatusEvent::RescheduledAway),
+        event.created_at,
+        old_uid,
+    );
+    sql::upsert_booking(
+        tx,
+        &BookingUpsert {
+            cal_uid: old_uid,
+            trigger: upsert.trigger,
+            therapist_id: upsert.therapist_id,
+            patient_id: upsert.patient_id,
+            match_id: upsert.match_id,
+            booking_kind: upsert.booking_kind.or(old.booking_kind.as_deref()),
+            status: old_status.map(BookingStatus::as_str),
+            is_test: upsert.is_test,
+            rescheduled_to_uid: Some(upsert.cal_uid),
+            ical_uid: Some(&locked_old.ical_uid),
+            event_at: event.created_at,
+            now: upsert.now,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let sequence = locked_old.ical_sequence.unwrap_or(0).saturating_add(1);
+    Ok(Moved {
+        booking_kind: old.booking_kind,
+        ical_uid: locked_old.ical_uid,
+        ical_sequence: event.ical_sequence.map_or(sequence, |s| s.max(sequence)),
+    })
+}
+
 async fn apply(
     db: &Db,
     event: &CalEvent,
@@ -419,53 +476,16 @@ async fn apply(
         now,
     };
 
-    // A reschedule: the old uid is moved away first, and the new one inherits what it knew,
-    // including the invite's calendar UID with a higher SEQUENCE.
-    let mut carried_kind: Option<String> = None;
-    let mut inherited_invite: Option<(String, i32)> = None;
-    if event.trigger == Trigger::BookingRescheduled {
-        if let Some(old_uid) = event.reschedule_uid.as_deref().filter(|u| *u != uid) {
-            let locked_old = sql::lock_booking(&tx, old_uid).await?;
-            let old = sql::carried_over(&tx, old_uid).await?;
-            upsert.patient_id = upsert.patient_id.or(old.patient_id);
-            upsert.therapist_id = upsert.therapist_id.or(old.therapist_id);
-            upsert.match_id = upsert.match_id.or(old.match_id);
-            upsert.is_test |= old.is_test;
-            carried_kind = old.booking_kind;
+    // A reschedule: the old uid is moved away first, and the new one inherits what it knew.
+    let moved = match event.reschedule_uid.as_deref() {
+        Some(old_uid) if event.trigger == Trigger::BookingRescheduled && old_uid != uid => {
+            let moved = move_away(&tx, old_uid, event, &mut upsert).await?;
             upsert.rescheduled_from_uid = Some(old_uid);
-            let sequence = locked_old.ical_sequence.unwrap_or(0).saturating_add(1);
-            inherited_invite = Some((
-                locked_old.ical_uid.clone(),
-                event.ical_sequence.map_or(sequence, |s| s.max(sequence)),
-            ));
-            let (_, old_status) = decide(
-                &locked_old,
-                Some(StatusEvent::RescheduledAway),
-                event.created_at,
-                old_uid,
-            );
-            // The old uid ends RESCHEDULED, even if its CREATED has not arrived yet.
-            sql::upsert_booking(
-                &tx,
-                &BookingUpsert {
-                    cal_uid: old_uid,
-                    trigger: &trigger,
-                    therapist_id: upsert.therapist_id,
-                    patient_id: upsert.patient_id,
-                    match_id: upsert.match_id,
-                    booking_kind: upsert.booking_kind.or(carried_kind.as_deref()),
-                    status: old_status.map(BookingStatus::as_str),
-                    is_test: upsert.is_test,
-                    rescheduled_to_uid: Some(uid),
-                    ical_uid: Some(&locked_old.ical_uid),
-                    event_at: event.created_at,
-                    now,
-                    ..Default::default()
-                },
-            )
-            .await?;
+            Some(moved)
         }
-    }
+        _ => None,
+    };
+    let carried_kind = moved.as_ref().and_then(|m| m.booking_kind.clone());
     if upsert.booking_kind.is_none() {
         upsert.booking_kind = carried_kind.as_deref();
     }
@@ -479,10 +499,10 @@ async fn apply(
         };
     let (status, write) = decide(&locked, status_event(event), upsert.event_at, uid);
     upsert.status = write.map(BookingStatus::as_str);
-    match &inherited_invite {
-        Some((ical_uid, sequence)) => {
-            upsert.ical_uid = Some(ical_uid);
-            upsert.ical_sequence = Some(*sequence);
+    match &moved {
+        Some(m) => {
+            upsert.ical_uid = Some(&m.ical_uid);
+            upsert.ical_sequence = Some(m.ical_sequence);
         }
         None => upsert.ical_uid = Some(&locked.ical_uid),
     }
