@@ -34,6 +34,19 @@ BEGIN
     END IF;
 END $$;
 
+-- The marketplace's original cal_bookings may have an id without a default (its rows were
+-- inserted with ids from the application). The webhook inserts rows itself, so the id gets
+-- a default when it has none. Setting a default changes no row.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'cal_bookings'
+                 AND column_name = 'id' AND column_default IS NULL
+                 AND data_type = 'uuid') THEN
+        ALTER TABLE cal_bookings ALTER COLUMN id SET DEFAULT gen_random_uuid();
+    END IF;
+END $$;
+
 -- An attendee who booked on Cal.com directly has no people row and no kh_patient_id: the
 -- booking keeps the payload's contact so the confirmation can reach them, and is linked to a
 -- people row once one with that email exists.

@@ -18,9 +18,9 @@ use uuid::Uuid;
 use crate::cli::GlobalArgs;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
-use crate::stages::driver::confirm_booking;
+use crate::stages::driver::{confirm_booking, notify_cancellation};
 use crate::stages::Journey;
-use crate::webhook::apply::{handle, Handled, Verification, MAX_BODY};
+use crate::webhook::apply::{handle, public_message, Handled, Verification, MAX_BODY};
 use crate::webhook::SIGNATURE_HEADER;
 use crate::ExitStatus;
 
@@ -52,10 +52,34 @@ async fn confirm(j: &Journey, booking_id: Uuid) -> bool {
             !report.failed()
         }
         Err(e) => {
-            log::error!("confirmation of booking {booking_id}: {e:#}");
+            log::error!(
+                "confirmation of booking {booking_id}: {}",
+                public_message(&e)
+            );
             false
         }
     }
+}
+
+/// Sends the cancellation notice of a booking this webhook just cancelled (withdraws the
+/// patient's invite); failures are logged and counted in the ledger.
+async fn notify_cancelled(j: &Journey, booking_id: Uuid) -> bool {
+    match notify_cancellation(j, booking_id).await {
+        Ok(report) => !report.failed(),
+        Err(e) => {
+            log::error!(
+                "cancellation notice of booking {booking_id}: {}",
+                public_message(&e)
+            );
+            false
+        }
+    }
+}
+
+/// What `serve` does for a booking once its webhook is committed and answered.
+enum AfterCommit {
+    Confirm(Uuid),
+    NotifyCancelled(Uuid),
 }
 
 /// `journeyctl webhook [--file F] [--signature HEX] [--no-verify]`
@@ -103,16 +127,23 @@ pub async fn webhook(
     if let Some(id) = handled.confirm_booking {
         confirmed = Some(confirm(&j, id).await);
     }
-    print_handled(g.json, &handled, confirmed);
-    // Applied or acknowledged: 0, unless its confirmation failed. Rejected or failed: 1.
-    Ok(if handled.http_status == 200 && confirmed != Some(false) {
-        ExitStatus::Ok
-    } else {
-        ExitStatus::Failed
-    })
+    let mut notified = None;
+    if let Some(id) = handled.notify_cancelled {
+        notified = Some(notify_cancelled(&j, id).await);
+    }
+    print_handled(g.json, &handled, confirmed, notified);
+    // Applied or acknowledged: 0, unless its confirmation or cancellation notice failed.
+    // Rejected or failed: 1.
+    Ok(
+        if handled.http_status == 200 && confirmed != Some(false) && notified != Some(false) {
+            ExitStatus::Ok
+        } else {
+            ExitStatus::Failed
+        },
+    )
 }
 
-fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>) {
+fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>, notified: Option<bool>) {
     if json {
         println!(
             "{}",
@@ -123,6 +154,7 @@ fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>) {
                 "trigger": h.trigger,
                 "cal_uid": h.cal_uid,
                 "confirmation_sent": confirmed,
+                "cancellation_notice_sent": notified,
             })
         );
     } else {
@@ -134,13 +166,16 @@ fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>) {
             }
             None => {}
         }
+        if notified == Some(false) {
+            println!("cancellation notice FAILED (see the delivery ledger)");
+        }
     }
 }
 
 struct ServeState {
     journey: Journey,
     fixed_now: bool,
-    confirmations: mpsc::Sender<Uuid>,
+    after_commit: mpsc::Sender<AfterCommit>,
 }
 
 /// `journeyctl serve [--listen ADDR]`
@@ -159,17 +194,22 @@ pub async fn serve(
     let local = listener.local_addr()?;
 
     // Confirmations go out after the 200, from one worker; on shutdown it drains the queue.
-    let (tx, mut rx) = mpsc::channel::<Uuid>(1024);
+    let (tx, mut rx) = mpsc::channel::<AfterCommit>(1024);
     let worker_journey = j.clone();
     let worker = tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
-        while let Some(id) = rx.recv().await {
+        while let Some(job) = rx.recv().await {
             let mut jj = worker_journey.clone();
             if !fixed_now {
                 // Each confirmation is judged at its own arrival, not at start-up.
                 jj.clock = Clock::system();
             }
-            tasks.spawn(async move { confirm(&jj, id).await });
+            tasks.spawn(async move {
+                match job {
+                    AfterCommit::Confirm(id) => confirm(&jj, id).await,
+                    AfterCommit::NotifyCancelled(id) => notify_cancelled(&jj, id).await,
+                }
+            });
             while tasks.len() >= 8 {
                 let _ = tasks.join_next().await;
             }
@@ -180,7 +220,7 @@ pub async fn serve(
     let state = Arc::new(ServeState {
         journey: j,
         fixed_now,
-        confirmations: tx,
+        after_commit: tx,
     });
     let app = Router::new()
         .route("/api/public/cal/webhook", post(receive))
@@ -253,10 +293,25 @@ async fn receive(
         handled.outcome
     );
     if let Some(id) = handled.confirm_booking {
-        if state.confirmations.send(id).await.is_err() {
+        if state
+            .after_commit
+            .send(AfterCommit::Confirm(id))
+            .await
+            .is_err()
+        {
             log::error!(
                 "confirmation queue closed; confirmation-recovery will send booking {id}'s"
             );
+        }
+    }
+    if let Some(id) = handled.notify_cancelled {
+        if state
+            .after_commit
+            .send(AfterCommit::NotifyCancelled(id))
+            .await
+            .is_err()
+        {
+            log::error!("confirmation queue closed; booking {id}'s cancellation notice not sent");
         }
     }
     let status =

@@ -1,5 +1,7 @@
-//! SQL of webhook ingestion: receipts, resolution of therapist and patient, and the ordered
-//! upsert of `cal_bookings`. Everything here runs inside the caller's transaction.
+//! SQL of webhook ingestion: receipts, resolution of therapist and patient, the locked read of
+//! a booking's lifecycle facts and the upsert of `cal_bookings`. Everything here runs inside
+//! the caller's transaction. Status decisions are not made here: the caller reads the locked
+//! row with [`lock_booking`], decides with `domain::next_status`, and writes the result.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -20,6 +22,7 @@ pub struct BookingUpsert<'a> {
     pub patient_id: Option<Uuid>,
     pub match_id: Option<Uuid>,
     pub booking_kind: Option<&'a str>,
+    /// The status decided by the lifecycle table; `None` keeps the stored text.
     pub status: Option<&'a str>,
     pub is_test: bool,
     pub metadata: Option<serde_json::Value>,
@@ -33,6 +36,12 @@ pub struct BookingUpsert<'a> {
     /// When the event happened (envelope `createdAt`), for ordering.
     pub event_at: Option<DateTime<Utc>>,
     pub ical_sequence: Option<i32>,
+    /// Calendar UID of the booking's invite (the first booking's uid across reschedules).
+    pub ical_uid: Option<&'a str>,
+    /// The first attendee as the payload names them (raw; walk-ins have no people row).
+    pub attendee_email: Option<&'a str>,
+    pub attendee_name: Option<&'a str>,
+    pub attendee_phone: Option<&'a str>,
     /// The run's instant: `created_at` of a new row, `updated_at` always.
     pub now: DateTime<Utc>,
 }
@@ -42,10 +51,59 @@ pub struct Upserted {
     pub status: Option<String>,
 }
 
-/// Inserts or merges one booking by `cal_uid`. Status rules:
-/// - a CANCELLED, REJECTED or RESCHEDULED booking is not revived by a late CREATED/REQUESTED;
-/// - otherwise an event older than the newest applied one (by `createdAt`) does not change
-///   the status.
+/// Advisory lock namespace of one booking's webhook events (first key of
+/// `pg_advisory_xact_lock(int, int)`, the second is `hashtext(cal_uid)`).
+const BOOKING_LOCK_NS: i32 = 0x4a43_0010;
+
+/// A booking's lifecycle facts, read under `FOR UPDATE`.
+#[derive(Debug, Default)]
+pub struct Locked {
+    /// No row for this uid yet: the event is the first heard of the booking.
+    pub new: bool,
+    pub status: Option<String>,
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// The invite's calendar UID: `ical_uid`, else the booking's own `cal_uid`.
+    pub ical_uid: String,
+    pub ical_sequence: Option<i32>,
+}
+
+/// Locks the booking `cal_uid` until the transaction ends and reads what the lifecycle table
+/// decides on, so two events for one booking are decided one after the other, each on the
+/// other's result. A uid without a row yet is covered by a transaction-scoped advisory lock on
+/// the uid: a second event for the same new booking waits, then finds the first one's row.
+pub async fn lock_booking(tx: &Transaction<'_>, cal_uid: &str) -> anyhow::Result<Locked> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&BOOKING_LOCK_NS, &cal_uid],
+    )
+    .await
+    .with_context(|| format!("Failed to take the lock of booking {cal_uid}"))?;
+    let row = tx
+        .query_opt(
+            "SELECT status, last_event_at, coalesce(ical_uid, cal_uid), ical_sequence
+             FROM cal_bookings WHERE cal_uid = $1 FOR UPDATE",
+            &[&cal_uid],
+        )
+        .await
+        .with_context(|| format!("Failed to lock booking {cal_uid}"))?;
+    Ok(match row {
+        Some(r) => Locked {
+            new: false,
+            status: r.try_get(0)?,
+            last_event_at: r.try_get(1)?,
+            ical_uid: r.try_get(2)?,
+            ical_sequence: r.try_get(3)?,
+        },
+        None => Locked {
+            new: true,
+            ical_uid: cal_uid.to_string(),
+            ..Locked::default()
+        },
+    })
+}
+
+/// Merges one booking by `cal_uid`: every field the event names, and never NULL over a known
+/// value. The status is written as given (the caller decided it on the locked row).
 pub async fn upsert_booking(
     tx: &Transaction<'_>,
     u: &BookingUpsert<'_>,
@@ -57,10 +115,11 @@ pub async fn upsert_booking(
                 end_time, therapist_id, patient_id, match_id, booking_kind, status, is_test,
                 metadata, video_url, location, cancelled_at, cancellation_reason,
                 request_reschedule, rescheduled_from_uid, rescheduled_to_uid, created_at,
-                updated_at, last_event_at, ical_sequence)
+                updated_at, last_event_at, ical_sequence, ical_uid, attendee_email,
+                attendee_name, attendee_phone)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                      coalesce($13, '{}'::jsonb), $14, $15, $16, $17, coalesce($18, false), $19,
-                     $20, $21, $21, $22, $23)
+                     $20, $21, $21, $22, $23, $24, $25, $26, $27)
              ON CONFLICT (cal_uid) DO UPDATE SET
                last_trigger_event = EXCLUDED.last_trigger_event,
                organizer_username = coalesce(EXCLUDED.organizer_username, b.organizer_username),
@@ -71,13 +130,7 @@ pub async fn upsert_booking(
                patient_id = coalesce(EXCLUDED.patient_id, b.patient_id),
                match_id = coalesce(EXCLUDED.match_id, b.match_id),
                booking_kind = coalesce(EXCLUDED.booking_kind, b.booking_kind),
-               status = CASE
-                 WHEN $11::text IS NULL THEN b.status
-                 WHEN upper(coalesce(b.status, '')) IN ('CANCELLED', 'REJECTED', 'RESCHEDULED')
-                      AND upper($11::text) IN ('ACCEPTED', 'PENDING') THEN b.status
-                 WHEN b.last_event_at IS NOT NULL AND $22::timestamptz IS NOT NULL
-                      AND $22::timestamptz < b.last_event_at THEN b.status
-                 ELSE $11::text END,
+               status = coalesce(EXCLUDED.status, b.status),
                is_test = coalesce(b.is_test, false) OR EXCLUDED.is_test,
                metadata = coalesce(b.metadata, '{}'::jsonb) || coalesce($13, '{}'::jsonb),
                video_url = coalesce(EXCLUDED.video_url, b.video_url),
@@ -89,7 +142,11 @@ pub async fn upsert_booking(
                rescheduled_to_uid = coalesce(EXCLUDED.rescheduled_to_uid, b.rescheduled_to_uid),
                updated_at = EXCLUDED.updated_at,
                last_event_at = greatest(b.last_event_at, EXCLUDED.last_event_at),
-               ical_sequence = greatest(b.ical_sequence, EXCLUDED.ical_sequence)
+               ical_sequence = greatest(b.ical_sequence, EXCLUDED.ical_sequence),
+               ical_uid = coalesce(EXCLUDED.ical_uid, b.ical_uid),
+               attendee_email = coalesce(EXCLUDED.attendee_email, b.attendee_email),
+               attendee_name = coalesce(EXCLUDED.attendee_name, b.attendee_name),
+               attendee_phone = coalesce(EXCLUDED.attendee_phone, b.attendee_phone)
              RETURNING id, status",
             &[
                 &u.cal_uid,
@@ -115,6 +172,10 @@ pub async fn upsert_booking(
                 &u.now,
                 &u.event_at,
                 &u.ical_sequence,
+                &u.ical_uid,
+                &u.attendee_email,
+                &u.attendee_name,
+                &u.attendee_phone,
             ],
         )
         .await

@@ -4,11 +4,13 @@
 //! This module depends on nothing else in the crate and does no I/O. Every conversion between
 //! these enums and their database text happens here, in `as_str`/`parse`, and nowhere else.
 
+mod booking_status;
 mod contact;
 mod counters;
 pub mod gsm7;
 mod stage;
 
+pub use booking_status::{next_status, BookingStatus, EventOrder, StatusEvent, UnknownStatus};
 pub use contact::{mask_email, mask_phone, EmailAddress, PhoneNumber};
 pub use counters::{Counter, Counters};
 pub use stage::{BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole, Stage};

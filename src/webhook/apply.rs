@@ -6,8 +6,11 @@
 //! - Every verified body is recorded in `cal_webhook_receipts` (hash, trigger, uid, outcome,
 //!   the body for replays) with a `cal_webhook_received` event; the same bytes twice have one
 //!   effect.
-//! - An event never writes NULL over a known value, a late CREATED never revives a cancelled
-//!   booking, and an older event does not override a newer status (see `db::webhook`).
+//! - The booking's row is locked, its status decided by the lifecycle table
+//!   (`domain::next_status`: a late CREATED never revives a cancelled booking, a flat
+//!   MEETING_ENDED never completes one that fell through, an older event does not override a
+//!   newer status), and an event never writes NULL over a known value.
+//! - Error messages never carry a database row (see [`public_message`]).
 //! - A bad metadata value is a logged warning, never a lost booking.
 //!
 //! It does not send anything: the caller sends confirmations after the commit, through the
@@ -21,7 +24,7 @@ use super::parse::{parse, CalEvent, Trigger};
 use super::verify::{verify_signature, VerifyError};
 use crate::db::webhook::{self as sql, BookingUpsert, Receipt};
 use crate::db::Db;
-use crate::domain::BookingKind;
+use crate::domain::{next_status, BookingKind, BookingStatus, EventOrder, StatusEvent};
 use crate::secret::Secret;
 
 /// Bodies larger than this are refused with 413 (Cal.com's bodies are a few KiB).
@@ -36,8 +39,12 @@ pub struct Handled {
     pub message: String,
     pub trigger: Option<String>,
     pub cal_uid: Option<String>,
-    /// The booking whose confirmation and therapist notice should go out now.
+    /// The booking whose confirmation and therapist notice should go out now (its status is
+    /// active and the event booked it).
     pub confirm_booking: Option<Uuid>,
+    /// The active booking this BOOKING_CANCELLED just cancelled: its patient may hold an
+    /// invite that must be withdrawn (`stages::driver::notify_cancellation`).
+    pub notify_cancelled: Option<Uuid>,
 }
 
 impl Handled {
@@ -49,6 +56,7 @@ impl Handled {
             trigger: None,
             cal_uid: None,
             confirm_booking: None,
+            notify_cancelled: None,
         }
     }
 }
@@ -94,7 +102,7 @@ pub async fn handle(
             if let Err(db_err) =
                 record_only(db, None, None, &hash, "invalid", Some(&msg), body, now).await
             {
-                log::error!("webhook: {db_err:#}");
+                log::error!("webhook: {}", public_message(&db_err));
             }
             return Handled::reject(400, "invalid", msg);
         }
@@ -109,7 +117,8 @@ pub async fn handle(
     match apply(db, &event, &hash, body, now).await {
         Ok(h) => h,
         Err(e) => {
-            let msg = format!("{e:#}");
+            // Never `{e:#}`: a database error's DETAIL holds the failing row (patient data).
+            let msg = public_message(&e);
             log::error!("webhook {}: {msg}", event.trigger.as_str());
             let props = serde_json::json!({
                 "source": "webhook",
@@ -119,7 +128,10 @@ pub async fn handle(
                 "booking_id": null,
             });
             if let Err(e2) = crate::db::runs::event(db, "error", "error", &props).await {
-                log::error!("webhook: failed to write the error event: {e2:#}");
+                log::error!(
+                    "webhook: failed to write the error event: {}",
+                    public_message(&e2)
+                );
             }
             Handled {
                 http_status: 500,
@@ -128,6 +140,7 @@ pub async fn handle(
                 trigger: Some(event.trigger.as_str().to_string()),
                 cal_uid: event.uid.clone(),
                 confirm_booking: None,
+                notify_cancelled: None,
             }
         }
     }
@@ -164,33 +177,157 @@ async fn record_only(
     Ok(())
 }
 
-/// The status an event sets, or `None` when it does not touch the status.
-fn status_for(event: &CalEvent) -> Option<&'static str> {
+/// Text without surrounding whitespace; blank counts as absent.
+fn trimmed(text: Option<&str>) -> Option<&str> {
+    text.map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// What the event says happened to its booking, for the lifecycle table; `None` when it says
+/// nothing about the status (a no-show update that marks nobody).
+fn status_event(event: &CalEvent) -> Option<StatusEvent> {
     match &event.trigger {
-        Trigger::BookingCreated | Trigger::BookingRescheduled => {
-            match event
+        Trigger::BookingCreated | Trigger::BookingRescheduled => Some(StatusEvent::Booked {
+            accepted: !event
                 .status
                 .as_deref()
-                .map(str::to_ascii_uppercase)
-                .as_deref()
-            {
-                Some("PENDING") => Some("PENDING"),
-                _ => Some("ACCEPTED"),
-            }
-        }
-        Trigger::BookingRequested => Some("PENDING"),
-        Trigger::BookingCancelled => Some("CANCELLED"),
-        Trigger::BookingRejected => Some("REJECTED"),
-        Trigger::MeetingEnded => Some("COMPLETED"),
+                .is_some_and(|s| BookingStatus::parse(s) == Ok(BookingStatus::Pending)),
+        }),
+        Trigger::BookingRequested => Some(StatusEvent::Requested),
+        Trigger::BookingCancelled => Some(StatusEvent::Cancelled),
+        Trigger::BookingRejected => Some(StatusEvent::Rejected),
+        Trigger::MeetingStarted => Some(StatusEvent::MeetingStarted),
+        Trigger::MeetingEnded => Some(StatusEvent::MeetingEnded),
         Trigger::BookingNoShowUpdated => event
             .attendees
             .iter()
             .any(|a| a.no_show == Some(true))
-            .then_some("NO_SHOW_GUEST"),
-        Trigger::AfterGuestsNoShow => Some("NO_SHOW_GUEST"),
-        Trigger::AfterHostsNoShow => Some("NO_SHOW_HOST"),
-        Trigger::MeetingStarted | Trigger::Ping | Trigger::Unknown(_) => None,
+            .then_some(StatusEvent::NoShowGuest),
+        Trigger::AfterGuestsNoShow => Some(StatusEvent::NoShowGuest),
+        Trigger::AfterHostsNoShow => Some(StatusEvent::NoShowHost),
+        Trigger::Ping | Trigger::Unknown(_) => None,
     }
+}
+
+/// The status a booking has after `event`, decided on its locked row. Returns the resulting
+/// status and the text to write (`None`: keep the stored text, e.g. another program's lower
+/// case). A stored text this program does not know is logged and decided like NULL: the
+/// event's own status replaces it.
+fn decide(
+    locked: &sql::Locked,
+    event: Option<StatusEvent>,
+    event_at: Option<DateTime<Utc>>,
+    uid: &str,
+) -> (Option<BookingStatus>, Option<BookingStatus>) {
+    let current = match locked.status.as_deref().map(BookingStatus::parse) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            log::warn!("booking {uid}: {e}; the event decides its status");
+            None
+        }
+    };
+    let Some(event) = event else {
+        return (current, None);
+    };
+    let next = next_status(
+        current,
+        event,
+        EventOrder::of(event_at, locked.last_event_at),
+    );
+    let write = (next != current).then_some(next).flatten();
+    (next, write)
+}
+
+/// An error's text for HTTP clients, stdout, logs and events. A PostgreSQL error is reduced
+/// to its SQLSTATE and message: its DETAIL ("Failing row contains (…)") and, for data
+/// exceptions (class 22), its message quote row values, i.e. patient data.
+pub fn public_message(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() {
+            parts.push(match pg.as_db_error() {
+                Some(db) => describe_db_error(db),
+                None => pg.to_string(),
+            });
+            break;
+        }
+        if let Some(db) = cause.downcast_ref::<tokio_postgres::error::DbError>() {
+            parts.push(describe_db_error(db));
+            break;
+        }
+        parts.push(cause.to_string());
+    }
+    parts.join(": ")
+}
+
+fn describe_db_error(db: &tokio_postgres::error::DbError) -> String {
+    let code = db.code().code();
+    if code.starts_with("22") {
+        let column = db
+            .column()
+            .map(|c| format!(" in column {c}"))
+            .unwrap_or_default();
+        format!("database error {code}: invalid value{column} (value not shown)")
+    } else {
+        format!("database error {code}: {}", db.message())
+    }
+}
+
+/// What the new uid of a reschedule takes over from the booking it replaces.
+struct Moved {
+    booking_kind: Option<String>,
+    /// The first booking's calendar UID, so calendars move the entry instead of adding one.
+    ical_uid: String,
+    /// Higher than the old invite's, and at least Cal.com's own `iCalSequence`.
+    ical_sequence: i32,
+}
+
+/// BOOKING_RESCHEDULED, old side: the booking `old_uid` ends RESCHEDULED (even if its CREATED
+/// has not arrived yet) pointing to the new uid, and the new booking (`upsert`) fills what its
+/// payload lacks from it.
+async fn move_away(
+    tx: &deadpool_postgres::Transaction<'_>,
+    old_uid: &str,
+    event: &CalEvent,
+    upsert: &mut BookingUpsert<'_>,
+) -> anyhow::Result<Moved> {
+    let locked_old = sql::lock_booking(tx, old_uid).await?;
+    let old = sql::carried_over(tx, old_uid).await?;
+    upsert.patient_id = upsert.patient_id.or(old.patient_id);
+    upsert.therapist_id = upsert.therapist_id.or(old.therapist_id);
+    upsert.match_id = upsert.match_id.or(old.match_id);
+    upsert.is_test |= old.is_test;
+    let (_, old_status) = decide(
+        &locked_old,
+        Some(StatusEvent::RescheduledAway),
+        event.created_at,
+        old_uid,
+    );
+    sql::upsert_booking(
+        tx,
+        &BookingUpsert {
+            cal_uid: old_uid,
+            trigger: upsert.trigger,
+            therapist_id: upsert.therapist_id,
+            patient_id: upsert.patient_id,
+            match_id: upsert.match_id,
+            booking_kind: upsert.booking_kind.or(old.booking_kind.as_deref()),
+            status: old_status.map(BookingStatus::as_str),
+            is_test: upsert.is_test,
+            rescheduled_to_uid: Some(upsert.cal_uid),
+            ical_uid: Some(&locked_old.ical_uid),
+            event_at: event.created_at,
+            now: upsert.now,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let sequence = locked_old.ical_sequence.unwrap_or(0).saturating_add(1);
+    Ok(Moved {
+        booking_kind: old.booking_kind,
+        ical_uid: locked_old.ical_uid,
+        ical_sequence: event.ical_sequence.map_or(sequence, |s| s.max(sequence)),
+    })
 }
 
 async fn apply(
@@ -211,6 +348,7 @@ async fn apply(
         trigger: Some(trigger.clone()),
         cal_uid: event.uid.clone(),
         confirm_booking: None,
+        notify_cancelled: None,
     };
 
     if sql::already_received(&tx, hash).await? {
@@ -293,8 +431,7 @@ async fn apply(
         metadata.insert("webhook_warnings".into(), event.warnings.clone().into());
     }
 
-    let carried_kind: Option<String>;
-    let status = status_for(event);
+    let attendee = event.patient();
     let is_cancel = event.trigger == Trigger::BookingCancelled;
     let mut upsert = BookingUpsert {
         cal_uid: uid,
@@ -307,7 +444,7 @@ async fn apply(
         patient_id,
         match_id,
         booking_kind: booking_kind.map(BookingKind::as_str),
-        status,
+        status: None,
         is_test: event.is_test(),
         metadata: (!metadata.is_empty()).then_some(serde_json::Value::Object(metadata)),
         video_url: event.video_url.as_deref(),
@@ -332,41 +469,42 @@ async fn apply(
             _ => event.created_at,
         },
         ical_sequence: event.ical_sequence,
+        ical_uid: None,
+        attendee_email: trimmed(attendee.and_then(|a| a.email.as_deref())),
+        attendee_name: trimmed(attendee.and_then(|a| a.name.as_deref())),
+        attendee_phone: trimmed(attendee.and_then(|a| a.phone.as_deref())),
         now,
     };
 
-    if event.trigger == Trigger::BookingRescheduled {
-        if let Some(old_uid) = event.reschedule_uid.as_deref().filter(|u| *u != uid) {
-            let old = sql::carried_over(&tx, old_uid).await?;
-            upsert.patient_id = upsert.patient_id.or(old.patient_id);
-            upsert.therapist_id = upsert.therapist_id.or(old.therapist_id);
-            upsert.match_id = upsert.match_id.or(old.match_id);
-            upsert.is_test |= old.is_test;
-            carried_kind = old.booking_kind;
-            if upsert.booking_kind.is_none() {
-                upsert.booking_kind = carried_kind.as_deref();
-            }
+    // A reschedule: the old uid is moved away first, and the new one inherits what it knew.
+    let moved = match event.reschedule_uid.as_deref() {
+        Some(old_uid) if event.trigger == Trigger::BookingRescheduled && old_uid != uid => {
+            let moved = move_away(&tx, old_uid, event, &mut upsert).await?;
             upsert.rescheduled_from_uid = Some(old_uid);
-            // The old uid ends RESCHEDULED, even if its CREATED has not arrived yet.
-            sql::upsert_booking(
-                &tx,
-                &BookingUpsert {
-                    cal_uid: old_uid,
-                    trigger: &trigger,
-                    therapist_id: upsert.therapist_id,
-                    patient_id: upsert.patient_id,
-                    match_id: upsert.match_id,
-                    booking_kind: upsert.booking_kind,
-                    status: Some("RESCHEDULED"),
-                    is_test: upsert.is_test,
-                    rescheduled_to_uid: Some(uid),
-                    event_at: event.created_at,
-                    now,
-                    ..Default::default()
-                },
-            )
-            .await?;
+            Some(moved)
         }
+        _ => None,
+    };
+    let carried_kind = moved.as_ref().and_then(|m| m.booking_kind.clone());
+    if upsert.booking_kind.is_none() {
+        upsert.booking_kind = carried_kind.as_deref();
+    }
+
+    let locked = sql::lock_booking(&tx, uid).await?;
+    // A booking first heard of now was never confirmed; unknown status text is not active.
+    let was_active = !locked.new
+        && match locked.status.as_deref().map(BookingStatus::parse) {
+            None => true,
+            Some(parsed) => parsed.is_ok_and(|s| BookingStatus::is_active(Some(s))),
+        };
+    let (status, write) = decide(&locked, status_event(event), upsert.event_at, uid);
+    upsert.status = write.map(BookingStatus::as_str);
+    match &moved {
+        Some(m) => {
+            upsert.ical_uid = Some(&m.ical_uid);
+            upsert.ical_sequence = Some(m.ical_sequence);
+        }
+        None => upsert.ical_uid = Some(&locked.ical_uid),
     }
 
     let stored = sql::upsert_booking(&tx, &upsert).await?;
@@ -385,16 +523,15 @@ async fn apply(
     .await?;
     tx.commit().await?;
 
-    let active = stored
-        .status
-        .as_deref()
-        .is_none_or(|s| matches!(s.to_ascii_uppercase().as_str(), "ACCEPTED" | "PENDING"));
-    if matches!(
+    let booked = matches!(
         event.trigger,
         Trigger::BookingCreated | Trigger::BookingRescheduled
-    ) && active
-    {
+    );
+    if booked && BookingStatus::is_active(status) {
         handled.confirm_booking = Some(stored.id);
+    }
+    if is_cancel && was_active && status == Some(BookingStatus::Cancelled) {
+        handled.notify_cancelled = Some(stored.id);
     }
     handled.message = format!(
         "{trigger} {uid}: stored as {}",

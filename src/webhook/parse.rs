@@ -164,8 +164,8 @@ pub struct CalEvent {
 }
 
 impl CalEvent {
-    /// A test booking (SPEC §1, §6): `metadata.kh_test` is `true` (or `"true"`), or the first attendee's email
-    /// has `+test` in its local part (case ignored).
+    /// A test booking (SPEC §1, §6): `metadata.kh_test` is `true`, `"true"`, `1` or `"1"`, or
+    /// the first attendee's email has `+test` in its local part (case ignored).
     pub fn is_test(&self) -> bool {
         if self.kh.test == Some(true) {
             return true;
@@ -376,7 +376,7 @@ fn kh_metadata(m: &Fields<'_>, w: &mut Warnings) -> KhMetadata {
         therapist_id: m.uuid("kh_therapist_id", w),
         match_id: m.uuid("kh_match_id", w),
         booking_kind,
-        // Only a JSON boolean counts: a string "true" is reported, not interpreted.
+        // true, "true", 1 and "1" all mean test (SPEC §6).
         test: m.boolean("kh_test", w),
         source: m.text("kh_source", w),
     }
@@ -429,15 +429,26 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A boolean, also as the strings "true"/"false": metadata set through booking-link query
-    /// parameters (`metadata[kh_test]=true`) arrives as text.
+    /// A boolean, also as `1`/`0` and as the strings "true"/"false"/"1"/"0": metadata set
+    /// through booking-link query parameters (`metadata[kh_test]=1`) arrives as text, and
+    /// other programs write numbers.
     fn boolean(&self, key: &str, w: &mut Warnings) -> Option<bool> {
-        match self.get(key)? {
+        let value = self.get(key)?;
+        let read = match value {
             Value::Bool(b) => Some(*b),
-            Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Some(true),
-            Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Some(false),
-            other => self.wrong(key, "a boolean", other, w),
-        }
+            Value::Number(n) => match n.as_u64() {
+                Some(1) => Some(true),
+                Some(0) => Some(false),
+                _ => None,
+            },
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" => Some(true),
+                "false" | "0" => Some(false),
+                _ => None,
+            },
+            _ => None,
+        };
+        read.or_else(|| self.wrong(key, "a boolean", value, w))
     }
 
     fn int(&self, key: &str, w: &mut Warnings) -> Option<i32> {
@@ -870,6 +881,39 @@ mod tests {
         assert_eq!(e.kh.test, Some(true));
         assert!(e.is_test());
         assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    }
+
+    #[test]
+    fn kh_test_as_1_or_true_in_string_or_json_makes_a_test_booking_and_0_or_false_does_not() {
+        let with_flag = |flag: Value| {
+            let body = edited(fixtures::BOOKING_CREATED_INTRO, |v| {
+                v["payload"]["metadata"]["kh_test"] = flag;
+            });
+            parsed(&body)
+        };
+        for flag in [
+            Value::from(true),
+            "true".into(),
+            " TRUE ".into(),
+            1.into(),
+            "1".into(),
+        ] {
+            let e = with_flag(flag.clone());
+            assert_eq!(e.kh.test, Some(true), "{flag}");
+            assert!(e.is_test(), "{flag}");
+            assert!(e.warnings.is_empty(), "{flag}: {:?}", e.warnings);
+        }
+        for flag in [Value::from(false), "false".into(), 0.into(), "0".into()] {
+            let e = with_flag(flag.clone());
+            assert_eq!(e.kh.test, Some(false), "{flag}");
+            assert!(!e.is_test(), "{flag}");
+            assert!(e.warnings.is_empty(), "{flag}: {:?}", e.warnings);
+        }
+        for flag in [Value::from(2), "yes".into(), 1.5.into()] {
+            let e = with_flag(flag.clone());
+            assert_eq!(e.kh.test, None, "{flag}");
+            assert_eq!(e.warnings.len(), 1, "{flag}: {:?}", e.warnings);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod faults;
 mod followups;
 mod harness;
 mod journey_rules;
+mod lifecycle;
 mod migrate;
 mod notify;
 mod operators;
