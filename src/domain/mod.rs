@@ -6,6 +6,7 @@
 
 mod contact;
 mod counters;
+pub mod display_name;
 pub mod gsm7;
 mod stage;
 
