@@ -72,23 +72,32 @@ pub fn invite(i: &Invite) -> String {
 /// The invite as iCalendar text with DTSTAMP = `stamp` (the run's "now"), which makes the
 /// output a pure function of its inputs.
 pub fn invite_at(i: &Invite, stamp: DateTime<Utc>) -> String {
+    // Every value from data is one line: the crate escapes LF in TEXT values but not CR, and
+    // UID and URL values not at all.
+    let uid: String = i
+        .uid
+        .chars()
+        .filter(|c| !c.is_whitespace() && !display_name::is_forbidden(*c))
+        .collect();
     let mut event = icalendar::Event::new();
     event
-        .uid(&format!("{}@journeyctl", i.uid))
+        .uid(&format!("{uid}@journeyctl"))
         .sequence(i.sequence)
         .timestamp(stamp)
         .starts(i.start)
         .ends(i.end)
         .summary(&display_name::single_line(i.summary))
-        .description(i.description)
+        .description(&display_name::single_line(i.description))
         .status(if i.cancelled {
             EventStatus::Cancelled
         } else {
             EventStatus::Confirmed
         });
-    if let Some(location) = i.location.map(str::trim).filter(|l| !l.is_empty()) {
+    let location = i.location.map(display_name::single_line);
+    if let Some(location) = location.as_deref().filter(|l| !l.is_empty()) {
         event.location(location);
-        if location.starts_with("https://") || location.starts_with("http://") {
+        let is_url = location.starts_with("https://") || location.starts_with("http://");
+        if is_url && !location.contains(' ') {
             event.add_property("URL", location);
         }
     }
@@ -249,6 +258,16 @@ mod tests {
             ics.contains("SUMMARY:Therapiesitzung mit Lena Brandt\r\n"),
             "{ics}"
         );
+        // Values from the booking stay on their line too.
+        i.uid = "uid-1\r\nX-EVIL:1";
+        i.location = Some("https://video.example/r\r\nX-EVIL:1");
+        i.description = "Raum 2\rX-EVIL:1";
+        let ics = unfolded(&invite(&i));
+        assert!(
+            !ics.split(['\r', '\n']).any(|l| l.starts_with("X-EVIL")),
+            "{ics}"
+        );
+        assert!(ics.contains("UID:uid-1X-EVIL:1@journeyctl\r\n"), "{ics}");
         // An address that is not one (a space or a line break) is left out, not written.
         i.attendee = Some(Person {
             name: None,
