@@ -457,4 +457,33 @@ mod tests {
         }
         assert!(!head.contains('\0'));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_name_and_subject_build_a_message_with_one_recipient(
+            name in proptest::prelude::any::<String>(),
+            subject in proptest::prelude::any::<String>(),
+        ) {
+            let msg = OutgoingEmail {
+                to: EmailAddress::parse("anna@example.de").unwrap(),
+                to_name: Some(name),
+                subject,
+                text: "Text".into(),
+                html: "<p>Text</p>".into(),
+                attachments: vec![],
+                message_id: "<1@praxis.example>".into(),
+            };
+            let built = outbox_mailer().build(&msg).expect("builds");
+            proptest::prop_assert_eq!(built.envelope().to().len(), 1);
+            let raw = String::from_utf8_lossy(&built.formatted()).into_owned();
+            let head = raw.split("\r\n\r\n").next().unwrap_or_default().to_string();
+            let to_lines = head
+                .split("\r\n")
+                .filter(|l| l.to_ascii_lowercase().starts_with("to:"))
+                .count();
+            proptest::prop_assert_eq!(to_lines, 1);
+            proptest::prop_assert!(!head.to_ascii_lowercase().contains("\r\nbcc:"));
+        }
+    }
 }
