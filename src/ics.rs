@@ -1,17 +1,32 @@
-//! The calendar invite (`.ics`) attached to booking confirmations and therapist notices.
+//! The calendar invite (`.ics`) attached to booking confirmations and therapist notices, and
+//! its cancellation (RFC 5545 / RFC 5546).
 //!
 //! One VCALENDAR with one VEVENT, all times in UTC so no VTIMEZONE is needed. The UID is
-//! derived from the Cal.com uid and stays the same across sends, so a calendar updates the
-//! existing entry on a reschedule confirmation instead of adding a second one; `sequence`
-//! must grow with every change. Builds text only; attaching and sending is `notify`'s job.
+//! `{uid}@journeyctl`, where `uid` is the booking's calendar UID: the first booking's Cal.com
+//! uid, carried over to every rescheduled booking, so a calendar moves the existing entry
+//! instead of adding a second one. `sequence` must grow with every version (a reschedule, the
+//! cancellation). A `METHOD:REQUEST` names its ORGANIZER and the ATTENDEE it is sent to; a
+//! `METHOD:CANCEL` carries the same UID with STATUS:CANCELLED, so calendars remove the entry.
+//!
+//! Names are made one printable line here (`domain::display_name`), so no name can start a
+//! property of its own. Builds text only; attaching and sending is `notify`'s job.
 
 use chrono::{DateTime, Utc};
 use icalendar::{Calendar, Component, EventLike, EventStatus, Property};
 
+use crate::domain::display_name;
+
+/// A person named in an invite: an address (already validated by the caller) and a name.
+#[derive(Clone, Debug)]
+pub struct Person<'a> {
+    pub name: Option<&'a str>,
+    pub email: &'a str,
+}
+
 /// What goes into one invite.
 #[derive(Clone, Debug)]
 pub struct Invite<'a> {
-    /// The Cal.com booking uid; the invite's UID is `{uid}@journeyctl`.
+    /// The booking's calendar UID; the invite's UID is `{uid}@journeyctl`.
     pub uid: &'a str,
     /// RFC 5545 SEQUENCE: 0 for the first invite, higher for every later version.
     pub sequence: u32,
@@ -19,14 +34,33 @@ pub struct Invite<'a> {
     pub end: DateTime<Utc>,
     pub summary: &'a str,
     pub description: &'a str,
-    pub organizer_name: &'a str,
-    /// Without an address there is no ORGANIZER line: RFC 5545 wants a mailbox there, and a
-    /// made-up one would collect the replies of every calendar that answers invites.
-    pub organizer_email: Option<&'a str>,
+    /// The therapist (or, without their address, the sender's mailbox in their name).
+    /// Without any address there is no ORGANIZER line: RFC 5545 wants a mailbox there.
+    pub organizer: Option<Person<'a>>,
+    /// The recipient of this copy of the invite.
+    pub attendee: Option<Person<'a>>,
     /// Video URL or street address.
     pub location: Option<&'a str>,
     /// A cancelled session: METHOD:CANCEL and STATUS:CANCELLED, so calendars remove the entry.
     pub cancelled: bool,
+}
+
+/// A CN parameter value: one printable line without double quotes (which cannot appear inside
+/// a quoted parameter value, RFC 5545 §3.2).
+fn common_name(name: Option<&str>) -> Option<String> {
+    display_name::sanitize_opt(name.map(|n| n.replace('"', "")).as_deref())
+}
+
+fn cal_address(kind: &str, p: &Person<'_>) -> Option<Property> {
+    let email = p.email.trim();
+    if email.is_empty() || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let mut prop = Property::new(kind, format!("mailto:{email}"));
+    if let Some(cn) = common_name(p.name) {
+        prop.add_parameter("CN", &cn);
+    }
+    Some(prop)
 }
 
 /// The invite as iCalendar text, stamped with the current wall-clock time. Prefer
@@ -38,34 +72,49 @@ pub fn invite(i: &Invite) -> String {
 /// The invite as iCalendar text with DTSTAMP = `stamp` (the run's "now"), which makes the
 /// output a pure function of its inputs.
 pub fn invite_at(i: &Invite, stamp: DateTime<Utc>) -> String {
+    // Every value from data is one line: the crate escapes LF in TEXT values but not CR, and
+    // UID and URL values not at all.
+    let uid: String = i
+        .uid
+        .chars()
+        .filter(|c| !c.is_whitespace() && !display_name::is_forbidden(*c))
+        .collect();
     let mut event = icalendar::Event::new();
     event
-        .uid(&format!("{}@journeyctl", i.uid))
+        .uid(&format!("{uid}@journeyctl"))
         .sequence(i.sequence)
         .timestamp(stamp)
         .starts(i.start)
         .ends(i.end)
-        .summary(i.summary)
-        .description(i.description)
+        .summary(&display_name::single_line(i.summary))
+        .description(&display_name::single_line(i.description))
         .status(if i.cancelled {
             EventStatus::Cancelled
         } else {
             EventStatus::Confirmed
         });
-    if let Some(location) = i.location.map(str::trim).filter(|l| !l.is_empty()) {
+    let location = i.location.map(display_name::single_line);
+    if let Some(location) = location.as_deref().filter(|l| !l.is_empty()) {
         event.location(location);
-        if location.starts_with("https://") || location.starts_with("http://") {
+        let is_url = location.starts_with("https://") || location.starts_with("http://");
+        if is_url && !location.contains(' ') {
             event.add_property("URL", location);
         }
     }
-    if let Some(email) = i.organizer_email.map(str::trim).filter(|e| !e.is_empty()) {
-        let mut organizer = Property::new("ORGANIZER", format!("mailto:{email}"));
-        // A double quote cannot appear inside a quoted parameter value (RFC 5545 §3.2).
-        let name = i.organizer_name.replace('"', "");
-        if !name.trim().is_empty() {
-            organizer.add_parameter("CN", name.trim());
-        }
+    if let Some(organizer) = i
+        .organizer
+        .as_ref()
+        .and_then(|p| cal_address("ORGANIZER", p))
+    {
         event.append_property(organizer);
+    }
+    if let Some(mut attendee) = i.attendee.as_ref().and_then(|p| cal_address("ATTENDEE", p)) {
+        attendee
+            .add_parameter("ROLE", "REQ-PARTICIPANT")
+            .add_parameter("PARTSTAT", "ACCEPTED")
+            // The booking is settled on Cal.com; calendars need not answer.
+            .add_parameter("RSVP", "FALSE");
+        event.append_property(attendee);
     }
 
     // `Calendar::new()` would add its own PRODID; we want exactly one, naming us.
@@ -92,8 +141,14 @@ mod tests {
             end: Utc.with_ymd_and_hms(2026, 3, 3, 13, 50, 0).unwrap(),
             summary: "Therapiesitzung mit Dr. Lena Brandt",
             description: "Ihr Termin; bitte 5 Minuten vorher einwählen, danke",
-            organizer_name: "Dr. Lena Brandt",
-            organizer_email: Some("lena.brandt@example.de"),
+            organizer: Some(Person {
+                name: Some("Dr. Lena Brandt"),
+                email: "lena.brandt@example.de",
+            }),
+            attendee: Some(Person {
+                name: Some("Jonas Weber"),
+                email: "jonas.weber@example.de",
+            }),
             location: Some("https://video.example.de/r/abc"),
             cancelled,
         }
@@ -122,6 +177,7 @@ mod tests {
             "DTEND:20260303T135000Z",
             "SUMMARY:Therapiesitzung mit Dr. Lena Brandt",
             "ORGANIZER;CN=Dr. Lena Brandt:mailto:lena.brandt@example.de",
+            "ATTENDEE;CN=Jonas Weber;PARTSTAT=ACCEPTED;ROLE=REQ-PARTICIPANT;RSVP=FALSE:mailto:jonas.weber@example.de",
             "LOCATION:https://video.example.de/r/abc",
             "STATUS:CONFIRMED",
             "END:VEVENT",
@@ -167,11 +223,57 @@ mod tests {
     #[test]
     fn invite_without_organizer_email_or_location_leaves_those_lines_out() {
         let mut i = sample(false);
-        i.organizer_email = None;
+        i.organizer = None;
+        i.attendee = None;
         i.location = None;
         let ics = invite(&i);
         assert!(!ics.contains("ORGANIZER"), "{ics}");
+        assert!(!ics.contains("ATTENDEE"), "{ics}");
         assert!(!ics.contains("LOCATION"), "{ics}");
         assert!(ics.contains("DTSTAMP:"), "{ics}");
+    }
+
+    #[test]
+    fn names_with_line_breaks_or_quotes_stay_inside_their_property() {
+        let mut i = sample(false);
+        i.organizer = Some(Person {
+            name: Some("Lena \"Dr\"\nBrandt\r\nX-EVIL:1"),
+            email: "lena.brandt@example.de",
+        });
+        i.attendee = Some(Person {
+            name: Some("Anna\r\nBcc: evil@example.org"),
+            email: "anna@example.de",
+        });
+        i.summary = "Therapiesitzung mit Lena\nBrandt";
+        let ics = unfolded(&invite(&i));
+        for line in ics.split("\r\n") {
+            assert!(!line.starts_with("X-EVIL"), "{ics}");
+            assert!(!line.starts_with("Bcc"), "{ics}");
+        }
+        assert!(
+            ics.contains("ORGANIZER;CN=\"Lena Dr Brandt X-EVIL:1\":mailto:lena.brandt@example.de"),
+            "{ics}"
+        );
+        assert!(
+            ics.contains("SUMMARY:Therapiesitzung mit Lena Brandt\r\n"),
+            "{ics}"
+        );
+        // Values from the booking stay on their line too.
+        i.uid = "uid-1\r\nX-EVIL:1";
+        i.location = Some("https://video.example/r\r\nX-EVIL:1");
+        i.description = "Raum 2\rX-EVIL:1";
+        let ics = unfolded(&invite(&i));
+        assert!(
+            !ics.split(['\r', '\n']).any(|l| l.starts_with("X-EVIL")),
+            "{ics}"
+        );
+        assert!(ics.contains("UID:uid-1X-EVIL:1@journeyctl\r\n"), "{ics}");
+        // An address that is not one (a space or a line break) is left out, not written.
+        i.attendee = Some(Person {
+            name: None,
+            email: "anna@example.de\r\nX-EVIL:1",
+        });
+        let ics = invite(&i);
+        assert!(!ics.contains("ATTENDEE"), "{ics}");
     }
 }

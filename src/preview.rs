@@ -36,7 +36,8 @@ fn variants() -> Vec<Variant> {
             | MessageKind::TherapistNotification
             | MessageKind::Reminder24h
             | MessageKind::Reminder1h
-            | MessageKind::CancellationRecovery => &[BookingKind::Intro, BookingKind::FullSession],
+            | MessageKind::CancellationRecovery
+            | MessageKind::CancellationNotice => &[BookingKind::Intro, BookingKind::FullSession],
         };
         for &booking_kind in booking_kinds {
             out.push(Variant {
@@ -80,6 +81,7 @@ fn variants() -> Vec<Variant> {
                     ..sample_context(kind)
                 },
             )),
+            MessageKind::CancellationNotice => None,
             MessageKind::IntroFollowup | MessageKind::SessionFollowup => Some((
                 "no_slot",
                 "ohne freien Termin",
@@ -200,6 +202,8 @@ mod tests {
         assert!(out.join("client_confirmation-intro.html").is_file());
         assert!(out.join("client_confirmation-full_session.txt").is_file());
         assert!(out.join("reminder_1h-full_session.sms.txt").is_file());
+        assert!(out.join("cancellation_notice-intro.html").is_file());
+        assert!(index.contains("Termin abgesagt"), "{index}");
         assert!(!out.join("intro_followup-intro.sms.txt").exists());
         assert!(index.contains("Erinnerung: Ihr Termin morgen"));
         assert!(index.contains("Gleich geht&#x27;s los!"), "{index}");

@@ -20,7 +20,7 @@ use handlebars::{
 };
 use serde::Serialize;
 
-use crate::domain::{gsm7, BookingKind, MessageKind};
+use crate::domain::{display_name, gsm7, BookingKind, MessageKind};
 
 /// Every value a message may show. Optional values are simply absent from the message.
 #[derive(Serialize, Clone, Debug)]
@@ -157,6 +157,18 @@ const BUILTIN: &[(&str, &str)] = &[
         "cancellation_recovery.html.hbs",
         include_str!("../templates/cancellation_recovery.html.hbs"),
     ),
+    (
+        "cancellation_notice.subject.hbs",
+        include_str!("../templates/cancellation_notice.subject.hbs"),
+    ),
+    (
+        "cancellation_notice.txt.hbs",
+        include_str!("../templates/cancellation_notice.txt.hbs"),
+    ),
+    (
+        "cancellation_notice.html.hbs",
+        include_str!("../templates/cancellation_notice.html.hbs"),
+    ),
 ];
 
 /// The compiled templates: one registry escaping HTML, one for text, subjects and SMS.
@@ -206,9 +218,19 @@ impl Templates {
         Ok(Templates { html, text })
     }
 
+    /// The values a template sees. Names pass through [`display_name::sanitize`] here, so no
+    /// subject, text, HTML part or SMS can carry a line break or control character from them.
     fn data(ctx: &MessageContext, subject: Option<&str>) -> anyhow::Result<serde_json::Value> {
         let mut v = serde_json::to_value(ctx)?;
         if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "patient_name".into(),
+                display_name::sanitize_opt(ctx.patient_name.as_deref()).into(),
+            );
+            o.insert(
+                "therapist_name".into(),
+                display_name::sanitize(&ctx.therapist_name).into(),
+            );
             o.insert(
                 "is_intro".into(),
                 (ctx.booking_kind == BookingKind::Intro).into(),
@@ -229,7 +251,7 @@ impl Templates {
             .text
             .render(&format!("{name}.subject"), &data)
             .map_err(|e| anyhow!("template {name}.subject.hbs failed to render: {e}"))?;
-        let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
+        let subject = display_name::single_line(&subject);
         let data = Self::data(ctx, Some(&subject))?;
         let text = self
             .text
@@ -258,9 +280,11 @@ impl Templates {
                 .text
                 .render(&name, &Self::data(c, None)?)
                 .map_err(|e| anyhow!("template {name}.hbs failed to render: {e}"))?;
-            Ok(gsm7_safe(
-                &out.split_whitespace().collect::<Vec<_>>().join(" "),
-            ))
+            // Transliterate first: a dropped emoji must not leave a double space behind.
+            Ok(gsm7::transliterate(&out)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "))
         };
         let mut c = ctx.clone();
         let first = render(&c)?;
@@ -308,20 +332,6 @@ fn tidy_text(s: &str) -> String {
 /// Septets a text takes in GSM-7 (see [`crate::domain::gsm7`]).
 pub fn gsm7_septets(s: &str) -> usize {
     gsm7::septets(s)
-}
-
-/// Replaces characters outside GSM-7 by close equivalents (typographic quotes, dashes).
-fn gsm7_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '„' | '“' | '”' | '«' | '»' => '"',
-            '‚' | '‘' | '’' => '\'',
-            '–' | '—' => '-',
-            'ı' => 'i',
-            c if gsm7::BASIC.contains(c) || gsm7::EXTENDED.contains(c) => c,
-            _ => '?',
-        })
-        .collect()
 }
 
 fn cut_to_septets(s: &str, max: usize) -> String {
@@ -633,6 +643,88 @@ mod tests {
             format!("{err:#}").contains("session_followup.txt.hbs"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn the_line_after_the_video_link_or_the_address_is_blank_in_plain_text() {
+        let templates = t();
+        for kind in [
+            MessageKind::ClientConfirmation,
+            MessageKind::TherapistNotification,
+            MessageKind::Reminder24h,
+            MessageKind::Reminder1h,
+        ] {
+            let mut c = sample_context(kind);
+            let e = templates.render_email(kind, &c).unwrap();
+            let lines: Vec<&str> = e.text.lines().collect();
+            let i = lines
+                .iter()
+                .rposition(|l| l.contains("https://app.cal.com/video/"))
+                .unwrap();
+            assert_eq!(lines[i + 1], "", "{kind:?}:\n{}", e.text);
+
+            c.video_url = None;
+            c.location = Some("Lindenstraße 12, 10969 Berlin".into());
+            let e = templates.render_email(kind, &c).unwrap();
+            let lines: Vec<&str> = e.text.lines().collect();
+            let i = lines
+                .iter()
+                .position(|l| l.contains("Lindenstraße 12"))
+                .unwrap();
+            assert_eq!(lines[i + 1], "", "{kind:?}:\n{}", e.text);
+        }
+    }
+
+    #[test]
+    fn names_reach_no_message_with_a_line_break_or_control_character() {
+        let templates = t();
+        let mut c = sample_context(MessageKind::ClientConfirmation);
+        c.patient_name = Some("Anna\r\nBcc: evil@example.org".into());
+        c.therapist_name = "Lena\u{2028}Brandt\u{202E}\0".into();
+        for kind in MessageKind::ALL {
+            let e = templates.render_email(kind, &c).unwrap();
+            assert!(!e.subject.chars().any(char::is_control), "{:?}", e.subject);
+            assert!(!e.text.contains("Anna\r") && !e.text.contains('\u{2028}'));
+            if kind.has_sms() {
+                let s = templates.render_sms(kind, &c).unwrap();
+                assert!(!s.chars().any(char::is_control), "{s:?}");
+            }
+        }
+        let e = templates
+            .render_email(MessageKind::ClientConfirmation, &c)
+            .unwrap();
+        assert!(e.subject.contains("Lena Brandt"), "{}", e.subject);
+        assert!(
+            e.text.starts_with("Guten Tag Anna Bcc: evil@example.org,"),
+            "{}",
+            e.text
+        );
+    }
+
+    #[test]
+    fn sms_spell_names_in_gsm7_and_keep_one_segment() {
+        let templates = t();
+        let mut c = sample_context(MessageKind::Reminder24h);
+        c.therapist_name = "Şebnem Yıldız-Öğüt 🌿".into();
+        let s = templates.render_sms(MessageKind::Reminder24h, &c).unwrap();
+        assert!(s.contains("mit Sebnem Yildiz-Ögüt ist"), "{s}");
+        assert!(!s.contains('?'), "{s}");
+        assert!(gsm7::fits_one_segment(&s), "{s}");
+    }
+
+    #[test]
+    fn the_cancellation_notice_is_short_formal_and_escapes_html() {
+        let mut c = sample_context(MessageKind::CancellationNotice);
+        c.therapist_name = "Dr. <b>Lena</b> Brandt".into();
+        let e = t()
+            .render_email(MessageKind::CancellationNotice, &c)
+            .unwrap();
+        assert!(e.subject.starts_with("Termin abgesagt:"), "{}", e.subject);
+        assert!(e.text.contains("wurde abgesagt"), "{}", e.text);
+        assert!(e.text.contains("Sie"), "{}", e.text);
+        assert!(!e.html.contains("<b>Lena</b>"), "{}", e.html);
+        assert!(e.html.contains("&lt;b&gt;Lena&lt;/b&gt;"), "{}", e.html);
+        assert!(e.text.lines().count() < 20, "{}", e.text);
     }
 
     #[test]

@@ -252,10 +252,13 @@ pub enum MessageKind {
     IntroFollowup,
     SessionFollowup,
     CancellationRecovery,
+    /// The session the patient got an invite for is cancelled: a short notice carrying the
+    /// invite's `METHOD:CANCEL`.
+    CancellationNotice,
 }
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 7] = [
+    pub const ALL: [MessageKind; 8] = [
         MessageKind::ClientConfirmation,
         MessageKind::TherapistNotification,
         MessageKind::Reminder24h,
@@ -263,6 +266,7 @@ impl MessageKind {
         MessageKind::IntroFollowup,
         MessageKind::SessionFollowup,
         MessageKind::CancellationRecovery,
+        MessageKind::CancellationNotice,
     ];
 
     /// `properties.kind` of the `email_sent` event (SPEC §7).
@@ -275,6 +279,7 @@ impl MessageKind {
             MessageKind::IntroFollowup => "cal_intro_followup",
             MessageKind::SessionFollowup => "cal_session_followup",
             MessageKind::CancellationRecovery => "cancellation_recovery",
+            MessageKind::CancellationNotice => "cal_booking_cancellation_notice",
         }
     }
 
@@ -289,6 +294,7 @@ impl MessageKind {
             MessageKind::IntroFollowup => "intro_followup",
             MessageKind::SessionFollowup => "session_followup",
             MessageKind::CancellationRecovery => "cancellation_recovery",
+            MessageKind::CancellationNotice => "cancellation_notice",
         }
     }
 

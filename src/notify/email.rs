@@ -5,6 +5,9 @@
 //! body went out nothing was delivered (4xx transient, 5xx permanent); once the body has been
 //! sent, a lost connection or a timeout is ambiguous. Connections are reused through a small
 //! pool of idle ones, checked with NOOP before reuse.
+//!
+//! Names and subjects are made one printable line (`domain::display_name`) before they become
+//! headers: a CR or LF from data never injects a header.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,7 @@ use lettre::Message;
 
 use super::{scrub, SendOutcome};
 use crate::config::{ConfigError, EmailSettings, EmailTransport};
-use crate::domain::EmailAddress;
+use crate::domain::{display_name, EmailAddress};
 use crate::secret::Secret;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -168,6 +171,12 @@ impl Mailer {
         })
     }
 
+    /// The sender's address (`EMAIL_FROM` without its name): the ORGANIZER of an invite
+    /// whose therapist has no address.
+    pub fn sender_address(&self) -> String {
+        self.from.email.to_string()
+    }
+
     /// Where mail goes, without credentials.
     pub fn describe(&self) -> String {
         match &*self.transport {
@@ -182,14 +191,13 @@ impl Mailer {
             .as_str()
             .parse()
             .map_err(|_| "recipient address is not accepted by the mail library".to_string())?;
-        let to = Mailbox::new(
-            msg.to_name.clone().filter(|n| !n.trim().is_empty()),
-            to_addr,
-        );
+        // Header values from data: one printable line each, whatever the caller passed, so
+        // a name can never start a header of its own (and the mail library never panics).
+        let to = Mailbox::new(display_name::sanitize_opt(msg.to_name.as_deref()), to_addr);
         let mut b = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(msg.subject.clone())
+            .subject(display_name::single_line(&msg.subject))
             .message_id(Some(msg.message_id.clone()))
             .date_now();
         if let Some(r) = &self.reply_to {
@@ -411,5 +419,71 @@ async fn write_eml(dir: &std::path::Path, message_id: &str, bytes: &[u8]) -> Sen
         Err(e) => SendOutcome::Transient {
             reason: format!("cannot write to the outbox {}: {e}", dir.display()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox_mailer() -> Mailer {
+        Mailer::from_settings(&EmailSettings {
+            transport: Some(EmailTransport::Outbox {
+                dir: std::env::temp_dir(),
+            }),
+            from: "Praxisteam <termine@praxis.example>".into(),
+            reply_to: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_name_or_subject_with_line_breaks_builds_one_header_each() {
+        let msg = OutgoingEmail {
+            to: EmailAddress::parse("anna@example.de").unwrap(),
+            to_name: Some("Anna\r\nBcc: evil@example.org\u{0}".into()),
+            subject: "Termin\r\nBcc: evil@example.org".into(),
+            text: "Text".into(),
+            html: "<p>Text</p>".into(),
+            attachments: vec![],
+            message_id: "<1@praxis.example>".into(),
+        };
+        let built = outbox_mailer().build(&msg).expect("builds");
+        assert_eq!(built.envelope().to().len(), 1);
+        let raw = String::from_utf8(built.formatted()).unwrap();
+        let head = raw.split("\r\n\r\n").next().unwrap();
+        for line in head.split("\r\n") {
+            assert!(!line.to_ascii_lowercase().starts_with("bcc:"), "{head}");
+        }
+        assert!(!head.contains('\0'));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_name_and_subject_build_a_message_with_one_recipient(
+            name in proptest::prelude::any::<String>(),
+            subject in proptest::prelude::any::<String>(),
+        ) {
+            let msg = OutgoingEmail {
+                to: EmailAddress::parse("anna@example.de").unwrap(),
+                to_name: Some(name),
+                subject,
+                text: "Text".into(),
+                html: "<p>Text</p>".into(),
+                attachments: vec![],
+                message_id: "<1@praxis.example>".into(),
+            };
+            let built = outbox_mailer().build(&msg).expect("builds");
+            proptest::prop_assert_eq!(built.envelope().to().len(), 1);
+            let raw = String::from_utf8_lossy(&built.formatted()).into_owned();
+            let head = raw.split("\r\n\r\n").next().unwrap_or_default().to_string();
+            let to_lines = head
+                .split("\r\n")
+                .filter(|l| l.to_ascii_lowercase().starts_with("to:"))
+                .count();
+            proptest::prop_assert_eq!(to_lines, 1);
+            proptest::prop_assert!(!head.to_ascii_lowercase().contains("\r\nbcc:"));
+        }
     }
 }

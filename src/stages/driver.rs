@@ -13,14 +13,15 @@ use uuid::Uuid;
 
 use super::confirmation::{self, Trigger};
 use super::plan::{MessagePlan, Outgoing, Plan, PlanInput, Recipient};
-use super::{followups, reminders};
+use super::{cancellation_notice, followups, reminders};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::db::bookings::{self, DueBooking, PatientRow};
 use crate::db::ledger::{self, Claim, ClaimRequest, DeliveryKey, EventRow, LedgerRow, Outcome};
 use crate::db::{runs, Db};
 use crate::domain::{
-    Channel, Counter, Counters, DeliveryStatus, MessageKind, RecipientRole, Stage,
+    display_name, BookingKind, Channel, Counter, Counters, DeliveryStatus, EmailAddress,
+    MessageKind, RecipientRole, Stage,
 };
 use crate::notify::email::{Attachment, Mailer, OutgoingEmail};
 use crate::notify::sms::SmsSender;
@@ -223,10 +224,67 @@ pub async fn confirm_booking(j: &Journey, booking_id: Uuid) -> anyhow::Result<St
 }
 
 /// Sends the cancellation notice (with the invite's `METHOD:CANCEL`) of one booking whose
-/// patient got an invite (the webhook's path, after a BOOKING_CANCELLED was committed).
+/// patient got an invite (the webhook's path, after a BOOKING_CANCELLED was committed). The
+/// rule is `cancellation_notice::plan`; the delivery goes through the ledger under its own
+/// stage, so a second call (a repeated webhook, a retry) never sends it twice.
 pub async fn notify_cancellation(j: &Journey, booking_id: Uuid) -> anyhow::Result<StageReport> {
-    let _ = (j, booking_id);
-    Ok(StageReport::new("cancellation_notice"))
+    let mut report = StageReport::new(cancellation_notice::LEDGER_STAGE);
+    let now = j.clock.now();
+    let Some(b) = bookings::select_one(&j.db, booking_id, now).await? else {
+        anyhow::bail!("booking {booking_id} vanished before its cancellation notice");
+    };
+    report.counters.bump(Counter::Processed);
+    let patient_ids: Vec<Uuid> = b.patient_id.into_iter().collect();
+    let patients = bookings::load_patients(&j.db, &patient_ids).await?;
+    let input = PlanInput {
+        booking: &b,
+        patient: b.patient_id.and_then(|id| patients.get(&id)),
+        settings: &j.settings,
+        now,
+        sms_enabled: false,
+    };
+    let messages = match cancellation_notice::plan(&input) {
+        Plan::Skip {
+            counter, reason, ..
+        } => {
+            report.counters.bump(counter);
+            log::info!("cancellation notice of booking {booking_id}: not sent: {reason}");
+            return Ok(report);
+        }
+        Plan::Messages(messages) => messages,
+    };
+    for m in messages {
+        let out = match m {
+            MessagePlan::Send(out) => out,
+            MessagePlan::Skip {
+                counter, reason, ..
+            } => {
+                report.counters.bump(counter);
+                log::info!("cancellation notice of booking {booking_id}: not sent: {reason}");
+                continue;
+            }
+        };
+        let job = Job {
+            booking_id: b.id,
+            cal_uid: b.cal_uid.clone(),
+            patient_id: b.patient_id,
+            key: DeliveryKey {
+                booking_id: b.id,
+                stage: cancellation_notice::LEDGER_STAGE,
+                channel: out.to.channel(),
+                role: out.role,
+            },
+            invite: out.invite.then(|| invite_for(j, &b, &out)),
+            mark_column: None,
+            outgoing: *out,
+        };
+        // `deliver` takes a Stage for its logs and error events; the notice belongs to the
+        // booking's confirmation (the ledger row and `email_sent` carry its own stage).
+        let r = deliver(j, Stage::ConfirmationRecovery, job, false).await;
+        report.counters.merge(&r.counters);
+        report.failures += r.failures;
+    }
+    Ok(report)
 }
 
 /// One message ready to claim and send.
@@ -480,7 +538,7 @@ async fn process(
                                     channel,
                                     role,
                                 },
-                                invite: out.invite.then(|| invite_for(b, &out, now)),
+                                invite: out.invite.then(|| invite_for(j, b, &out)),
                                 mark_column: mark_column(stage, role),
                                 outgoing: *out,
                             });
@@ -519,33 +577,71 @@ async fn process(
     });
 }
 
-fn invite_for(b: &DueBooking, out: &Outgoing, now: chrono::DateTime<chrono::Utc>) -> String {
+/// The calendar invite of one message (RFC 5545 / RFC 5546): the booking's calendar UID
+/// (carried over from the first booking across reschedules), its SEQUENCE (one higher for the
+/// cancellation), the therapist as ORGANIZER (the sender's mailbox when the therapist has no
+/// address) and the recipient as ATTENDEE.
+fn invite_for(j: &Journey, b: &DueBooking, out: &Outgoing) -> String {
     let ctx = &out.context;
-    let summary = match (out.role, ctx.booking_kind) {
-        (RecipientRole::Therapist, crate::domain::BookingKind::Intro) => {
-            "Kennenlerngespräch".to_string()
-        }
+    let cancelled = out.kind == MessageKind::CancellationNotice;
+    let therapist_name = display_name::sanitize(&ctx.therapist_name);
+    let what = match (out.role, ctx.booking_kind) {
+        (RecipientRole::Therapist, BookingKind::Intro) => "Kennenlerngespräch".to_string(),
         (RecipientRole::Therapist, _) => "Therapiesitzung".to_string(),
-        (_, crate::domain::BookingKind::Intro) => {
-            format!("Kennenlerngespräch mit {}", ctx.therapist_name)
-        }
-        (_, _) => format!("Therapiesitzung mit {}", ctx.therapist_name),
+        (_, BookingKind::Intro) => format!("Kennenlerngespräch mit {therapist_name}"),
+        (_, _) => format!("Therapiesitzung mit {therapist_name}"),
+    };
+    let summary = if cancelled {
+        format!("Abgesagt: {what}")
+    } else {
+        what
+    };
+    let uid = b
+        .ical_uid
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .unwrap_or(&b.cal_uid);
+    // A rescheduled booking carrying an earlier booking's UID is at least the second version,
+    // even when no sequence was stored for it.
+    let stored = u32::try_from(b.ical_sequence.unwrap_or(0)).unwrap_or(0);
+    let sequence = if uid != b.cal_uid {
+        stored.max(1)
+    } else {
+        stored
+    } + u32::from(cancelled);
+    let organizer_email = b
+        .therapist
+        .as_ref()
+        .and_then(|t| t.email.as_deref())
+        .and_then(|e| EmailAddress::parse(e).ok())
+        .map(|e| e.as_str().to_string())
+        .or_else(|| j.mailer.as_ref().map(|m| m.sender_address()));
+    let attendee_email = match &out.to {
+        Recipient::Email(e) => Some(e.as_str()),
+        Recipient::Sms(_) => None,
     };
     let location = ctx.video_url.as_deref().or(ctx.location.as_deref());
     crate::ics::invite_at(
         &crate::ics::Invite {
-            uid: &b.cal_uid,
-            sequence: b.ical_sequence.unwrap_or(0).max(0) as u32,
+            uid,
+            sequence,
             start: ctx.start,
             end: ctx.end,
             summary: &summary,
             description: location.unwrap_or(""),
-            organizer_name: &ctx.therapist_name,
-            organizer_email: b.therapist.as_ref().and_then(|t| t.email.as_deref()),
+            organizer: organizer_email.as_deref().map(|email| crate::ics::Person {
+                name: Some(&therapist_name),
+                email,
+            }),
+            attendee: attendee_email.map(|email| crate::ics::Person {
+                name: out.to_name.as_deref(),
+                email,
+            }),
             location,
-            cancelled: false,
+            cancelled,
         },
-        now,
+        j.clock.now(),
     )
 }
 
@@ -712,7 +808,14 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
                 .map(|ics| {
                     vec![Attachment {
                         filename: "termin.ics".to_string(),
-                        content_type: "text/calendar; charset=utf-8; method=REQUEST".to_string(),
+                        content_type: format!(
+                            "text/calendar; charset=utf-8; method={}",
+                            if out.kind == MessageKind::CancellationNotice {
+                                "CANCEL"
+                            } else {
+                                "REQUEST"
+                            }
+                        ),
                         body: ics.clone().into_bytes(),
                     }]
                 })

@@ -1,6 +1,7 @@
 //! The stages of the journey. Each stage file says who is due and what to send (pure rules
 //! over selected rows); `driver` claims, renders, sends and records, the same way for all.
 
+pub mod cancellation_notice;
 pub mod confirmation;
 pub mod driver;
 pub mod followups;
