@@ -3,6 +3,15 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // A panic's message may quote the data that caused it (a patient's name in a header):
+    // say where it happened, never what it said.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_else(|| "an unknown place".into());
+        eprintln!("journeyctl: internal error (a defect) at {at}; its message is withheld");
+    }));
     let cli = journeyctl::cli::Cli::parse();
     journeyctl::init_logging(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

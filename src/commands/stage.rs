@@ -98,7 +98,7 @@ pub async fn run(
             "stages": reports,
             "totals": totals,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(command, &j, dry_run, &reports, &totals);
     }
@@ -196,7 +196,7 @@ fn print_table(
     reports: &[StageReport],
     totals: &Counters,
 ) {
-    println!(
+    crate::outln!(
         "journeyctl {command}{}  run {}  now {}",
         if dry_run {
             " (dry run: nothing sent, nothing written)"
@@ -208,7 +208,7 @@ fn print_table(
     );
     for r in reports {
         if r.skipped_locked {
-            println!(
+            crate::outln!(
                 "  {:<22} skipped: another run holds this stage's lock",
                 r.stage
             );
@@ -220,7 +220,7 @@ fn print_table(
             .filter(|(c, n)| *n > 0 && *c != Counter::Processed)
             .map(|(c, n)| format!("{}={n}", c.as_str()))
             .collect();
-        println!(
+        crate::outln!(
             "  {:<22} processed={:<4} {}",
             r.stage,
             r.counters.get(Counter::Processed),
@@ -231,7 +231,7 @@ fn print_table(
             }
         );
         for p in &r.planned {
-            println!(
+            crate::outln!(
                 "      would send {} to {} {} (booking {}){}",
                 p.channel,
                 p.recipient_role,
@@ -245,7 +245,7 @@ fn print_table(
         }
     }
     if reports.len() > 1 {
-        println!(
+        crate::outln!(
             "  {:<22} processed={:<4} sent_email={} sent_sms={} errors={}",
             "total",
             totals.get(Counter::Processed),

@@ -145,7 +145,7 @@ pub async fn webhook(
 
 fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>, notified: Option<bool>) {
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({
                 "status": h.http_status,
@@ -158,16 +158,18 @@ fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>, notified: Opt
             })
         );
     } else {
-        println!("{} {}: {}", h.http_status, h.outcome, h.message);
+        crate::outln!("{} {}: {}", h.http_status, h.outcome, h.message);
         match confirmed {
-            Some(true) => println!("confirmations handled (see the delivery ledger)"),
+            Some(true) => crate::outln!("confirmations handled (see the delivery ledger)"),
             Some(false) => {
-                println!("confirmations FAILED: confirmation-recovery will retry within its window")
+                crate::outln!(
+                    "confirmations FAILED: confirmation-recovery will retry within its window"
+                )
             }
             None => {}
         }
         if notified == Some(false) {
-            println!("cancellation notice FAILED (see the delivery ledger)");
+            crate::outln!("cancellation notice FAILED (see the delivery ledger)");
         }
     }
 }
@@ -231,7 +233,7 @@ pub async fn serve(
             Duration::from_secs(30),
         ))
         .with_state(state.clone());
-    println!("listening on http://{local} (POST /api/public/cal/webhook, GET /healthz)");
+    crate::outln!("listening on http://{local} (POST /api/public/cal/webhook, GET /healthz)");
     log::info!("serve: listening on {local}");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -12,27 +12,21 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Db;
-use crate::domain::Stage;
+use crate::domain::{BookingStatus, Stage};
 
-/// Bookings that will take place (SPEC §1): ACCEPTED in any case, or NULL (pre-inserted by the
-/// booking site before the webhook arrived). PENDING is not active: the host has not accepted,
-/// so nobody is confirmed, notified or reminded yet. `%` stands for the table alias.
-///
-/// The one definition of "active" in SQL; [`is_active_status`] is the same rule in Rust. When
-/// the `BookingStatus` enum lands, both are swapped for its helpers here and nowhere else.
-pub const ACTIVE: &str = "(%.status IS NULL OR upper(%.status) = 'ACCEPTED')";
-
-/// [`ACTIVE`] for a status read from a row.
-pub fn is_active_status(status: Option<&str>) -> bool {
-    status.is_none_or(|s| s.eq_ignore_ascii_case("ACCEPTED"))
+/// Bookings that will take place (SPEC §1): see [`BookingStatus::is_active`]. PENDING is not
+/// active: the host has not accepted, so nobody is confirmed, notified or reminded yet.
+fn active(alias: &str) -> String {
+    BookingStatus::sql_is_active(alias)
 }
 
-/// Bookings that did not fall through (for followups, where COMPLETED counts).
-const NOT_FALLEN_THROUGH: &str = "(b.status IS NULL OR upper(b.status) NOT IN \
-     ('CANCELLED', 'REJECTED', 'RESCHEDULED', 'NO_SHOW', 'NO_SHOW_GUEST', 'NO_SHOW_HOST'))";
-
-fn active(alias: &str) -> String {
-    ACTIVE.replace('%', alias)
+/// [`active`] for a status read from a row; text that names no known status is not active.
+pub fn is_active_status(status: Option<&str>) -> bool {
+    match status.map(BookingStatus::parse) {
+        None => true,
+        Some(Ok(s)) => BookingStatus::is_active(Some(s)),
+        Some(Err(_)) => false,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -157,17 +151,17 @@ fn stage_predicate(stage: Stage) -> String {
             format!("b.start_time BETWEEN $2 AND $3 AND {}", active("b"))
         }
         Stage::IntroFollowup => format!(
-            "b.booking_kind = 'intro' AND b.end_time BETWEEN $2 AND $3 AND {NOT_FALLEN_THROUGH}"
+            "b.booking_kind = 'intro' AND b.end_time BETWEEN $2 AND $3 AND {}",
+            BookingStatus::sql_not_fell_through("b")
         ),
         Stage::SessionFollowup => format!(
-            "b.booking_kind = 'full_session' AND b.end_time BETWEEN $2 AND $3 \
-             AND {NOT_FALLEN_THROUGH}"
+            "b.booking_kind = 'full_session' AND b.end_time BETWEEN $2 AND $3 AND {}",
+            BookingStatus::sql_not_fell_through("b")
         ),
-        Stage::CancellationRecovery => {
-            "b.cancelled_at IS NOT NULL AND b.cancelled_at BETWEEN $2 AND $3 \
-             AND upper(b.status) = 'CANCELLED'"
-                .to_string()
-        }
+        Stage::CancellationRecovery => format!(
+            "b.cancelled_at IS NOT NULL AND b.cancelled_at BETWEEN $2 AND $3 AND {}",
+            BookingStatus::Cancelled.sql_is("b")
+        ),
     };
     format!("{window} AND {}", has_work(stage))
 }
@@ -273,8 +267,9 @@ fn query_with(stage: Stage, predicate: &str) -> String {
             recovery,
             format!(
                 "EXISTS (SELECT 1 FROM cal_bookings o WHERE o.patient_id = b.patient_id \
-                 AND o.id <> b.id AND (upper(o.status) = 'COMPLETED' \
-                 OR ({other_active} AND (o.start_time > $1 OR o.end_time < $1))))"
+                 AND o.id <> b.id AND ({completed} \
+                 OR ({other_active} AND (o.start_time > $1 OR o.end_time < $1))))",
+                completed = BookingStatus::Completed.sql_is("o"),
             )
         ),
         other_matched = if recovery {

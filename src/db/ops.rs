@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Db;
-use crate::domain::{Counters, Stage};
+use crate::domain::{BookingStatus, Counters, Stage};
 
 /// One finished run of a stage (a `followups` run counts for each of its stages).
 #[derive(Clone, Debug)]
@@ -226,7 +226,11 @@ pub async fn audit(
 ) -> anyhow::Result<Vec<Miss>> {
     // Where the window closes, and which bookings the stage is meant for.
     // PENDING was never accepted by the host: nothing was due for it.
-    let took_place = "(b.status IS NULL OR upper(b.status) IN ('ACCEPTED', 'COMPLETED'))";
+    let took_place = format!(
+        "({} OR {})",
+        BookingStatus::sql_is_active("b"),
+        BookingStatus::Completed.sql_is("b")
+    );
     let (closes, eligible) = match stage {
         Stage::ConfirmationRecovery => (
             // Recovery keeps trying until the session starts.
@@ -251,8 +255,10 @@ pub async fn audit(
         ),
         Stage::CancellationRecovery => (
             "b.cancelled_at + interval '4 hours'",
-            "upper(b.status) = 'CANCELLED' AND NOT coalesce(b.request_reschedule, false)"
-                .to_string(),
+            format!(
+                "{} AND NOT coalesce(b.request_reschedule, false)",
+                BookingStatus::Cancelled.sql_is("b")
+            ),
         ),
     };
     // Booking level: nothing went out to the patient. Channel level: one channel went out

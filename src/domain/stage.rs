@@ -57,8 +57,10 @@ impl Stage {
 
     /// Default selection window, as offsets from `now` (start, end).
     /// Reminders look ahead at `start_time`; followups look back at `end_time`;
-    /// cancellation recovery looks back at `cancelled_at`; confirmation recovery looks back at
-    /// `created_at` (start) and requires `start_time` in the future.
+    /// cancellation recovery looks back at `cancelled_at`. Confirmation recovery has no
+    /// look-back: it takes every unconfirmed booking whose session is still ahead and that was
+    /// created before the window's end (10 min ago); its start only states the width the
+    /// schedule proof checks the cadence against.
     pub fn default_window(self) -> (chrono::Duration, chrono::Duration) {
         use chrono::Duration as D;
         match self {

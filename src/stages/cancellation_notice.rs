@@ -9,7 +9,7 @@
 //! driver claims, renders, sends and records.
 
 use super::plan::{base_context, MessagePlan, Outgoing, Plan, PlanInput, Recipient};
-use crate::domain::{Counter, EmailAddress, MessageKind, RecipientRole};
+use crate::domain::{BookingStatus, Counter, EmailAddress, MessageKind, RecipientRole};
 
 /// `journey_deliveries.stage` of the cancellation notice.
 pub const LEDGER_STAGE: &str = "cancellation_notice";
@@ -22,7 +22,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let cancelled = b
         .status
         .as_deref()
-        .is_some_and(|s| s.trim().eq_ignore_ascii_case("CANCELLED"));
+        .is_some_and(|s| BookingStatus::parse(s) == Ok(BookingStatus::Cancelled));
     if !cancelled {
         return Plan::skip(Counter::SkippedInactive, "booking is not cancelled");
     }
@@ -38,10 +38,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let Some(mut context) = base_context(input, input.patient) else {
         return Plan::skip(Counter::SkippedInactive, "booking has no start time");
     };
-    let (email, name) = match input.patient {
-        Some(p) => (p.email.as_deref(), p.name.clone()),
-        None => (b.attendee_email.as_deref(), b.attendee_name.clone()),
+    // The people row, else (a walk-in who booked on Cal.com directly) the payload's attendee.
+    let Some(who) = input.patient.or(input.attendee) else {
+        return Plan::skip(
+            Counter::SkippedNoPatient,
+            "booking has no patient or attendee",
+        );
     };
+    let (email, name) = (who.email.as_deref(), who.name.clone());
     let Some(email) = email.and_then(|e| EmailAddress::parse(e).ok()) else {
         return Plan::skip(Counter::SkippedNoContact, "patient has no usable email");
     };
@@ -55,6 +59,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         to_name: name,
         context,
         invite: true,
+        carries_copy_of: None,
     }))])
 }
 
@@ -93,7 +98,7 @@ mod tests {
             therapist: None,
             future_full_with_therapist: false,
             future_any_with_therapist: false,
-            other_future_booking: false,
+            has_successful_booking: false,
             other_matched_therapists: 0,
             recently_recovered: false,
             full_slots_count: None,
@@ -109,7 +114,7 @@ mod tests {
 
     fn patient(email: Option<&str>) -> PatientRow {
         PatientRow {
-            id: Uuid::new_v4(),
+            id: Some(Uuid::new_v4()),
             name: Some("Jonas Weber".into()),
             email: email.map(str::to_string),
             phone_number: None,
@@ -119,9 +124,11 @@ mod tests {
 
     fn decide(b: &DueBooking, p: Option<&PatientRow>) -> Plan {
         let settings = crate::config::Settings::from_args(&Default::default()).unwrap();
+        let attendee = PatientRow::attendee_of(b);
         plan(&PlanInput {
             booking: b,
             patient: p,
+            attendee: attendee.as_ref(),
             settings: &settings,
             now: at("2026-03-10T09:00:00Z"),
             sms_enabled: false,
@@ -150,8 +157,10 @@ mod tests {
             Some("jonas.weber@example.de")
         );
         // A walk-in attendee without a people row: the payload's address.
+        let mut walk_in = booking();
+        walk_in.patient_id = None;
         assert_eq!(
-            sent_to(&decide(&b, None)).as_deref(),
+            sent_to(&decide(&walk_in, None)).as_deref(),
             Some("walk.in@example.de")
         );
 

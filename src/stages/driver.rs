@@ -236,9 +236,11 @@ pub async fn notify_cancellation(j: &Journey, booking_id: Uuid) -> anyhow::Resul
     report.counters.bump(Counter::Processed);
     let patient_ids: Vec<Uuid> = b.patient_id.into_iter().collect();
     let patients = bookings::load_patients(&j.db, &patient_ids).await?;
+    let attendee = PatientRow::attendee_of(&b);
     let input = PlanInput {
         booking: &b,
         patient: b.patient_id.and_then(|id| patients.get(&id)),
+        attendee: attendee.as_ref(),
         settings: &j.settings,
         now,
         sms_enabled: false,
@@ -280,7 +282,7 @@ pub async fn notify_cancellation(j: &Journey, booking_id: Uuid) -> anyhow::Resul
         };
         // `deliver` takes a Stage for its logs and error events; the notice belongs to the
         // booking's confirmation (the ledger row and `email_sent` carry its own stage).
-        let r = deliver(j, Stage::ConfirmationRecovery, job, false).await;
+        let r = deliver_guarded(j, Stage::ConfirmationRecovery, job, false).await;
         report.counters.merge(&r.counters);
         report.failures += r.failures;
     }
