@@ -25,6 +25,14 @@ pub enum SendOutcome {
     /// May or may not have been delivered: the connection was lost or timed out after the
     /// message went out, Twilio 5xx, a 2xx without a sid.
     Ambiguous { reason: String },
+    /// The provider refused our own configuration (wrong credentials, an untrusted relay
+    /// certificate): nothing was sent and no other message of this channel can be sent until
+    /// an operator fixes `setting`. The message stays retryable; the run stops using the
+    /// channel and exits 2 naming the setting.
+    Misconfigured {
+        setting: &'static str,
+        reason: String,
+    },
 }
 
 /// Masks anything that looks like an email address or a phone number in a provider's text.

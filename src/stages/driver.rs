@@ -917,6 +917,13 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
             reason,
             "in_doubt",
         ),
+        // Nothing left: retryable once the setting is fixed.
+        SendOutcome::Misconfigured { reason, .. } => failure(
+            DeliveryStatus::Retry,
+            Counter::RetryScheduled,
+            reason,
+            "retry",
+        ),
     };
     if let Some(e) = &error {
         log::warn!(
