@@ -15,7 +15,7 @@ use crate::transports::{Mail, Transports};
 const NOW: &str = "2026-03-09T15:00:00Z";
 
 /// The `.ics` attachment of a mail: its content type and its unfolded text.
-fn invite(m: &Mail) -> Option<(String, String)> {
+pub fn invite(m: &Mail) -> Option<(String, String)> {
     let parsed = mail_parser::MessageParser::default()
         .parse(&m.raw)
         .expect("received mail parses");

@@ -201,8 +201,17 @@ async fn created_then_rescheduled_then_cancelled_keeps_every_known_value() {
         Some("Fs3nQ8vLx2WpHc7KdM5tRb")
     );
     assert!(new.get::<_, bool>(7), "cancelled_at set");
-    // Two confirmations for the first time, two for the new time.
-    assert_eq!(tr.emails().len(), 4);
+    // Two confirmations for the first time, two for the new time, and (issue 9) the
+    // cancellation notice that takes the patient's invite back.
+    let mails = tr.emails();
+    assert_eq!(mails.len(), 5);
+    let notices: Vec<_> = mails
+        .iter()
+        .filter(|m| m.subject().starts_with("Termin abgesagt"))
+        .collect();
+    assert_eq!(notices.len(), 1);
+    let (_, ics) = crate::content::invite(notices[0]).expect("the notice carries the .ics");
+    assert!(ics.contains("METHOD:CANCEL"), "{ics}");
 }
 
 #[tokio::test]
