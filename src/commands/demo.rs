@@ -23,7 +23,7 @@ use crate::db::{self, Db};
 use crate::domain::{mask_email, mask_phone, Counter, Counters, Stage};
 use crate::pgtemp::{Options, TempCluster};
 use crate::secret::Secret;
-use crate::stages::driver::confirm_booking;
+use crate::stages::driver::{confirm_booking, notify_cancellation};
 use crate::stages::{Journey, StageOptions};
 use crate::webhook::apply::{handle, Verification};
 use crate::ExitStatus;
@@ -478,11 +478,14 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
                     handled.message
                 );
             }
+            // What `serve` does after the commit, at the webhook's own instant.
+            let mut j = base.clone();
+            j.clock = Clock::fixed(h.at);
             if let Some(id) = handled.confirm_booking {
-                let mut j = base.clone();
-                j.clock = Clock::fixed(h.at);
-                let r = confirm_booking(&j, id).await?;
-                totals.merge(&r.counters);
+                totals.merge(&confirm_booking(&j, id).await?.counters);
+            }
+            if let Some(id) = handled.notify_cancelled {
+                totals.merge(&notify_cancellation(&j, id).await?.counters);
             }
             next_hook += 1;
         }
