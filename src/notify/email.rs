@@ -411,6 +411,26 @@ mod tests {
     }
 
     #[test]
+    fn the_smtp_url_sets_the_step_deadline_and_a_bad_one_is_refused_without_the_password() {
+        let relay = |u: &str| parse_relay(&Secret::new(u));
+        let default = relay("smtp://127.0.0.1:2525").unwrap();
+        assert_eq!(default.timeout, DEFAULT_SMTP_TIMEOUT);
+        let short = relay("smtps://u:geheim@smtp.example?timeout=1500ms").unwrap();
+        assert_eq!(short.timeout, Duration::from_millis(1500));
+        assert_eq!((short.port, short.security), (465, Security::Wrapper));
+        let v6 = relay("smtp://[::1]:2525?tls=required&timeout=5s").unwrap();
+        assert_eq!(v6.host, "::1");
+        for bad in ["0s", "soon", "2h"] {
+            let url = format!("smtp://u:geheim@smtp.example:587?timeout={bad}");
+            let Err(e) = relay(&url) else {
+                panic!("timeout={bad} accepted")
+            };
+            let e = e.to_string();
+            assert!(e.contains("timeout=") && !e.contains("geheim"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_name_or_subject_with_line_breaks_builds_one_header_each() {
         let msg = OutgoingEmail {
             to: EmailAddress::parse("anna@example.de").unwrap(),

@@ -50,12 +50,15 @@ pub struct Relay {
 
 /// The TLS settings for a relay: hostname verification always on, the public web roots.
 pub fn tls_config() -> Arc<rustls::ClientConfig> {
-    crate::ensure_tls_provider();
     let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
     )
 }
 
