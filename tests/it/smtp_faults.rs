@@ -26,6 +26,10 @@ enum Stall {
     Greeting,
     /// Greets, then never answers EHLO.
     Ehlo,
+    /// Offers STARTTLS and says 220 to it, then never starts the TLS handshake.
+    StartTls,
+    /// Offers AUTH, never answers it.
+    Auth,
     /// Answers MAIL, never answers RCPT.
     Rcpt,
     /// Answers DATA with 354, then stops reading the body (its receive buffer is tiny).
@@ -117,7 +121,14 @@ async fn session(stream: TcpStream, stall: Stall, log: Arc<Mutex<Vec<String>>>) 
         let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
         match verb.as_str() {
             "EHLO" | "HELO" if stall == Stall::Ehlo => return go_silent(lines, log).await,
-            "EHLO" | "HELO" => say!("250-relay.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"),
+            "EHLO" | "HELO" => {
+                say!("250-relay.test\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n")
+            }
+            "STAR" if stall == Stall::StartTls => {
+                say!("220 2.0.0 Ready to start TLS\r\n");
+                return go_silent(lines, log).await;
+            }
+            "AUTH" if stall == Stall::Auth => return go_silent(lines, log).await,
             "AUTH" => say!("535 5.7.8 Error: authentication failed\r\n"),
             "MAIL" | "RSET" | "NOOP" => say!("250 2.0.0 Ok\r\n"),
             "RCPT" if stall == Stall::Rcpt => return go_silent(lines, log).await,
@@ -177,6 +188,18 @@ async fn reminder_24h(db: &TestDb, url: &str, templates: Option<&std::path::Path
         .expect("reminder-24h hung on a stalled SMTP relay")
 }
 
+async fn last_error(c: &tokio_postgres::Client, booking: uuid::Uuid) -> String {
+    let error: Option<String> = c
+        .query_one(
+            "SELECT last_error FROM journey_deliveries WHERE booking_id = $1",
+            &[&booking],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    error.unwrap_or_default()
+}
+
 fn email_row(status: &str) -> Vec<(String, String, String, String)> {
     vec![(
         "reminder_24h".into(),
@@ -187,13 +210,27 @@ fn email_row(status: &str) -> Vec<(String, String, String, String)> {
 }
 
 async fn assert_retryable_after(stall: Stall) {
+    let relay = ScriptedRelay::start(stall);
+    assert_retryable_at(stall, &relay, &relay.url()).await;
+}
+
+async fn assert_retryable_at(stall: Stall, relay: &ScriptedRelay, url: &str) {
     let db = TestDb::migrated().await;
     let (c, b) = due_reminder(&db).await;
-    let relay = ScriptedRelay::start(stall);
-    let out = reminder_24h(&db, &relay.url(), None).await;
+    let out = reminder_24h(&db, url, None).await;
     assert_eq!(out.code, 1, "a delivery failed: {}", out.stderr);
     assert_eq!(out.json()["stages"][0]["counters"]["retry_scheduled"], 1);
     assert_eq!(seed::ledger(&c, b).await, email_row("retry"), "{stall:?}");
+    let error = last_error(&c, b).await;
+    let step = match stall {
+        Stall::Greeting => "greeting",
+        Stall::Ehlo => "EHLO",
+        Stall::StartTls => "TLS handshake",
+        Stall::Auth => "AUTH",
+        Stall::Rcpt => "RCPT TO",
+        other => unreachable!("{other:?} is not a stall before DATA"),
+    };
+    assert!(error.contains(step), "expected a stall at {step}: {error}");
     let quits = relay
         .received()
         .iter()
@@ -210,6 +247,21 @@ async fn a_relay_that_accepts_and_never_greets_leaves_the_reminder_retryable_ins
 #[tokio::test]
 async fn a_relay_that_never_answers_ehlo_leaves_the_reminder_retryable() {
     assert_retryable_after(Stall::Ehlo).await;
+}
+
+#[tokio::test]
+async fn a_relay_that_never_starts_the_tls_handshake_after_starttls_leaves_the_reminder_retryable()
+{
+    let relay = ScriptedRelay::start(Stall::StartTls);
+    let url = format!("smtp://127.0.0.1:{}?tls=required&timeout=1s", relay.port);
+    assert_retryable_at(Stall::StartTls, &relay, &url).await;
+}
+
+#[tokio::test]
+async fn a_relay_that_never_answers_auth_leaves_the_reminder_retryable() {
+    let relay = ScriptedRelay::start(Stall::Auth);
+    let url = relay.url_with_user();
+    assert_retryable_at(Stall::Auth, &relay, &url).await;
 }
 
 #[tokio::test]
@@ -236,15 +288,7 @@ async fn a_relay_that_stops_reading_the_body_leaves_the_reminder_retryable_not_i
     assert_eq!(out.json()["stages"][0]["counters"]["retry_scheduled"], 1);
     assert_eq!(out.json()["stages"][0]["counters"]["in_doubt"], 0);
     assert_eq!(seed::ledger(&c, b).await, email_row("retry"));
-    let error: Option<String> = c
-        .query_one(
-            "SELECT last_error FROM journey_deliveries WHERE booking_id = $1",
-            &[&b],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let error = error.unwrap_or_default();
+    let error = last_error(&c, b).await;
     assert!(error.contains("message body"), "stalled elsewhere: {error}");
 }
 
@@ -281,15 +325,7 @@ async fn a_relay_refusing_our_credentials_keeps_the_reminder_retryable_and_never
         !relay.received().iter().any(|l| l.starts_with("MAIL")),
         "a message was offered after the relay refused our credentials"
     );
-    let error: Option<String> = c
-        .query_one(
-            "SELECT last_error FROM journey_deliveries WHERE booking_id = $1",
-            &[&b],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let error = error.unwrap_or_default();
+    let error = last_error(&c, b).await;
     assert!(
         error.contains("SMTP authentication failed for user praxis-mailer"),
         "{error}"
