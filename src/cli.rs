@@ -62,7 +62,8 @@ pub struct GlobalArgs {
 #[command(next_help_heading = ENV_HEADING)]
 pub struct SettingsArgs {
     /// SMTP relay: smtps://user:pass@host:465, smtp://user:pass@host:587?tls=required, or
-    /// smtp://host:port (no TLS, local only)
+    /// smtp://host:port (no TLS, local only). Add timeout=DUR (default 30s) to bound each SMTP
+    /// step (connect, greeting, EHLO, TLS, AUTH, each command, the body, the final reply)
     #[arg(long, env = "SMTP_URL", hide_env_values = true, global = true)]
     pub smtp_url: Option<String>,
 

@@ -1,10 +1,11 @@
-//! Email: SMTP through lettre, or `.eml` files into `EMAIL_OUTBOX_DIR`.
+//! Email: SMTP through our own client (`smtp`), or `.eml` files into `EMAIL_OUTBOX_DIR`.
+//! lettre builds the message bytes; it does not talk to the relay.
 //!
-//! SMTP transactions are driven command by command (MAIL, RCPT, DATA, message) on lettre's
-//! connection type, so a failure can be classified by where it happened: before the message
-//! body went out nothing was delivered (4xx transient, 5xx permanent); once the body has been
-//! sent, a lost connection or a timeout is ambiguous. Connections are reused through a small
-//! pool of idle ones, checked with NOOP before reuse.
+//! A failure is classified by where it happened: before the final `.` of DATA was written
+//! nothing can have been delivered (a refusal: 4xx transient, 5xx permanent; a timeout or a
+//! lost connection: transient); after it, a lost connection or a timeout is ambiguous. A
+//! refused AUTH is our configuration, not the message. Connections are reused through a small
+//! pool of idle ones; one that waited longer than [`CHECK_AFTER_IDLE`] is checked with NOOP.
 //!
 //! Names and subjects are made one printable line (`domain::display_name`) before they become
 //! headers: a CR or LF from data never injects a header.
@@ -15,19 +16,19 @@ use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment as LettreAttachment, Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
-use lettre::transport::smtp::extension::ClientId;
 use lettre::Message;
 
+use super::smtp::{self, Connection, Failure, Relay, Security, TxError};
 use super::{scrub, SendOutcome};
 use crate::config::{ConfigError, EmailSettings, EmailTransport};
 use crate::domain::{display_name, EmailAddress};
 use crate::secret::Secret;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// The deadline of each SMTP step unless `SMTP_URL` says `timeout=`.
+pub const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_IDLE: usize = 8;
+/// A pooled connection used more recently than this is reused without a NOOP first.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(2);
 
 pub struct Attachment {
     pub filename: String,
@@ -46,29 +47,10 @@ pub struct OutgoingEmail {
     pub message_id: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Security {
-    /// `smtps://`: TLS from the first byte.
-    Wrapper,
-    /// `smtp://…?tls=required`: STARTTLS or fail.
-    StartTlsRequired,
-    /// `smtp://…?tls=opportunistic`: STARTTLS when offered.
-    StartTlsOpportunistic,
-    /// `smtp://host:port`: plain text (local relays only).
-    None,
-}
-
-struct Relay {
-    host: String,
-    port: u16,
-    security: Security,
-    credentials: Option<(String, Secret)>,
-}
-
 enum Transport {
     Smtp {
         relay: Arc<Relay>,
-        idle: Arc<Mutex<Vec<AsyncSmtpConnection>>>,
+        idle: Arc<Mutex<Vec<Connection>>>,
     },
     Outbox {
         dir: PathBuf,
@@ -94,14 +76,32 @@ impl std::fmt::Debug for Mailer {
 fn parse_relay(url: &Secret) -> Result<Relay, ConfigError> {
     let bad = |why: &str| ConfigError::new(format!("SMTP_URL is not usable: {why}"));
     let u = url::Url::parse(url.expose()).map_err(|_| bad("not a URL"))?;
-    let host = u
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad("no host"))?;
-    let tls_param = u
-        .query_pairs()
-        .find(|(k, _)| k == "tls")
-        .map(|(_, v)| v.to_string());
+    let host = match u.host() {
+        // Without the brackets of the URL form: this is what the socket resolves.
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        Some(h) => h.to_string(),
+        None => String::new(),
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let param = |name: &str| {
+        u.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let tls_param = param("tls");
+    let timeout = match param("timeout") {
+        None => DEFAULT_SMTP_TIMEOUT,
+        Some(t) => match humantime::parse_duration(&t) {
+            Ok(d) if !d.is_zero() && d <= Duration::from_secs(3600) => d,
+            _ => {
+                return Err(bad(&format!(
+                    "timeout={t} is not a duration between 1ms and 1h (e.g. timeout=30s)"
+                )))
+            }
+        },
+    };
     let security = match (u.scheme(), tls_param.as_deref()) {
         ("smtps", _) => Security::Wrapper,
         ("smtp", Some("required")) => Security::StartTlsRequired,
@@ -129,10 +129,12 @@ fn parse_relay(url: &Secret) -> Result<Relay, ConfigError> {
         ))
     };
     Ok(Relay {
-        host: host.to_string(),
+        host,
         port,
         security,
         credentials,
+        timeout,
+        tls: smtp::tls_config(),
     })
 }
 
@@ -175,6 +177,16 @@ impl Mailer {
     /// whose therapist has no address.
     pub fn sender_address(&self) -> String {
         self.from.email.to_string()
+    }
+
+    /// Ends the idle SMTP sessions with QUIT, each within the relay's deadline. For the end
+    /// of a run; a mailer that is simply dropped closes its sockets without QUIT.
+    pub async fn close(&self) {
+        if let Transport::Smtp { idle, .. } = &*self.transport {
+            let conns: Vec<Connection> =
+                std::mem::take(&mut *idle.lock().unwrap_or_else(|p| p.into_inner()));
+            futures::future::join_all(conns.into_iter().map(Connection::quit)).await;
+        }
     }
 
     /// Where mail goes, without credentials.
@@ -232,160 +244,121 @@ impl Mailer {
                 write_eml(dir, &msg.message_id, &message.formatted()).await
             }
             Transport::Smtp { relay, idle } => {
-                let envelope = message.envelope().clone();
-                let raw = message.formatted();
-                let mut conn = match self.checkout(relay, idle).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return SendOutcome::Transient {
-                            reason: format!(
-                                "cannot connect to {}:{}: {}",
-                                relay.host,
-                                relay.port,
-                                scrub(&e.to_string())
-                            ),
-                        }
-                    }
-                };
-                let outcome = transaction(&mut conn, &envelope, &raw).await;
-                if matches!(outcome, SendOutcome::Sent { .. }) && !conn.has_broken() {
-                    let mut pool = idle.lock().unwrap_or_else(|p| p.into_inner());
-                    if pool.len() < MAX_IDLE {
-                        pool.push(conn);
-                    }
-                } else {
-                    conn.abort().await;
-                }
-                outcome
+                let envelope = message.envelope();
+                let from = envelope.from().map(|a| a.to_string());
+                let to: Vec<String> = envelope.to().iter().map(|a| a.to_string()).collect();
+                send_smtp(relay, idle, from.as_deref(), &to, &message.formatted()).await
             }
         }
     }
-
-    async fn checkout(
-        &self,
-        relay: &Relay,
-        idle: &Mutex<Vec<AsyncSmtpConnection>>,
-    ) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
-        loop {
-            let candidate = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            match candidate {
-                Some(mut c) => {
-                    if c.test_connected().await {
-                        return Ok(c);
-                    }
-                    c.abort().await;
-                }
-                None => break,
-            }
-        }
-        connect(relay).await
-    }
 }
 
-async fn connect(relay: &Relay) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
-    let hello = ClientId::default();
-    let tls = || TlsParameters::new(relay.host.clone());
-    let wrapper = match relay.security {
-        Security::Wrapper => Some(tls()?),
-        _ => None,
-    };
-    let mut conn = AsyncSmtpConnection::connect_tokio1(
-        (relay.host.as_str(), relay.port),
-        Some(TIMEOUT),
-        &hello,
-        wrapper,
-        None,
-    )
-    .await?;
-    match relay.security {
-        Security::StartTlsRequired => conn.starttls(tls()?, &hello).await?,
-        Security::StartTlsOpportunistic if conn.can_starttls() => {
-            conn.starttls(tls()?, &hello).await?
-        }
-        _ => {}
-    }
-    if let Some((user, pass)) = &relay.credentials {
-        let creds = Credentials::new(user.clone(), pass.expose().to_string());
-        conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)
-            .await?;
-    }
-    Ok(conn)
-}
-
-fn refused(stage: &str, e: &lettre::transport::smtp::Error) -> SendOutcome {
-    let reason = format!("{stage}: {}", scrub(&e.to_string()));
-    if e.is_permanent() {
-        SendOutcome::Permanent { reason }
-    } else {
-        SendOutcome::Transient { reason }
-    }
-}
-
-/// One SMTP command with a deadline; `Err(None)` is a timeout.
-async fn step<F>(f: F) -> Result<(), Option<lettre::transport::smtp::Error>>
-where
-    F: std::future::Future<
-        Output = Result<
-            lettre::transport::smtp::response::Response,
-            lettre::transport::smtp::Error,
-        >,
-    >,
-{
-    match tokio::time::timeout(TIMEOUT, f).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Some(e)),
-        Err(_) => Err(None),
-    }
-}
-
-fn before_body(stage: &str, e: Option<lettre::transport::smtp::Error>) -> SendOutcome {
-    match e {
-        Some(e) => refused(stage, &e),
-        // Nothing was delivered yet: safe to try again.
-        None => SendOutcome::Transient {
-            reason: format!("{stage}: the server did not answer in time"),
-        },
-    }
-}
-
-/// One SMTP transaction. Before the body is sent, nothing can have been delivered.
-async fn transaction(
-    conn: &mut AsyncSmtpConnection,
-    envelope: &lettre::address::Envelope,
+/// One message over a pooled or new connection. A reused connection that turns out to be
+/// closed before MAIL was answered is replaced once: nothing was sent on it.
+async fn send_smtp(
+    relay: &Relay,
+    idle: &Mutex<Vec<Connection>>,
+    from: Option<&str>,
+    to: &[String],
     raw: &[u8],
 ) -> SendOutcome {
-    let sender = envelope.from().cloned();
-    if let Err(e) = step(conn.command(Mail::new(sender, vec![]))).await {
-        return before_body("MAIL FROM", e);
+    let mut pooled = checkout(idle).await;
+    loop {
+        let reused = pooled.is_some();
+        let mut conn = match pooled.take() {
+            Some(c) => c,
+            None => match smtp::connect(relay).await {
+                Ok(c) => c,
+                Err(f) => return connect_failed(relay, &f),
+            },
+        };
+        let result = conn.transaction(from, to, raw).await;
+        match &result {
+            Err(TxError::BeforeDot(f)) if reused && stale(f) => continue,
+            Ok(_) => checkin(idle, conn),
+            Err(TxError::BeforeDot(f) | TxError::AfterDot(f)) if f.peer_answered() => {
+                // The relay is alive and said no: forget the transaction, keep the session.
+                if conn.reset().await.is_ok() {
+                    checkin(idle, conn);
+                }
+            }
+            // A relay that stopped answering gets no QUIT: the socket is just dropped.
+            Err(_) => drop(conn),
+        }
+        return outcome(result);
     }
-    for to in envelope.to() {
-        if let Err(e) = step(conn.command(Rcpt::new(to.clone(), vec![]))).await {
-            return before_body("RCPT TO", e);
+}
+
+/// A pooled connection closed by the relay while idle (not one that stopped answering).
+fn stale(f: &Failure) -> bool {
+    match f {
+        Failure::Io { step, .. } => *step == "MAIL FROM",
+        Failure::Refused { step, reply } => *step == "MAIL FROM" && reply.code == 421,
+        _ => false,
+    }
+}
+
+/// An idle connection, checked with NOOP if it waited long enough for the relay to drop it.
+async fn checkout(idle: &Mutex<Vec<Connection>>) -> Option<Connection> {
+    loop {
+        let mut conn = idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+        if conn.idle_for() < CHECK_AFTER_IDLE {
+            return Some(conn);
+        }
+        match conn.noop().await {
+            Ok(()) => return Some(conn),
+            Err(f) => log::debug!("dropping an idle SMTP connection: {}", f.describe()),
         }
     }
-    if let Err(e) = step(conn.command(Data)).await {
-        return before_body("DATA", e);
+}
+
+fn checkin(idle: &Mutex<Vec<Connection>>, conn: Connection) {
+    let mut pool = idle.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < MAX_IDLE {
+        pool.push(conn);
     }
-    // From here on the body may have reached the server.
-    match tokio::time::timeout(TIMEOUT * 2, conn.message(raw)).await {
-        Err(_) => SendOutcome::Ambiguous {
-            reason: "no answer after the message body was sent (timeout)".into(),
-        },
-        Ok(Ok(response)) => SendOutcome::Sent {
-            provider_id: response
-                .message()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .split_whitespace()
-                .last()
-                .map(scrub),
-        },
-        // The server answered with a refusal: it did not take the message.
-        Ok(Err(e)) if e.is_permanent() || e.is_transient() => refused("end of DATA", &e),
-        Ok(Err(e)) => SendOutcome::Ambiguous {
+}
+
+fn connect_failed(relay: &Relay, f: &Failure) -> SendOutcome {
+    match f {
+        Failure::AuthRejected { .. } | Failure::NoAuthMechanism { .. } | Failure::NoStartTls => {
+            SendOutcome::Misconfigured {
+                setting: "SMTP_URL",
+                reason: format!("{} ({}:{})", f.describe(), relay.host, relay.port),
+            }
+        }
+        _ => SendOutcome::Transient {
             reason: format!(
-                "connection lost after the message body was sent: {}",
-                scrub(&e.to_string())
+                "cannot connect to {}:{}: {}",
+                relay.host,
+                relay.port,
+                f.describe()
+            ),
+        },
+    }
+}
+
+/// The rule: a refusal is the relay's verdict; silence or a lost connection before the final
+/// `.` is retryable, after it ambiguous.
+fn outcome(result: Result<smtp::Reply, TxError>) -> SendOutcome {
+    let refusal = |f: &Failure| match f {
+        Failure::Refused { reply, .. } if reply.is_permanent() => SendOutcome::Permanent {
+            reason: f.describe(),
+        },
+        _ => SendOutcome::Transient {
+            reason: f.describe(),
+        },
+    };
+    match result {
+        Ok(reply) => SendOutcome::Sent {
+            provider_id: reply.lines.join(" ").split_whitespace().last().map(scrub),
+        },
+        Err(TxError::BeforeDot(f)) => refusal(&f),
+        Err(TxError::AfterDot(f)) if f.peer_answered() => refusal(&f),
+        Err(TxError::AfterDot(f)) => SendOutcome::Ambiguous {
+            reason: format!(
+                "no answer after the whole message was sent: {}",
+                f.describe()
             ),
         },
     }
@@ -435,6 +408,26 @@ mod tests {
             reply_to: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn the_smtp_url_sets_the_step_deadline_and_a_bad_one_is_refused_without_the_password() {
+        let relay = |u: &str| parse_relay(&Secret::new(u));
+        let default = relay("smtp://127.0.0.1:2525").unwrap();
+        assert_eq!(default.timeout, DEFAULT_SMTP_TIMEOUT);
+        let short = relay("smtps://u:geheim@smtp.example?timeout=1500ms").unwrap();
+        assert_eq!(short.timeout, Duration::from_millis(1500));
+        assert_eq!((short.port, short.security), (465, Security::Wrapper));
+        let v6 = relay("smtp://[::1]:2525?tls=required&timeout=5s").unwrap();
+        assert_eq!(v6.host, "::1");
+        for bad in ["0s", "soon", "2h"] {
+            let url = format!("smtp://u:geheim@smtp.example:587?timeout={bad}");
+            let Err(e) = relay(&url) else {
+                panic!("timeout={bad} accepted")
+            };
+            let e = e.to_string();
+            assert!(e.contains("timeout=") && !e.contains("geheim"), "{e}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod email;
 pub mod sms;
+mod smtp;
 
 /// What a provider made of one message.
 #[derive(Clone, Debug, PartialEq, Eq)]

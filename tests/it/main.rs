@@ -15,6 +15,7 @@ mod operators;
 mod ops;
 mod retention;
 mod seed;
+mod smtp_faults;
 mod stages;
 mod transports;
 mod webhook;

@@ -1,0 +1,418 @@
+//! Our own small SMTP client: one TCP socket we connect ourselves (TCP_NODELAY), optional
+//! implicit TLS or STARTTLS on it, AUTH PLAIN/LOGIN, and MAIL/RCPT/DATA with dot-stuffing.
+//!
+//! Every step has the relay's deadline (`SMTP_URL`'s `timeout=`, default 30 s): the TCP
+//! connect, the TLS handshake, the greeting, EHLO, STARTTLS, AUTH, NOOP, each command of a
+//! transaction, each chunk of the body, the reply to the final `.` and QUIT. A step that
+//! misses its deadline leaves the connection unusable: the caller drops it and never sends
+//! QUIT into a peer that stopped answering.
+//!
+//! A failed transaction says whether the final `.` had been written ([`TxError::AfterDot`]):
+//! before that the relay cannot have accepted the message.
+//!
+//! This module builds no messages (lettre does) and knows nothing of bookings; its failures
+//! never carry the password nor an address (texts from the relay go through [`super::scrub`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::scrub;
+use crate::secret::Secret;
+
+/// How the connection is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// `smtps://`: TLS from the first byte.
+    Wrapper,
+    /// `smtp://…?tls=required`: STARTTLS or fail.
+    StartTlsRequired,
+    /// `smtp://…?tls=opportunistic`: STARTTLS when offered.
+    StartTlsOpportunistic,
+    /// `smtp://host:port`: plain text (local relays only).
+    None,
+}
+
+/// Where and how to connect. Built once per process from `SMTP_URL`.
+pub struct Relay {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub credentials: Option<(String, Secret)>,
+    /// The deadline of every single step.
+    pub timeout: Duration,
+    /// Roots and settings for the relay's certificate (implicit TLS and STARTTLS).
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// The TLS settings for a relay: hostname verification always on, the public web roots.
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// One reply of the relay: its code and the text of all its lines.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// `451 4.3.0 try again later` (all lines joined, addresses masked).
+    pub fn text(&self) -> String {
+        scrub(&format!("{} {}", self.code, self.lines.join(" ")))
+    }
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No answer (or no progress writing) within the deadline.
+    Timeout { step: &'static str },
+    /// The connection failed: refused, reset, closed, TLS, unreadable reply.
+    Io { step: &'static str, reason: String },
+    /// The relay answered with a refusal.
+    Refused { step: &'static str, reply: Reply },
+    /// AUTH was refused (535 and the like): our credentials, not the message.
+    AuthRejected { user: String, reply: Reply },
+    /// Credentials are configured but the relay offers neither AUTH PLAIN nor LOGIN.
+    NoAuthMechanism { user: String },
+    /// `tls=required` and the relay does not offer STARTTLS.
+    NoStartTls,
+}
+
+impl Failure {
+    /// Whether the relay answered (so the connection still speaks SMTP).
+    pub fn peer_answered(&self) -> bool {
+        matches!(self, Failure::Refused { .. })
+    }
+
+    /// For a reason string: names the step, never the password or an address.
+    pub fn describe(&self) -> String {
+        match self {
+            Failure::Timeout { step } => format!("{step}: the relay did not answer in time"),
+            Failure::Io { step, reason } => format!("{step}: {}", scrub(reason)),
+            Failure::Refused { step, reply } => format!("{step}: {}", reply.text()),
+            Failure::AuthRejected { user, reply } => {
+                format!(
+                    "SMTP authentication failed for user {user}: {}",
+                    reply.text()
+                )
+            }
+            Failure::NoAuthMechanism { user } => format!(
+                "SMTP authentication failed for user {user}: the relay offers neither AUTH PLAIN \
+                 nor AUTH LOGIN"
+            ),
+            Failure::NoStartTls => {
+                "the relay does not offer STARTTLS, but SMTP_URL says tls=required".into()
+            }
+        }
+    }
+}
+
+/// A failed transaction: before or after the final `.` was written.
+#[derive(Debug)]
+pub enum TxError {
+    /// The relay cannot have accepted the message.
+    BeforeDot(Failure),
+    /// The whole message went out; the relay's verdict is unknown unless it answered.
+    AfterDot(Failure),
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Longest reply line we read; a relay sending more is broken.
+const MAX_LINE: u64 = 4096;
+/// The body is written in chunks, each with its own deadline: a large message on a slow
+/// link makes progress, a relay that stopped reading is caught.
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// One SMTP session, after greeting, EHLO, STARTTLS and AUTH.
+pub struct Connection {
+    io: BufReader<Box<dyn Io>>,
+    timeout: Duration,
+    extensions: Vec<String>,
+    last_used: Instant,
+}
+
+async fn within<T>(
+    timeout: Duration,
+    step: &'static str,
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failure::Io {
+            step,
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(Failure::Timeout { step }),
+    }
+}
+
+/// Connects, reads the greeting, says EHLO, upgrades to TLS and authenticates as `relay`
+/// asks: every step within `relay.timeout`.
+pub async fn connect(relay: &Relay) -> Result<Connection, Failure> {
+    let tcp = within(
+        relay.timeout,
+        "connect",
+        TcpStream::connect((relay.host.as_str(), relay.port)),
+    )
+    .await?;
+    // Without it every message waits for the relay's delayed ACK of the body.
+    tcp.set_nodelay(true).map_err(|e| Failure::Io {
+        step: "connect",
+        reason: e.to_string(),
+    })?;
+    let io: Box<dyn Io> = match relay.security {
+        Security::Wrapper => Box::new(handshake(relay, Box::new(tcp)).await?),
+        _ => Box::new(tcp),
+    };
+    let mut conn = Connection {
+        io: BufReader::new(io),
+        timeout: relay.timeout,
+        extensions: Vec::new(),
+        last_used: Instant::now(),
+    };
+    conn.expect_reply("greeting").await?;
+    conn.ehlo().await?;
+    let starttls = match relay.security {
+        Security::StartTlsRequired if !conn.offers("STARTTLS") => return Err(Failure::NoStartTls),
+        Security::StartTlsRequired => true,
+        Security::StartTlsOpportunistic => conn.offers("STARTTLS"),
+        Security::Wrapper | Security::None => false,
+    };
+    if starttls {
+        conn.command("STARTTLS", "STARTTLS").await?;
+        // The relay sends nothing more before the handshake, so nothing is buffered.
+        let plain = conn.io.into_inner();
+        conn.io = BufReader::new(Box::new(handshake(relay, plain).await?));
+        conn.ehlo().await?;
+    }
+    if let Some((user, password)) = &relay.credentials {
+        conn.auth(user, password).await?;
+    }
+    Ok(conn)
+}
+
+async fn handshake(
+    relay: &Relay,
+    io: Box<dyn Io>,
+) -> Result<tokio_rustls::client::TlsStream<Box<dyn Io>>, Failure> {
+    let name =
+        rustls::pki_types::ServerName::try_from(relay.host.clone()).map_err(|_| Failure::Io {
+            step: "TLS handshake",
+            reason: format!("{:?} is not a valid TLS server name", relay.host),
+        })?;
+    let connector = tokio_rustls::TlsConnector::from(relay.tls.clone());
+    within(relay.timeout, "TLS handshake", connector.connect(name, io)).await
+}
+
+impl Connection {
+    /// Since when this connection has been waiting in the pool.
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.elapsed()
+    }
+
+    fn offers(&self, keyword: &str) -> bool {
+        self.extensions
+            .iter()
+            .any(|e| e.split_whitespace().next() == Some(keyword))
+    }
+
+    async fn read_reply(&mut self, step: &'static str) -> Result<Reply, Failure> {
+        let io = &mut self.io;
+        let read = async move {
+            let mut lines = Vec::new();
+            loop {
+                let mut raw = Vec::new();
+                io.take(MAX_LINE).read_until(b'\n', &mut raw).await?;
+                if !raw.ends_with(b"\n") {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the relay closed the connection",
+                    ));
+                }
+                let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+                let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
+                let (Some(code), sep) = (code, line.as_bytes().get(3).copied()) else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the relay's reply is not SMTP",
+                    ));
+                };
+                lines.push(line.get(4..).unwrap_or("").to_string());
+                if sep != Some(b'-') {
+                    return Ok(Reply { code, lines });
+                }
+            }
+        };
+        within(self.timeout, step, read).await
+    }
+
+    /// Reads a reply and turns a 4xx/5xx into [`Failure::Refused`].
+    async fn expect_reply(&mut self, step: &'static str) -> Result<Reply, Failure> {
+        let reply = self.read_reply(step).await?;
+        if reply.code >= 400 {
+            return Err(Failure::Refused { step, reply });
+        }
+        Ok(reply)
+    }
+
+    async fn write(&mut self, step: &'static str, bytes: &[u8]) -> Result<(), Failure> {
+        let io = self.io.get_mut();
+        within(self.timeout, step, async move {
+            io.write_all(bytes).await?;
+            io.flush().await
+        })
+        .await
+    }
+
+    /// One command line and its reply, each within the deadline.
+    async fn command(&mut self, step: &'static str, line: &str) -> Result<Reply, Failure> {
+        self.write(step, format!("{line}\r\n").as_bytes()).await?;
+        self.expect_reply(step).await
+    }
+
+    async fn ehlo(&mut self) -> Result<(), Failure> {
+        let client = lettre::transport::smtp::extension::ClientId::default().to_string();
+        let reply = self.command("EHLO", &format!("EHLO {client}")).await?;
+        self.extensions = reply
+            .lines
+            .iter()
+            .skip(1)
+            .map(|l| l.to_ascii_uppercase())
+            .collect();
+        Ok(())
+    }
+
+    async fn auth(&mut self, user: &str, password: &Secret) -> Result<(), Failure> {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mechanisms: Vec<String> = self
+            .extensions
+            .iter()
+            .filter_map(|e| e.strip_prefix("AUTH"))
+            .flat_map(|m| m.split_whitespace().map(str::to_string))
+            .collect();
+        let result = if mechanisms.iter().any(|m| m == "PLAIN") {
+            let token = b64(&format!("\0{user}\0{}", password.expose()));
+            self.command("AUTH", &format!("AUTH PLAIN {token}")).await
+        } else if mechanisms.iter().any(|m| m == "LOGIN") {
+            async {
+                self.command("AUTH", "AUTH LOGIN").await?;
+                self.command("AUTH", &b64(user)).await?;
+                self.command("AUTH", &b64(password.expose())).await
+            }
+            .await
+        } else {
+            return Err(Failure::NoAuthMechanism { user: user.into() });
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(Failure::Refused { reply, .. }) if reply.is_permanent() => {
+                Err(Failure::AuthRejected {
+                    user: user.into(),
+                    reply,
+                })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Checks that a pooled connection still answers.
+    pub async fn noop(&mut self) -> Result<(), Failure> {
+        self.command("NOOP", "NOOP").await.map(|_| ())
+    }
+
+    /// Forgets a failed transaction so the connection can be reused.
+    pub async fn reset(&mut self) -> Result<(), Failure> {
+        self.command("RSET", "RSET").await.map(|_| ())
+    }
+
+    /// Ends the session politely. Only for a relay that is still answering.
+    pub async fn quit(mut self) {
+        if let Err(e) = self.command("QUIT", "QUIT").await {
+            log::debug!("QUIT: {}", e.describe());
+        }
+    }
+
+    /// One message: MAIL, RCPT for each recipient, DATA, the dot-stuffed body and the final
+    /// `.`; returns the relay's reply to it.
+    pub async fn transaction(
+        &mut self,
+        from: Option<&str>,
+        to: &[String],
+        message: &[u8],
+    ) -> Result<Reply, TxError> {
+        let before = TxError::BeforeDot;
+        self.command("MAIL FROM", &format!("MAIL FROM:<{}>", from.unwrap_or("")))
+            .await
+            .map_err(before)?;
+        for rcpt in to {
+            self.command("RCPT TO", &format!("RCPT TO:<{rcpt}>"))
+                .await
+                .map_err(before)?;
+        }
+        self.command("DATA", "DATA").await.map_err(before)?;
+        let body = dot_stuffed(message);
+        for chunk in body.chunks(BODY_CHUNK) {
+            self.write("message body", chunk).await.map_err(before)?;
+        }
+        // The final `.` is out: from here on the relay may have taken the message.
+        let reply = self
+            .expect_reply("end of DATA")
+            .await
+            .map_err(TxError::AfterDot)?;
+        self.last_used = Instant::now();
+        Ok(reply)
+    }
+}
+
+/// The DATA payload: lines starting with `.` get another one, the message ends with CRLF,
+/// then `.` CRLF.
+fn dot_stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut at_line_start = true;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dot_stuffed;
+
+    #[test]
+    fn lines_starting_with_a_dot_are_doubled_and_the_body_ends_with_the_final_dot() {
+        assert_eq!(
+            dot_stuffed(b".hidden\r\nText\r\n.\r\n..zwei"),
+            b"..hidden\r\nText\r\n..\r\n...zwei\r\n.\r\n".to_vec()
+        );
+        assert_eq!(dot_stuffed(b"Text\r\n"), b"Text\r\n.\r\n".to_vec());
+    }
+}
