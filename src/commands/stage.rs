@@ -132,28 +132,7 @@ pub async fn execute(
     let started = Instant::now();
     let dry_run = stages.iter().any(|s| s.opts.dry_run);
     if !dry_run {
-        let host = hostname();
-        let start = runs::RunStart {
-            run_id: j.run_id,
-            command,
-            now: j.clock.now(),
-            host: &host,
-            application_name: &j.application_name,
-            deadline: j.control.deadline().map(|d| d + j.control.drain()),
-        };
-        runs::start(&j.db, &start).await.map_err(|e| {
-            ConfigError::new(format!(
-                "{e:#} (has `journeyctl migrate` been run against this database?)"
-            ))
-        })?;
-        match runs::close_dangling(&j.db, j.run_id).await {
-            Ok(0) => {}
-            Ok(n) => log::warn!(
-                "closed the records of {n} earlier run(s) that ended without recording it \
-                 (killed, or cut off from the database)"
-            ),
-            Err(e) => log::error!("{e:#}"),
-        }
+        record_start(j, command).await?;
     }
     let mut reports: Vec<StageReport> = Vec::new();
     for s in stages {
@@ -188,58 +167,11 @@ pub async fn execute(
     for r in &reports {
         totals.merge(&r.counters);
     }
-    let misconfigured = j.control.misconfigured();
-    for (channel, setting) in &misconfigured {
-        log::error!(
-            "the {channel} channel was stopped: the provider refused our {setting}; fix \
-             {setting} (the messages stay due and the next run sends them)"
-        );
-    }
-    let stopped = j.control.stopped();
-    let mut status = match stopped {
-        Some(StopReason::Terminate) => ExitStatus::Terminated,
-        Some(StopReason::Interrupt) => ExitStatus::Interrupted,
-        _ if !misconfigured.is_empty() => ExitStatus::Config,
-        Some(StopReason::Deadline) => ExitStatus::Failed,
-        None if reports.iter().any(StageReport::failed) => ExitStatus::Failed,
-        None => ExitStatus::Ok,
-    };
-    let outcome = match stopped {
-        Some(why) => why.outcome(),
-        None if !reports.is_empty() && reports.iter().all(|r| r.skipped_locked) => "skipped",
-        None => "completed",
-    };
+    let (mut status, outcome) = judge(j, &reports);
     if !dry_run {
-        let stages_json = serde_json::to_value(
-            reports
-                .iter()
-                .map(|r| {
-                    json!({"stage": r.stage, "counters": r.counters,
-                           "skipped_locked": r.skipped_locked})
-                })
-                .collect::<Vec<_>>(),
-        )?;
-        let totals_json = serde_json::to_value(&totals)?;
-        let props = json!({
-            "command": command,
-            "run_id": j.run_id,
-            "now": j.clock.now(),
-            "stages": stages_json,
-            "totals": totals_json,
-            "duration_ms": started.elapsed().as_millis() as u64,
-        });
-        let finished = runs::finish(
-            &j.db,
-            j.run_id,
-            &stages_json,
-            &totals_json,
-            status.code() as i32,
-            outcome,
-            &props,
-        )
-        .await
-        .context("Failed to record the run");
-        if let Err(e) = finished {
+        let duration = started.elapsed();
+        let recorded = record_finish(j, command, &reports, &totals, status, outcome, duration);
+        if let Err(e) = recorded.await {
             if runs::reachable(&j.db).await {
                 return Err(e);
             }
@@ -253,6 +185,103 @@ pub async fn execute(
         }
     }
     Ok((status, reports, totals))
+}
+
+/// Opens the run's record, and closes those of earlier runs that died without closing theirs.
+async fn record_start(j: &Journey, command: &str) -> anyhow::Result<()> {
+    let host = hostname();
+    let start = runs::RunStart {
+        run_id: j.run_id,
+        command,
+        now: j.clock.now(),
+        host: &host,
+        application_name: &j.application_name,
+        deadline: j.control.deadline().map(|d| d + j.control.drain()),
+    };
+    runs::start(&j.db, &start).await.map_err(|e| {
+        ConfigError::new(format!(
+            "{e:#} (has `journeyctl migrate` been run against this database?)"
+        ))
+    })?;
+    match runs::close_dangling(&j.db, j.run_id).await {
+        Ok(0) => {}
+        Ok(n) => log::warn!(
+            "closed the records of {n} earlier run(s) that ended without recording it \
+             (killed, or cut off from the database)"
+        ),
+        Err(e) => log::error!("{e:#}"),
+    }
+    Ok(())
+}
+
+/// The run's exit status and its `journey_runs.outcome`. A signal decides the status (what
+/// systemd and shells expect), then a channel stopped for our own settings (2), then the
+/// deadline or failed deliveries (1).
+fn judge(j: &Journey, reports: &[StageReport]) -> (ExitStatus, &'static str) {
+    let misconfigured = j.control.misconfigured();
+    for (channel, setting) in &misconfigured {
+        log::error!(
+            "the {channel} channel was stopped: the provider refused our {setting}; fix \
+             {setting} (the messages stay due and the next run sends them)"
+        );
+    }
+    let stopped = j.control.stopped();
+    let status = match stopped {
+        Some(StopReason::Terminate) => ExitStatus::Terminated,
+        Some(StopReason::Interrupt) => ExitStatus::Interrupted,
+        _ if !misconfigured.is_empty() => ExitStatus::Config,
+        Some(StopReason::Deadline) => ExitStatus::Failed,
+        None if reports.iter().any(StageReport::failed) => ExitStatus::Failed,
+        None => ExitStatus::Ok,
+    };
+    let outcome = match stopped {
+        Some(why) => why.outcome(),
+        None if !reports.is_empty() && reports.iter().all(|r| r.skipped_locked) => "skipped",
+        None => "completed",
+    };
+    (status, outcome)
+}
+
+/// Closes the run's record and writes its `cal_booking_followups_completed` event.
+async fn record_finish(
+    j: &Journey,
+    command: &str,
+    reports: &[StageReport],
+    totals: &Counters,
+    status: ExitStatus,
+    outcome: &str,
+    duration: std::time::Duration,
+) -> anyhow::Result<()> {
+    // A stage skipped for the lock is not a completed run of it (`status` reads this flag).
+    let stages_json = serde_json::to_value(
+        reports
+            .iter()
+            .map(|r| {
+                json!({"stage": r.stage, "counters": r.counters,
+                       "skipped_locked": r.skipped_locked})
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    let totals_json = serde_json::to_value(totals)?;
+    let props = json!({
+        "command": command,
+        "run_id": j.run_id,
+        "now": j.clock.now(),
+        "stages": stages_json,
+        "totals": totals_json,
+        "duration_ms": duration.as_millis() as u64,
+    });
+    runs::finish(
+        &j.db,
+        j.run_id,
+        &stages_json,
+        &totals_json,
+        status.code() as i32,
+        outcome,
+        &props,
+    )
+    .await
+    .context("Failed to record the run")
 }
 
 fn hostname() -> String {

@@ -78,10 +78,16 @@ impl RunControl {
         self.drain
     }
 
-    /// Asks the run to stop claiming. The first reason wins.
+    /// Asks the run to stop claiming. The first reason wins, except that a signal after the
+    /// deadline still sets the exit status a supervisor expects.
     pub fn request_stop(&self, why: StopReason) {
         let first = self.stop.send_if_modified(|r| {
-            if r.is_none() {
+            let replaces = match *r {
+                None => true,
+                Some(StopReason::Deadline) => why != StopReason::Deadline,
+                Some(_) => false,
+            };
+            if replaces {
                 *r = Some(why);
                 true
             } else {
@@ -147,17 +153,23 @@ impl RunControl {
     }
 }
 
-/// Requests a stop on SIGTERM and SIGINT, for as long as the returned task runs.
+/// Requests a stop on SIGTERM and SIGINT, for as long as the returned task runs. A second
+/// signal (an impatient operator pressing Ctrl-C again) exits at once, with 143/130: rows
+/// still `sending` then become `in_doubt` on the next run, as after a kill.
 pub fn listen_for_signals(control: RunControl) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     Ok(tokio::spawn(async move {
         loop {
-            let why = tokio::select! {
-                _ = term.recv() => StopReason::Terminate,
-                _ = int.recv() => StopReason::Interrupt,
+            let (why, code) = tokio::select! {
+                _ = term.recv() => (StopReason::Terminate, 143),
+                _ = int.recv() => (StopReason::Interrupt, 130),
             };
+            if control.stopped().is_some_and(|r| r != StopReason::Deadline) {
+                log::error!("second signal: exiting without waiting for sends in flight");
+                std::process::exit(code);
+            }
             control.request_stop(why);
         }
     }))
@@ -169,4 +181,35 @@ pub fn arm_deadline(control: RunControl, after: Duration) -> tokio::task::JoinHa
         tokio::time::sleep(after).await;
         control.request_stop(StopReason::Deadline);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_reason_wins_but_a_signal_overrides_the_deadline() {
+        let c = RunControl::default();
+        assert_eq!(c.stopped(), None);
+        c.request_stop(StopReason::Deadline);
+        c.request_stop(StopReason::Deadline);
+        assert_eq!(c.stopped(), Some(StopReason::Deadline));
+        c.request_stop(StopReason::Terminate);
+        assert_eq!(c.stopped(), Some(StopReason::Terminate));
+        c.request_stop(StopReason::Interrupt);
+        assert_eq!(c.stopped(), Some(StopReason::Terminate));
+    }
+
+    #[test]
+    fn a_stopped_channel_stays_stopped_and_names_its_setting() {
+        let c = RunControl::default();
+        let shared = c.clone();
+        shared.stop_channel(Channel::Sms, "TWILIO_AUTH_TOKEN");
+        assert!(c.channel_stopped(Channel::Sms));
+        assert!(!c.channel_stopped(Channel::Email));
+        assert_eq!(
+            c.misconfigured(),
+            vec![("sms", "TWILIO_AUTH_TOKEN".to_string())]
+        );
+    }
 }
