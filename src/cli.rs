@@ -211,6 +211,14 @@ pub struct FollowupsArgs {
     /// node_exporter's textfile collector
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    /// Deadline of the whole run (e.g. 3m, 90s). At the deadline no further message is
+    /// claimed, sends already in flight get up to 20 s to finish and are recorded, the run's
+    /// record is closed and the command exits 1; what was not claimed stays due for the next
+    /// run. The default keeps a run (deadline plus drain) inside the 5-minute cadence and the
+    /// 5-minute unit's TimeoutStartSec=4min. SIGTERM/SIGINT stop a run the same way (exit
+    /// 143/130)
+    #[arg(long, value_name = "DURATION", default_value = "3m")]
+    pub run_deadline: String,
 }
 
 /// Options shared by every stage command.
@@ -246,6 +254,14 @@ pub struct StageArgs {
     /// node_exporter's textfile collector
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    /// Deadline of the whole run (e.g. 3m, 90s). At the deadline no further message is
+    /// claimed, sends already in flight get up to 20 s to finish and are recorded, the run's
+    /// record is closed and the command exits 1; what was not claimed stays due for the next
+    /// run. The default keeps a run (deadline plus drain) inside the 5-minute cadence and the
+    /// 5-minute unit's TimeoutStartSec=4min. SIGTERM/SIGINT stop a run the same way (exit
+    /// 143/130)
+    #[arg(long, value_name = "DURATION", default_value = "3m")]
+    pub run_deadline: String,
 }
 
 #[derive(Args, Debug, Clone)]

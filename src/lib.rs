@@ -35,6 +35,10 @@ pub enum ExitStatus {
     Failed = 1,
     /// Usage or configuration error, or the database could not be reached.
     Config = 2,
+    /// Stopped by SIGINT (128 + 2), after draining in-flight sends.
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15), after draining in-flight sends.
+    Terminated = 143,
 }
 
 impl ExitStatus {
@@ -146,7 +150,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             };
             let runs = single(stage, a)?;
             let metrics = a.metrics_file.as_deref();
-            commands::run_stages(g, settings, clock, stage.command(), runs, metrics).await
+            let deadline = run_deadline(&a.run_deadline)?;
+            commands::run_stages(g, settings, clock, stage.command(), runs, metrics, deadline).await
         }
         Command::Webhook(a) => {
             commands::webhook(
@@ -203,10 +208,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
                 "followups",
                 runs,
                 a.metrics_file.as_deref(),
+                run_deadline(&a.run_deadline)?,
             )
             .await
         }
     }
+}
+
+/// `--run-deadline`: a positive duration.
+fn run_deadline(raw: &str) -> anyhow::Result<std::time::Duration> {
+    let d = config::parse_offset("--run-deadline", raw)?;
+    d.to_std().ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+        config::ConfigError::new(format!(
+            "--run-deadline {raw:?} must be a positive duration (e.g. 3m)"
+        ))
+        .into()
+    })
 }
 
 /// Installs ring as the process-wide rustls crypto provider, once. Test builds also link

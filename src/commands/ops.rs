@@ -146,6 +146,28 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
             ),
         });
     }
+    for (command, started) in ops::overdue_runs(&db).await? {
+        flags.push(Flag {
+            severity: Severity::Critical,
+            stage: None,
+            message: format!(
+                "a {command} run started {} is still running past its deadline and holds its \
+                 stage's lock: later runs of it are skipped; find the process (journey_runs) \
+                 and stop it",
+                started.format("%Y-%m-%d %H:%M UTC")
+            ),
+        });
+    }
+    for (stage, channel, n) in ops::expired(&db).await? {
+        flags.push(Flag {
+            severity: Severity::Critical,
+            stage: Stage::parse(&stage).map(Stage::as_str),
+            message: format!(
+                "{n} {channel} delivery(ies) expired: left for retry until the window closed, \
+                 never sent; see `journeyctl audit`"
+            ),
+        });
+    }
     let mut misses = 0usize;
     for stage in Stage::ALL {
         misses += ops::audit(&db, stage, now - period, now)

@@ -16,7 +16,7 @@ use crate::db::{self, ledger, runs};
 use crate::domain::{Counter, Counters, Stage};
 use crate::notify::email::Mailer;
 use crate::notify::sms::SmsSender;
-use crate::stages::{run_stage, Journey, StageOptions, StageReport};
+use crate::stages::{run_stage, Journey, RunControl, StageOptions, StageReport, StopReason};
 use crate::templates::Templates;
 use crate::ExitStatus;
 
@@ -68,8 +68,14 @@ pub async fn journey(
         run_id,
         application_name,
         message_id_domain,
+        control: RunControl::new(DRAIN),
     })
 }
+
+/// How long in-flight sends may take once a run is told to stop (deadline, SIGTERM, SIGINT):
+/// well inside systemd's stop timeout, and with the default deadline inside the 5-minute
+/// unit's `TimeoutStartSec`.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Runs the given stages as one run named `command`, and prints the report.
 pub async fn run(
@@ -79,11 +85,22 @@ pub async fn run(
     command: &str,
     stages: Vec<StageRun>,
     metrics_file: Option<&std::path::Path>,
+    deadline: std::time::Duration,
 ) -> anyhow::Result<ExitStatus> {
     let dry_run = stages.iter().any(|s| s.opts.dry_run);
     let concurrency = stages.iter().map(|s| s.opts.concurrency).max().unwrap_or(8);
-    let j = journey(g, settings, clock, dry_run, concurrency + 2).await?;
-    let (status, reports, totals) = execute(&j, command, &stages).await?;
+    // Signals are caught from here on: a SIGTERM while connecting stops the run before it
+    // claims anything, instead of killing it half-way.
+    let control = RunControl::new(DRAIN).with_deadline(deadline);
+    let signals = crate::stages::control::listen_for_signals(control.clone())
+        .context("Failed to install the SIGTERM/SIGINT handlers")?;
+    let timer = crate::stages::control::arm_deadline(control.clone(), deadline);
+    let mut j = journey(g, settings, clock, dry_run, concurrency + 2).await?;
+    j.control = control;
+    let executed = execute(&j, command, &stages).await;
+    timer.abort();
+    signals.abort();
+    let (status, reports, totals) = executed?;
     if let Some(path) = metrics_file {
         let text = crate::metrics::render(command, j.clock.now(), dry_run, status, &reports);
         crate::metrics::write_atomically(path, &text)
@@ -115,16 +132,18 @@ pub async fn execute(
     let started = Instant::now();
     let dry_run = stages.iter().any(|s| s.opts.dry_run);
     if !dry_run {
-        runs::start(&j.db, j.run_id, command, j.clock.now(), &hostname())
-            .await
-            .map_err(|e| {
-                ConfigError::new(format!(
-                    "{e:#} (has `journeyctl migrate` been run against this database?)"
-                ))
-            })?;
+        record_start(j, command).await?;
     }
     let mut reports: Vec<StageReport> = Vec::new();
     for s in stages {
+        if let Some(why) = j.control.stopped() {
+            log::warn!(
+                "{}: not started, the run is stopping ({})",
+                s.stage,
+                why.outcome()
+            );
+            continue;
+        }
         log::debug!("{}: starting", s.stage);
         match run_stage(j, s.stage, &s.opts).await {
             Ok(r) => reports.push(r),
@@ -148,39 +167,121 @@ pub async fn execute(
     for r in &reports {
         totals.merge(&r.counters);
     }
-    let status = if reports.iter().any(StageReport::failed) {
-        ExitStatus::Failed
-    } else {
-        ExitStatus::Ok
-    };
+    let (mut status, outcome) = judge(j, &reports);
     if !dry_run {
-        let stages_json = serde_json::to_value(
-            reports
-                .iter()
-                .map(|r| json!({"stage": r.stage, "counters": r.counters}))
-                .collect::<Vec<_>>(),
-        )?;
-        let totals_json = serde_json::to_value(&totals)?;
-        let props = json!({
-            "command": command,
-            "run_id": j.run_id,
-            "now": j.clock.now(),
-            "stages": stages_json,
-            "totals": totals_json,
-            "duration_ms": started.elapsed().as_millis() as u64,
-        });
-        runs::finish(
-            &j.db,
-            j.run_id,
-            &stages_json,
-            &totals_json,
-            status.code() as i32,
-            &props,
-        )
-        .await
-        .context("Failed to record the run")?;
+        let duration = started.elapsed();
+        let recorded = record_finish(j, command, &reports, &totals, status, outcome, duration);
+        if let Err(e) = recorded.await {
+            if runs::reachable(&j.db).await {
+                return Err(e);
+            }
+            // The summary of what was done is still printed; the next run closes this
+            // run's record, and the ledger judges its deliveries.
+            log::error!(
+                "{e:#}: the database was lost during the run; its record stays open until the \
+                 next run closes it"
+            );
+            status = ExitStatus::Config;
+        }
     }
     Ok((status, reports, totals))
+}
+
+/// Opens the run's record, and closes those of earlier runs that died without closing theirs.
+async fn record_start(j: &Journey, command: &str) -> anyhow::Result<()> {
+    let host = hostname();
+    let start = runs::RunStart {
+        run_id: j.run_id,
+        command,
+        now: j.clock.now(),
+        host: &host,
+        application_name: &j.application_name,
+        deadline: j.control.deadline().map(|d| d + j.control.drain()),
+    };
+    runs::start(&j.db, &start).await.map_err(|e| {
+        ConfigError::new(format!(
+            "{e:#} (has `journeyctl migrate` been run against this database?)"
+        ))
+    })?;
+    match runs::close_dangling(&j.db, j.run_id).await {
+        Ok(0) => {}
+        Ok(n) => log::warn!(
+            "closed the records of {n} earlier run(s) that ended without recording it \
+             (killed, or cut off from the database)"
+        ),
+        Err(e) => log::error!("{e:#}"),
+    }
+    Ok(())
+}
+
+/// The run's exit status and its `journey_runs.outcome`. A signal decides the status (what
+/// systemd and shells expect), then a channel stopped for our own settings (2), then the
+/// deadline or failed deliveries (1).
+fn judge(j: &Journey, reports: &[StageReport]) -> (ExitStatus, &'static str) {
+    let misconfigured = j.control.misconfigured();
+    for (channel, setting) in &misconfigured {
+        log::error!(
+            "the {channel} channel was stopped: the provider refused our {setting}; fix \
+             {setting} (the messages stay due and the next run sends them)"
+        );
+    }
+    let stopped = j.control.stopped();
+    let status = match stopped {
+        Some(StopReason::Terminate) => ExitStatus::Terminated,
+        Some(StopReason::Interrupt) => ExitStatus::Interrupted,
+        _ if !misconfigured.is_empty() => ExitStatus::Config,
+        Some(StopReason::Deadline) => ExitStatus::Failed,
+        None if reports.iter().any(StageReport::failed) => ExitStatus::Failed,
+        None => ExitStatus::Ok,
+    };
+    let outcome = match stopped {
+        Some(why) => why.outcome(),
+        None if !reports.is_empty() && reports.iter().all(|r| r.skipped_locked) => "skipped",
+        None => "completed",
+    };
+    (status, outcome)
+}
+
+/// Closes the run's record and writes its `cal_booking_followups_completed` event.
+async fn record_finish(
+    j: &Journey,
+    command: &str,
+    reports: &[StageReport],
+    totals: &Counters,
+    status: ExitStatus,
+    outcome: &str,
+    duration: std::time::Duration,
+) -> anyhow::Result<()> {
+    // A stage skipped for the lock is not a completed run of it (`status` reads this flag).
+    let stages_json = serde_json::to_value(
+        reports
+            .iter()
+            .map(|r| {
+                json!({"stage": r.stage, "counters": r.counters,
+                       "skipped_locked": r.skipped_locked})
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    let totals_json = serde_json::to_value(totals)?;
+    let props = json!({
+        "command": command,
+        "run_id": j.run_id,
+        "now": j.clock.now(),
+        "stages": stages_json,
+        "totals": totals_json,
+        "duration_ms": duration.as_millis() as u64,
+    });
+    runs::finish(
+        &j.db,
+        j.run_id,
+        &stages_json,
+        &totals_json,
+        status.code() as i32,
+        outcome,
+        &props,
+    )
+    .await
+    .context("Failed to record the run")
 }
 
 fn hostname() -> String {

@@ -213,6 +213,16 @@ fn order_column(stage: Stage) -> &'static str {
     }
 }
 
+/// When a booking's window for a stage has closed for good, as a predicate over `b`
+/// (`$1` the run's instant, `$2` the window's earlier edge): no run with this window selects
+/// it again. Confirmation recovery has no look-back: it closes when the session starts.
+pub fn window_closed(stage: Stage) -> String {
+    match stage {
+        Stage::ConfirmationRecovery => "b.start_time <= $1::timestamptz".to_string(),
+        other => format!("{} < $2::timestamptz", order_column(other)),
+    }
+}
+
 /// The selection query of a stage; public so tests can EXPLAIN it. Parameters: `$1` the
 /// run's instant, `$2..$3` the window, `$4` the limit.
 pub fn due_query(stage: Stage) -> String {

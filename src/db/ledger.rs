@@ -103,6 +103,9 @@ pub enum Claim {
     /// Patient-exclusive stages: this patient already has such a message (sent recently,
     /// being sent, or in doubt) for another booking.
     PatientTaken,
+    /// The claim required an active booking, and the booking is no longer active (cancelled
+    /// between selection and claim): nothing claimed.
+    Inactive,
 }
 
 pub struct ClaimRequest<'a> {
@@ -117,6 +120,9 @@ pub struct ClaimRequest<'a> {
     /// Patient-exclusive stages (cancellation recovery): refuse the claim when the patient
     /// got this stage's message for another booking after this instant, or has one in flight.
     pub patient_exclusive_since: Option<DateTime<Utc>>,
+    /// Claim only while the booking is active (ACCEPTED or NULL), judged in the claim
+    /// statement itself: a booking cancelled after the run selected it gets no confirmation.
+    pub require_active: bool,
 }
 
 /// Advisory lock namespace serialising patient-exclusive claims.
@@ -128,7 +134,7 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
     let message_id = format!("<{}@{}>", id, req.message_id_domain);
     let channel = req.key.channel.as_str();
     let role = req.key.role.as_str();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
         &id,
         &req.key.booking_id,
         &req.patient_id,
@@ -139,7 +145,9 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
         &req.recipient_masked,
         &message_id,
         &req.claimed_by,
+        &req.require_active,
     ];
+    let claim_sql = claim_sql();
     let context = || {
         format!(
             "Failed to claim the {} {} {} delivery of booking {}",
@@ -170,13 +178,13 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
             if other.is_some() {
                 return Ok(Claim::PatientTaken);
             }
-            let rows = tx.query(CLAIM_SQL, &params).await.with_context(context)?;
+            let rows = tx.query(&claim_sql, &params).await.with_context(context)?;
             tx.commit().await.with_context(context)?;
             rows
         }
         // One statement: the claim commits on its own.
         _ => client
-            .query(CLAIM_SQL, &params)
+            .query(&claim_sql, &params)
             .await
             .with_context(context)?,
     };
@@ -186,6 +194,10 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
         return Ok(Claim::Taken(DeliveryStatus::Sending));
     };
     let claimed: bool = row.try_get(4)?;
+    let status: String = row.try_get(3)?;
+    if !claimed && status == "inactive" {
+        return Ok(Claim::Inactive);
+    }
     if claimed {
         Ok(Claim::Claimed {
             id: row.try_get(0)?,
@@ -193,7 +205,6 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
             attempt: row.try_get(2)?,
         })
     } else {
-        let status: String = row.try_get(3)?;
         Ok(Claim::Taken(
             DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Sending),
         ))
@@ -201,12 +212,19 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
 }
 
 /// Inserts the row in `sending`, or takes a `retry` row again; otherwise returns the row as it
-/// is, with `false` in the last column.
-const CLAIM_SQL: &str = "WITH ins AS (
+/// is, with `false` in the last column. With `$11` (require an active booking) and the booking
+/// no longer active, nothing is claimed and the status column says `inactive`.
+fn claim_sql() -> String {
+    format!(
+        "WITH act AS (
+   SELECT NOT $11::bool OR EXISTS (SELECT 1 FROM cal_bookings b WHERE b.id = $2 AND {active}) AS ok
+ ), ins AS (
    INSERT INTO journey_deliveries AS d
      (id, booking_id, patient_id, stage, channel, recipient_role, status, attempts,
       run_id, recipient_masked, message_id, claimed_by, lease_until)
-   VALUES ($1, $2, $3, $4, $5, $6, 'sending', 1, $7, $8, $9, $10, now() + interval '15 minutes')
+   SELECT $1::uuid, $2::uuid, $3::uuid, $4::text, $5::text, $6::text, 'sending', 1, $7::uuid,
+          $8::text, $9::text, $10::text, now() + interval '15 minutes'
+     FROM act WHERE act.ok
    ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
      SET status = 'sending', attempts = d.attempts + 1, run_id = EXCLUDED.run_id,
          lease_until = EXCLUDED.lease_until, claimed_by = EXCLUDED.claimed_by,
@@ -218,9 +236,19 @@ const CLAIM_SQL: &str = "WITH ins AS (
  )
  SELECT id, message_id, attempts, status, true FROM ins
  UNION ALL
- SELECT id, message_id, attempts, status, false FROM journey_deliveries
- WHERE booking_id = $2 AND stage = $4 AND channel = $5 AND recipient_role = $6
-   AND NOT EXISTS (SELECT 1 FROM ins)";
+ SELECT id, message_id, attempts,
+        CASE WHEN (SELECT ok FROM act) THEN status ELSE 'inactive' END, false
+   FROM journey_deliveries
+  WHERE booking_id = $2 AND stage = $4 AND channel = $5 AND recipient_role = $6
+    AND NOT EXISTS (SELECT 1 FROM ins)
+ UNION ALL
+ SELECT NULL::uuid, NULL::text, NULL::int, 'inactive', false FROM act
+  WHERE NOT act.ok AND NOT EXISTS (
+    SELECT 1 FROM journey_deliveries
+     WHERE booking_id = $2 AND stage = $4 AND channel = $5 AND recipient_role = $6)",
+        active = crate::domain::BookingStatus::sql_is_active("b"),
+    )
+}
 
 /// An event row written together with an outcome.
 pub struct EventRow {
@@ -417,4 +445,50 @@ pub async fn record_panicked(
             )
         })?;
     Ok(())
+}
+
+/// Declares `expired` every `retry` row of this stage whose booking's window has closed (see
+/// [`super::bookings::window_closed`]): no run would try it again, so it must not wait
+/// silently. One statement per run; `status` raises expired rows and `audit` lists them.
+/// Returns how many rows expired.
+pub async fn expire_closed(
+    db: &Db,
+    stage: crate::domain::Stage,
+    now: DateTime<Utc>,
+    window_from: DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    let sql = format!(
+        "UPDATE journey_deliveries d
+            SET status = 'expired', lease_until = NULL, updated_at = now(),
+                last_error = 'the window closed before it could be sent' ||
+                             coalesce(' (last error: ' || d.last_error || ')', '')
+           FROM cal_bookings b
+          WHERE d.booking_id = b.id AND d.stage = $3 AND d.status = 'retry'
+            AND $1::timestamptz IS NOT NULL AND $2::timestamptz IS NOT NULL
+            AND {}",
+        super::bookings::window_closed(stage)
+    );
+    let client = db.client().await?;
+    client
+        .execute(&sql, &[&now, &window_from, &stage.ledger_stage()])
+        .await
+        .with_context(|| format!("Failed to expire the {stage} retries whose window closed"))
+}
+
+/// Declares `in_doubt` the rows this run still has in `sending` after its drain bound passed:
+/// their provider never answered in time, so they may or may not have gone out. Returns how
+/// many.
+pub async fn abandon_in_flight(db: &Db, run_id: Uuid, stage: &str) -> anyhow::Result<u64> {
+    let client = db.client().await?;
+    client
+        .execute(
+            "UPDATE journey_deliveries
+                SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
+                    last_error = 'the run stopped before the provider answered: the message \
+                                  may or may not have gone out'
+              WHERE run_id = $1 AND stage = $2 AND status = 'sending'",
+            &[&run_id, &stage],
+        )
+        .await
+        .with_context(|| format!("Failed to declare this run's unanswered {stage} sends in doubt"))
 }

@@ -28,6 +28,7 @@ pub async fn stage_runs(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Vec<Sta
             "SELECT r.id, r.now, r.finished_at, coalesce(r.exit_status, 0), s->>'stage', s->'counters'
              FROM journey_runs r, jsonb_array_elements(r.stages) s
              WHERE r.finished_at IS NOT NULL AND r.now >= $1
+               AND NOT coalesce((s->>'skipped_locked')::boolean, false)
              ORDER BY r.now DESC, r.finished_at DESC",
             &[&since],
         )
@@ -64,6 +65,7 @@ pub async fn last_finished(db: &Db) -> anyhow::Result<Vec<(Stage, DateTime<Utc>)
             "SELECT s->>'stage', max(r.now)
              FROM journey_runs r, jsonb_array_elements(r.stages) s
              WHERE r.finished_at IS NOT NULL
+               AND NOT coalesce((s->>'skipped_locked')::boolean, false)
              GROUP BY 1",
             &[],
         )
@@ -90,6 +92,41 @@ pub struct Delivery {
     pub recipient: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Runs still open past their deadline (deadline plus drain bound, wall clock): a hung run
+/// holding its stage's lock. `(command, started_at)`.
+pub async fn overdue_runs(db: &Db) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+    let rows = db
+        .client()
+        .await?
+        .query(
+            "SELECT command, started_at FROM journey_runs
+             WHERE finished_at IS NULL AND deadline_at < now() ORDER BY started_at",
+            &[],
+        )
+        .await
+        .context("Failed to read unfinished runs")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// `expired` deliveries per (stage, channel): messages whose window closed unsent.
+pub async fn expired(db: &Db) -> anyhow::Result<Vec<(String, String, i64)>> {
+    let rows = db
+        .client()
+        .await?
+        .query(
+            "SELECT stage, channel, count(*) FROM journey_deliveries WHERE status = 'expired'
+             GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("Failed to read expired deliveries")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
 }
 
 /// Deliveries left `in_doubt`.
@@ -286,7 +323,7 @@ pub async fn audit(
          FROM cal_bookings b
          JOIN journey_deliveries d ON d.booking_id = b.id AND d.stage = $3
               AND d.recipient_role = 'patient'
-              AND d.status IN ('failed', 'retry', 'in_doubt')
+              AND d.status IN ('failed', 'retry', 'in_doubt', 'expired')
          WHERE {closes} BETWEEN $1 AND $2 AND {eligible}
            AND b.{mark} IS NOT NULL
          ORDER BY 9",

@@ -7,18 +7,27 @@ use uuid::Uuid;
 
 use super::Db;
 
-pub async fn start(
-    db: &Db,
-    run_id: Uuid,
-    command: &str,
-    now: DateTime<Utc>,
-    host: &str,
-) -> anyhow::Result<()> {
+/// What a run records when it starts.
+pub struct RunStart<'a> {
+    pub run_id: Uuid,
+    pub command: &'a str,
+    pub now: DateTime<Utc>,
+    pub host: &'a str,
+    /// The process's connection name: no connection of that name left means the run is dead.
+    pub application_name: &'a str,
+    /// Wall-clock time by which the run must have ended (deadline plus drain bound).
+    pub deadline: Option<std::time::Duration>,
+}
+
+pub async fn start(db: &Db, r: &RunStart<'_>) -> anyhow::Result<()> {
+    let run_id = r.run_id;
+    let deadline_s = r.deadline.map(|d| d.as_secs_f64());
     db.client()
         .await?
         .execute(
-            "INSERT INTO journey_runs (id, command, now, dry_run, host) VALUES ($1, $2, $3, false, $4)",
-            &[&run_id, &command, &now, &host],
+            "INSERT INTO journey_runs (id, command, now, dry_run, host, application_name, deadline_at)
+             VALUES ($1, $2, $3, false, $4, $5, now() + make_interval(secs => $6::float8))",
+            &[&run_id, &r.command, &r.now, &r.host, &r.application_name, &deadline_s],
         )
         .await
         .with_context(|| format!("Failed to record the start of run {run_id}"))?;
@@ -32,6 +41,7 @@ pub async fn finish(
     stages: &serde_json::Value,
     totals: &serde_json::Value,
     exit_status: i32,
+    outcome: &str,
     event_properties: &serde_json::Value,
 ) -> anyhow::Result<()> {
     db.client()
@@ -39,7 +49,7 @@ pub async fn finish(
         .query_one(
             "WITH r AS (
                UPDATE journey_runs SET finished_at = now(), stages = $2, totals = $3,
-                      exit_status = $4
+                      exit_status = $4, outcome = $6
                 WHERE id = $1 RETURNING 1
              ), e AS (
                INSERT INTO events (type, level, properties)
@@ -47,7 +57,7 @@ pub async fn finish(
                RETURNING 1
              )
              SELECT (SELECT count(*) FROM r) + (SELECT count(*) FROM e)",
-            &[&run_id, stages, totals, &exit_status, event_properties],
+            &[&run_id, stages, totals, &exit_status, event_properties, &outcome],
         )
         .await
         .with_context(|| format!("Failed to record the end of run {run_id}"))?;
@@ -70,4 +80,38 @@ pub async fn event(
         .await
         .with_context(|| format!("Failed to write a {kind} event"))?;
     Ok(())
+}
+
+/// Closes the records of runs that died without finishing them (killed, or cut off from the
+/// database): no connection of theirs is left, or (rows without a connection name) they
+/// started over a day ago. They end `abandoned` with exit status 2 and a note in `totals`;
+/// their deliveries are judged by the ledger (`sending` rows become `in_doubt`). Returns how
+/// many.
+pub async fn close_dangling(db: &Db, own_run: Uuid) -> anyhow::Result<u64> {
+    db.client()
+        .await?
+        .execute(
+            "UPDATE journey_runs r
+                SET finished_at = now(), outcome = 'abandoned', exit_status = 2,
+                    totals = r.totals || jsonb_build_object('note',
+                      'the run ended without recording its end (killed, or it lost the \
+                       database); closed by run ' || $1::uuid::text)
+              WHERE r.finished_at IS NULL AND r.id <> $1
+                AND CASE WHEN r.application_name IS NULL
+                         THEN r.started_at < now() - interval '1 day'
+                         ELSE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                          WHERE a.application_name = r.application_name)
+                    END",
+            &[&own_run],
+        )
+        .await
+        .context("Failed to close the records of runs that died")
+}
+
+/// Whether the database answers at all (after a failed write: lost, or another error?).
+pub async fn reachable(db: &Db) -> bool {
+    match db.client().await {
+        Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
 }

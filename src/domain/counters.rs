@@ -21,11 +21,13 @@ pub enum Counter {
     SkippedRecentlyRecovered,
     RetryScheduled,
     InDoubt,
+    /// `retry` deliveries whose window closed before they could be sent (terminal).
+    Expired,
     Errors,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::Processed,
         Counter::SentEmail,
         Counter::SentSms,
@@ -42,6 +44,7 @@ impl Counter {
         Counter::SkippedRecentlyRecovered,
         Counter::RetryScheduled,
         Counter::InDoubt,
+        Counter::Expired,
         Counter::Errors,
     ];
 
@@ -64,6 +67,7 @@ impl Counter {
             | Counter::SentSms
             | Counter::RetryScheduled
             | Counter::InDoubt
+            | Counter::Expired
             | Counter::Errors => false,
         }
     }
@@ -86,6 +90,7 @@ impl Counter {
             Counter::SkippedRecentlyRecovered => "skipped_recently_recovered",
             Counter::RetryScheduled => "retry_scheduled",
             Counter::InDoubt => "in_doubt",
+            Counter::Expired => "expired",
             Counter::Errors => "errors",
         }
     }
@@ -98,7 +103,7 @@ impl Counter {
 /// All counters of one stage run (or the totals of several), zero when unused.
 /// Serialises as a flat JSON object with every counter present.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters([u64; 17]);
+pub struct Counters([u64; 18]);
 
 impl Counters {
     pub fn add(&mut self, c: Counter, n: u64) {

@@ -188,6 +188,9 @@ pub enum DeliveryStatus {
     /// A run died (or the provider's answer was lost) after the message may have left.
     /// Never resent automatically; `journeyctl resolve` settles it.
     InDoubt,
+    /// A `retry` whose window closed before it could be sent: terminal, raised by `status`
+    /// and listed by `audit`.
+    Expired,
 }
 
 impl DeliveryStatus {
@@ -199,6 +202,7 @@ impl DeliveryStatus {
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Skipped => "skipped",
             DeliveryStatus::InDoubt => "in_doubt",
+            DeliveryStatus::Expired => "expired",
         }
     }
     pub fn parse(s: &str) -> Option<DeliveryStatus> {
@@ -209,6 +213,7 @@ impl DeliveryStatus {
             "failed" => Some(DeliveryStatus::Failed),
             "skipped" => Some(DeliveryStatus::Skipped),
             "in_doubt" => Some(DeliveryStatus::InDoubt),
+            "expired" => Some(DeliveryStatus::Expired),
             _ => None,
         }
     }

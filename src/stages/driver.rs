@@ -12,6 +12,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::confirmation::{self, Trigger};
+use super::control::RunControl;
 use super::plan::{MessagePlan, Outgoing, Plan, PlanInput, Recipient};
 use super::{cancellation_notice, followups, reminders};
 use crate::clock::Clock;
@@ -47,6 +48,8 @@ pub struct Journey {
     pub application_name: String,
     /// Right-hand side of generated Message-IDs (the sender's domain).
     pub message_id_domain: String,
+    /// The run's deadline, signals and stopped channels.
+    pub control: RunControl,
 }
 
 #[derive(Clone, Debug)]
@@ -152,6 +155,8 @@ async fn run_locked(
     opts: &StageOptions,
     report: &mut StageReport,
 ) -> anyhow::Result<()> {
+    let now = j.clock.now();
+    let (from, to) = (now + opts.window.0, now + opts.window.1);
     if !opts.dry_run {
         match ledger::promote_abandoned(&j.db, stage.ledger_stage()).await {
             Ok(0) => {}
@@ -174,9 +179,20 @@ async fn run_locked(
                 record_error(j, opts.dry_run, stage, None, None, &format!("{e:#}")).await;
             }
         }
+        // Retries no run of this window would select again end visibly, not silently.
+        match ledger::expire_closed(&j.db, stage, now, from).await {
+            Ok(0) => {}
+            Ok(n) => {
+                report.counters.add(Counter::Expired, n);
+                report.failures += n;
+                log::warn!("{stage}: {n} delivery(ies) left for retry expired: their window closed before they could be sent; see `journeyctl audit`");
+            }
+            Err(e) => {
+                report.error();
+                record_error(j, opts.dry_run, stage, None, None, &format!("{e:#}")).await;
+            }
+        }
     }
-    let now = j.clock.now();
-    let (from, to) = (now + opts.window.0, now + opts.window.1);
     let due = match bookings::select_due(&j.db, stage, now, from, to, opts.limit).await {
         Ok(d) => d,
         Err(e) => {
@@ -554,11 +570,7 @@ async fn process(
         }
     }
 
-    let results: Vec<JobResult> = futures::stream::iter(jobs)
-        .map(|job| deliver_guarded(j, stage, job, dry_run))
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+    let results = deliver_all(j, stage, jobs, dry_run, concurrency, report).await;
     let mut taken: HashSet<Uuid> = HashSet::new();
     for r in results {
         report.counters.merge(&r.counters);
@@ -577,6 +589,67 @@ async fn process(
             b.recipient_role,
         ))
     });
+}
+
+/// Delivers the jobs, up to `concurrency` at once. Once the run is asked to stop (deadline,
+/// signal), jobs not yet started are not claimed (no row: they stay due for the next run, and
+/// are counted `retry_scheduled`), and those in flight get the run's drain bound to finish;
+/// the ones still unanswered then are declared `in_doubt` by this run, not left `sending`.
+async fn deliver_all(
+    j: &Journey,
+    stage: Stage,
+    jobs: Vec<Job>,
+    dry_run: bool,
+    concurrency: usize,
+    report: &mut StageReport,
+) -> Vec<JobResult> {
+    let total = jobs.len();
+    let mut stream = futures::stream::iter(jobs)
+        .map(|job| deliver_guarded(j, stage, job, dry_run))
+        .buffer_unordered(concurrency.max(1));
+    let drain = j.control.drain_expired();
+    tokio::pin!(drain);
+    let mut results = Vec::with_capacity(total);
+    let mut cut_short = false;
+    loop {
+        tokio::select! {
+            biased;
+            next = stream.next() => match next {
+                Some(r) => results.push(r),
+                None => break,
+            },
+            () = &mut drain => {
+                cut_short = true;
+                break;
+            }
+        }
+    }
+    drop(stream);
+    if !cut_short || dry_run {
+        return results;
+    }
+    let ledger_stage = stage.ledger_stage();
+    let abandoned = match ledger::abandon_in_flight(&j.db, j.run_id, ledger_stage).await {
+        Ok(n) => n,
+        Err(e) => {
+            report.error();
+            record_error(j, false, stage, None, None, &format!("{e:#}")).await;
+            0
+        }
+    };
+    if abandoned > 0 {
+        log::error!(
+            "{stage}: {abandoned} send(s) got no answer within the drain bound of {} s: in doubt; see `journeyctl status`",
+            j.control.drain().as_secs()
+        );
+        report.counters.add(Counter::InDoubt, abandoned);
+        report.failures += abandoned;
+    }
+    let unstarted = (total - results.len()) as u64;
+    report
+        .counters
+        .add(Counter::RetryScheduled, unstarted.saturating_sub(abandoned));
+    results
 }
 
 /// The calendar invite of one message (RFC 5545 / RFC 5546): the booking's calendar UID
@@ -760,6 +833,15 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         return res;
     }
 
+    if j.control.stopped().is_some() || j.control.channel_stopped(channel) {
+        // Not claimed: no row, so the next run (or this one's retry row) takes it again.
+        log::debug!(
+            "{stage}: booking {} {} {channel}: not claimed, the run is stopping or the channel is stopped",
+            job.booking_id,
+            out.role
+        );
+        return res.count(Counter::RetryScheduled);
+    }
     let masked = out.to.masked();
     let claim = ledger::claim(
         &j.db,
@@ -772,6 +854,7 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
             message_id_domain: &j.message_id_domain,
             patient_exclusive_since: (stage == Stage::CancellationRecovery)
                 .then(|| j.clock.now() - Duration::hours(72)),
+            require_active: job.key.stage == Stage::ConfirmationRecovery.ledger_stage(),
         },
     )
     .await;
@@ -783,6 +866,8 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         }) => (id, message_id, attempt),
         Ok(Claim::Taken(DeliveryStatus::InDoubt)) => return res.count(Counter::InDoubt),
         Ok(Claim::PatientTaken) => return res.count(Counter::SkippedRecentlyRecovered),
+        // Cancelled (or otherwise no longer active) since the run selected it.
+        Ok(Claim::Inactive) => return res.count(Counter::SkippedInactive),
         Ok(Claim::Taken(_)) => {
             let mut res = res;
             res.taken = Some(job.booking_id);
@@ -917,13 +1002,17 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
             reason,
             "in_doubt",
         ),
-        // Nothing left: retryable once the setting is fixed.
-        SendOutcome::Misconfigured { reason, .. } => failure(
-            DeliveryStatus::Retry,
-            Counter::RetryScheduled,
-            reason,
-            "retry",
-        ),
+        // Nothing left: retryable once the setting is fixed. The channel stops for the rest
+        // of the run: every further message would meet the same refusal.
+        SendOutcome::Misconfigured { setting, reason } => {
+            j.control.stop_channel(channel, setting);
+            failure(
+                DeliveryStatus::Retry,
+                Counter::RetryScheduled,
+                reason,
+                "retry",
+            )
+        }
     };
     if let Some(e) = &error {
         log::warn!(
@@ -1005,6 +1094,7 @@ async fn record_render_error(j: &Journey, job: &Job, why: &str) -> anyhow::Resul
             recipient_masked: &masked,
             message_id_domain: &j.message_id_domain,
             patient_exclusive_since: None,
+            require_active: false,
         },
     )
     .await?;

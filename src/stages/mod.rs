@@ -3,6 +3,7 @@
 
 pub mod cancellation_notice;
 pub mod confirmation;
+pub mod control;
 pub mod driver;
 pub mod followups;
 pub mod plan;
@@ -13,6 +14,7 @@ use chrono::Duration;
 use crate::config::{parse_offset, ConfigError};
 use crate::domain::Stage;
 
+pub use control::{RunControl, StopReason};
 pub use driver::{run_stage, Journey, StageOptions, StageReport};
 
 /// Whether a stage's window lies behind `now` (followups, recoveries) or ahead (reminders).

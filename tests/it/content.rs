@@ -239,6 +239,7 @@ async fn journey(db: &TestDb, tr: &Transports) -> journeyctl::stages::Journey {
         run_id: Uuid::new_v4(),
         application_name,
         message_id_domain: "praxis.example".into(),
+        control: Default::default(),
         settings: Arc::new(settings),
     }
 }

@@ -123,6 +123,7 @@ async fn sim() -> Sim {
         run_id: uuid::Uuid::new_v4(),
         application_name: app,
         message_id_domain: "praxis.example".into(),
+        control: Default::default(),
     };
     Sim {
         db,

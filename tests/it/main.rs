@@ -14,6 +14,7 @@ mod notify;
 mod operators;
 mod ops;
 mod retention;
+mod run_faults;
 mod seed;
 mod smtp_faults;
 mod stages;
