@@ -98,6 +98,10 @@ pub struct SettingsArgs {
     #[arg(long, env = "TWILIO_API_BASE", global = true)]
     pub twilio_api_base: Option<String>,
 
+    /// Deadline of one request to Twilio, e.g. 30s [default: 30s]
+    #[arg(long, env = "TWILIO_TIMEOUT", global = true, value_name = "DURATION")]
+    pub twilio_timeout: Option<String>,
+
     /// Instead of Twilio, append each SMS as a JSON line to sms.jsonl in this directory
     #[arg(long, env = "SMS_OUTBOX_DIR", global = true, value_name = "DIR")]
     pub sms_outbox_dir: Option<PathBuf>,

@@ -199,6 +199,7 @@ fn twilio_settings(base: &str) -> SmsTransport {
         auth_token: Secret::new("tok-123"),
         sender: TwilioSender::From(PhoneNumber::parse("+4930123456").unwrap()),
         api_base: base.into(),
+        timeout: std::time::Duration::from_secs(30),
     })
 }
 

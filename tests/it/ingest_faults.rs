@@ -1,0 +1,277 @@
+//! Faults at the edges where messages leave and events arrive (issue 10): Twilio refusing our
+//! credentials, failing with 5xx or hanging; webhook bodies that PostgreSQL rejects or whose
+//! apply fails; `serve` stopped while confirmations wait on a stalled relay.
+
+use chrono::Duration;
+use wiremock::matchers::{method, path_regex, query_param};
+use wiremock::{Mock, Request, Respond, ResponseTemplate};
+
+use crate::harness::TestDb;
+use crate::seed::{self, at, Booking};
+use crate::transports::Transports;
+
+const PHONE: &str = "+4915112345678";
+const MESSAGES: &str = r"^/2010-04-01/Accounts/[^/]+/Messages\.json$";
+
+/// A booking whose 24 h reminder is due at `now`, for a patient with email and phone.
+async fn reminder_due(db: &TestDb) -> (chrono::DateTime<chrono::Utc>, uuid::Uuid) {
+    let c = db.client().await;
+    let t = seed::therapist(&c, "lena-brandt").await;
+    let p = seed::patient(
+        &c,
+        "Jonas Weber",
+        Some("jonas.weber@example.de"),
+        Some(PHONE),
+    )
+    .await;
+    let now = at("2026-03-09T15:00:00Z");
+    let b = Booking::new(t, p, now + Duration::hours(24))
+        .insert(&c)
+        .await;
+    (now, b)
+}
+
+async fn sms_row(db: &TestDb, booking: uuid::Uuid) -> (String, Option<String>, Option<String>) {
+    let c = db.client().await;
+    let r = c
+        .query_one(
+            "SELECT status, provider_message_id, last_error FROM journey_deliveries
+             WHERE booking_id = $1 AND channel = 'sms'",
+            &[&booking],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+async fn reminder_24h(
+    db: &TestDb,
+    tr: &Transports,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::harness::CliOutput {
+    let mut cli = tr.apply(db.cmd());
+    cli.env("TWILIO_TIMEOUT", "1s")
+        .args(["--now", &now.to_rfc3339(), "--json", "reminder-24h"]);
+    cli.run().await
+}
+
+/// Twilio's 201 with a sid.
+fn created() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(
+        serde_json::json!({"sid": "SMfixed0000000000000000000000000", "status": "queued"}),
+    )
+}
+
+/// Twilio's Messages list as it would look for `PHONE`.
+fn message_list(messages: Vec<serde_json::Value>) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "messages": messages,
+        "next_page_uri": null,
+        "page": 0,
+        "page_size": 100,
+    }))
+}
+
+/// Mounts: POST answers `post`; GET (the lookup, filtered by To) answers `list`.
+async fn twilio(tr: &Transports, post: ResponseTemplate, list: ResponseTemplate) {
+    tr.twilio.reset().await;
+    Mock::given(method("POST"))
+        .and(path_regex(MESSAGES))
+        .respond_with(post)
+        .mount(&tr.twilio)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(MESSAGES))
+        .and(query_param("To", PHONE))
+        .respond_with(list)
+        .mount(&tr.twilio)
+        .await;
+}
+
+async fn posts(tr: &Transports) -> Vec<Request> {
+    tr.twilio
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .collect()
+}
+
+#[tokio::test]
+async fn twilio_refusing_the_credentials_keeps_the_sms_retryable_and_it_goes_out_once_fixed() {
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let (now, booking) = reminder_due(&db).await;
+    twilio(
+        &tr,
+        ResponseTemplate::new(401).set_body_json(serde_json::json!({
+            "code": 20003, "message": "Authenticate", "status": 401
+        })),
+        message_list(vec![]),
+    )
+    .await;
+    let out = reminder_24h(&db, &tr, now).await;
+    assert_ne!(out.code, 0, "a refused channel is not a good run");
+    let (status, _, error) = sms_row(&db, booking).await;
+    assert_eq!(
+        status, "retry",
+        "wrong credentials are not the patient's fault"
+    );
+    assert!(
+        error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("TWILIO_AUTH_TOKEN"),
+        "{error:?}"
+    );
+    assert!(!out.stderr.contains(crate::transports::TWILIO_TOKEN));
+
+    // The operator fixes the token: the next run sends the SMS (and only the SMS) once.
+    twilio(&tr, created(), message_list(vec![])).await;
+    let out = reminder_24h(&db, &tr, now + Duration::minutes(5)).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (status, sid, _) = sms_row(&db, booking).await;
+    assert_eq!(status, "sent");
+    assert!(sid.is_some());
+    assert_eq!(posts(&tr).await.len(), 1);
+    assert_eq!(
+        tr.emails().len(),
+        1,
+        "the email went out once, in the first run"
+    );
+}
+
+#[tokio::test]
+async fn a_twilio_500_for_a_message_twilio_never_created_is_retried_not_in_doubt() {
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let (now, booking) = reminder_due(&db).await;
+    // Twilio has messages to this number, but none created during this request.
+    let old = serde_json::json!({
+        "sid": "SMold00000000000000000000000000000",
+        "to": PHONE,
+        "body": "an older message",
+        "date_created": "Mon, 02 Mar 2026 10:00:00 +0000",
+    });
+    twilio(
+        &tr,
+        ResponseTemplate::new(500).set_body_json(serde_json::json!({"message": "oops"})),
+        message_list(vec![old]),
+    )
+    .await;
+    let out = reminder_24h(&db, &tr, now).await;
+    let (status, _, _) = sms_row(&db, booking).await;
+    assert_eq!(status, "retry", "{}", out.stderr);
+    assert_eq!(
+        db.count("SELECT count(*) FROM journey_deliveries WHERE status = 'in_doubt'")
+            .await,
+        0
+    );
+}
+
+/// Answers the create with 500, but records the message as created (Twilio queued it and then
+/// failed to answer); the list then shows it.
+struct CreatedThen500 {
+    body: std::sync::Mutex<Option<String>>,
+}
+
+impl Respond for CreatedThen500 {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let form: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(&req.body)
+                .into_owned()
+                .collect();
+        *self.body.lock().unwrap() = form.get("Body").cloned();
+        ResponseTemplate::new(500).set_body_json(serde_json::json!({"message": "oops"}))
+    }
+}
+
+struct ListOf(std::sync::Arc<CreatedThen500>);
+
+impl Respond for ListOf {
+    fn respond(&self, _req: &Request) -> ResponseTemplate {
+        let body = self.0.body.lock().unwrap().clone();
+        let messages = match body {
+            Some(body) => vec![serde_json::json!({
+                "sid": "SMqueued000000000000000000000000",
+                "to": PHONE,
+                "body": body,
+                "status": "queued",
+                "date_sent": null,
+                "date_created": chrono::Utc::now().to_rfc2822(),
+            })],
+            None => vec![],
+        };
+        message_list(messages)
+    }
+}
+
+struct Shared(std::sync::Arc<CreatedThen500>);
+
+impl Respond for Shared {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        self.0.respond(req)
+    }
+}
+
+#[tokio::test]
+async fn a_twilio_500_for_a_message_twilio_did_create_is_sent_with_its_sid() {
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let (now, booking) = reminder_due(&db).await;
+    let state = std::sync::Arc::new(CreatedThen500 {
+        body: std::sync::Mutex::new(None),
+    });
+    tr.twilio.reset().await;
+    Mock::given(method("POST"))
+        .and(path_regex(MESSAGES))
+        .respond_with(Shared(state.clone()))
+        .mount(&tr.twilio)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(MESSAGES))
+        .and(query_param("To", PHONE))
+        .respond_with(ListOf(state))
+        .mount(&tr.twilio)
+        .await;
+    let out = reminder_24h(&db, &tr, now).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (status, sid, _) = sms_row(&db, booking).await;
+    assert_eq!(status, "sent");
+    assert_eq!(sid.as_deref(), Some("SMqueued000000000000000000000000"));
+    assert_eq!(posts(&tr).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_twilio_request_that_times_out_for_a_message_never_created_is_retried() {
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let (now, booking) = reminder_due(&db).await;
+    // The create hangs far past TWILIO_TIMEOUT (1 s); the list answers at once.
+    twilio(
+        &tr,
+        created().set_delay(std::time::Duration::from_secs(600)),
+        message_list(vec![]),
+    )
+    .await;
+    let out = reminder_24h(&db, &tr, now).await;
+    let (status, _, error) = sms_row(&db, booking).await;
+    assert_eq!(status, "retry", "{error:?} {}", out.stderr);
+}
+
+#[tokio::test]
+async fn a_twilio_500_stays_in_doubt_when_the_lookup_fails_too() {
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let (now, booking) = reminder_due(&db).await;
+    twilio(
+        &tr,
+        ResponseTemplate::new(500).set_body_json(serde_json::json!({"message": "oops"})),
+        ResponseTemplate::new(503),
+    )
+    .await;
+    reminder_24h(&db, &tr, now).await;
+    let (status, _, _) = sms_row(&db, booking).await;
+    assert_eq!(status, "in_doubt");
+}
