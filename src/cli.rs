@@ -264,6 +264,16 @@ pub struct WebhookArgs {
     /// Do not check the signature (replaying a body recorded in cal_webhook_receipts); logged
     #[arg(long)]
     pub no_verify: bool,
+
+    /// Re-apply the body stored in cal_webhook_receipts under this id (e.g. one whose apply
+    /// failed with 500; the log names the id). Its signature was checked when it arrived.
+    /// Safe to repeat: a body already applied is reported as duplicate and sends nothing
+    #[arg(
+        long,
+        value_name = "RECEIPT_ID",
+        conflicts_with_all = ["file", "signature", "no_verify"]
+    )]
+    pub replay: Option<uuid::Uuid>,
 }
 
 #[derive(Args, Debug, Clone)]

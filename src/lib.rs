@@ -148,17 +148,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             let metrics = a.metrics_file.as_deref();
             commands::run_stages(g, settings, clock, stage.command(), runs, metrics).await
         }
-        Command::Webhook(a) => {
-            commands::webhook(
-                g,
-                settings,
-                clock,
-                a.file.clone(),
-                a.signature.clone(),
-                a.no_verify,
-            )
-            .await
-        }
+        Command::Webhook(a) => match a.replay {
+            Some(receipt) => commands::replay(g, settings, clock, receipt).await,
+            None => {
+                commands::webhook(
+                    g,
+                    settings,
+                    clock,
+                    a.file.clone(),
+                    a.signature.clone(),
+                    a.no_verify,
+                )
+                .await
+            }
+        },
         Command::Serve(a) => {
             let fixed = g.now.is_some();
             commands::serve(g, settings, clock, fixed, a.listen).await

@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::stages::driver::{confirm_booking, notify_cancellation};
 use crate::stages::Journey;
-use crate::webhook::apply::{handle, public_message, Handled, Verification, MAX_BODY};
+use crate::webhook::apply::{handle, public_message, Handled, ReplayError, Verification, MAX_BODY};
 use crate::webhook::SIGNATURE_HEADER;
 use crate::ExitStatus;
 
@@ -123,13 +123,39 @@ pub async fn webhook(
         clock.now(),
     )
     .await;
+    finish(g, &j, handled).await
+}
+
+/// `journeyctl webhook --replay RECEIPT_ID`: re-applies a stored body, then sends what it
+/// makes due, exactly as when it arrived.
+pub async fn replay(
+    g: &GlobalArgs,
+    settings: Settings,
+    clock: Clock,
+    receipt: Uuid,
+) -> anyhow::Result<ExitStatus> {
+    let j = super::journey(g, settings, clock, false, 3).await?;
+    let handled = match crate::webhook::apply::replay(&j.db, receipt, clock.now()).await {
+        Ok(h) => h,
+        Err(e) => {
+            return Err(match e.downcast::<ReplayError>() {
+                Ok(why) => ConfigError::new(why.to_string()).into(),
+                Err(e) => anyhow::anyhow!("{}", public_message(&e)),
+            })
+        }
+    };
+    finish(g, &j, handled).await
+}
+
+/// Sends what a handled body made due, prints the result, and gives the exit status.
+async fn finish(g: &GlobalArgs, j: &Journey, handled: Handled) -> anyhow::Result<ExitStatus> {
     let mut confirmed = None;
     if let Some(id) = handled.confirm_booking {
-        confirmed = Some(confirm(&j, id).await);
+        confirmed = Some(confirm(j, id).await);
     }
     let mut notified = None;
     if let Some(id) = handled.notify_cancelled {
-        notified = Some(notify_cancelled(&j, id).await);
+        notified = Some(notify_cancelled(j, id).await);
     }
     print_handled(g.json, &handled, confirmed, notified);
     // Applied or acknowledged: 0, unless its confirmation or cancellation notice failed.
@@ -155,10 +181,14 @@ fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>, notified: Opt
                 "cal_uid": h.cal_uid,
                 "confirmation_sent": confirmed,
                 "cancellation_notice_sent": notified,
+                "receipt_id": h.receipt_id,
             })
         );
     } else {
         crate::outln!("{} {}: {}", h.http_status, h.outcome, h.message);
+        if let (Some(id), "error") = (h.receipt_id, h.outcome) {
+            crate::outln!("the body is kept: re-apply it with journeyctl webhook --replay {id}");
+        }
         match confirmed {
             Some(true) => crate::outln!("confirmations handled (see the delivery ledger)"),
             Some(false) => {

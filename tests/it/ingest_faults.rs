@@ -275,3 +275,176 @@ async fn a_twilio_500_stays_in_doubt_when_the_lookup_fails_too() {
     let (status, _, _) = sms_row(&db, booking).await;
     assert_eq!(status, "in_doubt");
 }
+
+// ---- webhook ingestion ---------------------------------------------------------------------
+
+const SECRET: &str = "whsec_journeyctl_test_0001";
+const PATIENT: &str = "7b1f3c2e-5a4d-4c8e-9f10-2a3b4c5d6e7f";
+const THERAPIST: &str = "3c9d8e7f-6a5b-4c4d-8e2f-1a0b9c8d7e6f";
+const MATCH: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
+/// Before every fixture's session.
+const NOW: &str = "2026-03-02T09:12:05Z";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/cal")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// The patient, therapist and match the fixture bodies name.
+async fn seed_marketplace(db: &TestDb) {
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO people (id, name, email, phone_number)
+               VALUES ('{PATIENT}', 'Jonas Weber', 'jonas.weber@example.de', '+4915112345678');
+             INSERT INTO therapists (id, first_name, last_name, email, cal_username,
+                                     cal_intro_event_type_id, cal_full_session_event_type_id)
+               VALUES ('{THERAPIST}', 'Lena', 'Brandt', 'lena.brandt@praxis.example',
+                       'lena-brandt', 1187, 1188);
+             INSERT INTO matches (id, patient_id, therapist_id, status)
+               VALUES ('{MATCH}', '{PATIENT}', '{THERAPIST}', 'accepted');"
+        ))
+        .await
+        .unwrap();
+}
+
+/// `journeyctl webhook` with `body`, signed.
+async fn post_body(db: &TestDb, tr: &Transports, body: &[u8]) -> crate::harness::CliOutput {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, body).unwrap();
+    let sig = journeyctl::webhook::sign(&journeyctl::secret::Secret::new(SECRET), body);
+    let mut cli = tr.apply_email_only(db.cmd());
+    cli.env("CAL_WEBHOOK_SECRET", SECRET)
+        .args([
+            "--now",
+            NOW,
+            "--json",
+            "webhook",
+            "--signature",
+            &sig,
+            "--file",
+        ])
+        .arg(&file);
+    cli.run().await
+}
+
+async fn replay(db: &TestDb, tr: &Transports, receipt: &str) -> crate::harness::CliOutput {
+    let mut cli = tr.apply_email_only(db.cmd());
+    cli.args(["--now", NOW, "--json", "webhook", "--replay", receipt]);
+    cli.run().await
+}
+
+#[tokio::test]
+async fn a_nul_in_any_field_is_stripped_and_the_booking_is_stored() {
+    let db = TestDb::migrated().await;
+    seed_marketplace(&db).await;
+    let tr = Transports::start().await;
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fixture("booking_created_intro.json")).unwrap();
+    v["payload"]["attendees"][0]["name"] = "Jonas\u{0} Weber".into();
+    v["payload"]["location"] = "integrations:\u{0}daily".into();
+    v["payload"]["metadata"]["kh_source"] = "match\u{0}_page".into();
+    let body = serde_json::to_vec(&v).unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("\\u0000"));
+
+    let out = post_body(&db, &tr, &body).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["status"], 200);
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT attendee_name, location, metadata->>'kh_source' FROM cal_bookings
+             WHERE cal_uid = 'Kx7pR2mWq9TzLc4VbN8sYd'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("Jonas Weber")
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("integrations:daily")
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some("match_page")
+    );
+    assert_eq!(tr.emails().len(), 2, "both confirmations went out");
+}
+
+#[tokio::test]
+async fn a_body_whose_apply_failed_keeps_its_receipt_and_is_replayed_once() {
+    let db = TestDb::migrated().await;
+    seed_marketplace(&db).await;
+    let tr = Transports::start().await;
+    let c = db.client().await;
+    // Any failure inside the apply: here the database refuses every new booking.
+    c.batch_execute(
+        "CREATE FUNCTION refuse_booking() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'bookings are refused for this test'; END $$;
+         CREATE TRIGGER refuse_booking BEFORE INSERT ON cal_bookings
+           FOR EACH ROW EXECUTE FUNCTION refuse_booking();",
+    )
+    .await
+    .unwrap();
+    let body = fixture("booking_created_full.json");
+    let out = post_body(&db, &tr, &body).await;
+    assert_eq!(out.json()["status"], 500, "{}", out.stderr);
+    assert_eq!(db.count("SELECT count(*) FROM cal_bookings").await, 0);
+    let receipts = c
+        .query(
+            "SELECT id::text, outcome, body IS NOT NULL FROM cal_webhook_receipts",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(receipts.len(), 1, "the body is kept for a replay");
+    let receipt: String = receipts[0].get(0);
+    assert_eq!(receipts[0].get::<_, String>(1), "error");
+    assert!(receipts[0].get::<_, bool>(2));
+    assert!(tr.emails().is_empty());
+
+    c.batch_execute("DROP TRIGGER refuse_booking ON cal_bookings")
+        .await
+        .unwrap();
+    // No signature, no secret: the body was verified when it arrived.
+    let out = replay(&db, &tr, &receipt).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["outcome"], "applied");
+    assert_eq!(db.count("SELECT count(*) FROM cal_bookings").await, 1);
+    assert_eq!(
+        tr.emails().len(),
+        2,
+        "confirmation and therapist notice, once"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM cal_webhook_receipts WHERE outcome = 'applied'")
+            .await,
+        1
+    );
+
+    let out = replay(&db, &tr, &receipt).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["outcome"], "duplicate");
+    assert_eq!(tr.emails().len(), 2, "nothing sent twice");
+    // The same body from Cal.com again is a duplicate too.
+    let out = post_body(&db, &tr, &body).await;
+    assert_eq!(out.json()["outcome"], "duplicate");
+    assert_eq!(tr.emails().len(), 2);
+}
+
+#[tokio::test]
+async fn replaying_an_unknown_receipt_exits_2() {
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let out = replay(&db, &tr, "00000000-0000-4000-8000-000000000000").await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
