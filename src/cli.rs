@@ -281,6 +281,17 @@ pub struct ServeArgs {
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
+
+    /// On SIGTERM/SIGINT: how long to finish requests in flight and queued confirmations
+    /// before exiting. Keep it below the unit's TimeoutStopSec (30s); what is left is sent by
+    /// confirmation-recovery (the bookings are stored)
+    #[arg(
+        long,
+        env = "SERVE_DRAIN_TIMEOUT",
+        default_value = "20s",
+        value_name = "DURATION"
+    )]
+    pub drain_timeout: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -164,7 +164,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         },
         Command::Serve(a) => {
             let fixed = g.now.is_some();
-            commands::serve(g, settings, clock, fixed, a.listen).await
+            commands::serve(g, settings, clock, fixed, a.listen, &a.drain_timeout).await
         }
         Command::Preview(a) => commands::preview(&settings, &a.out),
         Command::Demo(a) => commands::demo(g, a.out.clone()).await,

@@ -448,3 +448,146 @@ async fn replaying_an_unknown_receipt_exits_2() {
     let out = replay(&db, &tr, "00000000-0000-4000-8000-000000000000").await;
     assert_eq!(out.code, 2, "{}", out.stderr);
 }
+
+// ---- serve: draining on SIGTERM ------------------------------------------------------------
+
+/// A BOOKING_CREATED for booking `i`: its own uid, therapist and patient (so each message has
+/// its own recipient).
+fn created_body(i: usize) -> Vec<u8> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fixture("booking_created_full.json")).unwrap();
+    let p = &mut v["payload"];
+    p["uid"] = format!("drain-{i}").into();
+    p["organizer"]["username"] = format!("therapist-{i}").into();
+    p["organizer"]["email"] = format!("therapist-{i}@praxis.example").into();
+    p["attendees"][0]["email"] = format!("patient-{i}@example.de").into();
+    let meta = p["metadata"].as_object_mut().unwrap();
+    meta.retain(|k, _| !k.starts_with("kh_"));
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test]
+async fn serve_drains_within_its_bound_on_sigterm_and_leaves_the_rest_to_confirmation_recovery() {
+    const BOOKINGS: usize = 12;
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let c = db.client().await;
+    for i in 0..BOOKINGS {
+        seed::therapist(&c, &format!("therapist-{i}")).await;
+        seed::patient(
+            &c,
+            "Jonas Weber",
+            Some(&format!("patient-{i}@example.de")),
+            None,
+        )
+        .await;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The relay takes every message body and never answers.
+    tr.smtp.close_gate();
+    let mut cli = tr.apply_email_only(db.cmd());
+    cli.env("CAL_WEBHOOK_SECRET", SECRET).args([
+        "--now",
+        NOW,
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--drain-timeout",
+        "1s",
+    ]);
+    let mut child = cli.spawn();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut tries = 0;
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        tries += 1;
+        assert!(tries < 5000, "serve never came up");
+        tokio::task::yield_now().await;
+    }
+    let secret = journeyctl::secret::Secret::new(SECRET);
+    for i in 0..BOOKINGS {
+        let body = created_body(i);
+        let r = http
+            .post(format!("{base}/api/public/cal/webhook"))
+            .header(
+                "X-Cal-Signature-256",
+                journeyctl::webhook::sign(&secret, &body),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Confirmations are stuck at the relay, more are queued behind them.
+    tr.smtp.wait_held(2);
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    // Far above the 1 s drain bound, far below a send's own 60 s timeout.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("serve did not exit within its drain bound")
+        .unwrap();
+    assert!(status.success(), "serve exits 0 after draining: {status:?}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM cal_bookings").await,
+        BOOKINGS as i64,
+        "every answered booking is stored"
+    );
+
+    // The relay recovers; confirmation-recovery sends what serve left.
+    tr.smtp.open_gate();
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", "2026-03-02T09:40:00Z", "confirmation-recovery"])
+        .run()
+        .await;
+    assert!(out.code == 0 || out.code == 1, "{}", out.stderr);
+
+    let mails = tr.emails();
+    let received = |to: &str| {
+        mails
+            .iter()
+            .filter(|m| m.to.iter().any(|t| t == to))
+            .count()
+    };
+    let rows = c
+        .query(
+            "SELECT b.cal_uid, d.recipient_role, d.status FROM cal_bookings b
+             LEFT JOIN journey_deliveries d ON d.booking_id = b.id AND d.stage = 'confirmation'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        2 * BOOKINGS,
+        "both messages of every booking have a row"
+    );
+    for r in rows {
+        let uid: String = r.get(0);
+        let role: Option<String> = r.get(1);
+        let status: Option<String> = r.get(2);
+        let i = uid.trim_start_matches("drain-");
+        let to = match role.as_deref() {
+            Some("patient") => format!("patient-{i}@example.de"),
+            Some("therapist") => format!("therapist-{i}@praxis.example"),
+            other => panic!("{uid}: {other:?} {status:?}"),
+        };
+        let n = received(&to);
+        assert!(n <= 1, "{to} got {n} messages");
+        match status.as_deref() {
+            Some("sent") => assert_eq!(n, 1, "{to}"),
+            // Only a message whose body reached the relay may be in doubt.
+            Some("sending" | "in_doubt") => assert_eq!(n, 1, "{to} is in doubt but was never sent"),
+            other => panic!("{to}: {other:?} after confirmation-recovery"),
+        }
+    }
+}
