@@ -205,6 +205,8 @@ fn look_up(
         .call();
     let mut response = match response {
         Ok(r) => r,
+        // A bad URI would quote the query, i.e. the recipient's number.
+        Err(ureq::Error::BadUri(_)) => return in_doubt("bad URI".into()),
         Err(e) => return in_doubt(scrub(&e.to_string())),
     };
     let status = response.status().as_u16();
