@@ -201,8 +201,9 @@ async fn created_then_rescheduled_then_cancelled_keeps_every_known_value() {
         Some("Fs3nQ8vLx2WpHc7KdM5tRb")
     );
     assert!(new.get::<_, bool>(7), "cancelled_at set");
-    // Two confirmations for the first time, two for the new time.
-    assert_eq!(tr.emails().len(), 4);
+    // Two confirmations for the first time, two for the new time, and the cancellation
+    // notice withdrawing the patient's invite for the new time (issue 9).
+    assert_eq!(tr.emails().len(), 5);
 }
 
 #[tokio::test]
