@@ -99,6 +99,10 @@ pub struct SettingsArgs {
     #[arg(long, env = "TWILIO_API_BASE", global = true)]
     pub twilio_api_base: Option<String>,
 
+    /// Deadline of one request to Twilio, e.g. 30s [default: 30s]
+    #[arg(long, env = "TWILIO_TIMEOUT", global = true, value_name = "DURATION")]
+    pub twilio_timeout: Option<String>,
+
     /// Instead of Twilio, append each SMS as a JSON line to sms.jsonl in this directory
     #[arg(long, env = "SMS_OUTBOX_DIR", global = true, value_name = "DIR")]
     pub sms_outbox_dir: Option<PathBuf>,
@@ -277,6 +281,16 @@ pub struct WebhookArgs {
     /// Do not check the signature (replaying a body recorded in cal_webhook_receipts); logged
     #[arg(long)]
     pub no_verify: bool,
+
+    /// Re-apply the body stored in cal_webhook_receipts under this id (e.g. one whose apply
+    /// failed with 500; the log names the id). Its signature was checked when it arrived.
+    /// Safe to repeat: a body already applied is reported as duplicate and sends nothing
+    #[arg(
+        long,
+        value_name = "RECEIPT_ID",
+        conflicts_with_all = ["file", "signature", "no_verify"]
+    )]
+    pub replay: Option<uuid::Uuid>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -284,6 +298,17 @@ pub struct ServeArgs {
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
+
+    /// On SIGTERM/SIGINT: how long to finish requests in flight and queued confirmations
+    /// before exiting. Keep it below the unit's TimeoutStopSec (30s); what is left is sent by
+    /// confirmation-recovery (the bookings are stored)
+    #[arg(
+        long,
+        env = "SERVE_DRAIN_TIMEOUT",
+        default_value = "20s",
+        value_name = "DURATION"
+    )]
+    pub drain_timeout: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -65,6 +65,8 @@ pub struct TwilioSettings {
     pub sender: TwilioSender,
     /// Without trailing slash, e.g. `https://api.twilio.com`.
     pub api_base: String,
+    /// Deadline of one request to Twilio (`TWILIO_TIMEOUT`, default 30 s).
+    pub timeout: std::time::Duration,
 }
 
 /// Where SMS goes. `None` in [`Settings::sms`] means SMS is off.
@@ -221,11 +223,28 @@ fn sms_transport(a: &SettingsArgs) -> Result<Option<SmsTransport>, ConfigError> 
         Some(b) => check_base_url("TWILIO_API_BASE", b)?,
         None => "https://api.twilio.com".to_string(),
     };
+    let timeout = match nonempty(&a.twilio_timeout) {
+        Some(t) => {
+            let d = humantime::parse_duration(t).map_err(|e| {
+                ConfigError::new(format!(
+                    "TWILIO_TIMEOUT {t:?} is not a duration ({e}); use e.g. 30s"
+                ))
+            })?;
+            if d.is_zero() || d > std::time::Duration::from_secs(300) {
+                return Err(ConfigError::new(format!(
+                    "TWILIO_TIMEOUT {t:?} is out of range: more than 0, at most 5m"
+                )));
+            }
+            d
+        }
+        None => std::time::Duration::from_secs(30),
+    };
     Ok(Some(SmsTransport::Twilio(TwilioSettings {
         account_sid: sid.to_string(),
         auth_token: Secret::new(token),
         sender,
         api_base,
+        timeout,
     })))
 }
 

@@ -153,20 +153,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             let deadline = run_deadline(&a.run_deadline)?;
             commands::run_stages(g, settings, clock, stage.command(), runs, metrics, deadline).await
         }
-        Command::Webhook(a) => {
-            commands::webhook(
-                g,
-                settings,
-                clock,
-                a.file.clone(),
-                a.signature.clone(),
-                a.no_verify,
-            )
-            .await
-        }
+        Command::Webhook(a) => match a.replay {
+            Some(receipt) => commands::replay(g, settings, clock, receipt).await,
+            None => {
+                commands::webhook(
+                    g,
+                    settings,
+                    clock,
+                    a.file.clone(),
+                    a.signature.clone(),
+                    a.no_verify,
+                )
+                .await
+            }
+        },
         Command::Serve(a) => {
             let fixed = g.now.is_some();
-            commands::serve(g, settings, clock, fixed, a.listen).await
+            commands::serve(g, settings, clock, fixed, a.listen, &a.drain_timeout).await
         }
         Command::Preview(a) => commands::preview(&settings, &a.out),
         Command::Demo(a) => commands::demo(g, a.out.clone()).await,

@@ -16,4 +16,4 @@ pub use ops::{audit, resolve, status};
 pub use preview::preview;
 pub use prune::prune;
 pub use stage::{journey, run as run_stages, StageRun};
-pub use webhook::{serve, webhook};
+pub use webhook::{replay, serve, webhook};

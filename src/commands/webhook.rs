@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::stages::driver::{confirm_booking, notify_cancellation};
 use crate::stages::Journey;
-use crate::webhook::apply::{handle, public_message, Handled, Verification, MAX_BODY};
+use crate::webhook::apply::{handle, public_message, Handled, ReplayError, Verification, MAX_BODY};
 use crate::webhook::SIGNATURE_HEADER;
 use crate::ExitStatus;
 
@@ -123,13 +124,39 @@ pub async fn webhook(
         clock.now(),
     )
     .await;
+    finish(g, &j, handled).await
+}
+
+/// `journeyctl webhook --replay RECEIPT_ID`: re-applies a stored body, then sends what it
+/// makes due, exactly as when it arrived.
+pub async fn replay(
+    g: &GlobalArgs,
+    settings: Settings,
+    clock: Clock,
+    receipt: Uuid,
+) -> anyhow::Result<ExitStatus> {
+    let j = super::journey(g, settings, clock, false, 3).await?;
+    let handled = match crate::webhook::apply::replay(&j.db, receipt, clock.now()).await {
+        Ok(h) => h,
+        Err(e) => {
+            return Err(match e.downcast::<ReplayError>() {
+                Ok(why) => ConfigError::new(why.to_string()).into(),
+                Err(e) => anyhow::anyhow!("{}", public_message(&e)),
+            })
+        }
+    };
+    finish(g, &j, handled).await
+}
+
+/// Sends what a handled body made due, prints the result, and gives the exit status.
+async fn finish(g: &GlobalArgs, j: &Journey, handled: Handled) -> anyhow::Result<ExitStatus> {
     let mut confirmed = None;
     if let Some(id) = handled.confirm_booking {
-        confirmed = Some(confirm(&j, id).await);
+        confirmed = Some(confirm(j, id).await);
     }
     let mut notified = None;
     if let Some(id) = handled.notify_cancelled {
-        notified = Some(notify_cancelled(&j, id).await);
+        notified = Some(notify_cancelled(j, id).await);
     }
     print_handled(g.json, &handled, confirmed, notified);
     // Applied or acknowledged: 0, unless its confirmation or cancellation notice failed.
@@ -155,10 +182,14 @@ fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>, notified: Opt
                 "cal_uid": h.cal_uid,
                 "confirmation_sent": confirmed,
                 "cancellation_notice_sent": notified,
+                "receipt_id": h.receipt_id,
             })
         );
     } else {
         crate::outln!("{} {}: {}", h.http_status, h.outcome, h.message);
+        if let (Some(id), "error") = (h.receipt_id, h.outcome) {
+            crate::outln!("the body is kept: re-apply it with journeyctl webhook --replay {id}");
+        }
         match confirmed {
             Some(true) => crate::outln!("confirmations handled (see the delivery ledger)"),
             Some(false) => {
@@ -178,16 +209,45 @@ struct ServeState {
     journey: Journey,
     fixed_now: bool,
     after_commit: mpsc::Sender<AfterCommit>,
+    /// Jobs queued or in flight, for the shutdown log.
+    pending: Arc<AtomicUsize>,
 }
 
-/// `journeyctl serve [--listen ADDR]`
+/// Longest `--drain-timeout` taken: far beyond any unit's stop timeout.
+const MAX_DRAIN: Duration = Duration::from_secs(600);
+
+fn drain_bound(raw: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(raw.trim()).map_err(|e| {
+        ConfigError::new(format!(
+            "--drain-timeout {raw:?} is not a duration ({e}); use e.g. 20s"
+        ))
+    })?;
+    if d > MAX_DRAIN {
+        return Err(ConfigError::new(format!(
+            "--drain-timeout {raw:?} is too large: at most 10m (and below the unit's \
+             TimeoutStopSec)"
+        )));
+    }
+    Ok(d)
+}
+
+/// `journeyctl serve [--listen ADDR] [--drain-timeout DUR]`
+///
+/// On SIGTERM/SIGINT it stops accepting, and within `drain_timeout` of the signal finishes
+/// the requests in flight and the queued confirmations. What is still unfinished then is
+/// abandoned: a booking is committed before its 200, so `confirmation-recovery` sends the
+/// confirmations that were only queued; a send cut off in flight keeps its `sending` row and
+/// is declared in doubt (never resent blindly). The process exits 0 either way, well before
+/// systemd's TimeoutStopSec would SIGKILL it in the middle of everything.
 pub async fn serve(
     g: &GlobalArgs,
     settings: Settings,
     clock: Clock,
     fixed_now: bool,
     listen: SocketAddr,
+    drain_timeout: &str,
 ) -> anyhow::Result<ExitStatus> {
+    let drain = drain_bound(drain_timeout)?;
     require_secret(&settings, false)?;
     let j = super::journey(g, settings, clock, false, 8).await?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -196,33 +256,20 @@ pub async fn serve(
     let local = listener.local_addr()?;
 
     // Confirmations go out after the 200, from one worker; on shutdown it drains the queue.
-    let (tx, mut rx) = mpsc::channel::<AfterCommit>(1024);
-    let worker_journey = j.clone();
-    let worker = tokio::spawn(async move {
-        let mut tasks = tokio::task::JoinSet::new();
-        while let Some(job) = rx.recv().await {
-            let mut jj = worker_journey.clone();
-            if !fixed_now {
-                // Each confirmation is judged at its own arrival, not at start-up.
-                jj.clock = Clock::system();
-            }
-            tasks.spawn(async move {
-                match job {
-                    AfterCommit::Confirm(id) => confirm(&jj, id).await,
-                    AfterCommit::NotifyCancelled(id) => notify_cancelled(&jj, id).await,
-                }
-            });
-            while tasks.len() >= 8 {
-                let _ = tasks.join_next().await;
-            }
-        }
-        while tasks.join_next().await.is_some() {}
-    });
+    let (tx, rx) = mpsc::channel::<AfterCommit>(1024);
+    let pending = Arc::new(AtomicUsize::new(0));
+    let mut worker = tokio::spawn(confirmation_worker(
+        j.clone(),
+        fixed_now,
+        rx,
+        pending.clone(),
+    ));
 
     let state = Arc::new(ServeState {
         journey: j,
         fixed_now,
         after_commit: tx,
+        pending: pending.clone(),
     });
     let app = Router::new()
         .route("/api/public/cal/webhook", post(receive))
@@ -235,14 +282,90 @@ pub async fn serve(
         .with_state(state.clone());
     crate::outln!("listening on http://{local} (POST /api/public/cal/webhook, GET /healthz)");
     log::info!("serve: listening on {local}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
-    log::info!("serve: stopped accepting; finishing queued confirmations");
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let graceful = {
+        let signalled = signalled.clone();
+        async move {
+            shutdown_signal().await;
+            signalled.notify_one();
+        }
+    };
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(graceful)
+            .await
+    });
+    // Either a signal (the usual way) or the listener failing on its own; a handle is polled
+    // again only if it has not finished.
+    let ended = tokio::select! {
+        ended = &mut server => Some(ended),
+        () = signalled.notified() => None,
+    };
+    let deadline = tokio::time::Instant::now() + drain;
+    log::info!(
+        "serve: stopping; finishing requests and queued confirmations for at most {}",
+        humantime::format_duration(drain)
+    );
+    let ended = match ended {
+        Some(ended) => Some(ended),
+        None => tokio::time::timeout_at(deadline, &mut server).await.ok(),
+    };
+    match ended {
+        Some(ended) => ended
+            .context("HTTP server task failed")?
+            .context("HTTP server failed")?,
+        None => {
+            server.abort();
+            log::warn!("serve: requests still in flight at the drain deadline were cut off");
+        }
+    }
+    // The last sender closes the queue: the worker ends once it is empty.
     drop(state);
-    let _ = worker.await;
+    if tokio::time::timeout_at(deadline, &mut worker)
+        .await
+        .is_err()
+    {
+        worker.abort();
+        let left = pending.load(Ordering::SeqCst);
+        log::warn!(
+            "serve: drain deadline reached with {left} confirmation job(s) unfinished; \
+             confirmation-recovery sends what was not claimed, a send cut off in flight is \
+             declared in doubt"
+        );
+    }
+    log::info!("serve: stopped");
     Ok(ExitStatus::Ok)
+}
+
+/// Sends the confirmations and cancellation notices queued by `receive`, at most 8 bookings at
+/// once. Aborting it (the drain deadline) aborts the sends in flight and drops the queue.
+async fn confirmation_worker(
+    journey: Journey,
+    fixed_now: bool,
+    mut rx: mpsc::Receiver<AfterCommit>,
+    pending: Arc<AtomicUsize>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(job) = rx.recv().await {
+        let mut jj = journey.clone();
+        if !fixed_now {
+            // Each confirmation is judged at its own arrival, not at start-up.
+            jj.clock = Clock::system();
+        }
+        let pending = pending.clone();
+        tasks.spawn(async move {
+            let ok = match job {
+                AfterCommit::Confirm(id) => confirm(&jj, id).await,
+                AfterCommit::NotifyCancelled(id) => notify_cancelled(&jj, id).await,
+            };
+            pending.fetch_sub(1, Ordering::SeqCst);
+            ok
+        });
+        while tasks.len() >= 8 {
+            let _ = tasks.join_next().await;
+        }
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 async fn shutdown_signal() {
@@ -295,24 +418,28 @@ async fn receive(
         handled.outcome
     );
     if let Some(id) = handled.confirm_booking {
+        state.pending.fetch_add(1, Ordering::SeqCst);
         if state
             .after_commit
             .send(AfterCommit::Confirm(id))
             .await
             .is_err()
         {
+            state.pending.fetch_sub(1, Ordering::SeqCst);
             log::error!(
                 "confirmation queue closed; confirmation-recovery will send booking {id}'s"
             );
         }
     }
     if let Some(id) = handled.notify_cancelled {
+        state.pending.fetch_add(1, Ordering::SeqCst);
         if state
             .after_commit
             .send(AfterCommit::NotifyCancelled(id))
             .await
             .is_err()
         {
+            state.pending.fetch_sub(1, Ordering::SeqCst);
             log::error!("confirmation queue closed; booking {id}'s cancellation notice not sent");
         }
     }

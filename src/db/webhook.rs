@@ -1,6 +1,7 @@
 //! SQL of webhook ingestion: receipts, resolution of therapist and patient, the locked read of
 //! a booking's lifecycle facts and the upsert of `cal_bookings`. Everything here runs inside
-//! the caller's transaction. Status decisions are not made here: the caller reads the locked
+//! the caller's transaction, except [`open_receipt`] and [`load_receipt`], which stand alone:
+//! a body is stored before it is applied, so a failed apply leaves it for a replay. Status decisions are not made here: the caller reads the locked
 //! row with [`lock_booking`], decides with `domain::next_status`, and writes the result.
 
 use anyhow::Context;
@@ -290,6 +291,101 @@ pub async fn match_exists(tx: &Transaction<'_>, id: Uuid) -> anyhow::Result<bool
         .await
         .context("Failed to look up the match")?
         .is_some())
+}
+
+/// Advisory lock namespace of one body hash: two deliveries of the same bytes (or a replay
+/// racing a redelivery) are applied one after the other, so the second sees the first.
+const BODY_LOCK_NS: i32 = 0x4a43_0011;
+
+/// Serializes the application of one body (by its hash) until the transaction ends.
+pub async fn lock_body(tx: &Transaction<'_>, body_sha256: &str) -> anyhow::Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&BODY_LOCK_NS, &body_sha256],
+    )
+    .await
+    .context("Failed to take the lock of the webhook body")?;
+    Ok(())
+}
+
+/// Stores a verified body as a receipt with outcome `received`, committed on its own before
+/// the body is applied: if the apply fails, the body is still there for
+/// `journeyctl webhook --replay`. No event yet; [`settle_receipt`] writes it with the outcome.
+pub async fn open_receipt(
+    db: &super::Db,
+    trigger: Option<&str>,
+    cal_uid: Option<&str>,
+    body_sha256: &str,
+    body: &str,
+    received_at: DateTime<Utc>,
+) -> anyhow::Result<Uuid> {
+    let client = db.client().await?;
+    let row = client
+        .query_one(
+            "INSERT INTO cal_webhook_receipts
+               (received_at, trigger_event, cal_uid, body_sha256, signature_ok, outcome, body)
+             VALUES ($1, $2, $3, $4, true, 'received', $5)
+             RETURNING id",
+            &[&received_at, &trigger, &cal_uid, &body_sha256, &body],
+        )
+        .await
+        .context("Failed to store the webhook receipt")?;
+    Ok(row.try_get(0)?)
+}
+
+/// What the receipt's body led to, and its `cal_webhook_received` event (no personal data).
+/// `applied` and `acknowledged` are never downgraded: replaying an applied receipt leaves it
+/// applied.
+pub async fn settle_receipt(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    outcome: &str,
+    error: Option<&str>,
+) -> anyhow::Result<()> {
+    tx.execute(
+        "WITH rec AS (
+           UPDATE cal_webhook_receipts SET outcome = $2, error = $3
+           WHERE id = $1 AND outcome NOT IN ('applied', 'acknowledged')
+           RETURNING id, trigger_event, cal_uid, body_sha256
+         )
+         INSERT INTO events (type, level, properties)
+         SELECT 'cal_webhook_received', CASE WHEN $3::text IS NULL THEN 'info' ELSE 'warn' END,
+                jsonb_build_object('trigger', rec.trigger_event, 'cal_uid', rec.cal_uid,
+                                   'outcome', $2::text, 'receipt_id', rec.id,
+                                   'body_sha256', rec.body_sha256)
+         FROM rec",
+        &[&id, &outcome, &error],
+    )
+    .await
+    .with_context(|| format!("Failed to record the outcome of webhook receipt {id}"))?;
+    Ok(())
+}
+
+/// A stored receipt, for `journeyctl webhook --replay`.
+pub struct StoredReceipt {
+    pub body_sha256: String,
+    pub outcome: String,
+    /// `None` once `prune` removed it.
+    pub body: Option<String>,
+}
+
+pub async fn load_receipt(db: &super::Db, id: Uuid) -> anyhow::Result<Option<StoredReceipt>> {
+    let client = db.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT body_sha256, outcome, body FROM cal_webhook_receipts WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .with_context(|| format!("Failed to read webhook receipt {id}"))?;
+    row.map(|r| {
+        Ok(StoredReceipt {
+            body_sha256: r.try_get(0)?,
+            outcome: r.try_get(1)?,
+            body: r.try_get(2)?,
+        })
+    })
+    .transpose()
 }
 
 /// Whether these exact bytes were already applied or acknowledged.

@@ -1,11 +1,16 @@
-//! Applying one received webhook body: verify → parse → record → apply, in one transaction,
-//! then say whether the booking's confirmations are due (SPEC §6).
+//! Applying one received webhook body: verify → parse → store the receipt (committed on its
+//! own) → apply in one transaction that also settles the receipt, then say whether the
+//! booking's confirmations are due (SPEC §6).
 //!
 //! What it guarantees:
 //! - Nothing is stored for a body whose signature does not verify (401).
 //! - Every verified body is recorded in `cal_webhook_receipts` (hash, trigger, uid, outcome,
-//!   the body for replays) with a `cal_webhook_received` event; the same bytes twice have one
-//!   effect.
+//!   the body for replays) BEFORE it is applied, and settled with a `cal_webhook_received`
+//!   event. A failed apply rolls back the booking but leaves the receipt (outcome `error`), so
+//!   the event, which Cal.com never sends again, can be re-applied with
+//!   `journeyctl webhook --replay RECEIPT_ID` ([`replay`]).
+//! - The same bytes twice have one effect, whether they come from Cal.com or from a replay.
+//! - NULs in the body are stripped by the parser (PostgreSQL's text cannot hold them).
 //! - The booking's row is locked, its status decided by the lifecycle table
 //!   (`domain::next_status`: a late CREATED never revives a cancelled booking, a flat
 //!   MEETING_ENDED never completes one that fell through, an older event does not override a
@@ -45,6 +50,8 @@ pub struct Handled {
     /// The active booking this BOOKING_CANCELLED just cancelled: its patient may hold an
     /// invite that must be withdrawn (`stages::driver::notify_cancellation`).
     pub notify_cancelled: Option<Uuid>,
+    /// The stored body (`cal_webhook_receipts.id`), for `journeyctl webhook --replay`.
+    pub receipt_id: Option<Uuid>,
 }
 
 impl Handled {
@@ -57,6 +64,7 @@ impl Handled {
             cal_uid: None,
             confirm_booking: None,
             notify_cancelled: None,
+            receipt_id: None,
         }
     }
 }
@@ -114,36 +122,161 @@ pub async fn handle(
             event.uid.as_deref().unwrap_or("-")
         );
     }
-    match apply(db, &event, &hash, body, now).await {
-        Ok(h) => h,
+    // A redelivery of bytes already applied: answered without storing them again.
+    match is_duplicate(db, &hash).await {
+        Ok(true) => return duplicate(&event, None),
+        Ok(false) => {}
+        Err(e) => return failed(db, &event, None, e).await,
+    }
+    let receipt = match sql::open_receipt(
+        db,
+        Some(event.trigger.as_str()),
+        uid_of(&event),
+        &hash,
+        &stored_text(body),
+        now,
+    )
+    .await
+    {
+        Ok(id) => id,
+        Err(e) => return failed(db, &event, None, e).await,
+    };
+    apply_receipt(db, &event, receipt, &hash, now).await
+}
+
+/// Why `journeyctl webhook --replay` cannot re-apply a receipt (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no webhook receipt {0} (see cal_webhook_receipts.id)")]
+    NotFound(Uuid),
+    #[error(
+        "webhook receipt {0} has no body any more (removed by prune after the retention period)"
+    )]
+    Pruned(Uuid),
+}
+
+/// Re-applies a stored body: the signature was verified when it arrived. Applied or
+/// acknowledged bodies (this receipt's or the same bytes received again) are a `duplicate`,
+/// so replaying twice has one effect.
+pub async fn replay(db: &Db, receipt: Uuid, now: DateTime<Utc>) -> anyhow::Result<Handled> {
+    let stored = sql::load_receipt(db, receipt)
+        .await?
+        .ok_or(ReplayError::NotFound(receipt))?;
+    let body = stored.body.ok_or(ReplayError::Pruned(receipt))?;
+    let event = match parse(body.as_bytes()) {
+        Ok(e) => e,
         Err(e) => {
-            // Never `{e:#}`: a database error's DETAIL holds the failing row (patient data).
-            let msg = public_message(&e);
-            log::error!("webhook {}: {msg}", event.trigger.as_str());
-            let props = serde_json::json!({
-                "source": "webhook",
-                "reason": msg,
-                "trigger": event.trigger.as_str(),
-                "cal_uid": event.uid,
-                "booking_id": null,
-            });
-            if let Err(e2) = crate::db::runs::event(db, "error", "error", &props).await {
-                log::error!(
-                    "webhook: failed to write the error event: {}",
-                    public_message(&e2)
-                );
-            }
-            Handled {
-                http_status: 500,
-                outcome: "error",
-                message: msg,
-                trigger: Some(event.trigger.as_str().to_string()),
-                cal_uid: event.uid.clone(),
-                confirm_booking: None,
-                notify_cancelled: None,
-            }
+            let mut h = Handled::reject(400, "invalid", format!("{e}"));
+            h.receipt_id = Some(receipt);
+            return Ok(h);
+        }
+    };
+    log::info!(
+        "webhook --replay {receipt}: {} (was {})",
+        event.trigger.as_str(),
+        stored.outcome
+    );
+    Ok(apply_receipt(db, &event, receipt, &stored.body_sha256, now).await)
+}
+
+/// Applies the body of a stored receipt; a failure is recorded on the receipt (outcome
+/// `error`) in a transaction of its own, the booking's changes are rolled back.
+async fn apply_receipt(
+    db: &Db,
+    event: &CalEvent,
+    receipt: Uuid,
+    hash: &str,
+    now: DateTime<Utc>,
+) -> Handled {
+    match apply(db, event, receipt, hash, now).await {
+        Ok(h) => h,
+        Err(e) => failed(db, event, Some(receipt), e).await,
+    }
+}
+
+/// A body whose handling failed: logged, an `error` event, the receipt settled as `error`,
+/// 500.
+async fn failed(db: &Db, event: &CalEvent, receipt: Option<Uuid>, e: anyhow::Error) -> Handled {
+    // Never `{e:#}`: a database error's DETAIL holds the failing row (patient data).
+    let msg = public_message(&e);
+    log::error!("webhook {}: {msg}", event.trigger.as_str());
+    let props = serde_json::json!({
+        "source": "webhook",
+        "reason": msg,
+        "trigger": event.trigger.as_str(),
+        "cal_uid": event.uid,
+        "booking_id": null,
+        "receipt_id": receipt,
+    });
+    if let Err(e2) = crate::db::runs::event(db, "error", "error", &props).await {
+        log::error!(
+            "webhook: failed to write the error event: {}",
+            public_message(&e2)
+        );
+    }
+    if let Some(id) = receipt {
+        match settle_error(db, id, &msg).await {
+            Ok(()) => log::error!(
+                "webhook receipt {id} kept; re-apply it with: journeyctl webhook --replay {id}"
+            ),
+            Err(e3) => log::error!(
+                "webhook receipt {id} stays 'received' (replayable): {}",
+                public_message(&e3)
+            ),
         }
     }
+    Handled {
+        http_status: 500,
+        outcome: "error",
+        message: msg,
+        trigger: Some(event.trigger.as_str().to_string()),
+        cal_uid: event.uid.clone(),
+        confirm_booking: None,
+        notify_cancelled: None,
+        receipt_id: receipt,
+    }
+}
+
+async fn settle_error(db: &Db, receipt: Uuid, msg: &str) -> anyhow::Result<()> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    sql::settle_receipt(&tx, receipt, "error", Some(msg)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn is_duplicate(db: &Db, hash: &str) -> anyhow::Result<bool> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let seen = sql::already_received(&tx, hash).await?;
+    tx.commit().await?;
+    Ok(seen)
+}
+
+fn duplicate(event: &CalEvent, receipt: Option<Uuid>) -> Handled {
+    Handled {
+        http_status: 200,
+        outcome: "duplicate",
+        message: "the same body was already applied; nothing changed".into(),
+        trigger: Some(event.trigger.as_str().to_string()),
+        cal_uid: event.uid.clone(),
+        confirm_booking: None,
+        notify_cancelled: None,
+        receipt_id: receipt,
+    }
+}
+
+/// The event's booking uid; blank counts as absent.
+fn uid_of(event: &CalEvent) -> Option<&str> {
+    event.uid.as_deref().filter(|u| !u.trim().is_empty())
+}
+
+/// The body as it is kept in `cal_webhook_receipts.body` (text): invalid UTF-8 replaced, raw
+/// NUL bytes (only ever in bodies that are not JSON) removed, as PostgreSQL refuses them.
+fn stored_text(body: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    text.retain(|c| c != '\0');
+    text
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -159,7 +292,7 @@ async fn record_only(
 ) -> anyhow::Result<()> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    let body = String::from_utf8_lossy(body);
+    let body = stored_text(body);
     sql::record_receipt(
         &tx,
         &Receipt {
@@ -333,14 +466,13 @@ async fn move_away(
 async fn apply(
     db: &Db,
     event: &CalEvent,
+    receipt: Uuid,
     hash: &str,
-    body: &[u8],
     now: DateTime<Utc>,
 ) -> anyhow::Result<Handled> {
     let trigger = event.trigger.as_str().to_string();
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    let body_text = String::from_utf8_lossy(body);
     let mut handled = Handled {
         http_status: 200,
         outcome: "applied",
@@ -349,16 +481,18 @@ async fn apply(
         cal_uid: event.uid.clone(),
         confirm_booking: None,
         notify_cancelled: None,
+        receipt_id: Some(receipt),
     };
 
+    sql::lock_body(&tx, hash).await?;
     if sql::already_received(&tx, hash).await? {
-        handled.outcome = "duplicate";
-        handled.message = "the same body was already applied; nothing changed".into();
-        return Ok(handled);
+        sql::settle_receipt(&tx, receipt, "duplicate", None).await?;
+        tx.commit().await?;
+        return Ok(duplicate(event, Some(receipt)));
     }
 
     let acknowledged_only = matches!(event.trigger, Trigger::Ping | Trigger::Unknown(_));
-    let uid = event.uid.as_deref().filter(|u| !u.trim().is_empty());
+    let uid = uid_of(event);
     if acknowledged_only || uid.is_none() {
         handled.outcome = "acknowledged";
         handled.message = if acknowledged_only {
@@ -366,19 +500,7 @@ async fn apply(
         } else {
             format!("{trigger} without a booking uid: acknowledged, nothing stored")
         };
-        sql::record_receipt(
-            &tx,
-            &Receipt {
-                trigger: Some(&trigger),
-                cal_uid: uid,
-                body_sha256: hash,
-                outcome: "acknowledged",
-                error: None,
-                body: Some(&body_text),
-                received_at: now,
-            },
-        )
-        .await?;
+        sql::settle_receipt(&tx, receipt, "acknowledged", None).await?;
         tx.commit().await?;
         return Ok(handled);
     }
@@ -508,19 +630,7 @@ async fn apply(
     }
 
     let stored = sql::upsert_booking(&tx, &upsert).await?;
-    sql::record_receipt(
-        &tx,
-        &Receipt {
-            trigger: Some(&trigger),
-            cal_uid: Some(uid),
-            body_sha256: hash,
-            outcome: "applied",
-            error: None,
-            body: Some(&body_text),
-            received_at: now,
-        },
-    )
-    .await?;
+    sql::settle_receipt(&tx, receipt, "applied", None).await?;
     tx.commit().await?;
 
     let booked = matches!(

@@ -240,7 +240,8 @@ pub enum ParseError {
 pub fn parse(body: &[u8]) -> Result<CalEvent, ParseError> {
     // serde_json limits nesting depth, so hostile bodies fail here instead of overflowing the
     // stack.
-    let value: Value = serde_json::from_slice(body).map_err(ParseError::InvalidJson)?;
+    let mut value: Value = serde_json::from_slice(body).map_err(ParseError::InvalidJson)?;
+    strip_nul(&mut value);
     let Value::Object(root) = value else {
         return Err(ParseError::NotAnObject);
     };
@@ -336,6 +337,26 @@ pub fn parse(body: &[u8]) -> Result<CalEvent, ParseError> {
         kh,
         warnings: w.0,
     })
+}
+
+/// Removes every NUL (`\u0000`) from the body's strings and keys. PostgreSQL's `text` and
+/// `jsonb` cannot hold one: a single NUL in an attendee's name would fail the whole event, and
+/// Cal.com does not send it again. A NUL carries no meaning in any field Cal.com sends.
+fn strip_nul(value: &mut Value) {
+    match value {
+        Value::String(s) if s.contains('\0') => s.retain(|c| c != '\0'),
+        Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace('\0', ""), v))
+                    .collect();
+            }
+            map.values_mut().for_each(strip_nul);
+        }
+        _ => {}
+    }
 }
 
 fn attendees(list: &[Value], path: &str, w: &mut Warnings) -> Vec<Attendee> {
@@ -541,6 +562,17 @@ mod tests {
 
     fn uuid(s: &str) -> Option<Uuid> {
         Some(Uuid::parse_str(s).unwrap())
+    }
+
+    #[test]
+    fn nul_characters_are_stripped_from_every_string_and_key() {
+        let body = br#"{"triggerEvent":"BOOKING_CREATED","payload":{"uid":"a\u0000b",
+            "attendees":[{"name":"Jo\u0000nas","email":"j@example.de"}],
+            "metadata":{"kh_\u0000source":"x\u0000y"}}}"#;
+        let e = parse(body).unwrap();
+        assert_eq!(e.uid.as_deref(), Some("ab"));
+        assert_eq!(e.attendees[0].name.as_deref(), Some("Jonas"));
+        assert_eq!(e.kh.source.as_deref(), Some("xy"));
     }
 
     fn parsed(body: &[u8]) -> CalEvent {

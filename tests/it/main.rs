@@ -7,6 +7,7 @@ mod exactly_once;
 mod faults;
 mod followups;
 mod harness;
+mod ingest_faults;
 mod journey_rules;
 mod lifecycle;
 mod migrate;

@@ -199,6 +199,7 @@ fn twilio_settings(base: &str) -> SmsTransport {
         auth_token: Secret::new("tok-123"),
         sender: TwilioSender::From(PhoneNumber::parse("+4930123456").unwrap()),
         api_base: base.into(),
+        timeout: std::time::Duration::from_secs(30),
     })
 }
 
@@ -267,6 +268,22 @@ async fn twilio_answers_are_classified() {
     )
     .await;
     assert!(matches!(o, SendOutcome::OptedOut { .. }), "{o:?}");
+    let (o, _s) = sms_with(
+        401,
+        serde_json::json!({"code": 20003, "message": "Authenticate"}),
+    )
+    .await;
+    assert!(
+        matches!(
+            o,
+            SendOutcome::Misconfigured {
+                setting: "TWILIO_AUTH_TOKEN",
+                ..
+            }
+        ),
+        "{o:?}"
+    );
+    // A 500 whose lookup fails too (the stub has no Messages list): in doubt.
     let (o, _s) = sms_with(500, serde_json::json!({"message": "oops"})).await;
     assert!(matches!(o, SendOutcome::Ambiguous { .. }), "{o:?}");
     let (o, _s) = sms_with(201, serde_json::json!({"status": "queued"})).await;
