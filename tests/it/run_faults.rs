@@ -345,11 +345,9 @@ async fn a_booking_cancelled_after_selection_gets_no_confirmation_from_the_queue
     );
 }
 
-/// Depends on the SMS sender returning `SendOutcome::Misconfigured` for Twilio 401/403
-/// (another change of issue 10); until then the stub's 401 is a permanent failure. Remove the
-/// `ignore` once that change is merged.
+/// The SMS sender answers Twilio's 401/403 with `SendOutcome::Misconfigured`; the driver stops
+/// the channel for the run.
 #[tokio::test]
-#[ignore = "needs the SMS sender to return SendOutcome::Misconfigured for Twilio 401/403"]
 async fn twilio_refusing_our_credentials_stops_sms_for_the_run_keeps_it_due_and_exits_2() {
     let db = TestDb::migrated().await;
     let c = db.client().await;
