@@ -320,11 +320,21 @@ pub async fn serve(
         }
     }
     // The last sender closes the queue: the worker ends once it is empty.
+    let control = state.journey.control.clone();
     drop(state);
     if tokio::time::timeout_at(deadline, &mut worker)
         .await
         .is_err()
     {
+        // No more claims: what is queued stays unclaimed (no row) for confirmation-recovery,
+        // and the sends in flight get a short grace to record their outcome, so that only a
+        // send still unanswered after it can end in doubt.
+        control.request_stop(crate::stages::StopReason::Terminate);
+        let grace = (drain / 4).min(Duration::from_secs(5));
+        if tokio::time::timeout(grace, &mut worker).await.is_ok() {
+            log::info!("serve: stopped; queued confirmations are left to confirmation-recovery");
+            return Ok(ExitStatus::Ok);
+        }
         worker.abort();
         let left = pending.load(Ordering::SeqCst);
         log::warn!(
