@@ -231,3 +231,101 @@ async fn a_demo_killed_with_its_whole_process_group_leaves_no_postgresql_behind(
         tokio::task::yield_now().await;
     }
 }
+
+/// Every way the fixture bodies can be bent: each string and number replaced by hostile
+/// values (NUL, control characters, a 100 KiB string, wrong types, huge numbers), one field at
+/// a time.
+fn hostile_bodies() -> Vec<Vec<u8>> {
+    fn paths(v: &serde_json::Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, child) in m {
+                    let mut p = at.clone();
+                    p.push(k.clone());
+                    out.push(p.clone());
+                    paths(child, p, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    let mut p = at.clone();
+                    p.push(i.to_string());
+                    out.push(p.clone());
+                    paths(child, p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn set(v: &mut serde_json::Value, path: &[String], new: serde_json::Value) {
+        let mut cur = v;
+        for key in path {
+            cur = match cur {
+                serde_json::Value::Object(m) => m.get_mut(key).unwrap(),
+                serde_json::Value::Array(a) => &mut a[key.parse::<usize>().unwrap()],
+                _ => unreachable!(),
+            };
+        }
+        *cur = new;
+    }
+    let hostile = [
+        serde_json::json!("a\u{0}b"),
+        serde_json::json!("Zeile\r\nBcc: x@example.org\u{7}\u{202e}"),
+        serde_json::json!("x".repeat(100 * 1024)),
+        serde_json::json!(null),
+        serde_json::json!(-1),
+        serde_json::json!(1e308),
+        serde_json::json!(u64::MAX),
+        serde_json::json!([{"a": "\u{0}"}]),
+        serde_json::json!({"\u{0}": true}),
+        serde_json::json!("9999-99-99T99:99:99Z"),
+    ];
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cal");
+    let mut out = Vec::new();
+    for name in [
+        "booking_created_full.json",
+        "booking_rescheduled.json",
+        "booking_cancelled.json",
+        "meeting_ended_flat.json",
+    ] {
+        let base: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+        let mut all = Vec::new();
+        paths(&base, Vec::new(), &mut all);
+        for (i, path) in all.iter().enumerate() {
+            let mut body = base.clone();
+            set(&mut body, path, hostile[i % hostile.len()].clone());
+            out.push(serde_json::to_vec(&body).unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn no_bent_webhook_body_makes_the_webhook_panic_or_fail_inside() {
+    let db = TestDb::migrated().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let bodies = hostile_bodies();
+    assert!(bodies.len() > 100, "{} bodies", bodies.len());
+    let outcomes: Vec<_> = futures::stream::iter(bodies.into_iter().enumerate())
+        .map(|(i, body)| {
+            let file = tmp.path().join(format!("body-{i}.json"));
+            std::fs::write(&file, &body).unwrap();
+            let mut cli = db.cmd();
+            cli.env("EMAIL_OUTBOX_DIR", tmp.path())
+                .env("EMAIL_FROM", "Praxis <termine@example.de>")
+                .args(["--json", "webhook", "--no-verify", "--file"])
+                .arg(&file);
+            async move { (i, cli.run().await) }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for (i, out) in outcomes {
+        assert!(!out.stderr.contains("panicked"), "body {i}: {}", out.stderr);
+        assert!(matches!(out.code, 0..=2), "body {i} exited {}", out.code);
+        // Bad values are refused (400) or become warnings; never a failure inside (500).
+        let report = out.json();
+        assert_ne!(report["status"], 500, "body {i}: {report}");
+    }
+}
