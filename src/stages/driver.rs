@@ -842,22 +842,7 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         );
         return res.count(Counter::RetryScheduled);
     }
-    let masked = out.to.masked();
-    let claim = ledger::claim(
-        &j.db,
-        &ClaimRequest {
-            key: &job.key,
-            patient_id: job.patient_id,
-            run_id: j.run_id,
-            claimed_by: &j.application_name,
-            recipient_masked: &masked,
-            message_id_domain: &j.message_id_domain,
-            patient_exclusive_since: (stage == Stage::CancellationRecovery)
-                .then(|| j.clock.now() - Duration::hours(72)),
-            require_active: job.key.stage == Stage::ConfirmationRecovery.ledger_stage(),
-        },
-    )
-    .await;
+    let claim = claim_job(j, &job, Some(stage)).await;
     let (delivery_id, message_id, attempt) = match claim {
         Ok(Claim::Claimed {
             id,
@@ -1081,10 +1066,12 @@ fn render(
     }
 }
 
-/// A message that could not be rendered: claimed and recorded as `retry` with the error.
-async fn record_render_error(j: &Journey, job: &Job, why: &str) -> anyhow::Result<()> {
+/// Claims one job's ledger row. With its `stage`, the stage's claim rules apply (cancellation
+/// recovery is exclusive per patient for 72 h; a confirmation needs the booking still active);
+/// without, the row is claimed plainly (to record a render error).
+async fn claim_job(j: &Journey, job: &Job, stage: Option<Stage>) -> anyhow::Result<Claim> {
     let masked = job.outgoing.to.masked();
-    let claim = ledger::claim(
+    ledger::claim(
         &j.db,
         &ClaimRequest {
             key: &job.key,
@@ -1093,11 +1080,18 @@ async fn record_render_error(j: &Journey, job: &Job, why: &str) -> anyhow::Resul
             claimed_by: &j.application_name,
             recipient_masked: &masked,
             message_id_domain: &j.message_id_domain,
-            patient_exclusive_since: None,
-            require_active: false,
+            patient_exclusive_since: (stage == Some(Stage::CancellationRecovery))
+                .then(|| j.clock.now() - Duration::hours(72)),
+            require_active: stage.is_some()
+                && job.key.stage == Stage::ConfirmationRecovery.ledger_stage(),
         },
     )
-    .await?;
+    .await
+}
+
+/// A message that could not be rendered: claimed and recorded as `retry` with the error.
+async fn record_render_error(j: &Journey, job: &Job, why: &str) -> anyhow::Result<()> {
+    let claim = claim_job(j, job, None).await?;
     let Claim::Claimed { id, .. } = claim else {
         // Another run has it: nothing of ours to record.
         return Ok(());

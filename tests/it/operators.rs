@@ -5,18 +5,11 @@
 use chrono::Duration;
 
 use crate::harness::{TestDb, BIN};
+use crate::ops::has_flag;
 use crate::seed::{self, at, Booking};
 use crate::transports::Transports;
 
 const NOW: &str = "2026-03-09T15:00:00Z";
-
-fn has_flag(report: &serde_json::Value, needle: &str) -> bool {
-    report["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|f| f["message"].as_str().unwrap_or("").contains(needle))
-}
 
 #[tokio::test]
 async fn status_raises_no_silence_alarm_when_the_due_bookings_were_test_bookings_or_skipped() {

@@ -17,7 +17,7 @@ async fn status(db: &TestDb, now: &str) -> (i32, serde_json::Value) {
     (out.code, out.json())
 }
 
-fn has_flag(report: &serde_json::Value, needle: &str) -> bool {
+pub fn has_flag(report: &serde_json::Value, needle: &str) -> bool {
     report["flags"]
         .as_array()
         .unwrap()
