@@ -16,6 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::stage::{execute, journey, StageRun};
+use super::webhook::AfterCommit;
 use crate::cli::{GlobalArgs, SettingsArgs};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
@@ -23,7 +24,6 @@ use crate::db::{self, Db};
 use crate::domain::{mask_email, mask_phone, Counter, Counters, Stage};
 use crate::pgtemp::{Options, TempCluster};
 use crate::secret::Secret;
-use crate::stages::driver::{confirm_booking, notify_cancellation};
 use crate::stages::{Journey, StageOptions};
 use crate::webhook::apply::{handle, Verification};
 use crate::ExitStatus;
@@ -481,11 +481,8 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
             // What `serve` does after the commit, at the webhook's own instant.
             let mut j = base.clone();
             j.clock = Clock::fixed(h.at);
-            if let Some(id) = handled.confirm_booking {
-                totals.merge(&confirm_booking(&j, id).await?.counters);
-            }
-            if let Some(id) = handled.notify_cancelled {
-                totals.merge(&notify_cancellation(&j, id).await?.counters);
+            for job in AfterCommit::of(&handled) {
+                totals.merge(&job.send(&j).await?.counters);
             }
             next_hook += 1;
         }

@@ -77,10 +77,30 @@ async fn notify_cancelled(j: &Journey, booking_id: Uuid) -> bool {
     }
 }
 
-/// What `serve` does for a booking once its webhook is committed and answered.
-enum AfterCommit {
+/// What a handled body makes due once its booking is committed: the one list that `webhook`,
+/// `serve` (after the 200) and the demo act on.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum AfterCommit {
     Confirm(Uuid),
     NotifyCancelled(Uuid),
+}
+
+impl AfterCommit {
+    pub(super) fn of(h: &Handled) -> Vec<AfterCommit> {
+        h.confirm_booking
+            .map(AfterCommit::Confirm)
+            .into_iter()
+            .chain(h.notify_cancelled.map(AfterCommit::NotifyCancelled))
+            .collect()
+    }
+
+    /// Sends it through the delivery ledger (exactly once however often it is asked).
+    pub(super) async fn send(self, j: &Journey) -> anyhow::Result<crate::stages::StageReport> {
+        match self {
+            AfterCommit::Confirm(id) => confirm_booking(j, id).await,
+            AfterCommit::NotifyCancelled(id) => notify_cancellation(j, id).await,
+        }
+    }
 }
 
 /// `journeyctl webhook [--file F] [--signature HEX] [--no-verify]`
@@ -427,30 +447,14 @@ async fn receive(
         handled.http_status,
         handled.outcome
     );
-    if let Some(id) = handled.confirm_booking {
+    for job in AfterCommit::of(&handled) {
         state.pending.fetch_add(1, Ordering::SeqCst);
-        if state
-            .after_commit
-            .send(AfterCommit::Confirm(id))
-            .await
-            .is_err()
-        {
+        if state.after_commit.send(job).await.is_err() {
             state.pending.fetch_sub(1, Ordering::SeqCst);
             log::error!(
-                "confirmation queue closed; confirmation-recovery will send booking {id}'s"
+                "the send queue is closed (serve is stopping): {job:?} is not sent now; \
+                 confirmation-recovery sends missing confirmations"
             );
-        }
-    }
-    if let Some(id) = handled.notify_cancelled {
-        state.pending.fetch_add(1, Ordering::SeqCst);
-        if state
-            .after_commit
-            .send(AfterCommit::NotifyCancelled(id))
-            .await
-            .is_err()
-        {
-            state.pending.fetch_sub(1, Ordering::SeqCst);
-            log::error!("confirmation queue closed; booking {id}'s cancellation notice not sent");
         }
     }
     let status =
