@@ -19,6 +19,10 @@ pub enum Counter {
     SkippedHasSuccessfulBooking,
     SkippedNoOtherMatches,
     SkippedRecentlyRecovered,
+    /// The recipient opted out on this channel (STOP reply, unsubscribe, operator).
+    SkippedOptedOut,
+    /// An SMS that quiet hours would have delivered too late to be of use.
+    SkippedQuietHours,
     RetryScheduled,
     InDoubt,
     /// `retry` deliveries whose window closed before they could be sent (terminal).
@@ -27,7 +31,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Processed,
         Counter::SentEmail,
         Counter::SentSms,
@@ -42,6 +46,8 @@ impl Counter {
         Counter::SkippedHasSuccessfulBooking,
         Counter::SkippedNoOtherMatches,
         Counter::SkippedRecentlyRecovered,
+        Counter::SkippedOptedOut,
+        Counter::SkippedQuietHours,
         Counter::RetryScheduled,
         Counter::InDoubt,
         Counter::Expired,
@@ -61,7 +67,9 @@ impl Counter {
             | Counter::SkippedAlreadyBooked
             | Counter::SkippedHasSuccessfulBooking
             | Counter::SkippedNoOtherMatches
-            | Counter::SkippedRecentlyRecovered => true,
+            | Counter::SkippedRecentlyRecovered
+            | Counter::SkippedOptedOut
+            | Counter::SkippedQuietHours => true,
             Counter::Processed
             | Counter::SentEmail
             | Counter::SentSms
@@ -88,6 +96,8 @@ impl Counter {
             Counter::SkippedHasSuccessfulBooking => "skipped_has_successful_booking",
             Counter::SkippedNoOtherMatches => "skipped_no_other_matches",
             Counter::SkippedRecentlyRecovered => "skipped_recently_recovered",
+            Counter::SkippedOptedOut => "skipped_opted_out",
+            Counter::SkippedQuietHours => "skipped_quiet_hours",
             Counter::RetryScheduled => "retry_scheduled",
             Counter::InDoubt => "in_doubt",
             Counter::Expired => "expired",
@@ -103,7 +113,7 @@ impl Counter {
 /// All counters of one stage run (or the totals of several), zero when unused.
 /// Serialises as a flat JSON object with every counter present.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters([u64; 18]);
+pub struct Counters([u64; 20]);
 
 impl Counters {
     pub fn add(&mut self, c: Counter, n: u64) {
