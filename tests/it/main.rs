@@ -18,6 +18,8 @@ mod retention;
 mod run_faults;
 mod seed;
 mod smtp_faults;
+mod smtp_tls;
 mod stages;
+mod tls_relay;
 mod transports;
 mod webhook;
