@@ -67,6 +67,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "SMTP_URL", hide_env_values = true, global = true)]
     pub smtp_url: Option<String>,
 
+    /// PEM bundle with the CA that signed the SMTP relay's certificate (a company or
+    /// self-hosted relay); trusted in addition to the public roots and the system's store
+    #[arg(long, env = "SMTP_CA_FILE", global = true, value_name = "FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+
     /// Instead of SMTP, write each email as an .eml file into this directory
     #[arg(long, env = "EMAIL_OUTBOX_DIR", global = true, value_name = "DIR")]
     pub email_outbox_dir: Option<PathBuf>,

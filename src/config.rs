@@ -26,8 +26,13 @@ impl ConfigError {
 /// Where email goes.
 #[derive(Clone, Debug)]
 pub enum EmailTransport {
-    /// `SMTP_URL`; the URL may carry a password, so it is kept as a secret.
-    Smtp { url: Secret },
+    /// `SMTP_URL`; the URL may carry a password, so it is kept as a secret. `ca_file`:
+    /// `SMTP_CA_FILE`, a PEM bundle trusted for the relay's certificate besides the public
+    /// and the system roots.
+    Smtp {
+        url: Secret,
+        ca_file: Option<PathBuf>,
+    },
     /// `EMAIL_OUTBOX_DIR`: one `.eml` file per message.
     Outbox { dir: PathBuf },
 }
@@ -105,6 +110,7 @@ impl Settings {
                 check_smtp_url(url)?;
                 Some(EmailTransport::Smtp {
                     url: Secret::new(url),
+                    ca_file: a.smtp_ca_file.clone(),
                 })
             }
             (None, Some(dir)) => Some(EmailTransport::Outbox { dir: dir.clone() }),

@@ -73,7 +73,7 @@ impl std::fmt::Debug for Mailer {
     }
 }
 
-fn parse_relay(url: &Secret) -> Result<Relay, ConfigError> {
+fn parse_relay(url: &Secret, ca_file: Option<&std::path::Path>) -> Result<Relay, ConfigError> {
     let bad = |why: &str| ConfigError::new(format!("SMTP_URL is not usable: {why}"));
     let u = url::Url::parse(url.expose()).map_err(|_| bad("not a URL"))?;
     let host = match u.host() {
@@ -109,7 +109,7 @@ fn parse_relay(url: &Secret) -> Result<Relay, ConfigError> {
         ("smtp", None | Some("none")) => Security::None,
         ("smtp", Some(other)) => {
             return Err(bad(&format!(
-                "tls={other} is unknown (use tls=required or tls=opportunistic)"
+                "tls={other} is unknown (use tls=required, tls=opportunistic or tls=none)"
             )))
         }
         (other, _) => return Err(bad(&format!("scheme {other}:// (use smtp:// or smtps://)"))),
@@ -128,13 +128,20 @@ fn parse_relay(url: &Secret) -> Result<Relay, ConfigError> {
             Secret::new(decode(u.password().unwrap_or(""))),
         ))
     };
+    if credentials.is_some() && security == Security::None && tls_param.as_deref() != Some("none") {
+        return Err(bad(
+            "it has a user and password but no TLS, so the password would cross the network \
+             in clear text: use smtps://…:465 or smtp://…:587?tls=required (add tls=none only \
+             for a relay on this machine)",
+        ));
+    }
     Ok(Relay {
         host,
         port,
         security,
         credentials,
         timeout,
-        tls: smtp::tls_config(),
+        tls: smtp::tls_config(ca_file).map_err(ConfigError::new)?,
     })
 }
 
@@ -148,8 +155,8 @@ fn percent_decode(s: &str) -> String {
 impl Mailer {
     pub fn from_settings(s: &EmailSettings) -> Result<Mailer, ConfigError> {
         let transport = match s.require_transport()? {
-            EmailTransport::Smtp { url } => Transport::Smtp {
-                relay: Arc::new(parse_relay(url)?),
+            EmailTransport::Smtp { url, ca_file } => Transport::Smtp {
+                relay: Arc::new(parse_relay(url, ca_file.as_deref())?),
                 idle: Arc::new(Mutex::new(Vec::new())),
             },
             EmailTransport::Outbox { dir } => Transport::Outbox { dir: dir.clone() },
@@ -320,14 +327,12 @@ fn checkin(idle: &Mutex<Vec<Connection>>, conn: Connection) {
 }
 
 fn connect_failed(relay: &Relay, f: &Failure) -> SendOutcome {
-    match f {
-        Failure::AuthRejected { .. } | Failure::NoAuthMechanism { .. } | Failure::NoStartTls => {
-            SendOutcome::Misconfigured {
-                setting: "SMTP_URL",
-                reason: format!("{} ({}:{})", f.describe(), relay.host, relay.port),
-            }
-        }
-        _ => SendOutcome::Transient {
+    match f.misconfigured_setting() {
+        Some(setting) => SendOutcome::Misconfigured {
+            setting,
+            reason: format!("{} ({}:{})", f.describe(), relay.host, relay.port),
+        },
+        None => SendOutcome::Transient {
             reason: format!(
                 "cannot connect to {}:{}: {}",
                 relay.host,
@@ -412,7 +417,7 @@ mod tests {
 
     #[test]
     fn the_smtp_url_sets_the_step_deadline_and_a_bad_one_is_refused_without_the_password() {
-        let relay = |u: &str| parse_relay(&Secret::new(u));
+        let relay = |u: &str| parse_relay(&Secret::new(u), None);
         let default = relay("smtp://127.0.0.1:2525").unwrap();
         assert_eq!(default.timeout, DEFAULT_SMTP_TIMEOUT);
         let short = relay("smtps://u:geheim@smtp.example?timeout=1500ms").unwrap();

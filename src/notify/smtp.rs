@@ -10,9 +10,16 @@
 //! A failed transaction says whether the final `.` had been written ([`TxError::AfterDot`]):
 //! before that the relay cannot have accepted the message.
 //!
+//! TLS always verifies the relay's certificate and host name, against the public roots, the
+//! system's store and `SMTP_CA_FILE` ([`tls_config`]); a certificate that fails is the
+//! operator's to fix ([`Failure::UntrustedCertificate`]), never retried as if the relay were
+//! busy. The password is only sent over TLS, or in clear text when `SMTP_URL` says
+//! `tls=none` (a relay on this machine).
+//!
 //! This module builds no messages (lettre does) and knows nothing of bookings; its failures
 //! never carry the password nor an address (texts from the relay go through [`super::scrub`]).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +39,8 @@ pub enum Security {
     StartTlsRequired,
     /// `smtp://…?tls=opportunistic`: STARTTLS when offered.
     StartTlsOpportunistic,
-    /// `smtp://host:port`: plain text (local relays only).
+    /// `smtp://host:port`: plain text (local relays only). With credentials only when the
+    /// URL says `tls=none` explicitly.
     None,
 }
 
@@ -48,18 +56,63 @@ pub struct Relay {
     pub tls: Arc<rustls::ClientConfig>,
 }
 
-/// The TLS settings for a relay: hostname verification always on, the public web roots.
-pub fn tls_config() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
+/// The TLS settings for a relay: hostname verification always on (there is no switch to turn
+/// it off), and as roots the public web roots, the machine's own store (so a company CA the
+/// machine already trusts works without settings) and the PEM bundle `ca_file`
+/// (`SMTP_CA_FILE`). A bundle that cannot be read or holds no usable CA is an error naming
+/// the setting; the machine's store is best effort (a missing or partly unreadable store
+/// leaves the other roots).
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let system = rustls_native_certs::load_native_certs();
+    let (added, ignored) = roots.add_parsable_certificates(system.certs);
+    log::debug!(
+        "SMTP TLS roots: {added} from the system store ({ignored} unusable, {} errors reading it)",
+        system.errors.len()
+    );
+    if let Some(path) = ca_file {
+        let added = add_ca_file(&mut roots, path)?;
+        log::debug!(
+            "SMTP TLS roots: {added} from SMTP_CA_FILE {}",
+            path.display()
+        );
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS for SMTP cannot be set up: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Adds every certificate of the PEM bundle at `path` as a root; how many.
+fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<usize, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad = |why: String| format!("SMTP_CA_FILE={} {why}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| match e {
+            rustls::pki_types::pem::Error::Io(e) => bad(format!("cannot be read: {e}")),
+            other => bad(format!("is not a PEM bundle: {other}")),
+        })?;
+    if certs.is_empty() {
+        return Err(bad(
+            "holds no certificate: expected the CA's certificate in PEM form \
+             (-----BEGIN CERTIFICATE-----)"
+                .into(),
+        ));
+    }
+    let count = certs.len();
+    for (n, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("certificate {} is not usable as a CA: {e}", n + 1)))?;
+    }
+    Ok(count)
 }
 
 /// One reply of the relay: its code and the text of all its lines.
@@ -94,6 +147,15 @@ pub enum Failure {
     NoAuthMechanism { user: String },
     /// `tls=required` and the relay does not offer STARTTLS.
     NoStartTls,
+    /// The relay's certificate failed verification: an unknown CA, another host's name,
+    /// expired. Our trust settings (or the host in `SMTP_URL`), not the message.
+    UntrustedCertificate {
+        host: String,
+        error: rustls::CertificateError,
+    },
+    /// Credentials are configured, `tls=opportunistic`, and the relay offers no STARTTLS:
+    /// AUTH would send the password in clear text, so it is not sent.
+    PlaintextAuth { user: String },
 }
 
 impl Failure {
@@ -121,6 +183,48 @@ impl Failure {
             Failure::NoStartTls => {
                 "the relay does not offer STARTTLS, but SMTP_URL says tls=required".into()
             }
+            Failure::UntrustedCertificate { host, error } => {
+                let why = match error {
+                    rustls::CertificateError::NotValidForName => format!(
+                        "it was not issued for {host}; put the name it was issued for into \
+                         SMTP_URL"
+                    ),
+                    rustls::CertificateError::NotValidForNameContext { presented, .. } => {
+                        format!(
+                            "it was not issued for {host} but for {}; put that name into \
+                             SMTP_URL",
+                            scrub(&presented.join(", "))
+                        )
+                    }
+                    rustls::CertificateError::UnknownIssuer => {
+                        "it is signed by a CA this machine does not trust (UnknownIssuer)".into()
+                    }
+                    other => format!("{other}"),
+                };
+                format!("the relay's certificate is not trusted (set SMTP_CA_FILE): {why}")
+            }
+            Failure::PlaintextAuth { user } => format!(
+                "the relay does not offer STARTTLS, so AUTH as {user} would send the password \
+                 in clear text; use tls=required (or smtps://), or tls=none only for a relay on \
+                 this machine"
+            ),
+        }
+    }
+
+    /// The setting an operator has to fix when this failure is our configuration rather
+    /// than the message or the relay's mood; `None` for everything worth retrying as it is.
+    pub fn misconfigured_setting(&self) -> Option<&'static str> {
+        match self {
+            Failure::AuthRejected { .. }
+            | Failure::NoAuthMechanism { .. }
+            | Failure::NoStartTls
+            | Failure::PlaintextAuth { .. } => Some("SMTP_URL"),
+            Failure::UntrustedCertificate { error, .. } => match error {
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. } => Some("SMTP_URL"),
+                _ => Some("SMTP_CA_FILE"),
+            },
+            Failure::Timeout { .. } | Failure::Io { .. } | Failure::Refused { .. } => None,
         }
     }
 }
@@ -206,6 +310,12 @@ pub async fn connect(relay: &Relay) -> Result<Connection, Failure> {
         conn.ehlo().await?;
     }
     if let Some((user, password)) = &relay.credentials {
+        // `tls=none` is the operator's explicit word for a relay on this machine; anything
+        // else that ended up without TLS keeps the password to itself.
+        let encrypted = starttls || relay.security == Security::Wrapper;
+        if !encrypted && relay.security != Security::None {
+            return Err(Failure::PlaintextAuth { user: user.clone() });
+        }
         conn.auth(user, password).await?;
     }
     Ok(conn)
@@ -221,7 +331,30 @@ async fn handshake(
             reason: format!("{:?} is not a valid TLS server name", relay.host),
         })?;
     let connector = tokio_rustls::TlsConnector::from(relay.tls.clone());
-    within(relay.timeout, "TLS handshake", connector.connect(name, io)).await
+    match tokio::time::timeout(relay.timeout, connector.connect(name, io)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(match certificate_error(&e) {
+            Some(error) => Failure::UntrustedCertificate {
+                host: relay.host.clone(),
+                error,
+            },
+            None => Failure::Io {
+                step: "TLS handshake",
+                reason: e.to_string(),
+            },
+        }),
+        Err(_) => Err(Failure::Timeout {
+            step: "TLS handshake",
+        }),
+    }
+}
+
+/// The verification failure inside a failed handshake, if that is what it was.
+fn certificate_error(e: &std::io::Error) -> Option<rustls::CertificateError> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(c) => Some(c.clone()),
+        _ => None,
+    }
 }
 
 impl Connection {

@@ -20,6 +20,7 @@ fn mailer(url: &str) -> Mailer {
     Mailer::from_settings(&EmailSettings {
         transport: Some(EmailTransport::Smtp {
             url: Secret::new(url),
+            ca_file: None,
         }),
         from: "Praxisteam <termine@praxis.example>".into(),
         reply_to: Some("antwort@praxis.example".into()),

@@ -75,7 +75,7 @@ impl ScriptedRelay {
 
     fn url_with_user(&self) -> String {
         format!(
-            "smtp://praxis-mailer:{PASSWORD}@127.0.0.1:{}?timeout=1s",
+            "smtp://praxis-mailer:{PASSWORD}@127.0.0.1:{}?tls=none&timeout=1s",
             self.port
         )
     }

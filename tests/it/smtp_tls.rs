@@ -209,7 +209,14 @@ async fn a_relay_certificate_from_a_private_ca_is_refused_with_exit_2_until_smtp
     );
 
     // The operator sets SMTP_CA_FILE: the next run sends the reminder, once.
-    let out = reminder_24h(&db, &url, Some(&ca.file), at(NOW) + Minutes::minutes(5), &[]).await;
+    let out = reminder_24h(
+        &db,
+        &url,
+        Some(&ca.file),
+        at(NOW) + Minutes::minutes(5),
+        &[],
+    )
+    .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
     assert_eq!(relay.mails().len(), 1);
@@ -250,7 +257,10 @@ async fn a_relay_certificate_for_another_host_name_is_refused_with_exit_2() {
     assert_stopped_without_cost(&out, &c, b, &relay).await;
     let error = last_error(&c, b).await;
     assert!(error.contains(UNTRUSTED), "{error}");
-    assert!(error.contains("localhost"), "names the host it expected: {error}");
+    assert!(
+        error.contains("localhost"),
+        "names the host it expected: {error}"
+    );
     assert!(relay.auth_attempts().is_empty());
 }
 
@@ -278,10 +288,21 @@ async fn a_wrong_password_exits_2_keeps_the_reminder_retryable_and_it_goes_out_o
     for text in [&error, &out.stderr, &out.stdout] {
         assert!(!text.contains(wrong), "the password is shown: {text}");
     }
-    assert_eq!(relay.auth_attempts().len(), 1, "one refusal stops the channel");
+    assert_eq!(
+        relay.auth_attempts().len(),
+        1,
+        "one refusal stops the channel"
+    );
 
     let fixed = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=required");
-    let out = reminder_24h(&db, &fixed, Some(&ca.file), at(NOW) + Minutes::minutes(5), &[]).await;
+    let out = reminder_24h(
+        &db,
+        &fixed,
+        Some(&ca.file),
+        at(NOW) + Minutes::minutes(5),
+        &[],
+    )
+    .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
     assert_eq!(relay.mails().len(), 1, "delivered exactly once");
@@ -323,7 +344,10 @@ async fn tls_opportunistic_against_a_relay_without_starttls_never_sends_the_pass
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=opportunistic");
     let out = reminder_24h(&db, &url, None, at(NOW), &[]).await;
     assert_stopped_without_cost(&out, &c, b, &relay).await;
-    assert!(relay.auth_attempts().is_empty(), "AUTH went out in clear text");
+    assert!(
+        relay.auth_attempts().is_empty(),
+        "AUTH went out in clear text"
+    );
     let error = last_error(&c, b).await;
     assert!(error.contains("clear text"), "{error}");
 }
