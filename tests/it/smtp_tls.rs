@@ -142,6 +142,24 @@ async fn starttls_with_auth_delivers_through_a_relay_signed_by_the_private_ca_in
 }
 
 #[tokio::test]
+async fn a_password_with_ampersand_and_plus_left_as_they_are_in_smtp_url_is_sent_as_written() {
+    let db = TestDb::migrated().await;
+    let (c, b) = due_reminder(&db).await;
+    let ca = Ca::new("Praxisverbund");
+    let relay = TlsRelay::start(
+        Mode::Implicit,
+        Some(&ca.relay_cert(&["localhost"])),
+        &[AuthMechanism::Plain],
+    );
+    let url = relay.url_as_written("smtps", PASSWORD, "");
+    assert!(url.contains("Q&x+y@"), "{url}");
+    let out = reminder_24h(&db, &url, Some(&ca.file), at(NOW), &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
+    assert_eq!(relay.auth_attempts().len(), 1);
+}
+
+#[tokio::test]
 async fn implicit_tls_with_auth_login_delivers_through_smtps() {
     let db = TestDb::migrated().await;
     let (c, b) = due_reminder(&db).await;

@@ -26,9 +26,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The account the relay accepts.
 pub const USER: &str = "praxis@example.de";
-/// Its password: characters that must be percent-encoded in a URL, and recognisable in
-/// any output it leaks into.
-pub const PASSWORD: &str = "Sch/üssel 7:k@9%Q";
+/// Its password: characters that must be percent-encoded in a URL, two (`&`, `+`) that a
+/// URL may carry as they are, and recognisable in any output it leaks into.
+pub const PASSWORD: &str = "Sch/üssel 7:k@9%Q&x+y";
 
 /// `USER:PASSWORD` as the user part of an SMTP URL.
 pub fn userinfo(password: &str) -> String {
@@ -246,6 +246,15 @@ impl TlsRelay {
             }
         });
         TlsRelay { port, state }
+    }
+
+    /// `scheme://USER:password@localhost:port?query` with only what the URL syntax demands
+    /// percent-encoded (as `url` writes it): `&` and `+` stay as they are.
+    pub fn url_as_written(&self, scheme: &str, password: &str, query: &str) -> String {
+        let mut u = url::Url::parse(&self.url(scheme, None, query)).unwrap();
+        u.set_username(USER).unwrap();
+        u.set_password(Some(password)).unwrap();
+        u.to_string()
     }
 
     /// `scheme://userinfo@localhost:port?query`
