@@ -145,11 +145,12 @@ fn parse_relay(url: &Secret, ca_file: Option<&std::path::Path>) -> Result<Relay,
     })
 }
 
+/// The user or password of a URL: `%XX` decoded, everything else as written (`+` and `&`
+/// included: userinfo is not a form).
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl Mailer {
