@@ -141,7 +141,7 @@ fn parse_relay(url: &Secret, ca_file: Option<&std::path::Path>) -> Result<Relay,
         security,
         credentials,
         timeout,
-        tls: smtp::tls_config(ca_file).map_err(ConfigError::new)?,
+        tls: smtp::tls_config(ca_file, security != Security::None).map_err(ConfigError::new)?,
     })
 }
 

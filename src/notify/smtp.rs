@@ -61,16 +61,23 @@ pub struct Relay {
 /// machine already trusts works without settings) and the PEM bundle `ca_file`
 /// (`SMTP_CA_FILE`). A bundle that cannot be read or holds no usable CA is an error naming
 /// the setting; the machine's store is best effort (a missing or partly unreadable store
-/// leaves the other roots).
-pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+/// leaves the other roots). Reading the store costs tens of milliseconds, so a relay that
+/// never speaks TLS (`system_store` false) skips it.
+pub fn tls_config(
+    ca_file: Option<&Path>,
+    system_store: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots =
         rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let system = rustls_native_certs::load_native_certs();
-    let (added, ignored) = roots.add_parsable_certificates(system.certs);
-    log::debug!(
-        "SMTP TLS roots: {added} from the system store ({ignored} unusable, {} errors reading it)",
-        system.errors.len()
-    );
+    if system_store {
+        let system = rustls_native_certs::load_native_certs();
+        let (added, ignored) = roots.add_parsable_certificates(system.certs);
+        log::debug!(
+            "SMTP TLS roots: {added} from the system store ({ignored} unusable, {} errors \
+             reading it)",
+            system.errors.len()
+        );
+    }
     if let Some(path) = ca_file {
         let added = add_ca_file(&mut roots, path)?;
         log::debug!(
