@@ -451,6 +451,10 @@ async fn the_smtp_password_never_appears_in_any_output() {
         let out = tokio::time::timeout(Duration::from_secs(60), cli.run())
             .await
             .expect("reminder-24h hung");
+        // All but the URL refused at start-up get as far as the relay, talking at -vv.
+        if n != 1 {
+            assert!(out.stderr.contains("DEBUG"), "not verbose: {}", out.stderr);
+        }
         seen.push((format!("stdout of run {n}"), out.stdout));
         seen.push((format!("stderr of run {n}"), out.stderr));
     }
