@@ -221,7 +221,7 @@ fn judge(j: &Journey, reports: &[StageReport]) -> (ExitStatus, &'static str) {
     let misconfigured = j.control.misconfigured();
     for (channel, setting) in &misconfigured {
         log::error!(
-            "the {channel} channel was stopped: the provider refused our {setting}; fix \
+            "the {channel} channel was stopped because of our {setting}; fix \
              {setting} (the messages stay due and the next run sends them)"
         );
     }

@@ -129,7 +129,7 @@ impl RunControl {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if m.insert(channel.as_str(), setting.to_string()).is_none() {
             log::error!(
-                "{channel}: the provider refused our {setting}; no more {channel} is sent in \
+                "{channel}: stopped because of our {setting} (see the error above); no more {channel} is sent in \
                  this run (the rest stays due for the next run once {setting} is fixed)"
             );
         }
