@@ -476,7 +476,10 @@ async fn send_due(j: &Journey, due: Vec<AfterCommit>, report: &mut Report) {
         }
         match job.send(j).await {
             Ok(r) => {
-                report.counters.merge(&r.counters);
+                // `processed` stays the number of changes applied.
+                for (c, n) in r.counters.iter().filter(|(c, _)| *c != Counter::Processed) {
+                    report.counters.add(c, n);
+                }
                 report.send_failures += r.failures;
             }
             Err(e) => {
@@ -485,7 +488,6 @@ async fn send_due(j: &Journey, due: Vec<AfterCommit>, report: &mut Report) {
             }
         }
     }
-    // Sends count under the report's own counters; `processed` stays the applied changes.
 }
 
 /// A run that could not read the API (or the database): logged, an `error` event, the run
