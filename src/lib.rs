@@ -237,8 +237,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             .await
         }
         Command::Reconcile(a) => {
-            let opts =
-                commands::ReconcileOptions::new(a.dry_run, a.since.as_deref(), a.page_size)?;
+            let opts = commands::ReconcileOptions::new(a.dry_run, a.since.as_deref(), a.page_size)?;
             let deadline = run_deadline(&a.run_deadline)?;
             commands::reconcile(g, settings, clock, opts, deadline).await
         }

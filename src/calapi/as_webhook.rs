@@ -188,7 +188,10 @@ mod tests {
 
     #[test]
     fn a_moved_booking_names_the_one_it_replaces_and_a_cancellation_its_reason() {
-        let b = api("accepted", json!({"rescheduledFromUid": "Fs3nQ8vLx2WpHc7KdM5tRb"}));
+        let b = api(
+            "accepted",
+            json!({"rescheduledFromUid": "Fs3nQ8vLx2WpHc7KdM5tRb"}),
+        );
         let e = parse(&body(
             &b,
             &Trigger::BookingRescheduled,
@@ -199,7 +202,10 @@ mod tests {
         .unwrap();
         assert_eq!(e.reschedule_uid.as_deref(), Some("Fs3nQ8vLx2WpHc7KdM5tRb"));
 
-        let c = api("cancelled", json!({"updatedAt": "2026-03-09T10:00:00.000Z"}));
+        let c = api(
+            "cancelled",
+            json!({"updatedAt": "2026-03-09T10:00:00.000Z"}),
+        );
         let e = parse(&body(
             &c,
             &Trigger::BookingCancelled,
@@ -224,7 +230,13 @@ mod tests {
     fn the_same_state_gives_the_same_bytes() {
         let b = api("accepted", json!({}));
         let one = body(&b, &Trigger::BookingCreated, b.status, None, b.created_at);
-        let two = body(&b.clone(), &Trigger::BookingCreated, b.status, None, b.created_at);
+        let two = body(
+            &b.clone(),
+            &Trigger::BookingCreated,
+            b.status,
+            None,
+            b.created_at,
+        );
         assert_eq!(one, two);
     }
 

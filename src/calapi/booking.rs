@@ -175,7 +175,9 @@ fn read_booking(item: &Value) -> Result<ApiBooking, String> {
     let uid = text(map, "uid").ok_or("no uid")?;
     let status = match map.get("status") {
         Some(Value::String(s)) => ApiStatus::parse(s).ok_or_else(|| {
-            format!("booking {uid}: unknown status (expected accepted, pending, cancelled, rejected)")
+            format!(
+                "booking {uid}: unknown status (expected accepted, pending, cancelled, rejected)"
+            )
         })?,
         _ => return Err(format!("booking {uid}: no status")),
     };
@@ -277,8 +279,10 @@ mod tests {
 
     #[test]
     fn debug_never_prints_attendees() {
-        let p = page(json!({"status": "success", "data": [booking("a", "accepted")],
-                            "pagination": {"hasNextPage": false}}))
+        let p = page(
+            json!({"status": "success", "data": [booking("a", "accepted")],
+                            "pagination": {"hasNextPage": false}}),
+        )
         .unwrap();
         let text = format!("{:?}", p);
         assert!(!text.contains("jonas"), "{text}");

@@ -59,7 +59,10 @@ pub enum ApiError {
         detail: String,
     },
     #[error("Cal.com API answer for {what} is unusable: {why}")]
-    Shape { what: String, why: booking::ShapeError },
+    Shape {
+        what: String,
+        why: booking::ShapeError,
+    },
     #[error(
         "Cal.com API rate limit: told to wait {wait:?}, which ends after this run's deadline; \
          the next run continues from the same point"

@@ -107,8 +107,18 @@ fn steps_for(b: &ApiBooking, stored: &HashMap<String, Stored>) -> Vec<Step> {
             let at = b.changed_at();
             if let Some(x) = from {
                 if retire || own.is_some() {
-                    let change = if retire { Change::Moved } else { own.unwrap_or(Change::Moved) };
-                    out.push(step(Trigger::BookingRescheduled, change, b.status, Some(x), at));
+                    let change = if retire {
+                        Change::Moved
+                    } else {
+                        own.unwrap_or(Change::Moved)
+                    };
+                    out.push(step(
+                        Trigger::BookingRescheduled,
+                        change,
+                        b.status,
+                        Some(x),
+                        at,
+                    ));
                 }
             } else if let Some(change) = own {
                 let trigger = if b.status == ApiStatus::Accepted {
@@ -170,16 +180,15 @@ pub fn difference(b: &ApiBooking, stored: Option<&Stored>) -> Option<Change> {
         return (!retired_to(Some(s), to)).then_some(Change::Moved);
     }
     use BookingStatus as S;
-    let status_ok = match (b.status, stored_status(s)) {
+    let status_ok = matches!(
+        (b.status, stored_status(s)),
         (
             ApiStatus::Accepted,
-            Some(S::Accepted | S::Completed | S::NoShowGuest | S::NoShowHost),
-        ) => true,
-        (ApiStatus::Pending, Some(S::Pending)) => true,
-        (ApiStatus::Cancelled, Some(S::Cancelled)) => true,
-        (ApiStatus::Rejected, Some(S::Rejected)) => true,
-        _ => false,
-    };
+            Some(S::Accepted | S::Completed | S::NoShowGuest | S::NoShowHost)
+        ) | (ApiStatus::Pending, Some(S::Pending))
+            | (ApiStatus::Cancelled, Some(S::Cancelled))
+            | (ApiStatus::Rejected, Some(S::Rejected))
+    );
     if !status_ok {
         return Some(Change::Status);
     }
@@ -194,7 +203,10 @@ pub fn difference(b: &ApiBooking, stored: Option<&Stored>) -> Option<Change> {
 /// The successors (`rescheduledToUid`) named by moved-away bookings that are not retired yet
 /// and that the sweeps did not return: the caller fetches them, so their reschedule can retire
 /// the old uid.
-pub fn missing_successors(bookings: &[ApiBooking], stored: &HashMap<String, Stored>) -> Vec<String> {
+pub fn missing_successors(
+    bookings: &[ApiBooking],
+    stored: &HashMap<String, Stored>,
+) -> Vec<String> {
     let seen: std::collections::HashSet<&str> = bookings.iter().map(|b| b.uid.as_str()).collect();
     let mut out: Vec<String> = bookings
         .iter()
@@ -267,7 +279,12 @@ mod tests {
         assert!(plan(&[api("a", "accepted", T0, json!({}))], &db).is_empty());
         let db = HashMap::from([("c".to_string(), stored("CANCELLED"))]);
         assert!(plan(
-            &[api("c", "cancelled", T0, json!({"start": "2026-04-01T00:00:00Z"}))],
+            &[api(
+                "c",
+                "cancelled",
+                T0,
+                json!({"start": "2026-04-01T00:00:00Z"})
+            )],
             &db
         )
         .is_empty());
@@ -285,7 +302,12 @@ mod tests {
         let steps = plan(
             &[
                 api("new", "accepted", T0, json!({})),
-                api("moved", "accepted", T0, json!({"start": "2026-03-12T16:00:00Z"})),
+                api(
+                    "moved",
+                    "accepted",
+                    T0,
+                    json!({"start": "2026-03-12T16:00:00Z"}),
+                ),
                 api("pre", "accepted", T0, json!({})),
                 api("cancel", "cancelled", T0, json!({"updatedAt": T1})),
                 api("req", "pending", T0, json!({})),
@@ -308,11 +330,19 @@ mod tests {
 
     #[test]
     fn a_reschedule_retires_the_old_uid_through_the_new_ones_event_only() {
-        let old = api("old", "cancelled", T0, json!({"rescheduledToUid": "new", "updatedAt": T1}));
+        let old = api(
+            "old",
+            "cancelled",
+            T0,
+            json!({"rescheduledToUid": "new", "updatedAt": T1}),
+        );
         let new = api("new", "accepted", T1, json!({"rescheduledFromUid": "old"}));
         let db = HashMap::from([("old".to_string(), stored("ACCEPTED"))]);
         let steps = plan(&[new.clone(), old.clone()], &db);
-        assert_eq!(triggers(&steps), vec![("new".into(), "RESCHEDULED", Change::Moved)]);
+        assert_eq!(
+            triggers(&steps),
+            vec![("new".into(), "RESCHEDULED", Change::Moved)]
+        );
         let e = crate::webhook::parse(&steps[0].body).unwrap();
         assert_eq!(e.reschedule_uid.as_deref(), Some("old"));
         assert_eq!(e.status.as_deref(), Some("ACCEPTED"));
@@ -329,7 +359,12 @@ mod tests {
 
     #[test]
     fn a_moved_then_cancelled_booking_retires_its_origin_without_ever_being_active() {
-        let b = api("b", "cancelled", T1, json!({"rescheduledFromUid": "a", "updatedAt": T1}));
+        let b = api(
+            "b",
+            "cancelled",
+            T1,
+            json!({"rescheduledFromUid": "a", "updatedAt": T1}),
+        );
         let db = HashMap::from([("a".to_string(), stored("ACCEPTED"))]);
         let steps = plan(&[b], &db);
         assert_eq!(
@@ -352,7 +387,12 @@ mod tests {
             T1,
             json!({"rescheduledFromUid": "a", "rescheduledToUid": "c"}),
         );
-        let c = api("c", "accepted", "2026-03-03T10:00:00Z", json!({"rescheduledFromUid": "b"}));
+        let c = api(
+            "c",
+            "accepted",
+            "2026-03-03T10:00:00Z",
+            json!({"rescheduledFromUid": "b"}),
+        );
         let steps = plan(&[c, a, b], &HashMap::new());
         assert_eq!(
             triggers(&steps),
@@ -366,7 +406,10 @@ mod tests {
     #[test]
     fn successors_missing_from_the_sweeps_are_named_for_fetching() {
         let old = api("old", "cancelled", T0, json!({"rescheduledToUid": "new"}));
-        assert_eq!(missing_successors(&[old.clone()], &HashMap::new()), vec!["new"]);
+        assert_eq!(
+            missing_successors(std::slice::from_ref(&old), &HashMap::new()),
+            vec!["new"]
+        );
         let new = api("new", "accepted", T1, json!({"rescheduledFromUid": "old"}));
         assert!(missing_successors(&[old.clone(), new], &HashMap::new()).is_empty());
         let mut retired = stored("RESCHEDULED");

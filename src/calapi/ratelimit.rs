@@ -151,7 +151,9 @@ fn seconds(s: f64) -> Option<Duration> {
     if !s.is_finite() {
         return None;
     }
-    Some(Duration::from_secs_f64(s.clamp(0.0, MAX_WAIT.as_secs_f64())))
+    Some(Duration::from_secs_f64(
+        s.clamp(0.0, MAX_WAIT.as_secs_f64()),
+    ))
 }
 
 #[cfg(test)]

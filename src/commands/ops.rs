@@ -376,7 +376,9 @@ pub async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<Ex
                 "  reconcile  {:<20} {:<7} booking {} ({}) found {}{}",
                 r.trigger,
                 r.change,
-                r.booking_id.map(|id| id.to_string()).unwrap_or_else(|| "-".into()),
+                r.booking_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 r.cal_uid,
                 r.found_at.format("%Y-%m-%d %H:%M UTC"),
                 r.changed_at

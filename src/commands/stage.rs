@@ -78,6 +78,7 @@ pub async fn journey(
 pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Runs the given stages as one run named `command`, and prints the report.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     g: &GlobalArgs,
     settings: Settings,

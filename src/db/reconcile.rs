@@ -183,11 +183,7 @@ pub async fn record_change(db: &Db, c: &Change<'_>) -> anyhow::Result<()> {
 
 /// Of these bookings, the ones a confirmation is still for: active, session ahead of `now`
 /// (a booking found after its session never gets a confirmation).
-pub async fn confirmable(
-    db: &Db,
-    ids: &[Uuid],
-    now: DateTime<Utc>,
-) -> anyhow::Result<Vec<Uuid>> {
+pub async fn confirmable(db: &Db, ids: &[Uuid], now: DateTime<Utc>) -> anyhow::Result<Vec<Uuid>> {
     let sql = format!(
         "SELECT id FROM cal_bookings b
          WHERE id = ANY($1) AND {} AND b.start_time > $2 ORDER BY b.start_time",

@@ -113,7 +113,8 @@ impl Respond for CalApi {
             return answer;
         }
         if header("cal-api-version").as_deref() != Some("2024-08-13") {
-            return ResponseTemplate::new(200).set_body_bytes(api_fixture("old_shape_2024_04_15.json"));
+            return ResponseTemplate::new(200)
+                .set_body_bytes(api_fixture("old_shape_2024_04_15.json"));
         }
         ResponseTemplate::new(200).set_body_json(page(&s.bookings, &query))
     }
@@ -128,12 +129,14 @@ fn page(bookings: &[Value], q: &HashMap<String, String>) -> Value {
     let mut items: Vec<&Value> = bookings
         .iter()
         .filter(|b| q.get("bookingUid").is_none_or(|u| b["uid"] == json!(u)))
-        .filter(|b| {
-            since.is_none_or(|s| b[field].as_str().is_some_and(|t| at(t) >= s))
-        })
+        .filter(|b| since.is_none_or(|s| b[field].as_str().is_some_and(|t| at(t) >= s)))
         .collect();
     items.sort_by_key(|b| b[field].as_str().map(at));
-    let ascending = q.get("sortCreated").or(q.get("sortUpdatedAt")).map(String::as_str) == Some("asc");
+    let ascending = q
+        .get("sortCreated")
+        .or(q.get("sortUpdatedAt"))
+        .map(String::as_str)
+        == Some("asc");
     if !ascending {
         items.reverse();
     }
@@ -208,9 +211,12 @@ async fn seed_marketplace(db: &TestDb) -> tokio_postgres::Client {
 
 fn reconcile_cmd(db: &TestDb, tr: &Transports, base: &str, now: &str) -> Cli {
     let mut cli = tr.apply(db.cmd());
-    cli.env("CAL_API_KEY", KEY)
-        .env("CAL_API_BASE", base)
-        .args(["--now", now, "--json", "reconcile"]);
+    cli.env("CAL_API_KEY", KEY).env("CAL_API_BASE", base).args([
+        "--now",
+        now,
+        "--json",
+        "reconcile",
+    ]);
     cli
 }
 
@@ -234,7 +240,15 @@ async fn webhook(db: &TestDb, tr: &Transports, body: &[u8], now: &str) -> Value 
     let out = tr
         .apply(db.cmd())
         .env("CAL_WEBHOOK_SECRET", SECRET)
-        .args(["--now", now, "--json", "webhook", "--signature", &sig, "--file"])
+        .args([
+            "--now",
+            now,
+            "--json",
+            "webhook",
+            "--signature",
+            &sig,
+            "--file",
+        ])
         .arg(&file)
         .run()
         .await;
@@ -252,7 +266,10 @@ async fn stage(db: &TestDb, tr: &Transports, command: &str, now: &str) -> Value 
     out.json()["stages"][0]["counters"].clone()
 }
 
-async fn row(c: &tokio_postgres::Client, uid: &str) -> (Option<String>, Option<DateTime<Utc>>, Option<String>) {
+async fn row(
+    c: &tokio_postgres::Client,
+    uid: &str,
+) -> (Option<String>, Option<DateTime<Utc>>, Option<String>) {
     let r = c
         .query_one(
             "SELECT status, start_time, rescheduled_to_uid FROM cal_bookings WHERE cal_uid = $1",
@@ -285,8 +302,14 @@ async fn fifty_changes_made_while_the_webhook_was_down_are_caught_by_one_reconci
     // Before the outage: ten bookings whose webhooks arrived (confirmed at 07:00).
     let mut olds = Vec::new();
     for i in 0..10 {
-        let b = walk_in(&format!("Old{i:02}xxxxxxxxxxxxxxxxx"), "accepted",
-                        now + h(24) + m(30), now - h(2) + m(i), None, i as usize);
+        let b = walk_in(
+            &format!("Old{i:02}xxxxxxxxxxxxxxxxx"),
+            "accepted",
+            now + h(24) + m(30),
+            now - h(2) + m(i),
+            None,
+            i as usize,
+        );
         webhook(&db, &tr, &created_webhook(&b), "2026-03-02T07:30:00Z").await;
         olds.push(b);
     }
@@ -296,15 +319,27 @@ async fn fifty_changes_made_while_the_webhook_was_down_are_caught_by_one_reconci
     let mut api = Vec::new();
     let mut news = Vec::new();
     for i in 0..20 {
-        let b = walk_in(&format!("New{i:02}xxxxxxxxxxxxxxxxx"), "accepted",
-                        now + h(72) + h(i), now - h(1) + m(i), None, 10 + i as usize);
+        let b = walk_in(
+            &format!("New{i:02}xxxxxxxxxxxxxxxxx"),
+            "accepted",
+            now + h(72) + h(i),
+            now - h(1) + m(i),
+            None,
+            10 + i as usize,
+        );
         news.push(b.clone());
         api.push(b);
     }
     let mut cancelled = Vec::new();
     for i in 0..10 {
-        let b = walk_in(&format!("Cxl{i:02}xxxxxxxxxxxxxxxxx"), "cancelled",
-                        now + h(24), now - m(40) + m(i), Some(now - m(20) + m(i)), 30 + i as usize);
+        let b = walk_in(
+            &format!("Cxl{i:02}xxxxxxxxxxxxxxxxx"),
+            "cancelled",
+            now + h(24),
+            now - m(40) + m(i),
+            Some(now - m(20) + m(i)),
+            30 + i as usize,
+        );
         cancelled.push(b.clone());
         api.push(b);
     }
@@ -316,8 +351,14 @@ async fn fifty_changes_made_while_the_webhook_was_down_are_caught_by_one_reconci
         o["status"] = json!("cancelled");
         o["rescheduledToUid"] = json!(new_uid);
         o["updatedAt"] = json!(iso(now - m(15) + m(i as i64)));
-        let mut n = walk_in(&new_uid, "accepted", now + h(48) + m(30),
-                            now - m(15) + m(i as i64), None, i);
+        let mut n = walk_in(
+            &new_uid,
+            "accepted",
+            now + h(48) + m(30),
+            now - m(15) + m(i as i64),
+            None,
+            i,
+        );
         n["rescheduledFromUid"] = json!(old_uid);
         api.push(o);
         moved_to.push(n.clone());
@@ -340,12 +381,29 @@ async fn fifty_changes_made_while_the_webhook_was_down_are_caught_by_one_reconci
 
     // Every request: the key, the pinned version, both sweeps, pages of 7.
     let seen = cal.seen();
-    assert!(seen.iter().all(|s| s.version.as_deref() == Some("2024-08-13")));
-    assert!(seen.iter().all(|s| s.auth.as_deref() == Some(&*format!("Bearer {KEY}"))));
+    assert!(seen
+        .iter()
+        .all(|s| s.version.as_deref() == Some("2024-08-13")));
+    assert!(seen
+        .iter()
+        .all(|s| s.auth.as_deref() == Some(&*format!("Bearer {KEY}"))));
     assert!(seen.iter().all(|s| s.path == "/v2/bookings"));
-    assert_eq!(seen.iter().filter(|s| s.query.contains_key("afterCreatedAt")).count(), 8);
-    assert_eq!(seen.iter().filter(|s| s.query.contains_key("afterUpdatedAt")).count(), 3);
-    assert_eq!(seen[0].query["afterCreatedAt"], iso(now - chrono::Duration::days(7)));
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.query.contains_key("afterCreatedAt"))
+            .count(),
+        8
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.query.contains_key("afterUpdatedAt"))
+            .count(),
+        3
+    );
+    assert_eq!(
+        seen[0].query["afterCreatedAt"],
+        iso(now - chrono::Duration::days(7))
+    );
 
     // All 50 rows match the API.
     for b in news.iter().chain(&moved_to) {
@@ -365,14 +423,18 @@ async fn fifty_changes_made_while_the_webhook_was_down_are_caught_by_one_reconci
     }
     assert_eq!(db.count("SELECT count(*) FROM cal_bookings").await, 50);
     assert_eq!(
-        db.count("SELECT count(*) FROM cal_webhook_receipts WHERE source = 'api'").await,
+        db.count("SELECT count(*) FROM cal_webhook_receipts WHERE source = 'api'")
+            .await,
         40
     );
 
     // Confirmations: once for each new and moved booking, none for the cancelled ones.
     let mut expected: Vec<String> = olds.iter().map(email_of).collect();
     expected.extend(news.iter().chain(&moved_to).map(email_of));
-    expected.extend(std::iter::repeat_n("lena.brandt@praxis.example".to_string(), 40));
+    expected.extend(std::iter::repeat_n(
+        "lena.brandt@praxis.example".to_string(),
+        40,
+    ));
     expected.sort();
     assert_eq!(recipients(&tr), expected);
     let cancelled_mail: BTreeSet<String> = cancelled.iter().map(email_of).collect();
@@ -382,7 +444,10 @@ async fn fifty_changes_made_while_the_webhook_was_down_are_caught_by_one_reconci
     let before = cal.seen().len();
     let again = reconcile(&db, &tr, &server.uri(), "2026-03-02T09:05:00Z").await;
     assert_eq!(again["applied"], 0, "{again}");
-    assert_eq!(cal.seen()[before].query["afterCreatedAt"], "2026-03-02T08:50:00.000Z");
+    assert_eq!(
+        cal.seen()[before].query["afterCreatedAt"],
+        "2026-03-02T08:50:00.000Z"
+    );
     assert_eq!(tr.emails().len(), 80);
 
     // Reminders: nothing for the cancelled or old times, then only the new times.
@@ -391,16 +456,32 @@ async fn fifty_changes_made_while_the_webhook_was_down_are_caught_by_one_reconci
     assert_eq!(tr.emails().len(), 80);
     let counters = stage(&db, &tr, "reminder-24h", "2026-03-03T09:00:00Z").await;
     assert_eq!(counters["sent_email"], 10, "{counters}");
-    let reminded: BTreeSet<String> = tr.emails()[80..].iter().flat_map(|m| m.to.clone()).collect();
+    let reminded: BTreeSet<String> = tr.emails()[80..]
+        .iter()
+        .flat_map(|m| m.to.clone())
+        .collect();
     let new_times: BTreeSet<String> = moved_to.iter().map(email_of).collect();
     assert_eq!(reminded, new_times);
 
     // audit names every booking that came in through reconcile.
-    let out = db.cmd().args(["--now", "2026-03-02T09:05:00Z", "--json", "audit"]).run().await;
+    let out = db
+        .cmd()
+        .args(["--now", "2026-03-02T09:05:00Z", "--json", "audit"])
+        .run()
+        .await;
     let audit = out.json();
     assert_eq!(audit["reconciled"].as_array().unwrap().len(), 40, "{audit}");
-    let out = db.cmd().args(["--now", "2026-03-02T09:05:00Z", "audit"]).run().await;
-    assert!(out.stdout.contains("came in through reconcile (webhook lost)"), "{}", out.stdout);
+    let out = db
+        .cmd()
+        .args(["--now", "2026-03-02T09:05:00Z", "audit"])
+        .run()
+        .await;
+    assert!(
+        out.stdout
+            .contains("came in through reconcile (webhook lost)"),
+        "{}",
+        out.stdout
+    );
 }
 
 /// The row facts both orders must agree on.
@@ -419,7 +500,10 @@ async fn snapshot(db: &TestDb, uid: &str) -> Vec<String> {
         .await
         .unwrap();
     (0..15)
-        .map(|i| r.get::<_, Option<String>>(i).unwrap_or_else(|| "NULL".into()))
+        .map(|i| {
+            r.get::<_, Option<String>>(i)
+                .unwrap_or_else(|| "NULL".into())
+        })
         .collect()
 }
 
@@ -464,7 +548,11 @@ async fn a_booking_from_webhook_and_api_in_either_order_is_stored_once_and_confi
         // Any number of times more.
         reconcile(&db, &tr, &server.uri(), now).await;
         webhook(&db, &tr, &body, now).await;
-        assert_eq!(tr.emails().len(), 2, "one confirmation and one therapist notice");
+        assert_eq!(
+            tr.emails().len(),
+            2,
+            "one confirmation and one therapist notice"
+        );
         assert_eq!(db.count("SELECT count(*) FROM cal_bookings").await, 1);
         results.push((snapshot(&db, uid).await, sent_ledger(&db).await));
     }
@@ -499,7 +587,11 @@ async fn a_cancellation_from_webhook_and_api_in_either_order_has_one_effect_and_
         }
         reconcile(&db, &tr, &server.uri(), now).await;
         webhook(&db, &tr, &cancel, now).await;
-        assert_eq!(tr.emails().len(), 3, "the confirmations, then one cancellation notice");
+        assert_eq!(
+            tr.emails().len(),
+            3,
+            "the confirmations, then one cancellation notice"
+        );
         results.push((
             snapshot(&db, "Rz9mC4wPq7XnLb2VkT6sHf").await,
             snapshot(&db, "Fs3nQ8vLx2WpHc7KdM5tRb").await,
@@ -509,7 +601,10 @@ async fn a_cancellation_from_webhook_and_api_in_either_order_has_one_effect_and_
     assert_eq!(results[0], results[1]);
     let rz = &results[0].0;
     assert_eq!(rz[0], "CANCELLED");
-    assert_eq!(rz[10], "true", "the therapist's request to reschedule is kept: {rz:?}");
+    assert_eq!(
+        rz[10], "true",
+        "the therapist's request to reschedule is kept: {rz:?}"
+    );
 }
 
 /// Request `i` of the stand-in, after `first`.
@@ -549,7 +644,11 @@ async fn a_429_in_the_middle_of_paging_waits_for_the_reset_and_completes() {
     // The page that was refused is asked again, once, after the reset it named.
     assert_eq!(seen[1].query, seen[2].query);
     assert_eq!(seen[2].query["skip"], "2");
-    assert!(gap(&seen, 2) >= Duration::from_secs(1), "{:?}", gap(&seen, 2));
+    assert!(
+        gap(&seen, 2) >= Duration::from_secs(1),
+        "{:?}",
+        gap(&seen, 2)
+    );
     for (i, s) in seen.iter().enumerate() {
         let in_a_minute = seen[i..]
             .iter()
@@ -557,7 +656,11 @@ async fn a_429_in_the_middle_of_paging_waits_for_the_reset_and_completes() {
             .count();
         assert!(in_a_minute <= 120);
     }
-    assert_eq!(db.count("SELECT count(*) FROM cal_bookings WHERE status = 'ACCEPTED'").await, 4);
+    assert_eq!(
+        db.count("SELECT count(*) FROM cal_bookings WHERE status = 'ACCEPTED'")
+            .await,
+        4
+    );
     assert_eq!(tr.emails().len(), 8);
 }
 
@@ -578,8 +681,16 @@ async fn fails_cleanly(script: Vec<ResponseTemplate>, extra_env: &[(&str, &str)]
     let out = cli.run().await;
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert_no_key(&out);
-    assert!(out.stderr.contains(expect), "expected {expect:?} in:\n{}", out.stderr);
-    assert!(!out.stderr.contains("jonas") && !out.stderr.contains("patientin"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(expect),
+        "expected {expect:?} in:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("jonas") && !out.stderr.contains("patientin"),
+        "{}",
+        out.stderr
+    );
     let c = db.client().await;
     let events = crate::seed::events(&c, "error").await;
     assert!(
@@ -588,10 +699,14 @@ async fn fails_cleanly(script: Vec<ResponseTemplate>, extra_env: &[(&str, &str)]
         "{events:?}"
     );
     assert_eq!(db.count("SELECT count(*) FROM cal_bookings").await, 0);
-    assert_eq!(db.count("SELECT count(*) FROM cal_webhook_receipts").await, 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM cal_webhook_receipts").await,
+        0
+    );
     assert_eq!(db.count("SELECT count(*) FROM journey_deliveries").await, 0);
     assert_eq!(
-        db.count("SELECT count(*) FROM cal_reconcile_runs WHERE outcome = 'failed'").await,
+        db.count("SELECT count(*) FROM cal_reconcile_runs WHERE outcome = 'failed'")
+            .await,
         1
     );
     assert!(tr.emails().is_empty());
@@ -671,24 +786,44 @@ async fn an_unreachable_api_exits_1_writes_an_error_event_and_status_warns() {
     let bookings = db.count("SELECT count(*) FROM cal_bookings").await;
     let receipts = db.count("SELECT count(*) FROM cal_webhook_receipts").await;
 
-    let out = reconcile_cmd(&db, &tr, &closed_port(), "2026-03-02T09:30:00Z").run().await;
+    let out = reconcile_cmd(&db, &tr, &closed_port(), "2026-03-02T09:30:00Z")
+        .run()
+        .await;
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("cannot be reached"), "{}", out.stderr);
     assert_no_key(&out);
     let c = db.client().await;
     let events = crate::seed::events(&c, "error").await;
-    assert!(events.iter().any(|e| e["source"] == "reconcile"), "{events:?}");
-    assert_eq!(db.count("SELECT count(*) FROM cal_bookings").await, bookings);
-    assert_eq!(db.count("SELECT count(*) FROM cal_webhook_receipts").await, receipts);
+    assert!(
+        events.iter().any(|e| e["source"] == "reconcile"),
+        "{events:?}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM cal_bookings").await,
+        bookings
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM cal_webhook_receipts").await,
+        receipts
+    );
 
     // The stages ran on time; only reconcile is behind: a warning.
     let out = tr
         .apply(db.cmd())
-        .args(["--now", "2026-03-02T09:30:00Z", "followups", "--no-reconcile"])
+        .args([
+            "--now",
+            "2026-03-02T09:30:00Z",
+            "followups",
+            "--no-reconcile",
+        ])
         .run()
         .await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let out = db.cmd().args(["--now", "2026-03-02T09:30:00Z", "--json", "status"]).run().await;
+    let out = db
+        .cmd()
+        .args(["--now", "2026-03-02T09:30:00Z", "--json", "status"])
+        .run()
+        .await;
     let status = out.json();
     assert_eq!(out.code, 1, "{status}");
     assert_eq!(status["status"], "WARNING", "{status}");
@@ -701,15 +836,25 @@ async fn an_unreachable_api_exits_1_writes_an_error_event_and_status_warns() {
         .clone();
     assert_eq!(flag["severity"], "warning");
     assert!(
-        flag["message"].as_str().unwrap().contains("reconcile has not succeeded for 15 minutes"),
+        flag["message"]
+            .as_str()
+            .unwrap()
+            .contains("reconcile has not succeeded for 15 minutes"),
         "{flag}"
     );
     // Six cadences: critical.
-    let out = db.cmd().args(["--now", "2026-03-02T09:46:00Z", "--json", "status"]).run().await;
+    let out = db
+        .cmd()
+        .args(["--now", "2026-03-02T09:46:00Z", "--json", "status"])
+        .run()
+        .await;
     let status = out.json();
     assert!(
-        status["flags"].as_array().unwrap().iter().any(|f| f["stage"] == "reconcile"
-            && f["severity"] == "critical"),
+        status["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["stage"] == "reconcile" && f["severity"] == "critical"),
         "{status}"
     );
 }
@@ -719,7 +864,13 @@ async fn followups_reconciles_first_so_a_lost_cancellation_gets_no_reminder() {
     let db = TestDb::migrated().await;
     seed_marketplace(&db).await;
     let tr = Transports::start().await;
-    webhook(&db, &tr, &cal_fixture("booking_created_intro.json"), "2026-03-02T09:12:05Z").await;
+    webhook(
+        &db,
+        &tr,
+        &cal_fixture("booking_created_intro.json"),
+        "2026-03-02T09:12:05Z",
+    )
+    .await;
     assert_eq!(tr.emails().len(), 2);
     // The patient cancelled at 07:00; that webhook was lost.
     let mut intro = api_json("booking_intro_accepted.json");
@@ -740,7 +891,10 @@ async fn followups_reconciles_first_so_a_lost_cancellation_gets_no_reminder() {
     assert_eq!(report["stages"][0]["stage"], "reconcile", "{report}");
     assert_eq!(report["stages"][0]["counters"]["processed"], 1, "{report}");
     let c = db.client().await;
-    assert_eq!(row(&c, "Kx7pR2mWq9TzLc4VbN8sYd").await.0.as_deref(), Some("CANCELLED"));
+    assert_eq!(
+        row(&c, "Kx7pR2mWq9TzLc4VbN8sYd").await.0.as_deref(),
+        Some("CANCELLED")
+    );
     let subjects: Vec<String> = tr.emails().iter().map(|m| m.subject()).collect();
     assert!(
         !subjects.iter().any(|s| s.contains("Gleich geht")),
@@ -763,7 +917,11 @@ async fn with_cal_org_id_the_organisations_bookings_are_read() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let seen = cal.seen();
     assert!(!seen.is_empty());
-    assert!(seen.iter().all(|s| s.path == "/v2/organizations/77/bookings"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.path == "/v2/organizations/77/bookings"),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -783,8 +941,18 @@ async fn a_dry_run_reads_the_api_and_writes_nothing() {
     let changes = &report["stages"][0]["reconcile"]["changes"];
     assert_eq!(changes[0]["cal_uid"], "Kx7pR2mWq9TzLc4VbN8sYd", "{report}");
     assert_eq!(changes[0]["outcome"], "planned");
-    for table in ["cal_bookings", "cal_webhook_receipts", "cal_reconcile_runs", "journey_runs", "events"] {
-        assert_eq!(db.count(&format!("SELECT count(*) FROM {table}")).await, 0, "{table}");
+    for table in [
+        "cal_bookings",
+        "cal_webhook_receipts",
+        "cal_reconcile_runs",
+        "journey_runs",
+        "events",
+    ] {
+        assert_eq!(
+            db.count(&format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
     }
     assert!(tr.emails().is_empty());
 }
@@ -799,19 +967,29 @@ async fn reconcile_without_a_key_or_with_a_refused_key_is_a_configuration_error(
         .run()
         .await;
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("CAL_API_KEY is not set"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("CAL_API_KEY is not set"),
+        "{}",
+        out.stderr
+    );
 
     let cal = CalApi::default();
     cal.script(vec![ResponseTemplate::new(401).set_body_json(
         json!({"status": "error", "error": {"code": "UnauthorizedException", "message": "Invalid API Key"}}),
     )]);
     let server = cal.serve().await;
-    let out = reconcile_cmd(&db, &tr, &server.uri(), "2026-03-02T09:15:00Z").run().await;
+    let out = reconcile_cmd(&db, &tr, &server.uri(), "2026-03-02T09:15:00Z")
+        .run()
+        .await;
     assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("refused CAL_API_KEY"), "{}", out.stderr);
     assert_no_key(&out);
 
-    let help = Cli::new().env("CAL_API_KEY", KEY).args(["reconcile", "--help"]).run().await;
+    let help = Cli::new()
+        .env("CAL_API_KEY", KEY)
+        .args(["reconcile", "--help"])
+        .run()
+        .await;
     assert!(!help.stdout.contains(KEY), "{}", help.stdout);
     assert!(help.stdout.contains("CAL_API_KEY"), "{}", help.stdout);
 }
