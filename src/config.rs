@@ -448,6 +448,28 @@ mod tests {
     }
 
     #[test]
+    fn cal_api_settings_hide_the_key_and_check_the_org_id_and_timeout() {
+        let mut a = args();
+        assert!(Settings::from_args(&a).unwrap().cal_api.is_none());
+        a.cal_api_key = Some("cal_live_s3cr3tkey".into());
+        a.cal_api_base = Some("https://cal.example/".into());
+        a.cal_org_id = Some("77".into());
+        let s = Settings::from_args(&a).unwrap();
+        let api = s.cal_api.as_ref().unwrap();
+        assert_eq!(api.base, "https://cal.example");
+        assert_eq!(api.org_id, Some(77));
+        assert_eq!(api.timeout, std::time::Duration::from_secs(30));
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+        a.cal_org_id = Some("acme".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("CAL_ORG_ID"), "{e}");
+        a.cal_org_id = None;
+        a.cal_api_timeout = Some("0s".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("CAL_API_TIMEOUT"), "{e}");
+    }
+
+    #[test]
     fn offsets_parse_with_sign() {
         assert_eq!(
             parse_offset("--window-start", "50m").unwrap(),

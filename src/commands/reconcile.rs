@@ -105,7 +105,8 @@ pub struct Report {
     pub fetched: usize,
     /// Items the API returned that could not be read (no uid, unknown status).
     pub unusable: usize,
-    /// Bookings the database already showed as the API does.
+    /// Bookings that needed no step of their own: the database already showed them as the
+    /// API does, or (moved-away bookings) their successor's step retires them.
     pub in_sync: usize,
     pub applied: usize,
     pub failed: usize,
@@ -210,7 +211,10 @@ async fn run_locked(j: &Journey, opts: &Options, mut api: CalApi, report: &mut R
         Ok(x) => x,
         Err(e) => {
             report.requests = api.requests;
-            fail(j, report, id, format!("{e:#}")).await;
+            report.config_error = e
+                .downcast_ref::<ApiError>()
+                .is_some_and(ApiError::is_config);
+            fail(j, report, id, public_message(&e)).await;
             return;
         }
     };
