@@ -246,6 +246,12 @@ async fn run_locked(j: &Journey, opts: &Options, mut api: CalApi, report: &mut R
     }
     let due = apply_all(j, reconcile_id, &steps, report).await;
     send_due(j, due, report).await;
+    record_outcome(j, reconcile_id, report).await;
+}
+
+/// Closes the run's record: succeeded only when every step applied and nothing stopped it
+/// (otherwise the next run reads the same period again), with an `error` event when not.
+async fn record_outcome(j: &Journey, reconcile_id: Uuid, report: &mut Report) {
     let stopped = j.control.stopped();
     let succeeded = report.failed == 0 && stopped.is_none();
     let why = if report.failed > 0 {
