@@ -145,6 +145,24 @@ pub struct SettingsArgs {
     /// Directory whose files override the built-in templates, file by file
     #[arg(long, env = "JOURNEY_TEMPLATES_DIR", global = true, value_name = "DIR")]
     pub templates_dir: Option<PathBuf>,
+
+    /// Cal.com API key for `reconcile` (Settings → Developer → API keys); reconcile is off
+    /// without it
+    #[arg(long, env = "CAL_API_KEY", hide_env_values = true, global = true)]
+    pub cal_api_key: Option<String>,
+
+    /// Base URL of Cal.com's API [default: https://api.cal.com]
+    #[arg(long, env = "CAL_API_BASE", global = true)]
+    pub cal_api_base: Option<String>,
+
+    /// Cal.com organisation id: reconcile reads the bookings of all its members (the key must
+    /// belong to an organisation admin)
+    #[arg(long, env = "CAL_ORG_ID", global = true, value_name = "ID")]
+    pub cal_org_id: Option<String>,
+
+    /// Deadline of one request to Cal.com's API, e.g. 30s [default: 30s]
+    #[arg(long, env = "CAL_API_TIMEOUT", global = true, value_name = "DURATION")]
+    pub cal_api_timeout: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,8 +208,36 @@ pub enum Command {
     /// the retention period; their hashes stay for duplicate detection. Run it daily
     Prune(PruneArgs),
     /// Run every stage in order, in one process: confirmation-recovery, reminder-24h,
-    /// reminder-1h, intro-followup, session-followup, cancellation-recovery
+    /// reminder-1h, intro-followup, session-followup, cancellation-recovery; with CAL_API_KEY
+    /// set, `reconcile` runs first
     Followups(FollowupsArgs),
+    /// Read the bookings created or changed at Cal.com since the last successful reconcile
+    /// (API v2) and apply each one the database does not show yet exactly as its lost webhook
+    /// would have been: bookings, cancellations and reschedules whose webhook never arrived.
+    /// Needs CAL_API_KEY. Exit 1 when the API cannot be read (nothing is applied then)
+    Reconcile(ReconcileArgs),
+}
+
+/// Options of `reconcile`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReconcileArgs {
+    /// Read the API and list what would be applied; apply, send and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Look back this far (e.g. 2h, 7d) instead of since the last successful reconcile
+    /// (minus 10 minutes; 7 days on the first run)
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+
+    /// Bookings per API page (at most 250)
+    #[arg(long, default_value_t = 250, value_name = "N", hide = true)]
+    pub page_size: u32,
+
+    /// Deadline of the whole run (e.g. 3m): rate-limit waits never end after it, and what is
+    /// not read by then is read by the next run
+    #[arg(long, value_name = "DURATION", default_value = "3m")]
+    pub run_deadline: String,
 }
 
 /// Options of `followups` (each stage uses its default window).
@@ -228,6 +274,11 @@ pub struct FollowupsArgs {
     /// 143/130)
     #[arg(long, value_name = "DURATION", default_value = "3m")]
     pub run_deadline: String,
+
+    /// Do not run `reconcile` first (it runs whenever CAL_API_KEY is set, so no stage sends
+    /// on a booking whose cancellation or reschedule webhook was lost)
+    #[arg(long)]
+    pub no_reconcile: bool,
 }
 
 /// Options shared by every stage command.

@@ -81,6 +81,19 @@ pub enum SmsTransport {
     Outbox { dir: PathBuf },
 }
 
+/// Cal.com's API v2, for `reconcile` (`CAL_API_KEY`, `CAL_API_BASE`, `CAL_ORG_ID`,
+/// `CAL_API_TIMEOUT`).
+#[derive(Clone, Debug)]
+pub struct CalApiSettings {
+    pub key: Secret,
+    /// Without trailing slash, e.g. `https://api.cal.com`.
+    pub base: String,
+    /// Read the organisation's bookings (all members) instead of the key owner's.
+    pub org_id: Option<u64>,
+    /// Deadline of one request.
+    pub timeout: std::time::Duration,
+}
+
 /// Everything a run needs besides the database.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -94,6 +107,8 @@ pub struct Settings {
     pub qa_notify_email: Option<EmailAddress>,
     pub timezone: Tz,
     pub templates_dir: Option<PathBuf>,
+    /// `None`: CAL_API_KEY is not set, reconcile is off.
+    pub cal_api: Option<CalApiSettings>,
 }
 
 pub const DEFAULT_EMAIL_FROM: &str = "journeyctl <journeyctl@localhost>";
@@ -182,8 +197,47 @@ impl Settings {
             qa_notify_email,
             timezone,
             templates_dir: a.templates_dir.clone(),
+            cal_api: cal_api(a)?,
         })
     }
+}
+
+fn cal_api(a: &SettingsArgs) -> Result<Option<CalApiSettings>, ConfigError> {
+    let base = match nonempty(&a.cal_api_base) {
+        Some(b) => check_base_url("CAL_API_BASE", b)?,
+        None => "https://api.cal.com".to_string(),
+    };
+    let org_id = match nonempty(&a.cal_org_id) {
+        Some(raw) => Some(raw.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ConfigError::new(format!(
+                "CAL_ORG_ID={raw:?} is not an organisation id (a positive number, as in \
+                 Cal.com's organisation settings)"
+            ))
+        })?),
+        None => None,
+    };
+    let timeout = match nonempty(&a.cal_api_timeout) {
+        Some(t) => {
+            let d = humantime::parse_duration(t).map_err(|e| {
+                ConfigError::new(format!(
+                    "CAL_API_TIMEOUT {t:?} is not a duration ({e}); use e.g. 30s"
+                ))
+            })?;
+            if d.is_zero() || d > std::time::Duration::from_secs(300) {
+                return Err(ConfigError::new(format!(
+                    "CAL_API_TIMEOUT {t:?} is out of range: more than 0, at most 5m"
+                )));
+            }
+            d
+        }
+        None => std::time::Duration::from_secs(30),
+    };
+    Ok(nonempty(&a.cal_api_key).map(|key| CalApiSettings {
+        key: Secret::new(key),
+        base,
+        org_id,
+        timeout,
+    }))
 }
 
 fn sms_transport(a: &SettingsArgs) -> Result<Option<SmsTransport>, ConfigError> {
@@ -397,6 +451,28 @@ mod tests {
         a.twilio_account_sid = Some("AC1".into());
         let e = Settings::from_args(&a).unwrap_err();
         assert!(e.to_string().contains("TWILIO_AUTH_TOKEN"));
+    }
+
+    #[test]
+    fn cal_api_settings_hide_the_key_and_check_the_org_id_and_timeout() {
+        let mut a = args();
+        assert!(Settings::from_args(&a).unwrap().cal_api.is_none());
+        a.cal_api_key = Some("cal_live_s3cr3tkey".into());
+        a.cal_api_base = Some("https://cal.example/".into());
+        a.cal_org_id = Some("77".into());
+        let s = Settings::from_args(&a).unwrap();
+        let api = s.cal_api.as_ref().unwrap();
+        assert_eq!(api.base, "https://cal.example");
+        assert_eq!(api.org_id, Some(77));
+        assert_eq!(api.timeout, std::time::Duration::from_secs(30));
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+        a.cal_org_id = Some("acme".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("CAL_ORG_ID"), "{e}");
+        a.cal_org_id = None;
+        a.cal_api_timeout = Some("0s".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("CAL_API_TIMEOUT"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! [`ExitStatus`]. Modules depend inward: cli/config → stages/webhook → db/notify/templates →
 //! domain.
 
+pub mod calapi;
 pub mod cli;
 pub mod clock;
 mod commands;
@@ -151,7 +152,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             let runs = single(stage, a)?;
             let metrics = a.metrics_file.as_deref();
             let deadline = run_deadline(&a.run_deadline)?;
-            commands::run_stages(g, settings, clock, stage.command(), runs, metrics, deadline).await
+            commands::run_stages(
+                g,
+                settings,
+                clock,
+                stage.command(),
+                runs,
+                metrics,
+                deadline,
+                None,
+            )
+            .await
         }
         Command::Webhook(a) => match a.replay {
             Some(receipt) => commands::replay(g, settings, clock, receipt).await,
@@ -204,6 +215,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
                     },
                 })
                 .collect();
+            // With CAL_API_KEY set, reconcile runs first (see `commands::reconcile`).
+            let reconcile = match (&settings.cal_api, a.no_reconcile) {
+                (Some(_), false) => Some(commands::ReconcileOptions::new(
+                    a.dry_run,
+                    None,
+                    calapi::MAX_TAKE,
+                )?),
+                _ => None,
+            };
             commands::run_stages(
                 g,
                 settings,
@@ -212,8 +232,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
                 runs,
                 a.metrics_file.as_deref(),
                 run_deadline(&a.run_deadline)?,
+                reconcile,
             )
             .await
+        }
+        Command::Reconcile(a) => {
+            let opts = commands::ReconcileOptions::new(a.dry_run, a.since.as_deref(), a.page_size)?;
+            let deadline = run_deadline(&a.run_deadline)?;
+            commands::reconcile(g, settings, clock, opts, deadline).await
         }
     }
 }

@@ -7,6 +7,7 @@ mod migrate;
 mod ops;
 mod preview;
 mod prune;
+mod reconcile;
 mod stage;
 mod webhook;
 
@@ -15,5 +16,6 @@ pub use migrate::migrate;
 pub use ops::{audit, resolve, status};
 pub use preview::preview;
 pub use prune::prune;
+pub use reconcile::{run as reconcile, Options as ReconcileOptions};
 pub use stage::{journey, run as run_stages, StageRun};
 pub use webhook::{replay, serve, webhook};

@@ -183,6 +183,8 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
             message: format!("{misses} booking(s) missed a message for no recorded reason: see `journeyctl audit`"),
         });
     }
+    let reconcile = db::reconcile::health(&db, now - period).await?;
+    reconcile_flags(&reconcile, now, &mut flags);
     let status = match flags.iter().map(|f| f.severity).max() {
         None => ExitStatus::Ok,
         Some(Severity::Warning) => ExitStatus::Failed,
@@ -199,6 +201,7 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
                 "stages": stages,
                 "flags": flags,
                 "in_doubt": doubt,
+                "reconcile": reconcile,
             }))?
         );
     } else {
@@ -235,6 +238,7 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
                 s.counters.get(Counter::Errors),
             );
         }
+        crate::outln!("  {}", reconcile_line(&reconcile));
         for f in &flags {
             crate::outln!(
                 "  {:<8} {}{}",
@@ -262,6 +266,54 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
     Ok(status)
 }
 
+/// `status`'s reconcile flag: no successful reconcile for 2 cadences is a warning, for 6 it is
+/// critical. Not set up at all (no run ever recorded: no CAL_API_KEY) raises nothing.
+fn reconcile_flags(h: &db::reconcile::Health, now: DateTime<Utc>, flags: &mut Vec<Flag>) {
+    if h.never_ran {
+        return;
+    }
+    let Some(since) = h.last_success.or(h.first_run) else {
+        return;
+    };
+    let cadence = super::reconcile::CADENCE;
+    let failing = now - since;
+    let severity = if failing > cadence * 6 {
+        Severity::Critical
+    } else if failing > cadence * 2 {
+        Severity::Warning
+    } else {
+        return;
+    };
+    let last_error = h
+        .last_error
+        .as_deref()
+        .map(|e| format!("; last error: {}", e.chars().take(200).collect::<String>()))
+        .unwrap_or_default();
+    flags.push(Flag {
+        severity,
+        stage: Some(super::reconcile::NAME),
+        message: format!(
+            "reconcile has not succeeded for {} minutes (runs every {} min): bookings whose \
+             webhook is lost are not caught{last_error}",
+            failing.num_minutes(),
+            cadence.num_minutes()
+        ),
+    });
+}
+
+fn reconcile_line(h: &db::reconcile::Health) -> String {
+    if h.never_ran {
+        return "reconcile: not set up (set CAL_API_KEY and schedule it; see README)".into();
+    }
+    format!(
+        "reconcile: last success {}, {} change(s) applied in the period (webhooks lost)",
+        h.last_success
+            .map(|t| t.format("%m-%d %H:%M UTC").to_string())
+            .unwrap_or_else(|| "never".into()),
+        h.changes_in_period
+    )
+}
+
 /// `journeyctl audit [--days N]`
 pub async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<ExitStatus> {
     if days == 0 || i64::from(days) > config::MAX_OFFSET_DAYS {
@@ -279,12 +331,13 @@ pub async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<Ex
         all.extend(ops::audit(&db, stage, from, now).await?);
     }
     let unexplained = all.iter().filter(|m| m.unexplained()).count();
+    let reconciled = db::reconcile::changes(&db, from, now).await?;
     if g.json {
         crate::outln!(
             "{}",
-            serde_json::to_string_pretty(
-                &json!({"from": from, "now": now, "misses": all, "unexplained": unexplained})
-            )?
+            serde_json::to_string_pretty(&json!({"from": from, "now": now, "misses": all,
+                                                 "unexplained": unexplained,
+                                                 "reconciled": reconciled}))?
         );
     } else if all.is_empty() {
         crate::outln!(
@@ -309,6 +362,27 @@ pub async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<Ex
                 m.detail
                     .as_deref()
                     .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if !g.json && !reconciled.is_empty() {
+        crate::outln!(
+            "audit: {} change(s) came in through reconcile (webhook lost):",
+            reconciled.len()
+        );
+        for r in &reconciled {
+            crate::outln!(
+                "  reconcile  {:<20} {:<7} booking {} ({}) found {}{}",
+                r.trigger,
+                r.change,
+                r.booking_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.cal_uid,
+                r.found_at.format("%Y-%m-%d %H:%M UTC"),
+                r.changed_at
+                    .map(|t| format!(", changed at Cal.com {}", t.format("%Y-%m-%d %H:%M UTC")))
                     .unwrap_or_default()
             );
         }

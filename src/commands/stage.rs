@@ -78,6 +78,7 @@ pub async fn journey(
 pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Runs the given stages as one run named `command`, and prints the report.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     g: &GlobalArgs,
     settings: Settings,
@@ -86,6 +87,7 @@ pub async fn run(
     stages: Vec<StageRun>,
     metrics_file: Option<&std::path::Path>,
     deadline: std::time::Duration,
+    reconcile: Option<super::ReconcileOptions>,
 ) -> anyhow::Result<ExitStatus> {
     let dry_run = stages.iter().any(|s| s.opts.dry_run);
     let concurrency = stages.iter().map(|s| s.opts.concurrency).max().unwrap_or(8);
@@ -97,7 +99,9 @@ pub async fn run(
     let timer = crate::stages::control::arm_deadline(control.clone(), deadline);
     let mut j = journey(g, settings, clock, dry_run, concurrency + 2).await?;
     j.control = control;
-    let executed = execute(&j, command, &stages).await;
+    // Reconcile gets half the run: the stages after it must still have time to send.
+    let reconcile = reconcile.map(|o| (o, Instant::now() + deadline / 2));
+    let executed = execute_with(&j, command, &stages, reconcile.as_ref()).await;
     timer.abort();
     signals.abort();
     let (status, reports, totals) = executed?;
@@ -129,12 +133,29 @@ pub async fn execute(
     command: &str,
     stages: &[StageRun],
 ) -> anyhow::Result<(ExitStatus, Vec<StageReport>, Counters)> {
+    execute_with(j, command, stages, None).await
+}
+
+/// [`execute`], with `reconcile` first when given (`followups` with CAL_API_KEY set), so no
+/// stage sends on a booking whose cancellation or reschedule webhook was lost.
+pub async fn execute_with(
+    j: &Journey,
+    command: &str,
+    stages: &[StageRun],
+    reconcile: Option<&(super::ReconcileOptions, Instant)>,
+) -> anyhow::Result<(ExitStatus, Vec<StageReport>, Counters)> {
     let started = Instant::now();
     let dry_run = stages.iter().any(|s| s.opts.dry_run);
     if !dry_run {
         record_start(j, command).await?;
     }
     let mut reports: Vec<StageReport> = Vec::new();
+    if let Some((opts, budget_end)) = reconcile {
+        if j.control.stopped().is_none() {
+            let r = super::reconcile::reconcile(j, opts, *budget_end).await;
+            reports.push(r.as_stage());
+        }
+    }
     for s in stages {
         if let Some(why) = j.control.stopped() {
             log::warn!(

@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod migrate;
 pub mod ops;
 mod pool;
+pub mod reconcile;
 pub mod retention;
 pub mod runs;
 pub mod webhook;

@@ -14,6 +14,7 @@ mod migrate;
 mod notify;
 mod operators;
 mod ops;
+mod reconcile;
 mod retention;
 mod run_faults;
 mod seed;
