@@ -140,6 +140,17 @@ pub struct SettingsArgs {
     /// Directory whose files override the built-in templates, file by file
     #[arg(long, env = "JOURNEY_TEMPLATES_DIR", global = true, value_name = "DIR")]
     pub templates_dir: Option<PathBuf>,
+
+    /// Public https base of `serve` behind the TLS proxy (e.g. https://journey.example.de), for
+    /// unsubscribe links. Unset: followups and recovery emails are held (exit 2), because they
+    /// must carry an opt-out
+    #[arg(long, env = "PUBLIC_CALLBACK_BASE", global = true, value_name = "URL")]
+    pub public_callback_base: Option<String>,
+
+    /// Key that signs unsubscribe links (at least 32 random characters, e.g. `openssl rand
+    /// -hex 32`). Keep it: links in emails already sent stop working when it changes
+    #[arg(long, env = "UNSUBSCRIBE_SECRET", hide_env_values = true, global = true)]
+    pub unsubscribe_secret: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -89,6 +89,11 @@ pub struct Settings {
     pub qa_notify_email: Option<EmailAddress>,
     pub timezone: Tz,
     pub templates_dir: Option<PathBuf>,
+    /// `PUBLIC_CALLBACK_BASE`: where `serve` is reachable from outside (unsubscribe links,
+    /// Twilio status callbacks).
+    pub public_callback_base: Option<url::Url>,
+    /// `UNSUBSCRIBE_SECRET`: the key of unsubscribe tokens (`stages::optout`).
+    pub unsubscribe_secret: Option<Secret>,
 }
 
 pub const DEFAULT_EMAIL_FROM: &str = "journeyctl <journeyctl@localhost>";
@@ -176,6 +181,20 @@ impl Settings {
             qa_notify_email,
             timezone,
             templates_dir: a.templates_dir.clone(),
+            public_callback_base: match nonempty(&a.public_callback_base) {
+                Some(raw) => Some(callback_base(raw)?),
+                None => None,
+            },
+            unsubscribe_secret: match nonempty(&a.unsubscribe_secret) {
+                Some(s) if s.len() < 32 => {
+                    return Err(ConfigError::new(
+                        "UNSUBSCRIBE_SECRET is too short: use at least 32 random characters, \
+                         e.g. the output of `openssl rand -hex 32`",
+                    ))
+                }
+                Some(s) => Some(Secret::new(s)),
+                None => None,
+            },
         })
     }
 }
@@ -291,6 +310,21 @@ fn check_base_url(var: &str, raw: &str) -> Result<String, ConfigError> {
         )));
     }
     Ok(raw.trim_end_matches('/').to_string())
+}
+
+/// `PUBLIC_CALLBACK_BASE`: an absolute http(s) URL without query or fragment; links are
+/// built below its path.
+fn callback_base(raw: &str) -> Result<url::Url, ConfigError> {
+    let check = check_base_url("PUBLIC_CALLBACK_BASE", raw)?;
+    let u = url::Url::parse(&check)
+        .map_err(|e| ConfigError::new(format!("PUBLIC_CALLBACK_BASE={raw:?} is not a URL: {e}")))?;
+    if u.query().is_some() || u.fragment().is_some() || u.cannot_be_a_base() {
+        return Err(ConfigError::new(format!(
+            "PUBLIC_CALLBACK_BASE={raw:?} must be a plain base URL such as \
+             https://journey.example.de (no query, no fragment)"
+        )));
+    }
+    Ok(u)
 }
 
 /// Parses `--now` (RFC 3339) into the run's clock; without it, the system time read once.
