@@ -198,6 +198,30 @@ pub enum Command {
     /// Run every stage in order, in one process: confirmation-recovery, reminder-24h,
     /// reminder-1h, intro-followup, session-followup, cancellation-recovery
     Followups(FollowupsArgs),
+    /// Stop (or with --remove, allow again) every message to one address on one channel, e.g.
+    /// when a patient asks by phone to get nothing more. Honoured from the next run; the
+    /// address is only printed masked
+    Suppress(SuppressArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SuppressArgs {
+    /// The email address or the phone number (E.164, e.g. +4915112345678)
+    pub address: String,
+
+    /// Which channel the address belongs to
+    #[arg(long, value_name = "email|sms")]
+    pub channel: SuppressChannel,
+
+    /// Lift the suppression instead: messages may go to the address again
+    #[arg(long)]
+    pub remove: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuppressChannel {
+    Email,
+    Sms,
 }
 
 /// Options of `followups` (each stage uses its default window).

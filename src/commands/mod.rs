@@ -8,6 +8,8 @@ mod ops;
 mod preview;
 mod prune;
 mod stage;
+mod suppress;
+mod unsubscribe;
 mod webhook;
 
 pub use demo::demo;
@@ -16,4 +18,5 @@ pub use ops::{audit, resolve, status};
 pub use preview::preview;
 pub use prune::prune;
 pub use stage::{journey, run as run_stages, StageRun};
+pub use suppress::suppress;
 pub use webhook::{replay, serve, webhook};
