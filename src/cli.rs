@@ -149,7 +149,12 @@ pub struct SettingsArgs {
 
     /// Key that signs unsubscribe links (at least 32 random characters, e.g. `openssl rand
     /// -hex 32`). Keep it: links in emails already sent stop working when it changes
-    #[arg(long, env = "UNSUBSCRIBE_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "UNSUBSCRIBE_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub unsubscribe_secret: Option<String>,
 }
 

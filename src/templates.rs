@@ -488,7 +488,9 @@ pub fn sample_context_for(kind: MessageKind, booking_kind: BookingKind) -> Messa
         other_therapists_count: (kind == MessageKind::CancellationRecovery).then_some(2),
         cancelled_by_therapist: false,
         rescheduled: false,
-        unsubscribe_url: kind.advertises().then(|| SAMPLE_UNSUBSCRIBE_URL.to_string()),
+        unsubscribe_url: kind
+            .advertises()
+            .then(|| SAMPLE_UNSUBSCRIBE_URL.to_string()),
     }
 }
 

@@ -200,7 +200,8 @@ const DONE_PAGE: &str = "<!DOCTYPE html>\n<html lang=\"de\">\n<head>\n<meta char
     mehr per E-Mail. Es kann einige Minuten dauern, bis das für alle Nachrichten gilt.</p>\n\
     </body>\n</html>\n";
 
-const INVALID_PAGE: &str = "<!DOCTYPE html>\n<html lang=\"de\">\n<head>\n<meta charset=\"utf-8\">\n\
+const INVALID_PAGE: &str =
+    "<!DOCTYPE html>\n<html lang=\"de\">\n<head>\n<meta charset=\"utf-8\">\n\
     <meta name=\"robots\" content=\"noindex\">\n<title>Link ungültig</title>\n</head>\n<body>\n\
     <h1>Dieser Link ist ungültig</h1>\n<p>Bitte verwenden Sie den vollständigen Link aus Ihrer \
     E-Mail, oder antworten Sie auf die E-Mail: wir melden Sie dann von Hand ab.</p>\n\

@@ -225,7 +225,9 @@ impl Mailer {
         ));
         if let Some(url) = &msg.list_unsubscribe {
             if !url.starts_with("https://") && !url.starts_with("http://")
-                || url.chars().any(|c| c.is_whitespace() || c.is_control() || c == '>')
+                || url
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '>')
             {
                 return Err("the unsubscribe link is not a plain http(s) URL".to_string());
             }
