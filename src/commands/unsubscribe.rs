@@ -182,10 +182,10 @@ fn confirm_page(token: &str) -> String {
     // The token is base64url; escaped all the same, it goes into an attribute.
     let action = handlebars::html_escape(&format!("{UNSUBSCRIBE_PATH}?t={token}"));
     format!(
-        "{HEAD}<h1>Keine Terminvorschläge mehr per E-Mail?</h1>\n\
-         <p>Wenn Sie bestätigen, senden wir Ihnen keine Nachfragen nach Ihren Terminen und keine \
-         Vorschläge für neue Buchungen mehr per E-Mail. Bestätigungen und Erinnerungen zu \
-         Terminen, die Sie selbst buchen, erhalten Sie weiterhin.</p>\n\
+        "{HEAD}<h1>Keine E-Mails mehr von uns?</h1>\n\
+         <p>Wenn Sie bestätigen, senden wir Ihnen keine E-Mails mehr: keine Terminvorschläge, \
+         aber auch keine Bestätigungen oder Erinnerungen zu Terminen. Möchten Sie später wieder \
+         von uns hören, antworten Sie einfach auf eine unserer E-Mails.</p>\n\
          <form method=\"post\" action=\"{action}\">\n\
          <input type=\"hidden\" name=\"{FROM_PAGE}\" value=\"1\">\n\
          <button type=\"submit\" id=\"abmelden\">Ja, abmelden</button>\n</form>\n\
@@ -196,8 +196,8 @@ fn confirm_page(token: &str) -> String {
 
 const DONE_PAGE: &str = "<!DOCTYPE html>\n<html lang=\"de\">\n<head>\n<meta charset=\"utf-8\">\n\
     <meta name=\"robots\" content=\"noindex\">\n<title>Abgemeldet</title>\n</head>\n<body>\n\
-    <h1 id=\"abgemeldet\">Sie sind abgemeldet</h1>\n<p>Wir senden Ihnen keine Terminvorschläge \
-    mehr per E-Mail. Es kann einige Minuten dauern, bis das für alle Nachrichten gilt.</p>\n\
+    <h1 id=\"abgemeldet\">Sie sind abgemeldet</h1>\n<p>Wir senden Ihnen keine E-Mails mehr. \
+    Es kann einige Minuten dauern, bis das für alle Nachrichten gilt.</p>\n\
     </body>\n</html>\n";
 
 const INVALID_PAGE: &str =

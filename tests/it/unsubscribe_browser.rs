@@ -153,7 +153,7 @@ async fn the_unsubscribe_page_changes_nothing_until_its_button_is_clicked_in_chr
     let browser = Browser::start().await;
     browser.open(&link).await;
     let page = browser.source().await;
-    assert!(page.contains("Keine Terminvorschläge mehr"), "{page}");
+    assert!(page.contains("Keine E-Mails mehr von uns?"), "{page}");
     assert!(page.contains("Ja, abmelden"), "{page}");
     assert_eq!(suppressed().await, 0, "showing the page unsubscribed");
     // Reloading (a second look, a scanner in the browser) changes nothing either.
