@@ -428,6 +428,34 @@ mod tests {
     }
 
     #[test]
+    fn unsubscribe_settings_are_checked_and_the_secret_never_printed() {
+        let mut a = args();
+        a.unsubscribe_secret = Some("kurz1".into());
+        let e = Settings::from_args(&a).unwrap_err().to_string();
+        assert!(
+            e.contains("UNSUBSCRIBE_SECRET") && !e.contains("kurz1"),
+            "{e}"
+        );
+        a.unsubscribe_secret = Some("0123456789abcdef0123456789abcdef-geheim".into());
+        for bad in [
+            "journey.example.de",
+            "https://journey.example.de/?x=1",
+            "ftp://x.de",
+        ] {
+            a.public_callback_base = Some(bad.into());
+            let e = Settings::from_args(&a).unwrap_err().to_string();
+            assert!(e.contains("PUBLIC_CALLBACK_BASE"), "{bad}: {e}");
+        }
+        a.public_callback_base = Some("https://journey.example.de/".into());
+        let s = Settings::from_args(&a).unwrap();
+        assert!(!format!("{s:?}").contains("geheim"));
+        assert_eq!(
+            s.public_callback_base.unwrap().as_str(),
+            "https://journey.example.de/"
+        );
+    }
+
+    #[test]
     fn offsets_parse_with_sign() {
         assert_eq!(
             parse_offset("--window-start", "50m").unwrap(),
