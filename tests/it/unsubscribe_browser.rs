@@ -10,12 +10,24 @@ use crate::optout::{by_stage, every_kind_due, send_all_with_links_to, serve};
 use crate::seed::{self, at, Booking};
 use crate::transports::Transports;
 
-/// `chromedriver` on a free port, and one headless Chromium session. Both end when dropped.
+/// `chromedriver` on a free port, and one headless Chromium session. Both end when dropped:
+/// chromedriver runs in a process group of its own, and the whole group (the browser it
+/// started included) is killed, also when the test fails half-way.
 struct Browser {
     http: reqwest::Client,
     session: String,
-    _driver: tokio::process::Child,
+    driver: tokio::process::Child,
     _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
+    }
 }
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -32,6 +44,7 @@ impl Browser {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .expect("chromedriver is installed (apt-get install -y chromium chromium-driver)");
         let base = format!("http://127.0.0.1:{port}");
@@ -73,7 +86,7 @@ impl Browser {
         let b = Browser {
             http,
             session: format!("{base}/session/{id}"),
-            _driver: driver,
+            driver,
             _profile: profile,
         };
         // Element lookups wait for the next page up to this long (WebDriver's implicit wait).
