@@ -282,16 +282,21 @@ pub async fn notify_cancellation(j: &Journey, booking_id: Uuid) -> anyhow::Resul
                 continue;
             }
         };
+        let key = DeliveryKey {
+            booking_id: b.id,
+            stage: cancellation_notice::LEDGER_STAGE,
+            channel: out.to.channel(),
+            role: out.role,
+        };
+        let stage = Stage::ConfirmationRecovery;
+        if super::optout::suppressed_one(j, stage, &key, b.patient_id, &out.to, &mut report).await {
+            continue;
+        }
         let job = Job {
             booking_id: b.id,
             cal_uid: b.cal_uid.clone(),
             patient_id: b.patient_id,
-            key: DeliveryKey {
-                booking_id: b.id,
-                stage: cancellation_notice::LEDGER_STAGE,
-                channel: out.to.channel(),
-                role: out.role,
-            },
+            key,
             invite: out.invite.then(|| invite_for(j, &b, &out)),
             mark_column: None,
             outgoing: *out,

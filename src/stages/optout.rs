@@ -193,28 +193,13 @@ pub async fn gate(
         }
     };
     if suppressed {
-        report.counters.bump(Counter::SkippedOptedOut);
-        log::info!(
-            "{stage}: booking {} {} {channel}: recipient opted out",
-            b.id,
-            out.role
-        );
-        if !dry_run {
-            let key = DeliveryKey {
-                booking_id: b.id,
-                stage: stage.ledger_stage(),
-                channel,
-                role: out.role,
-            };
-            let reason = "recipient opted out (suppressions)";
-            if let Err(e) =
-                suppressions::record_opted_out(&j.db, &key, b.patient_id, j.run_id, reason).await
-            {
-                report.counters.bump(Counter::Errors);
-                report.failures += 1;
-                error(j, dry_run, stage, Some(b.id), &format!("{e:#}")).await;
-            }
-        }
+        let key = DeliveryKey {
+            booking_id: b.id,
+            stage: stage.ledger_stage(),
+            channel,
+            role: out.role,
+        };
+        skip(j, stage, &key, b.patient_id, dry_run, report).await;
         return true;
     }
     if channel == Channel::Email && is_marketing(out.kind) {
@@ -242,6 +227,60 @@ pub async fn gate(
         }
     }
     false
+}
+
+/// Counts and records one message not sent because its recipient is suppressed.
+async fn skip(
+    j: &Journey,
+    stage: Stage,
+    key: &DeliveryKey,
+    patient_id: Option<Uuid>,
+    dry_run: bool,
+    report: &mut StageReport,
+) {
+    report.counters.bump(Counter::SkippedOptedOut);
+    log::info!(
+        "{stage}: booking {} {} {}: recipient opted out",
+        key.booking_id,
+        key.role,
+        key.channel
+    );
+    if dry_run {
+        return;
+    }
+    let reason = "recipient opted out (suppressions)";
+    if let Err(e) = suppressions::record_opted_out(&j.db, key, patient_id, j.run_id, reason).await {
+        report.counters.bump(Counter::Errors);
+        report.failures += 1;
+        error(j, dry_run, stage, Some(key.booking_id), &format!("{e:#}")).await;
+    }
+}
+
+/// [`gate`] for one message outside a stage's batch (the webhook's cancellation notice):
+/// looks its recipient up on its own. Returns `true` when it must not be sent (suppressed,
+/// recorded under `key`; or the lookup failed, counted as an error).
+pub async fn suppressed_one(
+    j: &Journey,
+    stage: Stage,
+    key: &DeliveryKey,
+    patient_id: Option<Uuid>,
+    to: &Recipient,
+    report: &mut StageReport,
+) -> bool {
+    match suppressions::which_of(&j.db, &[key_of(to)]).await {
+        Ok(found) if found.is_empty() => false,
+        Ok(_) => {
+            skip(j, stage, key, patient_id, false, report).await;
+            true
+        }
+        Err(e) => {
+            report.counters.bump(Counter::Errors);
+            report.failures += 1;
+            let why = format!("suppression lookup failed, not sent: {e:#}");
+            error(j, false, stage, Some(key.booking_id), &why).await;
+            true
+        }
+    }
 }
 
 /// After a send: a number Twilio refused for good is suppressed. Returns `false` when that

@@ -613,3 +613,86 @@ fn other_key_token(patient: uuid::Uuid) -> String {
     );
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
+
+#[tokio::test]
+async fn a_suppressed_address_gets_no_cancellation_notice_either() {
+    use std::sync::Arc;
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let tr = Transports::start().await;
+    let t = seed::therapist(&c, "lena-brandt").await;
+    let p = seed::patient(&c, "Jonas Weber", Some(EMAIL), None).await;
+    let b = Booking::new(t, p, at(NOW) + Duration::days(3))
+        .unconfirmed(at(NOW) - Duration::hours(1))
+        .insert(&c)
+        .await;
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", NOW, "confirmation-recovery"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let before = tr.emails().len();
+    assert_eq!(
+        before, 2,
+        "confirmation with its invite, and the therapist's notice"
+    );
+    let out = db
+        .cmd()
+        .args(["suppress", EMAIL, "--channel", "email"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    c.execute(
+        "UPDATE cal_bookings SET status = 'CANCELLED', cancelled_at = $2 WHERE id = $1",
+        &[&b, &at(NOW)],
+    )
+    .await
+    .unwrap();
+
+    // The webhook's path after a committed BOOKING_CANCELLED.
+    let settings = journeyctl::config::Settings::from_args(&journeyctl::cli::SettingsArgs {
+        smtp_url: Some(tr.smtp.url()),
+        email_from: Some("Praxisteam <termine@praxis.example>".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let app = journeyctl::db::ledger::process_application_name();
+    let j = journeyctl::stages::Journey {
+        db: journeyctl::db::connect_as(&journeyctl::secret::Secret::new(&db.url), 4, &app)
+            .await
+            .unwrap(),
+        templates: Arc::new(
+            journeyctl::templates::Templates::load(None, settings.timezone).unwrap(),
+        ),
+        mailer: Some(journeyctl::notify::email::Mailer::from_settings(&settings.email).unwrap()),
+        sms: None,
+        clock: journeyctl::clock::Clock::fixed(at(NOW) + Duration::minutes(5)),
+        run_id: uuid::Uuid::new_v4(),
+        application_name: app,
+        message_id_domain: "praxis.example".into(),
+        control: Default::default(),
+        settings: Arc::new(settings),
+    };
+    let report = journeyctl::stages::driver::notify_cancellation(&j, b)
+        .await
+        .unwrap();
+    assert!(!report.failed());
+    assert_eq!(
+        report
+            .counters
+            .get(journeyctl::domain::Counter::SkippedOptedOut),
+        1
+    );
+    assert_eq!(
+        tr.emails().len(),
+        before,
+        "a notice went to a suppressed address"
+    );
+    assert!(seed::ledger(&c, b).await.contains(&(
+        "cancellation_notice".into(),
+        "email".into(),
+        "patient".into(),
+        "skipped".into()
+    )));
+}
