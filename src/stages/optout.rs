@@ -1,9 +1,9 @@
 //! Opt-outs: who must not get anything more, and the opt-out every advertising email carries.
 //!
 //! - Before a message is claimed, [`gate`] looks its recipient up in `suppressions` (loaded
-//!   once per batch of due bookings by [`Batch::load`]): a suppressed recipient is recorded in
-//!   the ledger as `skipped` and counted `skipped_opted_out` once, and never attempted again on
-//!   that channel by any stage.
+//!   once per batch of due bookings by [`Batch::load`]; the webhook's cancellation notice asks
+//!   [`suppressed_one`]): a suppressed recipient is recorded in the ledger as `skipped` and
+//!   counted `skipped_opted_out` once, and never attempted again on that channel.
 //! - After Twilio refused a number for good ([`after_send`]: 21610 STOP, 21211 invalid,
 //!   21614 not a mobile), the number is suppressed (source `twilio`).
 //! - The intro followup, the session followup and the cancellation recovery invite the patient
