@@ -131,8 +131,8 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Looks up every address the batch's messages could go to (patients and walk-in
-    /// attendees), in one query per chunk. A failed lookup is kept: every message of the batch
+    /// Looks up every address the batch's messages could go to (patients, walk-in attendees,
+    /// therapists, the QA mailbox), in one query per chunk. A failed lookup is kept: every message of the batch
     /// then counts an error instead of being sent to someone who may have opted out.
     pub async fn load(
         j: &Journey,
@@ -156,6 +156,20 @@ impl Batch {
         due.iter()
             .filter_map(PatientRow::attendee_of)
             .for_each(|a| push(&a));
+        let others = due
+            .iter()
+            .filter_map(|b| b.therapist.as_ref()?.email.clone())
+            .chain(
+                j.settings
+                    .qa_notify_email
+                    .as_ref()
+                    .map(|e| e.as_str().to_string()),
+            );
+        for raw in others {
+            if let Ok(a) = normalise(Channel::Email, &raw) {
+                candidates.push((Channel::Email, a));
+            }
+        }
         candidates.sort();
         candidates.dedup();
         let suppressed = suppressions::which_of(&j.db, &candidates)

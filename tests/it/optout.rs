@@ -696,3 +696,32 @@ async fn a_suppressed_address_gets_no_cancellation_notice_either() {
         "skipped".into()
     )));
 }
+
+#[tokio::test]
+async fn a_suppressed_therapist_address_gets_no_notice_while_the_patient_is_confirmed() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let tr = Transports::start().await;
+    let t = seed::therapist(&c, "lena-brandt").await;
+    let p = seed::patient(&c, "Jonas Weber", Some(EMAIL), None).await;
+    Booking::new(t, p, at(NOW) + Duration::days(3))
+        .unconfirmed(at(NOW) - Duration::hours(1))
+        .insert(&c)
+        .await;
+    let out = db
+        .cmd()
+        .args([
+            "suppress",
+            "lena-brandt@praxis.example",
+            "--channel",
+            "email",
+        ])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let counters = run(&db, &tr, NOW, "confirmation-recovery").await;
+    assert_eq!(counters["sent_email"], 1, "{counters}");
+    assert_eq!(counters["skipped_opted_out"], 1, "{counters}");
+    let to: Vec<String> = tr.emails().iter().flat_map(|m| m.to.clone()).collect();
+    assert_eq!(to, vec![EMAIL.to_string()]);
+}
