@@ -163,6 +163,21 @@ pub struct SettingsArgs {
     /// Deadline of one request to Cal.com's API, e.g. 30s [default: 30s]
     #[arg(long, env = "CAL_API_TIMEOUT", global = true, value_name = "DURATION")]
     pub cal_api_timeout: Option<String>,
+    /// Public https base of `serve` behind the TLS proxy (e.g. https://journey.example.de), for
+    /// unsubscribe links. Unset: followups and recovery emails are held (exit 2), because they
+    /// must carry an opt-out
+    #[arg(long, env = "PUBLIC_CALLBACK_BASE", global = true, value_name = "URL")]
+    pub public_callback_base: Option<String>,
+
+    /// Key that signs unsubscribe links (at least 32 random characters, e.g. `openssl rand
+    /// -hex 32`). Keep it: links in emails already sent stop working when it changes
+    #[arg(
+        long,
+        env = "UNSUBSCRIBE_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub unsubscribe_secret: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -216,6 +231,10 @@ pub enum Command {
     /// would have been: bookings, cancellations and reschedules whose webhook never arrived.
     /// Needs CAL_API_KEY. Exit 1 when the API cannot be read (nothing is applied then)
     Reconcile(ReconcileArgs),
+    /// Stop (or with --remove, allow again) every message to one address on one channel, e.g.
+    /// when a patient asks by phone to get nothing more. Honoured from the next run; the
+    /// address is only printed masked
+    Suppress(SuppressArgs),
 }
 
 /// Options of `reconcile`.
@@ -238,6 +257,26 @@ pub struct ReconcileArgs {
     /// not read by then is read by the next run
     #[arg(long, value_name = "DURATION", default_value = "3m")]
     pub run_deadline: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SuppressArgs {
+    /// The email address or the phone number (E.164, e.g. +4915112345678)
+    pub address: String,
+
+    /// Which channel the address belongs to
+    #[arg(long, value_name = "email|sms")]
+    pub channel: SuppressChannel,
+
+    /// Lift the suppression instead: messages may go to the address again
+    #[arg(long)]
+    pub remove: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuppressChannel {
+    Email,
+    Sms,
 }
 
 /// Options of `followups` (each stage uses its default window).

@@ -109,6 +109,11 @@ pub struct Settings {
     pub templates_dir: Option<PathBuf>,
     /// `None`: CAL_API_KEY is not set, reconcile is off.
     pub cal_api: Option<CalApiSettings>,
+    /// `PUBLIC_CALLBACK_BASE`: where `serve` is reachable from outside (unsubscribe links,
+    /// Twilio status callbacks).
+    pub public_callback_base: Option<url::Url>,
+    /// `UNSUBSCRIBE_SECRET`: the key of unsubscribe tokens (`stages::optout`).
+    pub unsubscribe_secret: Option<Secret>,
 }
 
 pub const DEFAULT_EMAIL_FROM: &str = "journeyctl <journeyctl@localhost>";
@@ -198,6 +203,20 @@ impl Settings {
             timezone,
             templates_dir: a.templates_dir.clone(),
             cal_api: cal_api(a)?,
+            public_callback_base: match nonempty(&a.public_callback_base) {
+                Some(raw) => Some(callback_base(raw)?),
+                None => None,
+            },
+            unsubscribe_secret: match nonempty(&a.unsubscribe_secret) {
+                Some(s) if s.len() < 32 => {
+                    return Err(ConfigError::new(
+                        "UNSUBSCRIBE_SECRET is too short: use at least 32 random characters, \
+                         e.g. the output of `openssl rand -hex 32`",
+                    ))
+                }
+                Some(s) => Some(Secret::new(s)),
+                None => None,
+            },
         })
     }
 }
@@ -353,6 +372,21 @@ fn check_base_url(var: &str, raw: &str) -> Result<String, ConfigError> {
     Ok(raw.trim_end_matches('/').to_string())
 }
 
+/// `PUBLIC_CALLBACK_BASE`: an absolute http(s) URL without query or fragment; links are
+/// built below its path.
+fn callback_base(raw: &str) -> Result<url::Url, ConfigError> {
+    let check = check_base_url("PUBLIC_CALLBACK_BASE", raw)?;
+    let u = url::Url::parse(&check)
+        .map_err(|e| ConfigError::new(format!("PUBLIC_CALLBACK_BASE={raw:?} is not a URL: {e}")))?;
+    if u.query().is_some() || u.fragment().is_some() || u.cannot_be_a_base() {
+        return Err(ConfigError::new(format!(
+            "PUBLIC_CALLBACK_BASE={raw:?} must be a plain base URL such as \
+             https://journey.example.de (no query, no fragment)"
+        )));
+    }
+    Ok(u)
+}
+
 /// Parses `--now` (RFC 3339) into the run's clock; without it, the system time read once.
 pub fn clock_from(now: Option<&str>) -> Result<Clock, ConfigError> {
     match now {
@@ -473,6 +507,31 @@ mod tests {
         a.cal_api_timeout = Some("0s".into());
         let e = Settings::from_args(&a).unwrap_err();
         assert!(e.to_string().contains("CAL_API_TIMEOUT"), "{e}");
+    fn unsubscribe_settings_are_checked_and_the_secret_never_printed() {
+        let mut a = args();
+        a.unsubscribe_secret = Some("kurz1".into());
+        let e = Settings::from_args(&a).unwrap_err().to_string();
+        assert!(
+            e.contains("UNSUBSCRIBE_SECRET") && !e.contains("kurz1"),
+            "{e}"
+        );
+        a.unsubscribe_secret = Some("0123456789abcdef0123456789abcdef-geheim".into());
+        for bad in [
+            "journey.example.de",
+            "https://journey.example.de/?x=1",
+            "ftp://x.de",
+        ] {
+            a.public_callback_base = Some(bad.into());
+            let e = Settings::from_args(&a).unwrap_err().to_string();
+            assert!(e.contains("PUBLIC_CALLBACK_BASE"), "{bad}: {e}");
+        }
+        a.public_callback_base = Some("https://journey.example.de/".into());
+        let s = Settings::from_args(&a).unwrap();
+        assert!(!format!("{s:?}").contains("geheim"));
+        assert_eq!(
+            s.public_callback_base.unwrap().as_str(),
+            "https://journey.example.de/"
+        );
     }
 
     #[test]

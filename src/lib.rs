@@ -190,6 +190,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Resolve(a) => {
             commands::resolve(g, clock, a.id, a.resolution == cli::Resolution::Sent).await
         }
+        Command::Suppress(a) => {
+            let channel = match a.channel {
+                cli::SuppressChannel::Email => domain::Channel::Email,
+                cli::SuppressChannel::Sms => domain::Channel::Sms,
+            };
+            commands::suppress(g, &a.address, channel, a.remove).await
+        }
         Command::Followups(a) => {
             let mut selected = Vec::new();
             for name in &a.stages {

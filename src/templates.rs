@@ -42,6 +42,8 @@ pub struct MessageContext {
     pub other_therapists_count: Option<i64>,
     pub cancelled_by_therapist: bool,
     pub rescheduled: bool,
+    /// The recipient's unsubscribe link: set on advertising emails only (`stages::optout`).
+    pub unsubscribe_url: Option<String>,
 }
 
 fn kind_str<S: serde::Serializer>(k: &BookingKind, s: S) -> Result<S::Ok, S::Error> {
@@ -65,6 +67,7 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../templates/_html_foot.hbs"),
     ),
     ("_greeting.hbs", include_str!("../templates/_greeting.hbs")),
+    ("_optout.hbs", include_str!("../templates/_optout.hbs")),
     (
         "client_confirmation.subject.hbs",
         include_str!("../templates/client_confirmation.subject.hbs"),
@@ -261,6 +264,21 @@ impl Templates {
             .html
             .render(&format!("{name}.html"), &data)
             .map_err(|e| anyhow!("template {name}.html.hbs failed to render: {e}"))?;
+        // An advertising email never goes out without its visible opt-out, whatever an
+        // override in JOURNEY_TEMPLATES_DIR left out.
+        if let Some(url) = &ctx.unsubscribe_url {
+            for (part, shown) in [
+                ("txt", text.contains(url.as_str())),
+                ("html", html.contains(&handlebars::html_escape(url))),
+            ] {
+                if !shown {
+                    anyhow::bail!(
+                        "template {name}.{part}.hbs does not show the unsubscribe link; keep \
+                         {{{{> _optout}}}} (text) and {{{{> _html_foot}}}} (HTML) in it"
+                    );
+                }
+            }
+        }
         Ok(RenderedEmail {
             subject,
             html,
@@ -470,8 +488,15 @@ pub fn sample_context_for(kind: MessageKind, booking_kind: BookingKind) -> Messa
         other_therapists_count: (kind == MessageKind::CancellationRecovery).then_some(2),
         cancelled_by_therapist: false,
         rescheduled: false,
+        unsubscribe_url: kind
+            .advertises()
+            .then(|| SAMPLE_UNSUBSCRIBE_URL.to_string()),
     }
 }
+
+/// The unsubscribe link of the sample data (`preview`, tests): a made-up token.
+pub const SAMPLE_UNSUBSCRIBE_URL: &str =
+    "https://journey.example.de/api/public/unsubscribe?t=AQAAAAAAAAAAAAAAAAAAAAD8bXo1VQyXcHk0Rz9iS2Ep";
 
 #[cfg(test)]
 mod tests {

@@ -224,6 +224,9 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
         cal_webhook_secret: Some(SECRET.into()),
         public_base_url: Some("https://therapie.example".into()),
         qa_notify_email: Some("qa@therapie.example".into()),
+        // Advertising emails carry an unsubscribe link; the demo's key is thrown away with it.
+        public_callback_base: Some("https://journey.therapie.example".into()),
+        unsubscribe_secret: Some(Uuid::new_v4().simple().to_string()),
         ..Default::default()
     })?;
     let tz: Tz = settings.timezone;

@@ -9,6 +9,8 @@ mod preview;
 mod prune;
 mod reconcile;
 mod stage;
+mod suppress;
+mod unsubscribe;
 mod webhook;
 
 pub use demo::demo;
@@ -18,4 +20,5 @@ pub use preview::preview;
 pub use prune::prune;
 pub use reconcile::{run as reconcile, Options as ReconcileOptions};
 pub use stage::{journey, run as run_stages, StageRun};
+pub use suppress::suppress;
 pub use webhook::{replay, serve, webhook};

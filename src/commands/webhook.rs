@@ -294,6 +294,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/api/public/cal/webhook", post(receive))
         .route("/healthz", get(healthz))
+        .merge(super::unsubscribe::router(&state.journey))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

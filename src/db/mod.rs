@@ -12,6 +12,7 @@ mod pool;
 pub mod reconcile;
 pub mod retention;
 pub mod runs;
+pub mod suppressions;
 pub mod webhook;
 
 pub use pool::{connect, connect_as, Db, Unreachable};

@@ -309,4 +309,19 @@ impl MessageKind {
     pub fn has_sms(self) -> bool {
         matches!(self, MessageKind::Reminder24h | MessageKind::Reminder1h)
     }
+
+    /// Whether this message advertises (invites to book again), so it must carry an opt-out
+    /// (UWG §7(3)); the others are transactional.
+    pub fn advertises(self) -> bool {
+        match self {
+            MessageKind::IntroFollowup
+            | MessageKind::SessionFollowup
+            | MessageKind::CancellationRecovery => true,
+            MessageKind::ClientConfirmation
+            | MessageKind::TherapistNotification
+            | MessageKind::Reminder24h
+            | MessageKind::Reminder1h
+            | MessageKind::CancellationNotice => false,
+        }
+    }
 }

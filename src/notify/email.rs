@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment as LettreAttachment, Mailbox, MultiPart, SinglePart};
 use lettre::Message;
 
@@ -45,6 +45,9 @@ pub struct OutgoingEmail {
     pub attachments: Vec<Attachment>,
     /// Full Message-ID including angle brackets, set verbatim.
     pub message_id: String,
+    /// The recipient's one-click unsubscribe URL (advertising emails only): sent as
+    /// `List-Unsubscribe` with `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+    pub list_unsubscribe: Option<String>,
 }
 
 enum Transport {
@@ -222,6 +225,29 @@ impl Mailer {
             .date_now();
         if let Some(r) = &self.reply_to {
             b = b.reply_to(r.clone());
+        }
+        // RFC 3834: no vacation responder or auto-reply should answer these.
+        b = b.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".to_string(),
+        ));
+        if let Some(url) = &msg.list_unsubscribe {
+            if !url.starts_with("https://") && !url.starts_with("http://")
+                || url
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '>')
+            {
+                return Err("the unsubscribe link is not a plain http(s) URL".to_string());
+            }
+            b = b
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                    format!("<{url}>"),
+                ))
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                    "List-Unsubscribe=One-Click".to_string(),
+                ));
         }
         let alternative = MultiPart::alternative()
             .singlepart(SinglePart::plain(msg.text.clone()))
@@ -446,6 +472,7 @@ mod tests {
             html: "<p>Text</p>".into(),
             attachments: vec![],
             message_id: "<1@praxis.example>".into(),
+            list_unsubscribe: None,
         };
         let built = outbox_mailer().build(&msg).expect("builds");
         assert_eq!(built.envelope().to().len(), 1);
@@ -472,6 +499,7 @@ mod tests {
                 html: "<p>Text</p>".into(),
                 attachments: vec![],
                 message_id: "<1@praxis.example>".into(),
+                list_unsubscribe: None,
             };
             let built = outbox_mailer().build(&msg).expect("builds");
             proptest::prop_assert_eq!(built.envelope().to().len(), 1);

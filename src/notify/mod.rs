@@ -19,10 +19,13 @@ pub enum SendOutcome {
     /// Not sent, safe to try again later: SMTP 4xx, a connection or TLS failure before any mail
     /// was transferred, Twilio 429.
     Transient { reason: String },
-    /// Not sent and never will be as it is: SMTP 5xx, Twilio 21211 (invalid number), other 4xx.
+    /// Not sent and never will be as it is: SMTP 5xx, Twilio 4xx other than those below.
     Permanent { reason: String },
-    /// The recipient unsubscribed from SMS (Twilio 21610).
-    OptedOut { reason: String },
+    /// The recipient unsubscribed from SMS (Twilio 21610, the `code`).
+    OptedOut { code: u32, reason: String },
+    /// The number itself can never receive SMS: Twilio 21211 (not a valid number) or 21614
+    /// (not a mobile number), the `code`. Like `OptedOut`, the number is not tried again.
+    Unreachable { code: u32, reason: String },
     /// May or may not have been delivered: the connection was lost or timed out after the
     /// message went out, Twilio 5xx, a 2xx without a sid.
     Ambiguous { reason: String },

@@ -163,7 +163,14 @@ fn classify(status: u16, text: &str) -> SendOutcome {
             ),
         },
         429 => SendOutcome::Transient { reason: reason() },
-        _ if code == Some(21610) => SendOutcome::OptedOut { reason: reason() },
+        _ if code == Some(21610) => SendOutcome::OptedOut {
+            code: 21610,
+            reason: reason(),
+        },
+        _ if code == Some(21211) || code == Some(21614) => SendOutcome::Unreachable {
+            code: code.and_then(|c| u32::try_from(c).ok()).unwrap_or_default(),
+            reason: reason(),
+        },
         400..=499 => SendOutcome::Permanent { reason: reason() },
         _ => SendOutcome::Ambiguous { reason: reason() },
     }

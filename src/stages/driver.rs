@@ -282,16 +282,21 @@ pub async fn notify_cancellation(j: &Journey, booking_id: Uuid) -> anyhow::Resul
                 continue;
             }
         };
+        let key = DeliveryKey {
+            booking_id: b.id,
+            stage: cancellation_notice::LEDGER_STAGE,
+            channel: out.to.channel(),
+            role: out.role,
+        };
+        let stage = Stage::ConfirmationRecovery;
+        if super::optout::suppressed_one(j, stage, &key, b.patient_id, &out.to, &mut report).await {
+            continue;
+        }
         let job = Job {
             booking_id: b.id,
             cal_uid: b.cal_uid.clone(),
             patient_id: b.patient_id,
-            key: DeliveryKey {
-                booking_id: b.id,
-                stage: cancellation_notice::LEDGER_STAGE,
-                channel: out.to.channel(),
-                role: out.role,
-            },
+            key,
             invite: out.invite.then(|| invite_for(j, &b, &out)),
             mark_column: None,
             outgoing: *out,
@@ -404,6 +409,7 @@ async fn process(
     let now = j.clock.now();
     let mut jobs = Vec::new();
     let mut recovered_patients: HashSet<Uuid> = HashSet::new();
+    let optouts = super::optout::Batch::load(j, &due, &patients).await;
 
     for b in &due {
         let lookup = patients
@@ -501,7 +507,7 @@ async fn process(
                                 }
                             }
                         }
-                        MessagePlan::Send(out) => {
+                        MessagePlan::Send(mut out) => {
                             let channel = out.to.channel();
                             let role = out.role;
                             match existing.get(&(b.id, channel, role)).map(|r| r.status) {
@@ -514,6 +520,12 @@ async fn process(
                                 Some(_) => continue,
                                 None if is_marked(stage, role, b) => continue,
                                 None => {}
+                            }
+                            if super::optout::gate(j, &optouts, stage, b, &mut out, dry_run, report)
+                                .await
+                            {
+                                acted = true;
+                                continue;
                             }
                             if stage == Stage::CancellationRecovery {
                                 if let Some(pid) = b.patient_id {
@@ -906,6 +918,7 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
                     html: html.unwrap_or_default(),
                     attachments,
                     message_id,
+                    list_unsubscribe: out.context.unsubscribe_url.clone(),
                 })
                 .await
         }
@@ -969,15 +982,28 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         SendOutcome::Permanent { reason } => {
             failure(DeliveryStatus::Failed, Counter::Errors, reason, "failed")
         }
-        SendOutcome::OptedOut { reason } => (
+        SendOutcome::OptedOut { reason, .. } => (
             DeliveryStatus::Skipped,
-            Counter::SkippedNoContact,
+            Counter::SkippedOptedOut,
             false,
             None,
             Some(format!("recipient opted out: {reason}")),
             EventRow {
                 kind: "sms_opted_out",
                 level: "info",
+                properties: base_props.clone(),
+            },
+        ),
+        // The number itself cannot receive SMS: never attempted again (suppressed below).
+        SendOutcome::Unreachable { reason, .. } => (
+            DeliveryStatus::Skipped,
+            Counter::SkippedInvalidPhone,
+            false,
+            None,
+            Some(format!("number rejected by the provider: {reason}")),
+            EventRow {
+                kind: "sms_unreachable",
+                level: "warn",
                 properties: base_props.clone(),
             },
         ),
@@ -1026,6 +1052,10 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         record_error(j, false, stage, Some(job.booking_id), Some(channel), &why).await;
         return res.fail(Counter::Errors);
     }
+    let res = match super::optout::after_send(j, stage, job.booking_id, &out.to, &outcome).await {
+        true => res,
+        false => res.fail(Counter::Errors),
+    };
     if failed {
         res.fail(counter)
     } else {

@@ -220,6 +220,7 @@ pub fn base_context(input: &PlanInput<'_>, patient: Option<&PatientRow>) -> Opti
         other_therapists_count: None,
         cancelled_by_therapist: false,
         rescheduled: b.rescheduled_from_uid.is_some(),
+        unsubscribe_url: None,
     })
 }
 

@@ -107,6 +107,8 @@ async fn sim() -> Sim {
         email_outbox_dir: Some(outbox.path().to_path_buf()),
         email_from: Some("Praxisteam <termine@praxis.example>".into()),
         public_base_url: Some("https://therapie.example".into()),
+        public_callback_base: Some("https://journey.therapie.example".into()),
+        unsubscribe_secret: Some(crate::transports::UNSUBSCRIBE_SECRET.into()),
         ..Default::default()
     })
     .unwrap();

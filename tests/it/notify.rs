@@ -41,6 +41,7 @@ fn email() -> OutgoingEmail {
             body: b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n".to_vec(),
         }],
         message_id: "<0b8f5c52-2f4e-4c8e-9d7a-1a2b3c4d5e6f@praxis.example>".into(),
+        list_unsubscribe: None,
     }
 }
 
@@ -260,7 +261,10 @@ async fn twilio_answers_are_classified() {
     assert!(matches!(o, SendOutcome::Transient { .. }), "{o:?}");
     let (o, _s) = sms_with(400, serde_json::json!({"code": 21211, "message": "The 'To' number +4915112345678 is not a valid phone number."})).await;
     match o {
-        SendOutcome::Permanent { reason } => assert!(!reason.contains("12345678"), "{reason}"),
+        SendOutcome::Unreachable {
+            code: 21211,
+            reason,
+        } => assert!(!reason.contains("12345678"), "{reason}"),
         other => panic!("{other:?}"),
     }
     let (o, _s) = sms_with(

@@ -233,6 +233,9 @@ pub struct Transports {
 
 pub const TWILIO_SID: &str = "ACtest0000000000000000000000000000";
 pub const TWILIO_TOKEN: &str = "twilio-test-token-do-not-log";
+/// Where `serve` is reachable in unsubscribe links of test emails, and the key of their tokens.
+pub const PUBLIC_CALLBACK_BASE: &str = "https://journey.praxis.example";
+pub const UNSUBSCRIBE_SECRET: &str = "unsubscribe-test-secret-0123456789abcdef";
 
 impl Transports {
     pub async fn start() -> Transports {
@@ -303,7 +306,9 @@ impl Transports {
     pub fn apply_email_only(&self, mut cli: Cli) -> Cli {
         cli.env("SMTP_URL", self.smtp.url())
             .env("EMAIL_FROM", "Praxisteam <termine@praxis.example>")
-            .env("PUBLIC_BASE_URL", "https://therapie.example");
+            .env("PUBLIC_BASE_URL", "https://therapie.example")
+            .env("PUBLIC_CALLBACK_BASE", PUBLIC_CALLBACK_BASE)
+            .env("UNSUBSCRIBE_SECRET", UNSUBSCRIBE_SECRET);
         cli
     }
 }

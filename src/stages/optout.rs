@@ -1,0 +1,402 @@
+//! Opt-outs: who must not get anything more, and the opt-out every advertising email carries.
+//!
+//! - Before a message is claimed, [`gate`] looks its recipient up in `suppressions` (loaded
+//!   once per batch of due bookings by [`Batch::load`]; the webhook's cancellation notice asks
+//!   [`suppressed_one`]): a suppressed recipient is recorded in the ledger as `skipped` and
+//!   counted `skipped_opted_out` once, and never attempted again on that channel.
+//! - After Twilio refused a number for good ([`after_send`]: 21610 STOP, 21211 invalid,
+//!   21614 not a mobile), the number is suppressed (source `twilio`).
+//! - The intro followup, the session followup and the cancellation recovery invite the patient
+//!   to book again: advertising (UWG §7(3)), so they carry an unsubscribe link (the visible line
+//!   in the templates, and `List-Unsubscribe` + `List-Unsubscribe-Post`, RFC 8058, in the
+//!   headers). Confirmations, reminders and notices are transactional and carry none.
+//!   Without `PUBLIC_CALLBACK_BASE` and `UNSUBSCRIBE_SECRET` such an email cannot carry its
+//!   opt-out, so it is not sent: it stays due, and the run exits 2 naming the setting.
+//!
+//! The unsubscribe token names the patient (`people.id`), not an address: no email address is
+//! ever in a URL. It is `base64url(version ‖ patient id ‖ HMAC-SHA256(UNSUBSCRIBE_SECRET,
+//! domain ‖ version ‖ patient id)[..16])`, 44 characters; without the secret none can be made.
+//! `serve` suppresses the patient's current email address when the link is used
+//! (`commands::unsubscribe`).
+//!
+//! This module decides nothing about stages' windows or rules; it must not log addresses.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use super::driver::{Journey, StageReport};
+use super::plan::{Outgoing, Recipient};
+use crate::config::Settings;
+use crate::db::bookings::{DueBooking, PatientRow};
+use crate::db::ledger::DeliveryKey;
+use crate::db::{runs, suppressions};
+use crate::domain::{Channel, Counter, EmailAddress, MessageKind, PhoneNumber, Stage};
+use crate::notify::SendOutcome;
+use crate::secret::Secret;
+
+/// The path `serve` answers unsubscribe links on (SPEC §9).
+pub const UNSUBSCRIBE_PATH: &str = "/api/public/unsubscribe";
+
+const TOKEN_VERSION: u8 = 1;
+const TOKEN_DOMAIN: &[u8] = b"journeyctl/unsubscribe";
+const MAC_LEN: usize = 16;
+const TOKEN_LEN: usize = 1 + 16 + MAC_LEN;
+
+/// The messages that advertise (a new booking) and so carry an opt-out.
+pub fn is_marketing(kind: MessageKind) -> bool {
+    kind.advertises()
+}
+
+fn mac(secret: &Secret, patient: &Uuid) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(TOKEN_DOMAIN);
+    mac.update(&[0, TOKEN_VERSION]);
+    mac.update(patient.as_bytes());
+    mac
+}
+
+/// The unsubscribe token of a patient.
+pub fn token(secret: &Secret, patient: Uuid) -> String {
+    let tag = mac(secret, &patient).finalize().into_bytes();
+    let mut raw = Vec::with_capacity(TOKEN_LEN);
+    raw.push(TOKEN_VERSION);
+    raw.extend_from_slice(patient.as_bytes());
+    raw.extend_from_slice(&tag[..MAC_LEN]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// The patient a token names, when it is one of ours (checked in constant time).
+pub fn verify(secret: &Secret, token: &str) -> Option<Uuid> {
+    if token.len() > 64 {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim())
+        .ok()?;
+    if raw.len() != TOKEN_LEN || raw[0] != TOKEN_VERSION {
+        return None;
+    }
+    let patient = Uuid::from_slice(&raw[1..17]).ok()?;
+    mac(secret, &patient)
+        .verify_truncated_left(&raw[17..])
+        .ok()
+        .map(|()| patient)
+}
+
+/// The unsubscribe link of a patient, or the setting that is missing to make one.
+pub fn unsubscribe_url(settings: &Settings, patient: Uuid) -> Result<String, &'static str> {
+    let base = settings
+        .public_callback_base
+        .as_ref()
+        .ok_or("PUBLIC_CALLBACK_BASE")?;
+    let secret = settings
+        .unsubscribe_secret
+        .as_ref()
+        .ok_or("UNSUBSCRIBE_SECRET")?;
+    Ok(format!(
+        "{}{UNSUBSCRIBE_PATH}?t={}",
+        base.as_str().trim_end_matches('/'),
+        token(secret, patient)
+    ))
+}
+
+/// The form an address is suppressed under: an email trimmed and lower-cased (mailboxes are
+/// case-insensitive in practice, and erring towards "suppressed" is the safe side), a phone
+/// number in E.164.
+pub fn normalise(channel: Channel, raw: &str) -> Result<String, &'static str> {
+    match channel {
+        Channel::Email => EmailAddress::parse(raw).map(|e| e.as_str().to_lowercase()),
+        Channel::Sms => PhoneNumber::parse(raw).map(|p| p.as_str().to_string()),
+    }
+}
+
+fn key_of(to: &Recipient) -> (Channel, String) {
+    match to {
+        Recipient::Email(e) => (Channel::Email, e.as_str().to_lowercase()),
+        Recipient::Sms(p) => (Channel::Sms, p.as_str().to_string()),
+    }
+}
+
+/// The suppressions that concern one batch of due bookings, looked up once.
+pub struct Batch {
+    suppressed: Result<HashSet<(Channel, String)>, String>,
+    /// The missing setting was reported once in this batch.
+    held_reported: AtomicBool,
+}
+
+impl Batch {
+    /// Looks up every address the batch's messages could go to (patients, walk-in attendees,
+    /// therapists, the QA mailbox), in one query per chunk. A failed lookup is kept: every message of the batch
+    /// then counts an error instead of being sent to someone who may have opted out.
+    pub async fn load(
+        j: &Journey,
+        due: &[DueBooking],
+        patients: &Result<HashMap<Uuid, PatientRow>, String>,
+    ) -> Batch {
+        let mut candidates = Vec::new();
+        let mut push = |p: &PatientRow| {
+            for (channel, raw) in [
+                (Channel::Email, p.email.as_deref()),
+                (Channel::Sms, p.phone_number.as_deref()),
+            ] {
+                if let Some(a) = raw.and_then(|r| normalise(channel, r).ok()) {
+                    candidates.push((channel, a));
+                }
+            }
+        };
+        if let Ok(patients) = patients {
+            patients.values().for_each(&mut push);
+        }
+        due.iter()
+            .filter_map(PatientRow::attendee_of)
+            .for_each(|a| push(&a));
+        let others = due
+            .iter()
+            .filter_map(|b| b.therapist.as_ref()?.email.clone())
+            .chain(
+                j.settings
+                    .qa_notify_email
+                    .as_ref()
+                    .map(|e| e.as_str().to_string()),
+            );
+        for raw in others {
+            if let Ok(a) = normalise(Channel::Email, &raw) {
+                candidates.push((Channel::Email, a));
+            }
+        }
+        candidates.sort();
+        candidates.dedup();
+        let suppressed = suppressions::which_of(&j.db, &candidates)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        Batch {
+            suppressed,
+            held_reported: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Decides whether one planned message may go on to be claimed. Returns `true` when it was
+/// dealt with here (counted; not to be claimed): its recipient is suppressed, the suppression
+/// lookup failed, or it is advertising that cannot carry its opt-out. An advertising email
+/// that may go gets its unsubscribe link here.
+pub async fn gate(
+    j: &Journey,
+    batch: &Batch,
+    stage: Stage,
+    b: &DueBooking,
+    out: &mut Outgoing,
+    dry_run: bool,
+    report: &mut StageReport,
+) -> bool {
+    let (channel, address) = key_of(&out.to);
+    let suppressed = match &batch.suppressed {
+        Ok(set) => set.contains(&(channel, address)),
+        Err(why) => {
+            report.counters.bump(Counter::Errors);
+            report.failures += 1;
+            let why = format!("suppression lookup failed, not sent: {why}");
+            error(j, dry_run, stage, Some(b.id), &why).await;
+            return true;
+        }
+    };
+    if suppressed {
+        let key = DeliveryKey {
+            booking_id: b.id,
+            stage: stage.ledger_stage(),
+            channel,
+            role: out.role,
+        };
+        skip(j, stage, &key, b.patient_id, dry_run, report).await;
+        return true;
+    }
+    if channel == Channel::Email && is_marketing(out.kind) {
+        let link = match b.patient_id {
+            Some(patient) => unsubscribe_url(&j.settings, patient),
+            None => Err("a patient row"),
+        };
+        match link {
+            Ok(url) => out.context.unsubscribe_url = Some(url),
+            Err(missing) => {
+                // Not claimed: it stays due and goes out once the setting is there.
+                report.counters.bump(Counter::RetryScheduled);
+                if !batch.held_reported.swap(true, Ordering::Relaxed) {
+                    log::error!(
+                        "{stage}: not sent: this email advertises and must carry an \
+                         unsubscribe link (UWG §7(3)), which needs {missing}; set it (see \
+                         README, \"Opt-outs\"); the messages stay due"
+                    );
+                }
+                if missing != "a patient row" {
+                    j.control.stop_channel(Channel::Email, missing);
+                }
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Counts and records one message not sent because its recipient is suppressed.
+async fn skip(
+    j: &Journey,
+    stage: Stage,
+    key: &DeliveryKey,
+    patient_id: Option<Uuid>,
+    dry_run: bool,
+    report: &mut StageReport,
+) {
+    report.counters.bump(Counter::SkippedOptedOut);
+    log::info!(
+        "{stage}: booking {} {} {}: recipient opted out",
+        key.booking_id,
+        key.role,
+        key.channel
+    );
+    if dry_run {
+        return;
+    }
+    let reason = "recipient opted out (suppressions)";
+    if let Err(e) = suppressions::record_opted_out(&j.db, key, patient_id, j.run_id, reason).await {
+        report.counters.bump(Counter::Errors);
+        report.failures += 1;
+        error(j, dry_run, stage, Some(key.booking_id), &format!("{e:#}")).await;
+    }
+}
+
+/// [`gate`] for one message outside a stage's batch (the webhook's cancellation notice):
+/// looks its recipient up on its own. Returns `true` when it must not be sent (suppressed,
+/// recorded under `key`; or the lookup failed, counted as an error).
+pub async fn suppressed_one(
+    j: &Journey,
+    stage: Stage,
+    key: &DeliveryKey,
+    patient_id: Option<Uuid>,
+    to: &Recipient,
+    report: &mut StageReport,
+) -> bool {
+    match suppressions::which_of(&j.db, &[key_of(to)]).await {
+        Ok(found) if found.is_empty() => false,
+        Ok(_) => {
+            skip(j, stage, key, patient_id, false, report).await;
+            true
+        }
+        Err(e) => {
+            report.counters.bump(Counter::Errors);
+            report.failures += 1;
+            let why = format!("suppression lookup failed, not sent: {e:#}");
+            error(j, false, stage, Some(key.booking_id), &why).await;
+            true
+        }
+    }
+}
+
+/// After a send: a number Twilio refused for good is suppressed. Returns `false` when that
+/// could not be written (logged, `error` event written; the caller counts the error).
+pub async fn after_send(
+    j: &Journey,
+    stage: Stage,
+    booking_id: Uuid,
+    to: &Recipient,
+    outcome: &SendOutcome,
+) -> bool {
+    let reason = match outcome {
+        SendOutcome::OptedOut { .. } => "twilio_stop",
+        SendOutcome::Unreachable { code: 21614, .. } => "twilio_not_mobile",
+        SendOutcome::Unreachable { .. } => "twilio_invalid_number",
+        _ => return true,
+    };
+    let (channel, address) = key_of(to);
+    match suppressions::add(&j.db, channel, &address, reason, "twilio").await {
+        Ok(_) => {
+            log::info!("{stage}: booking {booking_id}: {channel} recipient suppressed ({reason})");
+            true
+        }
+        Err(e) => {
+            let why = format!("{e:#}; the number will be tried again by later runs");
+            error(j, false, stage, Some(booking_id), &why).await;
+            false
+        }
+    }
+}
+
+async fn error(j: &Journey, dry_run: bool, stage: Stage, booking_id: Option<Uuid>, why: &str) {
+    match booking_id {
+        Some(id) => log::error!("{stage}: booking {id}: {why}"),
+        None => log::error!("{stage}: {why}"),
+    }
+    if dry_run {
+        return;
+    }
+    let props = serde_json::json!({
+        "source": "optout",
+        "reason": why,
+        "booking_id": booking_id,
+        "stage": stage.ledger_stage(),
+        "run_id": j.run_id,
+    });
+    if let Err(e) = runs::event(&j.db, "error", "error", &props).await {
+        log::error!("failed to write an error event: {e:#}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::new("0123456789abcdef0123456789abcdef")
+    }
+
+    #[test]
+    fn a_token_names_its_patient_and_nothing_else_verifies() {
+        let p = Uuid::new_v4();
+        let t = token(&secret(), p);
+        assert_eq!(t.len(), 44, "{t}");
+        assert_eq!(verify(&secret(), &t), Some(p));
+        let other = Secret::new("another secret of enough length, 32+");
+        assert_eq!(verify(&other, &t), None);
+        let mut forged = t.clone().into_bytes();
+        forged[30] = if forged[30] == b'A' { b'B' } else { b'A' };
+        assert_eq!(verify(&secret(), &String::from_utf8(forged).unwrap()), None);
+        assert_eq!(verify(&secret(), "garbage!"), None);
+        assert_eq!(verify(&secret(), ""), None);
+        assert_eq!(verify(&secret(), &t[..40]), None);
+    }
+
+    #[test]
+    fn only_the_three_advertising_messages_carry_an_opt_out() {
+        let marketing: Vec<_> = MessageKind::ALL
+            .into_iter()
+            .filter(|k| is_marketing(*k))
+            .collect();
+        assert_eq!(
+            marketing,
+            [
+                MessageKind::IntroFollowup,
+                MessageKind::SessionFollowup,
+                MessageKind::CancellationRecovery
+            ]
+        );
+    }
+
+    #[test]
+    fn addresses_are_suppressed_in_one_form() {
+        assert_eq!(
+            normalise(Channel::Email, " Jonas.Weber@Example.DE ").unwrap(),
+            "jonas.weber@example.de"
+        );
+        assert_eq!(
+            normalise(Channel::Sms, "+49 151 1234-5678").unwrap(),
+            "+4915112345678"
+        );
+        assert!(normalise(Channel::Sms, "0151 12345678").is_err());
+        assert!(normalise(Channel::Email, "temp_123@x.de").is_err());
+    }
+}
