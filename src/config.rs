@@ -507,6 +507,9 @@ mod tests {
         a.cal_api_timeout = Some("0s".into());
         let e = Settings::from_args(&a).unwrap_err();
         assert!(e.to_string().contains("CAL_API_TIMEOUT"), "{e}");
+    }
+
+    #[test]
     fn unsubscribe_settings_are_checked_and_the_secret_never_printed() {
         let mut a = args();
         a.unsubscribe_secret = Some("kurz1".into());
