@@ -164,8 +164,8 @@ pub struct SettingsArgs {
     #[arg(long, env = "CAL_API_TIMEOUT", global = true, value_name = "DURATION")]
     pub cal_api_timeout: Option<String>,
     /// Public https base of `serve` behind the TLS proxy (e.g. https://journey.example.de), for
-    /// unsubscribe links. Unset: followups and recovery emails are held (exit 2), because they
-    /// must carry an opt-out
+    /// unsubscribe links and Twilio status callbacks. Unset: advertising emails carry an
+    /// opt-out by reply instead of a one-click link, and SMS get no status callbacks
     #[arg(long, env = "PUBLIC_CALLBACK_BASE", global = true, value_name = "URL")]
     pub public_callback_base: Option<String>,
 

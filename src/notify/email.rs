@@ -232,22 +232,25 @@ impl Mailer {
             "auto-generated".to_string(),
         ));
         if let Some(url) = &msg.list_unsubscribe {
-            if !url.starts_with("https://") && !url.starts_with("http://")
+            let by_reply = url.starts_with("mailto:");
+            if !url.starts_with("https://") && !url.starts_with("http://") && !by_reply
                 || url
                     .chars()
                     .any(|c| c.is_whitespace() || c.is_control() || c == '>')
             {
                 return Err("the unsubscribe link is not a plain http(s) URL".to_string());
             }
-            b = b
-                .raw_header(HeaderValue::new(
-                    HeaderName::new_from_ascii_str("List-Unsubscribe"),
-                    format!("<{url}>"),
-                ))
-                .raw_header(HeaderValue::new(
+            b = b.raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                format!("<{url}>"),
+            ));
+            // RFC 8058: one-click is a promise of an HTTPS endpoint, never made for a mailto.
+            if !by_reply {
+                b = b.raw_header(HeaderValue::new(
                     HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
                     "List-Unsubscribe=One-Click".to_string(),
                 ));
+            }
         }
         let alternative = MultiPart::alternative()
             .singlepart(SinglePart::plain(msg.text.clone()))

@@ -10,8 +10,11 @@
 //!   to book again: advertising (UWG §7(3)), so they carry an unsubscribe link (the visible line
 //!   in the templates, and `List-Unsubscribe` + `List-Unsubscribe-Post`, RFC 8058, in the
 //!   headers). Confirmations, reminders and notices are transactional and carry none.
-//!   Without `PUBLIC_CALLBACK_BASE` and `UNSUBSCRIBE_SECRET` such an email cannot carry its
-//!   opt-out, so it is not sent: it stays due, and the run exits 2 naming the setting.
+//!   Without `PUBLIC_CALLBACK_BASE` and `UNSUBSCRIBE_SECRET` (or for a walk-in attendee
+//!   without a `people` row) no one-click link can be made: the email then carries an opt-out
+//!   by reply instead (`mailto:` the practice's reply address, RFC 2369), the run warns once
+//!   naming the missing setting, and an operator acts on replies with `journeyctl suppress`.
+//!   The email is never held back for it: a followup that never goes out helps nobody.
 //!
 //! The unsubscribe token names the patient (`people.id`), not an address: no email address is
 //! ever in a URL. It is `base64url(version ‖ patient id ‖ HMAC-SHA256(UNSUBSCRIBE_SECRET,
@@ -106,6 +109,23 @@ pub fn unsubscribe_url(settings: &Settings, patient: Uuid) -> Result<String, &'s
     ))
 }
 
+/// The opt-out of an advertising email when no one-click link can be made: a reply to the
+/// practice's mailbox (`EMAIL_REPLY_TO`, else `EMAIL_FROM`), which RFC 2369 allows in
+/// `List-Unsubscribe` and every mail client opens.
+pub fn reply_unsubscribe(settings: &Settings) -> String {
+    let mailbox = settings
+        .email
+        .reply_to
+        .as_deref()
+        .unwrap_or(&settings.email.from);
+    let address = mailbox
+        .rsplit_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .map_or(mailbox, |(inner, _)| inner)
+        .trim();
+    format!("mailto:{address}?subject=Abmelden")
+}
+
 /// The form an address is suppressed under: an email trimmed and lower-cased (mailboxes are
 /// case-insensitive in practice, and erring towards "suppressed" is the safe side), a phone
 /// number in E.164.
@@ -127,7 +147,7 @@ fn key_of(to: &Recipient) -> (Channel, String) {
 pub struct Batch {
     suppressed: Result<HashSet<(Channel, String)>, String>,
     /// The missing setting was reported once in this batch.
-    held_reported: AtomicBool,
+    fallback_reported: AtomicBool,
 }
 
 impl Batch {
@@ -177,7 +197,7 @@ impl Batch {
             .map_err(|e| format!("{e:#}"));
         Batch {
             suppressed,
-            held_reported: AtomicBool::new(false),
+            fallback_reported: AtomicBool::new(false),
         }
     }
 }
@@ -221,24 +241,22 @@ pub async fn gate(
             Some(patient) => unsubscribe_url(&j.settings, patient),
             None => Err("a patient row"),
         };
-        match link {
-            Ok(url) => out.context.unsubscribe_url = Some(url),
+        let url = match link {
+            Ok(url) => url,
             Err(missing) => {
-                // Not claimed: it stays due and goes out once the setting is there.
-                report.counters.bump(Counter::RetryScheduled);
-                if !batch.held_reported.swap(true, Ordering::Relaxed) {
-                    log::error!(
-                        "{stage}: not sent: this email advertises and must carry an \
-                         unsubscribe link (UWG §7(3)), which needs {missing}; set it (see \
-                         README, \"Opt-outs\"); the messages stay due"
+                if missing != "a patient row"
+                    && !batch.fallback_reported.swap(true, Ordering::Relaxed)
+                {
+                    log::warn!(
+                        "{stage}: advertising emails carry an opt-out by reply instead of a \
+                         one-click unsubscribe link, because {missing} is not set (see README, \
+                         \"Opt-outs\"); act on replies with `journeyctl suppress`"
                     );
                 }
-                if missing != "a patient row" {
-                    j.control.stop_channel(Channel::Email, missing);
-                }
-                return true;
+                reply_unsubscribe(&j.settings)
             }
-        }
+        };
+        out.context.unsubscribe_url = Some(url);
     }
     false
 }
