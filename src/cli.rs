@@ -140,6 +140,20 @@ pub struct SettingsArgs {
     /// Directory whose files override the built-in templates, file by file
     #[arg(long, env = "JOURNEY_TEMPLATES_DIR", global = true, value_name = "DIR")]
     pub templates_dir: Option<PathBuf>,
+
+    /// Public https base of `serve` as Twilio reaches it through the TLS proxy, e.g.
+    /// https://journey.example.de. Twilio posts each SMS's delivery status to
+    /// <base>/api/public/twilio/status (unset: no status callbacks)
+    #[arg(long, env = "PUBLIC_CALLBACK_BASE", global = true, value_name = "URL")]
+    pub public_callback_base: Option<String>,
+
+    /// Start of the nightly SMS quiet hours (HH:MM, JOURNEY_TIMEZONE) [default: 21:00]
+    #[arg(long, env = "SMS_QUIET_START", global = true, value_name = "HH:MM")]
+    pub sms_quiet_start: Option<String>,
+
+    /// End of the SMS quiet hours; reminders held overnight go out then [default: 08:00]
+    #[arg(long, env = "SMS_QUIET_END", global = true, value_name = "HH:MM")]
+    pub sms_quiet_end: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

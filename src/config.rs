@@ -9,6 +9,7 @@ use chrono_tz::Tz;
 
 use crate::cli::{GlobalArgs, SettingsArgs};
 use crate::clock::Clock;
+use crate::domain::quiet_hours::QuietHours;
 use crate::domain::{EmailAddress, PhoneNumber};
 use crate::secret::{redact_url, Secret};
 
@@ -89,6 +90,11 @@ pub struct Settings {
     pub qa_notify_email: Option<EmailAddress>,
     pub timezone: Tz,
     pub templates_dir: Option<PathBuf>,
+    /// `PUBLIC_CALLBACK_BASE`: the public https base of `serve` (behind the TLS proxy), for
+    /// Twilio status callbacks and unsubscribe links. Unset: no callbacks are requested.
+    pub public_callback_base: Option<url::Url>,
+    /// `SMS_QUIET_START`..`SMS_QUIET_END` in [`Settings::timezone`].
+    pub sms_quiet_hours: QuietHours,
 }
 
 pub const DEFAULT_EMAIL_FROM: &str = "journeyctl <journeyctl@localhost>";
@@ -176,6 +182,8 @@ impl Settings {
             qa_notify_email,
             timezone,
             templates_dir: a.templates_dir.clone(),
+            public_callback_base: callback_base(a)?,
+            sms_quiet_hours: quiet_hours(a)?,
         })
     }
 }
@@ -247,6 +255,54 @@ fn sms_transport(a: &SettingsArgs) -> Result<Option<SmsTransport>, ConfigError> 
         timeout,
     })))
 }
+
+/// `PUBLIC_CALLBACK_BASE`: an http(s) URL without query or fragment (a path prefix is kept,
+/// for a proxy that mounts `serve` below one).
+fn callback_base(a: &SettingsArgs) -> Result<Option<url::Url>, ConfigError> {
+    let Some(raw) = nonempty(&a.public_callback_base) else {
+        return Ok(None);
+    };
+    let base = check_base_url("PUBLIC_CALLBACK_BASE", raw)?;
+    let u = url::Url::parse(&base)
+        .map_err(|e| ConfigError::new(format!("PUBLIC_CALLBACK_BASE={raw:?} is not a URL: {e}")))?;
+    if u.query().is_some() || u.fragment().is_some() || u.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::new(format!(
+            "PUBLIC_CALLBACK_BASE={raw:?} must be the public base of `serve`, with a host and \
+             no query or fragment, e.g. https://journey.example.de"
+        )));
+    }
+    Ok(Some(u))
+}
+
+/// `SMS_QUIET_START` / `SMS_QUIET_END` (`HH:MM`, default 21:00 and 08:00).
+fn quiet_hours(a: &SettingsArgs) -> Result<QuietHours, ConfigError> {
+    let default = QuietHours::default();
+    let time = |var: &str, raw: Option<&str>, default| match raw {
+        None => Ok(default),
+        Some(r) => QuietHours::parse_time(r).ok_or_else(|| {
+            ConfigError::new(format!(
+                "{var}={r:?} is not a time of day; use HH:MM, e.g. 21:00 (equal start and end: \
+                 no quiet hours)"
+            ))
+        }),
+    };
+    Ok(QuietHours {
+        start: time("SMS_QUIET_START", nonempty(&a.sms_quiet_start), default.start)?,
+        end: time("SMS_QUIET_END", nonempty(&a.sms_quiet_end), default.end)?,
+    })
+}
+
+/// The URL Twilio posts a delivery's status to: `{PUBLIC_CALLBACK_BASE}/api/public/twilio/status?d=<id>`.
+pub fn status_callback_url(base: &url::Url, delivery_id: uuid::Uuid) -> String {
+    format!(
+        "{}{}?d={delivery_id}",
+        base.as_str().trim_end_matches('/'),
+        TWILIO_STATUS_PATH
+    )
+}
+
+/// The route of Twilio's status callbacks on `serve`.
+pub const TWILIO_STATUS_PATH: &str = "/api/public/twilio/status";
 
 fn nonempty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
@@ -391,6 +447,29 @@ mod tests {
         a.twilio_account_sid = Some("AC1".into());
         let e = Settings::from_args(&a).unwrap_err();
         assert!(e.to_string().contains("TWILIO_AUTH_TOKEN"));
+    }
+
+    #[test]
+    fn quiet_hours_and_callback_base_are_checked_and_named() {
+        let s = Settings::from_args(&args()).unwrap();
+        assert_eq!(s.sms_quiet_hours, QuietHours::default());
+        assert!(s.public_callback_base.is_none());
+        let mut a = args();
+        a.sms_quiet_start = Some("9pm".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("SMS_QUIET_START"), "{e}");
+        let mut a = args();
+        a.public_callback_base = Some("ftp://x".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("PUBLIC_CALLBACK_BASE"), "{e}");
+        let mut a = args();
+        a.public_callback_base = Some("https://journey.example.de/hooks/".into());
+        let s = Settings::from_args(&a).unwrap();
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            status_callback_url(s.public_callback_base.as_ref().unwrap(), id),
+            format!("https://journey.example.de/hooks/api/public/twilio/status?d={id}")
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod ops;
 mod pool;
 pub mod retention;
 pub mod runs;
+pub mod sms;
 pub mod webhook;
 
 pub use pool::{connect, connect_as, Db, Unreachable};

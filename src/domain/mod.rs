@@ -9,6 +9,7 @@ mod contact;
 mod counters;
 pub mod display_name;
 pub mod gsm7;
+pub mod quiet_hours;
 mod stage;
 
 pub use booking_status::{next_status, BookingStatus, EventOrder, StatusEvent, UnknownStatus};
