@@ -8,6 +8,7 @@ mod ops;
 mod preview;
 mod prune;
 mod stage;
+mod twilio_status;
 mod webhook;
 
 pub use demo::demo;

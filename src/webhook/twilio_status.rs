@@ -200,15 +200,15 @@ mod tests {
 
     #[test]
     fn twilios_documented_example_signature_is_reproduced() {
-        // The example of Twilio's "Webhooks security" page.
+        // The worked example of Twilio's request validation (auth token 12345).
         let params = p(&[
             ("CallSid", "CA1234567890ABCDE"),
-            ("Caller", "+12349013030"),
+            ("Caller", "+14158675309"),
             ("Digits", "1234"),
-            ("From", "+12349013030"),
+            ("From", "+14158675309"),
             ("To", "+18005551212"),
         ]);
-        let url = "https://example.com/myapp.php?foo=1&bar=2";
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
         assert_eq!(
             sign("12345", url, &params),
             "RSOYDt4T1cUTdK1PDd93/VVr8B8="
