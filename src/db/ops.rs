@@ -400,9 +400,11 @@ pub async fn sms_fates(
                 "SELECT stage,
                         count(*) FILTER (WHERE provider_status = 'delivered'),
                         count(*) FILTER (WHERE {rank} = 4 AND provider_status <> 'delivered'),
-                        count(*) FILTER (WHERE {rank} < 4 AND sent_at < $2 - interval '1 hour')
+                        count(*) FILTER (WHERE {rank} < 4
+                                           AND sent_at < $2::timestamptz - interval '1 hour')
                  FROM journey_deliveries
-                 WHERE channel = 'sms' AND status = 'sent' AND sent_at BETWEEN $1 AND $2
+                 WHERE channel = 'sms' AND status = 'sent'
+                   AND sent_at BETWEEN $1::timestamptz AND $2::timestamptz
                  GROUP BY stage ORDER BY stage"
             ),
             &[&since, &now],
