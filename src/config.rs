@@ -287,7 +287,11 @@ fn quiet_hours(a: &SettingsArgs) -> Result<QuietHours, ConfigError> {
         }),
     };
     Ok(QuietHours {
-        start: time("SMS_QUIET_START", nonempty(&a.sms_quiet_start), default.start)?,
+        start: time(
+            "SMS_QUIET_START",
+            nonempty(&a.sms_quiet_start),
+            default.start,
+        )?,
         end: time("SMS_QUIET_END", nonempty(&a.sms_quiet_end), default.end)?,
     })
 }

@@ -62,14 +62,20 @@ async fn receive(
             "twilio status callback refused: PUBLIC_CALLBACK_BASE and the Twilio auth token \
              are needed to verify it"
         );
-        return (StatusCode::FORBIDDEN, "status callbacks are not configured\n");
+        return (
+            StatusCode::FORBIDDEN,
+            "status callbacks are not configured\n",
+        );
     };
     let url = match uri.query() {
         Some(q) => format!(
             "{}{TWILIO_STATUS_PATH}?{q}",
             base.as_str().trim_end_matches('/')
         ),
-        None => format!("{}{TWILIO_STATUS_PATH}", base.as_str().trim_end_matches('/')),
+        None => format!(
+            "{}{TWILIO_STATUS_PATH}",
+            base.as_str().trim_end_matches('/')
+        ),
     };
     let params = parse_form(&body);
     let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
@@ -123,7 +129,10 @@ async fn receive(
         }
         Err(e) => {
             log::error!("sms delivery {}: {e:#}", cb.delivery_id);
-            (StatusCode::INTERNAL_SERVER_ERROR, "could not record the status\n")
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not record the status\n",
+            )
         }
     }
 }

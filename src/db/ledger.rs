@@ -477,7 +477,10 @@ pub async fn expire_closed(
         .num_seconds();
     let client = db.client().await?;
     client
-        .execute(&sql, &[&now, &window_from, &stage.ledger_stage(), &held_lead])
+        .execute(
+            &sql,
+            &[&now, &window_from, &stage.ledger_stage(), &held_lead],
+        )
         .await
         .with_context(|| format!("Failed to expire the {stage} retries whose window closed"))
 }

@@ -89,7 +89,11 @@ pub enum Recorded {
 /// Records a verified status callback on its delivery, monotonically: a status replaces the
 /// recorded one only if it ranks at least as high and the recorded one is not final. One
 /// statement, so two callbacks racing each other cannot move a row back.
-pub async fn record_status(db: &Db, cb: &StatusCallback, status: SmsStatus) -> anyhow::Result<Recorded> {
+pub async fn record_status(
+    db: &Db,
+    cb: &StatusCallback,
+    status: SmsStatus,
+) -> anyhow::Result<Recorded> {
     let sql = format!(
         "WITH upd AS (
            UPDATE journey_deliveries
@@ -121,7 +125,12 @@ pub async fn record_status(db: &Db, cb: &StatusCallback, status: SmsStatus) -> a
             ],
         )
         .await
-        .with_context(|| format!("Failed to record the SMS status of delivery {}", cb.delivery_id))?;
+        .with_context(|| {
+            format!(
+                "Failed to record the SMS status of delivery {}",
+                cb.delivery_id
+            )
+        })?;
     let updated: i64 = row.try_get(0)?;
     let exists: bool = row.try_get(1)?;
     Ok(match (updated, exists) {

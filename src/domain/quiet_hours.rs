@@ -295,7 +295,12 @@ mod tests {
             SmsTiming::Defer { .. }
         ));
         assert_eq!(
-            Q.timing(Berlin, berlin(2026, 3, 10, 8, 0), berlin(2026, 3, 10, 9, 0), lead),
+            Q.timing(
+                Berlin,
+                berlin(2026, 3, 10, 8, 0),
+                berlin(2026, 3, 10, 9, 0),
+                lead
+            ),
             SmsTiming::Now
         );
     }
@@ -311,7 +316,12 @@ mod tests {
             }
         );
         assert_eq!(
-            Q.timing(Berlin, berlin(2026, 3, 29, 7, 0), berlin(2026, 3, 29, 8, 10), lead),
+            Q.timing(
+                Berlin,
+                berlin(2026, 3, 29, 7, 0),
+                berlin(2026, 3, 29, 8, 10),
+                lead
+            ),
             SmsTiming::TooLate {
                 quiet_until: berlin(2026, 3, 29, 8, 0)
             }

@@ -525,8 +525,15 @@ async fn process(
                                 super::gate::Gate::Failed(why) => {
                                     acted = true;
                                     report.error();
-                                    record_error(j, dry_run, stage, Some(b.id), Some(channel), &why)
-                                        .await;
+                                    record_error(
+                                        j,
+                                        dry_run,
+                                        stage,
+                                        Some(b.id),
+                                        Some(channel),
+                                        &why,
+                                    )
+                                    .await;
                                     continue;
                                 }
                             }

@@ -80,7 +80,16 @@ pub async fn quiet_hours(
         },
         _ => Hold::Skip { reason: &reason },
     };
-    match sms::hold(&j.db, &key, b.patient_id, j.run_id, &out.to.masked(), &decision).await {
+    match sms::hold(
+        &j.db,
+        &key,
+        b.patient_id,
+        j.run_id,
+        &out.to.masked(),
+        &decision,
+    )
+    .await
+    {
         Ok(_) => Gate::Held(counter),
         Err(e) => Gate::Failed(format!("{e:#}")),
     }

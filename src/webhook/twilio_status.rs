@@ -164,7 +164,10 @@ pub struct StatusCallback {
 
 /// Reads a callback whose signature was verified: the delivery id from the query, the
 /// status from the form.
-pub fn read(query: Option<&str>, params: &[(String, String)]) -> Result<StatusCallback, StatusError> {
+pub fn read(
+    query: Option<&str>,
+    params: &[(String, String)],
+) -> Result<StatusCallback, StatusError> {
     let d = query
         .map(|q| url::form_urlencoded::parse(q.as_bytes()))
         .and_then(|mut q| q.find(|(k, _)| k == "d").map(|(_, v)| v.into_owned()))
@@ -183,7 +186,8 @@ pub fn read(query: Option<&str>, params: &[(String, String)]) -> Result<StatusCa
         message_sid: get("MessageSid"),
         status: SmsStatus::parse(&raw_status.to_ascii_lowercase()),
         raw_status,
-        error_code: get("ErrorCode").filter(|c| c.len() <= 10 && c.bytes().all(|b| b.is_ascii_digit())),
+        error_code: get("ErrorCode")
+            .filter(|c| c.len() <= 10 && c.bytes().all(|b| b.is_ascii_digit())),
     })
 }
 
@@ -209,10 +213,7 @@ mod tests {
             ("To", "+18005551212"),
         ]);
         let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
-        assert_eq!(
-            sign("12345", url, &params),
-            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
-        );
+        assert_eq!(sign("12345", url, &params), "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
         assert!(verify("12345", url, &params, Some("RSOYDt4T1cUTdK1PDd93/VVr8B8=")).is_ok());
     }
 

@@ -123,10 +123,7 @@ async fn a_1h_reminder_for_a_session_at_half_past_eight_is_sent_at_eight() {
         .next()
         .unwrap();
     // Sent at 08:00 for 08:30: valid until 08:25.
-    assert_eq!(
-        form.get("ValidityPeriod").map(String::as_str),
-        Some("1500")
-    );
+    assert_eq!(form.get("ValidityPeriod").map(String::as_str), Some("1500"));
 }
 
 #[tokio::test]

@@ -255,11 +255,16 @@ async fn a_callback_with_a_forged_or_missing_signature_gets_403_and_writes_nothi
         403
     );
     assert_eq!(s.callback(delivery, &params, None, None).await, 403);
-    assert_eq!(ledger_snapshot(&c).await, before, "a refused callback wrote");
+    assert_eq!(
+        ledger_snapshot(&c).await,
+        before,
+        "a refused callback wrote"
+    );
     assert_eq!(db.count("SELECT count(*) FROM events").await, events_before);
     // The genuine one is taken.
     assert_eq!(
-        s.callback(delivery, &params, Some(TWILIO_TOKEN), None).await,
+        s.callback(delivery, &params, Some(TWILIO_TOKEN), None)
+            .await,
         200
     );
     assert_eq!(
@@ -272,7 +277,9 @@ async fn a_callback_with_a_forged_or_missing_signature_gets_403_and_writes_nothi
 fn shuffled<T>(mut v: Vec<T>, seed: u64) -> Vec<T> {
     let mut x = seed;
     for i in (1..v.len()).rev() {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         v.swap(i, (x >> 33) as usize % (i + 1));
     }
     v
@@ -342,7 +349,10 @@ async fn shuffled_and_repeated_callbacks_end_on_the_final_status_and_status_and_
         (Some("failed".into()), Some("30006".into()))
     );
     // A late "delivered" never overrides a final status.
-    let late = [("MessageSid", rows[1].1.as_str()), ("MessageStatus", "delivered")];
+    let late = [
+        ("MessageSid", rows[1].1.as_str()),
+        ("MessageStatus", "delivered"),
+    ];
     assert_eq!(
         s.callback(rows[1].0, &late, Some(TWILIO_TOKEN), None).await,
         200
