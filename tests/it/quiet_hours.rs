@@ -190,3 +190,28 @@ async fn quiet_hours_follow_sms_quiet_start_and_end() {
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("SMS_QUIET_END"), "{}", bad.stderr);
 }
+
+#[tokio::test]
+async fn a_held_sms_whose_morning_run_was_missed_expires_visibly_instead_of_arriving_too_late() {
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let c = db.client().await;
+    let b = booking_with_phone(&c, berlin(2026, 3, 10, 8, 30)).await;
+    let held = run(&db, &tr, berlin(2026, 3, 10, 7, 20), "reminder-1h").await;
+    assert_eq!(held["retry_scheduled"], 1, "{held}");
+    // No run from 08:00 to 08:15; at 08:20 the session is 10 minutes away.
+    let out = tr
+        .apply(db.cmd())
+        .args([
+            "--now",
+            &berlin(2026, 3, 10, 8, 20).to_rfc3339(),
+            "--json",
+            "reminder-1h",
+        ])
+        .run()
+        .await;
+    assert_eq!(out.code, 1, "an expired delivery fails the run: {}", out.stderr);
+    assert_eq!(out.json()["stages"][0]["counters"]["expired"], 1);
+    assert_eq!(sms_row(&c, b).await.unwrap().0, "expired");
+    assert!(tr.sms().await.is_empty());
+}
