@@ -36,6 +36,15 @@ pub fn router(j: &Journey) -> Router {
         Some(SmsTransport::Twilio(t)) => Some(t.auth_token.clone()),
         _ => None,
     };
+    match (&auth_token, &j.settings.public_callback_base) {
+        (Some(_), Some(base)) => log::info!(
+            "serve: Twilio status callbacks accepted at {}{TWILIO_STATUS_PATH}",
+            base.as_str().trim_end_matches('/')
+        ),
+        _ => log::info!(
+            "serve: Twilio status callbacks are off (they need Twilio and PUBLIC_CALLBACK_BASE)"
+        ),
+    }
     let state = Arc::new(StatusState {
         db: j.db.clone(),
         auth_token,

@@ -210,7 +210,11 @@ async fn a_held_sms_whose_morning_run_was_missed_expires_visibly_instead_of_arri
         ])
         .run()
         .await;
-    assert_eq!(out.code, 1, "an expired delivery fails the run: {}", out.stderr);
+    assert_eq!(
+        out.code, 1,
+        "an expired delivery fails the run: {}",
+        out.stderr
+    );
     assert_eq!(out.json()["stages"][0]["counters"]["expired"], 1);
     assert_eq!(sms_row(&c, b).await.unwrap().0, "expired");
     assert!(tr.sms().await.is_empty());
