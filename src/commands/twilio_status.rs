@@ -107,7 +107,15 @@ async fn receive(
         );
         return (StatusCode::OK, "");
     };
-    match record_status(&s.db, &cb, status).await {
+    let recorded = record_status(
+        &s.db,
+        cb.delivery_id,
+        status,
+        cb.error_code.as_deref(),
+        cb.message_sid.as_deref(),
+    )
+    .await;
+    match recorded {
         Ok(Recorded::Updated) => {
             log::info!(
                 "sms delivery {}: {}{}",

@@ -391,7 +391,7 @@ pub async fn sms_fates(
     since: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<SmsFate>> {
-    let rank = crate::webhook::twilio_status::SmsStatus::sql_rank("provider_status");
+    let rank = crate::domain::SmsStatus::sql_rank("provider_status");
     let rows = db
         .client()
         .await?
@@ -441,7 +441,7 @@ pub async fn undelivered_sms(
     since: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<UndeliveredSms>> {
-    let rank = crate::webhook::twilio_status::SmsStatus::sql_rank("provider_status");
+    let rank = crate::domain::SmsStatus::sql_rank("provider_status");
     let rows = db
         .client()
         .await?

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::ledger::DeliveryKey;
 use super::Db;
-use crate::webhook::twilio_status::{SmsStatus, StatusCallback};
+use crate::domain::SmsStatus;
 
 /// What quiet hours decided for one SMS.
 pub enum Hold<'a> {
@@ -91,8 +91,10 @@ pub enum Recorded {
 /// statement, so two callbacks racing each other cannot move a row back.
 pub async fn record_status(
     db: &Db,
-    cb: &StatusCallback,
+    delivery_id: Uuid,
     status: SmsStatus,
+    error_code: Option<&str>,
+    message_sid: Option<&str>,
 ) -> anyhow::Result<Recorded> {
     let sql = format!(
         "WITH upd AS (
@@ -117,20 +119,15 @@ pub async fn record_status(
         .query_one(
             &sql,
             &[
-                &cb.delivery_id,
+                &delivery_id,
                 &status.as_str(),
-                &cb.error_code,
-                &cb.message_sid,
+                &error_code,
+                &message_sid,
                 &status.rank(),
             ],
         )
         .await
-        .with_context(|| {
-            format!(
-                "Failed to record the SMS status of delivery {}",
-                cb.delivery_id
-            )
-        })?;
+        .with_context(|| format!("Failed to record the SMS status of delivery {delivery_id}"))?;
     let updated: i64 = row.try_get(0)?;
     let exists: bool = row.try_get(1)?;
     Ok(match (updated, exists) {
