@@ -271,6 +271,12 @@ fn callback_base(a: &SettingsArgs) -> Result<Option<url::Url>, ConfigError> {
              no query or fragment, e.g. https://journey.example.de"
         )));
     }
+    if u.host_str().is_some_and(|h| h.contains('_')) {
+        return Err(ConfigError::new(format!(
+            "PUBLIC_CALLBACK_BASE={raw:?}: Twilio refuses callback hosts with an underscore; \
+             use a host name without one"
+        )));
+    }
     Ok(Some(u))
 }
 
