@@ -472,6 +472,7 @@ pub async fn expire_closed(
     );
     // An SMS held by quiet hours stays open past the window while the session is still far
     // enough ahead for it (see `domain::quiet_hours::min_lead`).
+    super::sms::drop_inactive_holds(db, stage.ledger_stage()).await?;
     let held_lead = crate::domain::quiet_hours::min_lead_of_stage(stage)
         .unwrap_or_else(chrono::Duration::zero)
         .num_seconds();

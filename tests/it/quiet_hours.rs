@@ -219,3 +219,26 @@ async fn a_held_sms_whose_morning_run_was_missed_expires_visibly_instead_of_arri
     assert_eq!(sms_row(&c, b).await.unwrap().0, "expired");
     assert!(tr.sms().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_held_sms_of_a_booking_cancelled_overnight_is_dropped_quietly_not_expired() {
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let c = db.client().await;
+    let b = booking_with_phone(&c, berlin(2026, 3, 10, 8, 30)).await;
+    run(&db, &tr, berlin(2026, 3, 10, 7, 20), "reminder-1h").await;
+    c.execute(
+        "UPDATE cal_bookings SET status = 'CANCELLED', cancelled_at = $2 WHERE id = $1",
+        &[&b, &berlin(2026, 3, 10, 7, 30)],
+    )
+    .await
+    .unwrap();
+    for (h, m) in [(7, 50), (8, 0), (8, 20)] {
+        let counters = run(&db, &tr, berlin(2026, 3, 10, h, m), "reminder-1h").await;
+        assert_eq!(counters["expired"], 0, "{counters}");
+    }
+    let (status, why) = sms_row(&c, b).await.unwrap();
+    assert_eq!(status, "skipped");
+    assert!(why.unwrap().contains("no longer active"));
+    assert!(tr.sms().await.is_empty());
+}
