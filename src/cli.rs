@@ -178,6 +178,14 @@ pub struct SettingsArgs {
         global = true
     )]
     pub unsubscribe_secret: Option<String>,
+
+    /// Start of the nightly SMS quiet hours (HH:MM, JOURNEY_TIMEZONE) [default: 21:00]
+    #[arg(long, env = "SMS_QUIET_START", global = true, value_name = "HH:MM")]
+    pub sms_quiet_start: Option<String>,
+
+    /// End of the SMS quiet hours; reminders held overnight go out then [default: 08:00]
+    #[arg(long, env = "SMS_QUIET_END", global = true, value_name = "HH:MM")]
+    pub sms_quiet_end: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

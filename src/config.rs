@@ -9,6 +9,7 @@ use chrono_tz::Tz;
 
 use crate::cli::{GlobalArgs, SettingsArgs};
 use crate::clock::Clock;
+use crate::domain::quiet_hours::QuietHours;
 use crate::domain::{EmailAddress, PhoneNumber};
 use crate::secret::{redact_url, Secret};
 
@@ -114,6 +115,8 @@ pub struct Settings {
     pub public_callback_base: Option<url::Url>,
     /// `UNSUBSCRIBE_SECRET`: the key of unsubscribe tokens (`stages::optout`).
     pub unsubscribe_secret: Option<Secret>,
+    /// `SMS_QUIET_START`..`SMS_QUIET_END` in [`Settings::timezone`].
+    pub sms_quiet_hours: QuietHours,
 }
 
 pub const DEFAULT_EMAIL_FROM: &str = "journeyctl <journeyctl@localhost>";
@@ -203,10 +206,8 @@ impl Settings {
             timezone,
             templates_dir: a.templates_dir.clone(),
             cal_api: cal_api(a)?,
-            public_callback_base: match nonempty(&a.public_callback_base) {
-                Some(raw) => Some(callback_base(raw)?),
-                None => None,
-            },
+            public_callback_base: callback_base(a)?,
+            sms_quiet_hours: quiet_hours(a)?,
             unsubscribe_secret: match nonempty(&a.unsubscribe_secret) {
                 Some(s) if s.len() < 32 => {
                     return Err(ConfigError::new(
@@ -327,6 +328,64 @@ fn sms_transport(a: &SettingsArgs) -> Result<Option<SmsTransport>, ConfigError> 
     })))
 }
 
+/// `PUBLIC_CALLBACK_BASE`: an http(s) URL without query or fragment (a path prefix is kept,
+/// for a proxy that mounts `serve` below one).
+fn callback_base(a: &SettingsArgs) -> Result<Option<url::Url>, ConfigError> {
+    let Some(raw) = nonempty(&a.public_callback_base) else {
+        return Ok(None);
+    };
+    let base = check_base_url("PUBLIC_CALLBACK_BASE", raw)?;
+    let u = url::Url::parse(&base)
+        .map_err(|e| ConfigError::new(format!("PUBLIC_CALLBACK_BASE={raw:?} is not a URL: {e}")))?;
+    if u.query().is_some() || u.fragment().is_some() || u.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::new(format!(
+            "PUBLIC_CALLBACK_BASE={raw:?} must be the public base of `serve`, with a host and \
+             no query or fragment, e.g. https://journey.example.de"
+        )));
+    }
+    if u.host_str().is_some_and(|h| h.contains('_')) {
+        return Err(ConfigError::new(format!(
+            "PUBLIC_CALLBACK_BASE={raw:?}: Twilio refuses callback hosts with an underscore; \
+             use a host name without one"
+        )));
+    }
+    Ok(Some(u))
+}
+
+/// `SMS_QUIET_START` / `SMS_QUIET_END` (`HH:MM`, default 21:00 and 08:00).
+fn quiet_hours(a: &SettingsArgs) -> Result<QuietHours, ConfigError> {
+    let default = QuietHours::default();
+    let time = |var: &str, raw: Option<&str>, default| match raw {
+        None => Ok(default),
+        Some(r) => QuietHours::parse_time(r).ok_or_else(|| {
+            ConfigError::new(format!(
+                "{var}={r:?} is not a time of day; use HH:MM, e.g. 21:00 (equal start and end: \
+                 no quiet hours)"
+            ))
+        }),
+    };
+    Ok(QuietHours {
+        start: time(
+            "SMS_QUIET_START",
+            nonempty(&a.sms_quiet_start),
+            default.start,
+        )?,
+        end: time("SMS_QUIET_END", nonempty(&a.sms_quiet_end), default.end)?,
+    })
+}
+
+/// The URL Twilio posts a delivery's status to: `{PUBLIC_CALLBACK_BASE}/api/public/twilio/status?d=<id>`.
+pub fn status_callback_url(base: &url::Url, delivery_id: uuid::Uuid) -> String {
+    format!(
+        "{}{}?d={delivery_id}",
+        base.as_str().trim_end_matches('/'),
+        TWILIO_STATUS_PATH
+    )
+}
+
+/// The route of Twilio's status callbacks on `serve`.
+pub const TWILIO_STATUS_PATH: &str = "/api/public/twilio/status";
+
 fn nonempty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
@@ -370,21 +429,6 @@ fn check_base_url(var: &str, raw: &str) -> Result<String, ConfigError> {
         )));
     }
     Ok(raw.trim_end_matches('/').to_string())
-}
-
-/// `PUBLIC_CALLBACK_BASE`: an absolute http(s) URL without query or fragment; links are
-/// built below its path.
-fn callback_base(raw: &str) -> Result<url::Url, ConfigError> {
-    let check = check_base_url("PUBLIC_CALLBACK_BASE", raw)?;
-    let u = url::Url::parse(&check)
-        .map_err(|e| ConfigError::new(format!("PUBLIC_CALLBACK_BASE={raw:?} is not a URL: {e}")))?;
-    if u.query().is_some() || u.fragment().is_some() || u.cannot_be_a_base() {
-        return Err(ConfigError::new(format!(
-            "PUBLIC_CALLBACK_BASE={raw:?} must be a plain base URL such as \
-             https://journey.example.de (no query, no fragment)"
-        )));
-    }
-    Ok(u)
 }
 
 /// Parses `--now` (RFC 3339) into the run's clock; without it, the system time read once.
@@ -534,6 +578,29 @@ mod tests {
         assert_eq!(
             s.public_callback_base.unwrap().as_str(),
             "https://journey.example.de/"
+        );
+    }
+
+    #[test]
+    fn quiet_hours_and_callback_base_are_checked_and_named() {
+        let s = Settings::from_args(&args()).unwrap();
+        assert_eq!(s.sms_quiet_hours, QuietHours::default());
+        assert!(s.public_callback_base.is_none());
+        let mut a = args();
+        a.sms_quiet_start = Some("9pm".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("SMS_QUIET_START"), "{e}");
+        let mut a = args();
+        a.public_callback_base = Some("ftp://x".into());
+        let e = Settings::from_args(&a).unwrap_err();
+        assert!(e.to_string().contains("PUBLIC_CALLBACK_BASE"), "{e}");
+        let mut a = args();
+        a.public_callback_base = Some("https://journey.example.de/hooks/".into());
+        let s = Settings::from_args(&a).unwrap();
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            status_callback_url(s.public_callback_base.as_ref().unwrap(), id),
+            format!("https://journey.example.de/hooks/api/public/twilio/status?d={id}")
         );
     }
 

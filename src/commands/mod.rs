@@ -10,6 +10,7 @@ mod prune;
 mod reconcile;
 mod stage;
 mod suppress;
+mod twilio_status;
 mod unsubscribe;
 mod webhook;
 

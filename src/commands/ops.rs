@@ -185,6 +185,7 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
     }
     let reconcile = db::reconcile::health(&db, now - period).await?;
     reconcile_flags(&reconcile, now, &mut flags);
+    let sms_fates = ops::sms_fates(&db, now - period, now).await?;
     let status = match flags.iter().map(|f| f.severity).max() {
         None => ExitStatus::Ok,
         Some(Severity::Warning) => ExitStatus::Failed,
@@ -202,6 +203,7 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
                 "flags": flags,
                 "in_doubt": doubt,
                 "reconcile": reconcile,
+                "sms_delivery": sms_fates,
             }))?
         );
     } else {
@@ -251,6 +253,7 @@ pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result
                 f.message
             );
         }
+        print_sms_fates(&sms_fates);
         for d in &doubt {
             crate::outln!(
                 "  in doubt: {} ({} {} {} of booking {}, {})",
@@ -332,12 +335,14 @@ pub async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<Ex
     }
     let unexplained = all.iter().filter(|m| m.unexplained()).count();
     let reconciled = db::reconcile::changes(&db, from, now).await?;
+    let undelivered = ops::undelivered_sms(&db, from, now).await?;
     if g.json {
         crate::outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"from": from, "now": now, "misses": all,
                                                  "unexplained": unexplained,
-                                                 "reconciled": reconciled}))?
+                                                 "reconciled": reconciled,
+                                                 "undelivered_sms": undelivered}))?
         );
     } else if all.is_empty() {
         crate::outln!(
@@ -387,6 +392,9 @@ pub async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<Ex
             );
         }
     }
+    if !g.json {
+        print_undelivered(&undelivered);
+    }
     Ok(if unexplained > 0 {
         ExitStatus::Failed
     } else {
@@ -429,5 +437,48 @@ pub async fn resolve(
             );
             Ok(ExitStatus::Ok)
         }
+    }
+}
+
+/// `status`: per stage, what became of the SMS Twilio accepted in the period (from its
+/// status callbacks; without `PUBLIC_CALLBACK_BASE` every SMS stays unconfirmed).
+fn print_sms_fates(fates: &[ops::SmsFate]) {
+    if fates.is_empty() {
+        return;
+    }
+    crate::outln!(
+        "  {:<22} {:>9} {:>11} {:>18}",
+        "sms delivery",
+        "delivered",
+        "undelivered",
+        "unconfirmed (>1h)"
+    );
+    for f in fates {
+        crate::outln!(
+            "  {:<22} {:>9} {:>11} {:>18}",
+            f.stage,
+            f.delivered,
+            f.undelivered,
+            f.unconfirmed
+        );
+    }
+}
+
+/// `audit`: SMS Twilio accepted but could not deliver, with Twilio's error code.
+fn print_undelivered(list: &[ops::UndeliveredSms]) {
+    if list.is_empty() {
+        return;
+    }
+    crate::outln!("audit: {} SMS not delivered:", list.len());
+    for u in list {
+        crate::outln!(
+            "  {:<22} {:<11} error {:<6} booking {} delivery {} ({})",
+            u.stage,
+            u.provider_status,
+            u.error_code.as_deref().unwrap_or("-"),
+            u.booking_id,
+            u.delivery_id,
+            u.recipient.as_deref().unwrap_or("-")
+        );
     }
 }

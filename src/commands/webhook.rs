@@ -300,7 +300,8 @@ pub async fn serve(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(super::twilio_status::router(&state.journey));
     crate::outln!("listening on http://{local} (POST /api/public/cal/webhook, GET /healthz)");
     log::info!("serve: listening on {local}");
     let signalled = Arc::new(tokio::sync::Notify::new());

@@ -147,9 +147,16 @@ fn stage_predicate(stage: Stage) -> String {
              AND b.therapist_id IS NOT NULL AND {}",
             active("b")
         ),
-        Stage::Reminder24h | Stage::Reminder1h => {
-            format!("b.start_time BETWEEN $2 AND $3 AND {}", active("b"))
-        }
+        // Also SMS held by quiet hours whose time has come, even once the window has passed
+        // (a 1 h reminder for 08:30 goes at 08:00); `expire_closed` ends them when too late.
+        Stage::Reminder24h | Stage::Reminder1h => format!(
+            "b.id IN (SELECT x.id FROM cal_bookings x WHERE x.start_time BETWEEN $2 AND $3 \
+             UNION SELECT h.booking_id FROM journey_deliveries h WHERE h.stage = '{ledger}' \
+             AND h.status = 'retry' AND h.not_before IS NOT NULL AND h.not_before <= $1) \
+             AND (b.start_time BETWEEN $2 AND $3 OR b.start_time > $1) AND {}",
+            active("b"),
+            ledger = stage.ledger_stage(),
+        ),
         Stage::IntroFollowup => format!(
             "b.booking_kind = 'intro' AND b.end_time BETWEEN $2 AND $3 AND {}",
             BookingStatus::sql_not_fell_through("b")
@@ -180,12 +187,13 @@ pub fn has_work(stage: Stage) -> String {
              AND w.stage = '{ledger}' AND {filter})"
         )
     };
-    let retry = rows("w.status = 'retry'");
+    // An SMS held by quiet hours (`not_before` ahead) is decided until its time comes.
+    let retry = rows("w.status = 'retry' AND (w.not_before IS NULL OR w.not_before <= $1)");
     let undecided = |mark: &str, roles: &str| {
         format!(
             "(b.{mark} IS NULL AND NOT {})",
             rows(&format!(
-                "w.status <> 'retry' AND w.recipient_role IN ({roles})"
+                "(w.status <> 'retry' OR w.not_before > $1) AND w.recipient_role IN ({roles})"
             ))
         )
     };

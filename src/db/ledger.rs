@@ -465,12 +465,23 @@ pub async fn expire_closed(
            FROM cal_bookings b
           WHERE d.booking_id = b.id AND d.stage = $3 AND d.status = 'retry'
             AND $1::timestamptz IS NOT NULL AND $2::timestamptz IS NOT NULL
-            AND {}",
+            AND {}
+            AND NOT (d.not_before IS NOT NULL
+                     AND b.start_time >= $1::timestamptz + $4::bigint * interval '1 second')",
         super::bookings::window_closed(stage)
     );
+    // An SMS held by quiet hours stays open past the window while the session is still far
+    // enough ahead for it (see `domain::quiet_hours::min_lead`).
+    super::sms::drop_inactive_holds(db, stage.ledger_stage()).await?;
+    let held_lead = crate::domain::quiet_hours::min_lead_of_stage(stage)
+        .unwrap_or_else(chrono::Duration::zero)
+        .num_seconds();
     let client = db.client().await?;
     client
-        .execute(&sql, &[&now, &window_from, &stage.ledger_stage()])
+        .execute(
+            &sql,
+            &[&now, &window_from, &stage.ledger_stage(), &held_lead],
+        )
         .await
         .with_context(|| format!("Failed to expire the {stage} retries whose window closed"))
 }

@@ -12,6 +12,7 @@ mod pool;
 pub mod reconcile;
 pub mod retention;
 pub mod runs;
+pub mod sms;
 pub mod suppressions;
 pub mod webhook;
 

@@ -372,3 +372,103 @@ pub async fn audit(
     }
     Ok(out)
 }
+
+/// What became of the SMS of one stage that Twilio accepted (`sent`) in a period, by the
+/// status its callbacks reported.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SmsFate {
+    pub stage: String,
+    pub delivered: i64,
+    /// Final without delivery: undelivered, failed or canceled.
+    pub undelivered: i64,
+    /// No final status yet although sent more than an hour before `now`.
+    pub unconfirmed: i64,
+}
+
+/// [`SmsFate`] per stage for SMS sent in `[since, now]`.
+pub async fn sms_fates(
+    db: &Db,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<SmsFate>> {
+    let rank = crate::domain::SmsStatus::sql_rank("provider_status");
+    let rows = db
+        .client()
+        .await?
+        .query(
+            &format!(
+                "SELECT stage,
+                        count(*) FILTER (WHERE provider_status = 'delivered'),
+                        count(*) FILTER (WHERE {rank} = 4 AND provider_status <> 'delivered'),
+                        count(*) FILTER (WHERE {rank} < 4
+                                           AND sent_at < $2::timestamptz - interval '1 hour')
+                 FROM journey_deliveries
+                 WHERE channel = 'sms' AND status = 'sent'
+                   AND sent_at BETWEEN $1::timestamptz AND $2::timestamptz
+                 GROUP BY stage ORDER BY stage"
+            ),
+            &[&since, &now],
+        )
+        .await
+        .context("Failed to count SMS by delivery status")?;
+    rows.iter()
+        .map(|r| {
+            Ok(SmsFate {
+                stage: r.try_get(0)?,
+                delivered: r.try_get(1)?,
+                undelivered: r.try_get(2)?,
+                unconfirmed: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// An SMS Twilio accepted but could not deliver, with its error code.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UndeliveredSms {
+    pub delivery_id: Uuid,
+    pub booking_id: Uuid,
+    pub stage: String,
+    pub provider_status: String,
+    pub error_code: Option<String>,
+    pub recipient: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// SMS sent in `[since, now]` whose final status is not `delivered`.
+pub async fn undelivered_sms(
+    db: &Db,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<UndeliveredSms>> {
+    let rank = crate::domain::SmsStatus::sql_rank("provider_status");
+    let rows = db
+        .client()
+        .await?
+        .query(
+            &format!(
+                "SELECT id, booking_id, stage, provider_status, provider_error_code,
+                        recipient_masked, sent_at
+                 FROM journey_deliveries
+                 WHERE channel = 'sms' AND status = 'sent' AND sent_at BETWEEN $1 AND $2
+                   AND {rank} = 4 AND provider_status <> 'delivered'
+                 ORDER BY sent_at, id"
+            ),
+            &[&since, &now],
+        )
+        .await
+        .context("Failed to read undelivered SMS")?;
+    rows.iter()
+        .map(|r| {
+            Ok(UndeliveredSms {
+                delivery_id: r.try_get(0)?,
+                booking_id: r.try_get(1)?,
+                stage: r.try_get(2)?,
+                provider_status: r.try_get(3)?,
+                error_code: r.try_get(4)?,
+                recipient: r.try_get(5)?,
+                sent_at: r.try_get(6)?,
+            })
+        })
+        .collect()
+}

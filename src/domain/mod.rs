@@ -9,9 +9,12 @@ mod contact;
 mod counters;
 pub mod display_name;
 pub mod gsm7;
+pub mod quiet_hours;
+mod sms_status;
 mod stage;
 
 pub use booking_status::{next_status, BookingStatus, EventOrder, StatusEvent, UnknownStatus};
 pub use contact::{mask_email, mask_phone, EmailAddress, PhoneNumber};
 pub use counters::{Counter, Counters};
+pub use sms_status::SmsStatus;
 pub use stage::{BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole, Stage};

@@ -72,13 +72,20 @@ impl SmsSender {
         }
     }
 
+    /// Sends one SMS with Twilio's defaults (no status callback, default validity).
     pub async fn send(&self, to: &PhoneNumber, body: &str) -> SendOutcome {
+        self.send_with(to, body, &SmsOptions::default()).await
+    }
+
+    /// Sends one SMS asking Twilio for `opts` (status callback, validity period).
+    pub async fn send_with(&self, to: &PhoneNumber, body: &str, opts: &SmsOptions) -> SendOutcome {
         let transport = self.transport.clone();
         let to = to.clone();
         let body = body.to_string();
+        let opts = opts.clone();
         match tokio::task::spawn_blocking(move || match transport {
-            Transport::Twilio { settings, agent } => twilio(&agent, &settings, &to, &body),
-            Transport::Outbox { dir } => outbox(&dir, &to, &body),
+            Transport::Twilio { settings, agent } => twilio(&agent, &settings, &to, &body, &opts),
+            Transport::Outbox { dir } => outbox(&dir, &to, &body, &opts),
         })
         .await
         {
@@ -90,6 +97,16 @@ impl SmsSender {
     }
 }
 
+/// What a message asks of Twilio besides its text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SmsOptions {
+    /// `StatusCallback`: where Twilio posts the message's status changes.
+    pub status_callback: Option<String>,
+    /// `ValidityPeriod` in seconds (1..=36000): Twilio drops the message if it could not be
+    /// handed on by then.
+    pub validity_secs: Option<u32>,
+}
+
 fn basic_auth(s: &TwilioSettings) -> String {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
@@ -99,7 +116,13 @@ fn basic_auth(s: &TwilioSettings) -> String {
     format!("Basic {auth}")
 }
 
-fn twilio(agent: &ureq::Agent, s: &TwilioSettings, to: &PhoneNumber, body: &str) -> SendOutcome {
+fn twilio(
+    agent: &ureq::Agent,
+    s: &TwilioSettings,
+    to: &PhoneNumber,
+    body: &str,
+    opts: &SmsOptions,
+) -> SendOutcome {
     let url = format!(
         "{}/2010-04-01/Accounts/{}/Messages.json",
         s.api_base, s.account_sid
@@ -109,14 +132,22 @@ fn twilio(agent: &ureq::Agent, s: &TwilioSettings, to: &PhoneNumber, body: &str)
         TwilioSender::MessagingService(sid) => ("MessagingServiceSid", sid.clone()),
     };
     let started = Utc::now();
+    let validity = opts.validity_secs.map(|v| v.to_string());
+    let mut form = vec![
+        ("To", to.as_str()),
+        ("Body", body),
+        (sender.0, sender.1.as_str()),
+    ];
+    if let Some(cb) = &opts.status_callback {
+        form.push(("StatusCallback", cb.as_str()));
+    }
+    if let Some(v) = &validity {
+        form.push(("ValidityPeriod", v.as_str()));
+    }
     let result = agent
         .post(&url)
         .header("Authorization", &basic_auth(s))
-        .send_form([
-            ("To", to.as_str()),
-            ("Body", body),
-            (sender.0, sender.1.as_str()),
-        ]);
+        .send_form(form);
     let outcome = match result {
         Ok(mut response) => {
             let status = response.status().as_u16();
@@ -269,13 +300,15 @@ fn transport_error(e: &ureq::Error) -> SendOutcome {
     }
 }
 
-fn outbox(dir: &std::path::Path, to: &PhoneNumber, body: &str) -> SendOutcome {
+fn outbox(dir: &std::path::Path, to: &PhoneNumber, body: &str, opts: &SmsOptions) -> SendOutcome {
     let id = format!("outbox-{}", uuid::Uuid::new_v4().simple());
     let mut line = serde_json::json!({
         "to": to.as_str(),
         "body": body,
         "id": id,
         "at": chrono::Utc::now().to_rfc3339(),
+        "status_callback": opts.status_callback,
+        "validity_period": opts.validity_secs,
     })
     .to_string();
     line.push('\n');

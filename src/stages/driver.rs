@@ -527,6 +527,28 @@ async fn process(
                                 acted = true;
                                 continue;
                             }
+                            match super::gate::quiet_hours(j, stage, b, &out, now, dry_run).await {
+                                super::gate::Gate::Send => {}
+                                super::gate::Gate::Held(counter) => {
+                                    acted = true;
+                                    report.counters.bump(counter);
+                                    continue;
+                                }
+                                super::gate::Gate::Failed(why) => {
+                                    acted = true;
+                                    report.error();
+                                    record_error(
+                                        j,
+                                        dry_run,
+                                        stage,
+                                        Some(b.id),
+                                        Some(channel),
+                                        &why,
+                                    )
+                                    .await;
+                                    continue;
+                                }
+                            }
                             if stage == Stage::CancellationRecovery {
                                 if let Some(pid) = b.patient_id {
                                     if !recovered_patients.insert(pid) {
@@ -922,7 +944,10 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
                 })
                 .await
         }
-        (Recipient::Sms(to), _, Some(sms)) => sms.send(to, &text).await,
+        (Recipient::Sms(to), _, Some(sms)) => {
+            let opts = super::gate::sms_options(j, out, delivery_id);
+            sms.send_with(to, &text, &opts).await
+        }
         _ => SendOutcome::Permanent {
             reason: format!("no {channel} transport configured"),
         },

@@ -6,6 +6,7 @@ pub mod confirmation;
 pub mod control;
 pub mod driver;
 pub mod followups;
+pub mod gate;
 pub mod optout;
 pub mod plan;
 pub mod reminders;

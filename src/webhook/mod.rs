@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod parse;
+pub mod twilio_status;
 pub mod verify;
 
 pub use parse::{parse, Attendee, CalEvent, KhMetadata, ParseError, Trigger};

@@ -10,8 +10,10 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use journeyctl::cli::SettingsArgs;
 use journeyctl::clock::Clock;
 use journeyctl::config::Settings;
-use journeyctl::domain::Stage;
+use journeyctl::domain::quiet_hours::QuietHours;
+use journeyctl::domain::{Counter, Counters, Stage};
 use journeyctl::notify::email::Mailer;
+use journeyctl::notify::sms::SmsSender;
 use journeyctl::stages::{run_stage, Journey, StageOptions};
 use journeyctl::templates::Templates;
 
@@ -105,6 +107,7 @@ async fn sim() -> Sim {
     let outbox = tempfile::tempdir().unwrap();
     let settings = Settings::from_args(&SettingsArgs {
         email_outbox_dir: Some(outbox.path().to_path_buf()),
+        sms_outbox_dir: Some(outbox.path().to_path_buf()),
         email_from: Some("Praxisteam <termine@praxis.example>".into()),
         public_base_url: Some("https://therapie.example".into()),
         public_callback_base: Some("https://journey.therapie.example".into()),
@@ -118,7 +121,7 @@ async fn sim() -> Sim {
             .await
             .unwrap(),
         mailer: Some(Mailer::from_settings(&settings.email).unwrap()),
-        sms: None,
+        sms: settings.sms.as_ref().map(SmsSender::from_settings),
         templates: Arc::new(Templates::load(None, settings.timezone).unwrap()),
         settings: Arc::new(settings),
         clock: Clock::fixed(Utc::now()),
@@ -156,7 +159,9 @@ async fn seed_month(c: &tokio_postgres::Client, days: &[(i32, u32, u32)]) -> usi
                 if n % 3 != 0 {
                     continue;
                 }
-                let p = crate::seed::patient(c, "P", Some(&format!("p{n}@example.de")), None).await;
+                let phone = format!("+49151{n:08}");
+                let email = format!("p{n}@example.de");
+                let p = crate::seed::patient(c, "P", Some(&email), Some(&phone)).await;
                 let created = start
                     - Duration::days(2)
                     - Duration::minutes(((n * 7919) % (2 * 24 * 60)) as i64);
@@ -171,18 +176,45 @@ async fn seed_month(c: &tokio_postgres::Client, days: &[(i32, u32, u32)]) -> usi
     n / 3
 }
 
+/// Full sessions at the edges of SMS quiet hours (21:00–08:00): at 07:30 and 08:00 (the 1 h
+/// SMS would fall inside them and come too late after them: skipped), 08:20 (held until
+/// 08:00), 21:30 (sent before they start) and 22:15 (1 h SMS skipped, 24 h SMS held until the
+/// morning). Returns how many.
+async fn seed_quiet_hour_edges(c: &tokio_postgres::Client, days: &[(i32, u32, u32)]) -> usize {
+    let t = crate::seed::therapist(c, "therapist-edges").await;
+    crate::seed::slots(c, t, 3, None, berlin(2026, 1, 1, 0, 0)).await;
+    let mut n = 0;
+    for &(y, m, d) in days {
+        for (h, min) in [(7, 30), (8, 0), (8, 20), (21, 30), (22, 15)] {
+            n += 1;
+            let email = format!("edge{n}@example.de");
+            let phone = format!("+49160{n:08}");
+            let p = crate::seed::patient(c, "P", Some(&email), Some(&phone)).await;
+            let start = berlin(y, m, d, h, min);
+            let created = start - Duration::days(2) - Duration::minutes(n as i64 * 7);
+            crate::seed::Booking::new(t, p, start)
+                .unconfirmed(created)
+                .insert(c)
+                .await;
+        }
+    }
+    n
+}
+
 /// Runs each stage on its cadence over [from, to], on cron's wall-clock grid. The stages
-/// run side by side (as separate cron jobs do); each keeps its own simulated clock.
+/// run side by side (as separate cron jobs do); each keeps its own simulated clock. Returns
+/// the counters of all runs.
 async fn run_schedule(
     s: &Sim,
     cadences: &BTreeMap<Stage, i64>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) {
+) -> Counters {
     let mut tasks = tokio::task::JoinSet::new();
     for (&stage, &every) in cadences {
         let mut journey = s.journey.clone();
         tasks.spawn(async move {
+            let mut total = Counters::default();
             let mut t = from;
             while t <= to {
                 if (t.timestamp() / 60) % every == 0 {
@@ -196,14 +228,18 @@ async fn run_schedule(
                     };
                     let report = run_stage(&journey, stage, &opts).await.unwrap();
                     assert!(!report.failed(), "{stage} at {t}: {:?}", report.counters);
+                    total.merge(&report.counters);
                 }
                 t += Duration::minutes(5);
             }
+            total
         });
     }
+    let mut total = Counters::default();
     while let Some(r) = tasks.join_next().await {
-        r.unwrap();
+        total.merge(&r.unwrap());
     }
+    total
 }
 
 /// (stage, role) → bookings that got it; every due message must be there exactly once.
@@ -216,7 +252,8 @@ async fn coverage(s: &Sim) -> (usize, HashMap<(String, String), usize>) {
         .get(0);
     let rows = c
         .query(
-            "SELECT stage, recipient_role, count(*) FROM journey_deliveries WHERE status = 'sent' GROUP BY 1, 2",
+            "SELECT stage, recipient_role, count(*) FROM journey_deliveries
+             WHERE status = 'sent' AND channel = 'email' GROUP BY 1, 2",
             &[],
         )
         .await
@@ -248,7 +285,21 @@ async fn a_month_on_the_shipped_schedule_reaches_every_booking_exactly_once_acro
     // March 2026 (DST starts on the 29th) and the week DST ends (25 October).
     let mut days: Vec<(i32, u32, u32)> = (1..=31).map(|d| (2026, 3, d)).collect();
     days.extend((24..=26).map(|d| (2026, 10, d)));
-    let booked = seed_month(&c, &days).await;
+    let mut booked = seed_month(&c, &days).await;
+    // Around both DST changes and on an ordinary day.
+    booked += seed_quiet_hour_edges(
+        &c,
+        &[
+            (2026, 3, 10),
+            (2026, 3, 28),
+            (2026, 3, 29),
+            (2026, 3, 30),
+            (2026, 10, 24),
+            (2026, 10, 25),
+            (2026, 10, 26),
+        ],
+    )
+    .await;
     let intros: i64 = c
         .query_one(
             "SELECT count(*) FROM cal_bookings WHERE booking_kind = 'intro'",
@@ -265,7 +316,7 @@ async fn a_month_on_the_shipped_schedule_reaches_every_booking_exactly_once_acro
         .filter(|(s, _)| **s == Stage::SessionFollowup)
         .map(|(s, c)| (*s, *c))
         .collect();
-    run_schedule(
+    let mut counters = run_schedule(
         &s,
         &cadences,
         berlin(2026, 2, 25, 0, 0),
@@ -279,13 +330,15 @@ async fn a_month_on_the_shipped_schedule_reaches_every_booking_exactly_once_acro
         berlin(2026, 4, 6, 0, 0),
     )
     .await;
-    run_schedule(
-        &s,
-        &cadences,
-        berlin(2026, 10, 21, 0, 0),
-        berlin(2026, 10, 27, 6, 0),
-    )
-    .await;
+    counters.merge(
+        &run_schedule(
+            &s,
+            &cadences,
+            berlin(2026, 10, 21, 0, 0),
+            berlin(2026, 10, 27, 6, 0),
+        )
+        .await,
+    );
     run_schedule(
         &s,
         &followups_only,
@@ -320,6 +373,70 @@ async fn a_month_on_the_shipped_schedule_reaches_every_booking_exactly_once_acro
         rows,
         "one email per sent delivery: no duplicates"
     );
+    sms_respect_quiet_hours(&s, bookings, &counters).await;
+}
+
+/// Every reminder SMS was sent outside quiet hours or skipped for them, visibly: a ledger row
+/// with the reason and a `skipped_quiet_hours` count each. Nothing expired, nothing vanished.
+async fn sms_respect_quiet_hours(s: &Sim, bookings: usize, counters: &Counters) {
+    let c = s.db.client().await;
+    let quiet = QuietHours::default();
+    let tz = chrono_tz::Europe::Berlin;
+    let rows = c
+        .query(
+            "SELECT stage, status, sent_at, not_before, coalesce(last_error, '')
+             FROM journey_deliveries WHERE channel = 'sms'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut per_stage: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let (mut held_then_sent, mut skipped) = (0usize, 0u64);
+    for r in &rows {
+        let (stage, status): (String, String) = (r.get(0), r.get(1));
+        let sent_at: Option<DateTime<Utc>> = r.get(2);
+        let not_before: Option<DateTime<Utc>> = r.get(3);
+        let why: String = r.get(4);
+        let entry = per_stage.entry(stage.clone()).or_default();
+        match status.as_str() {
+            "sent" => {
+                let at = sent_at.unwrap();
+                assert!(
+                    !quiet.contains(at, tz),
+                    "{stage} SMS sent inside quiet hours at {at}"
+                );
+                held_then_sent += usize::from(not_before.is_some());
+                entry.0 += 1;
+            }
+            "skipped" if why.contains("quiet hours") => {
+                skipped += 1;
+                entry.1 += 1;
+            }
+            other => panic!("{stage} SMS left {other}: {why}"),
+        }
+    }
+    for stage in ["reminder_24h", "reminder_1h"] {
+        let (sent, skipped) = per_stage.get(stage).copied().unwrap_or_default();
+        assert_eq!(
+            sent + skipped,
+            bookings,
+            "{stage}: every booking's SMS sent or skipped for quiet hours"
+        );
+    }
+    assert_eq!(
+        counters.get(Counter::SkippedQuietHours),
+        skipped,
+        "every quiet-hours skip is counted once"
+    );
+    assert_eq!(counters.get(Counter::Expired), 0);
+    // The schedule does meet quiet hours: early sessions' SMS are held, the earliest skipped.
+    assert!(held_then_sent > 0 && skipped > 0, "{per_stage:?}");
+    let sms_lines = std::fs::read_to_string(s.outbox.path().join("sms.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    let sent: usize = per_stage.values().map(|(sent, _)| sent).sum();
+    assert_eq!(sms_lines, sent, "one SMS per sent delivery: no duplicates");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
