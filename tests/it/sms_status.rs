@@ -113,7 +113,7 @@ async fn a_24h_reminder_sms_is_valid_for_ten_hours_and_without_a_callback_base_a
         .await;
     let out = tr
         .apply(db.cmd())
-        .args(["--now", NOW, "reminder-24h"])
+        .args(["--public-callback-base=", "--now", NOW, "reminder-24h"])
         .run()
         .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
