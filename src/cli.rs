@@ -210,7 +210,9 @@ pub enum Command {
     /// Process one Cal.com webhook body (stdin, or --file) as the listener would: verify,
     /// store, send the confirmations. For replays and for wiring into another web server
     Webhook(WebhookArgs),
-    /// Listen for Cal.com webhooks: POST /api/public/cal/webhook, GET /healthz
+    /// Listen for Cal.com webhooks (POST /api/public/cal/webhook), Twilio's SMS status callbacks
+    /// (POST /api/public/twilio/status), unsubscribe links (GET/POST /api/public/unsubscribe)
+    /// and GET /healthz
     Serve(ServeArgs),
     /// Health at a glance: last run per stage, counters, red flags. Exit 0 OK, 1 warning,
     /// 2 critical (usable as a Nagios/Icinga check or systemd OnFailure=)
