@@ -14,3 +14,4 @@ pub mod runs;
 pub mod webhook;
 
 pub use pool::{connect, connect_as, Db, Unreachable};
+pub use pool::{SERVE_CONFIRM_CONNECTIONS, SERVE_CONFIRM_WORKERS, SERVE_INGEST_CONNECTIONS};
