@@ -203,6 +203,7 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
                 tls: false,
                 stat_statements: false,
             })?;
+            eprintln!("demo: throwaway PostgreSQL in {}", cluster.dir.display());
             let admin =
                 db::connect(&Secret::new(format!("{}postgres", cluster.base_url)), 1).await?;
             admin
