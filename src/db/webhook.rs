@@ -397,7 +397,7 @@ pub async fn settle_receipt(
 ) -> anyhow::Result<()> {
     let stmt = tx
         .prepare_cached(
-        "WITH rec AS (
+            "WITH rec AS (
            UPDATE cal_webhook_receipts SET outcome = $2, error = $3
            WHERE id = $1 AND outcome NOT IN ('applied', 'acknowledged')
            RETURNING id, trigger_event, cal_uid, body_sha256
@@ -412,8 +412,8 @@ pub async fn settle_receipt(
         .await
         .context("Failed to prepare the receipt's outcome")?;
     tx.execute(&stmt, &[&id, &outcome, &error])
-    .await
-    .with_context(|| format!("Failed to record the outcome of webhook receipt {id}"))?;
+        .await
+        .with_context(|| format!("Failed to record the outcome of webhook receipt {id}"))?;
     Ok(())
 }
 

@@ -336,8 +336,10 @@ async fn sms_sent_eight_at_once_open_at_most_eight_connections() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(requests.load(Ordering::SeqCst), SMS);
     assert_eq!(
-        db.count("SELECT count(*) FROM journey_deliveries WHERE channel = 'sms' AND status = 'sent'")
-            .await,
+        db.count(
+            "SELECT count(*) FROM journey_deliveries WHERE channel = 'sms' AND status = 'sent'"
+        )
+        .await,
         SMS as i64
     );
     let opened = connections.load(Ordering::SeqCst);
@@ -350,8 +352,11 @@ async fn sms_sent_eight_at_once_open_at_most_eight_connections() {
 // ---- demo: no PostgreSQL left behind ----------------------------------------------------------
 
 /// Starts `journeyctl demo` in a process group of its own and returns once it has started its
-/// PostgreSQL, with the cluster's directory (read from the demo's output).
-async fn demo_with_server() -> (tokio::process::Child, std::path::PathBuf, tempfile::TempDir) {
+/// PostgreSQL (`up`) or only named its directory (`!up`: initdb/pg_ctl are running), with the
+/// cluster's directory (read from the demo's output).
+async fn demo_with_server(
+    up: bool,
+) -> (tokio::process::Child, std::path::PathBuf, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(BIN)
         .env_clear()
@@ -367,17 +372,37 @@ async fn demo_with_server() -> (tokio::process::Child, std::path::PathBuf, tempf
         .spawn()
         .expect("spawn journeyctl demo");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let dir = loop {
+    let mut dir = None;
+    loop {
         let line = lines
             .next_line()
             .await
             .unwrap()
-            .expect("demo ended before it named its PostgreSQL");
+            .expect("demo ended before its PostgreSQL was up");
         if let Some(rest) = line.split("PostgreSQL in ").nth(1) {
-            break std::path::PathBuf::from(rest.trim().trim_end_matches(" …").trim());
+            let path = rest.split(" (").next().unwrap().trim();
+            dir = Some(std::path::PathBuf::from(path));
+            if !up {
+                break;
+            }
         }
-    };
-    assert!(dir.join("data").is_dir(), "{} has no data dir", dir.display());
+        if line.contains("PostgreSQL is up") {
+            break;
+        }
+    }
+    let dir = dir.expect("the demo names its cluster's directory");
+    if !up {
+        // initdb has begun writing.
+        wait_for(&dir.join("data")).await;
+    }
+    if up {
+        assert!(
+            dir.join("data").is_dir(),
+            "{} has no data dir",
+            dir.display()
+        );
+        assert!(postgres_running_in(&dir.join("data")));
+    }
     (child, dir, out)
 }
 
@@ -398,23 +423,64 @@ fn postgres_running_in(data: &std::path::Path) -> bool {
         })
 }
 
-/// Waits (without sleeping) until the watchdog's cleanup has run: the directory is gone.
-async fn wait_gone(dir: &std::path::Path) {
+/// Waits (without sleeping) until `path` exists.
+async fn wait_for(path: &std::path::Path) {
     let mut tries = 0u64;
-    while dir.exists() {
+    while !path.exists() {
         tries += 1;
-        assert!(
-            tries < 50_000_000,
-            "{} is still there: the demo left its PostgreSQL behind",
-            dir.display()
-        );
+        assert!(tries < 50_000_000, "{} never appeared", path.display());
         tokio::task::yield_now().await;
+    }
+}
+
+/// The processes whose command line names `dir`, except postgres servers (the cluster's
+/// watchdog, an orphaned initdb or pg_ctl).
+fn helpers_of(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                    c.contains(&needle) && !c.contains("bin/postgres ")
+                })
+                .unwrap_or(false)
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Waits (without sleeping) until every helper process of the cluster has ended: the
+/// watchdog's cleanup has run. Without a watchdog this returns at once.
+async fn wait_for_cleanup(dir: &std::path::Path) {
+    for proc_dir in helpers_of(dir) {
+        // Ended: gone, or a zombie nobody reaped.
+        while std::fs::read_to_string(proc_dir.join("stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+        {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
 async fn no_postgres_left(mut child: tokio::process::Child, dir: std::path::PathBuf) {
     child.wait().await.unwrap();
-    wait_gone(&dir).await;
+    wait_for_cleanup(&dir).await;
+    assert!(
+        !dir.exists(),
+        "{} is still there: the demo left its PostgreSQL behind",
+        dir.display()
+    );
     assert!(
         !postgres_running_in(&dir.join("data")),
         "a postgres for {} still runs",
@@ -424,7 +490,7 @@ async fn no_postgres_left(mut child: tokio::process::Child, dir: std::path::Path
 
 #[tokio::test]
 async fn a_demo_stopped_with_sigterm_leaves_no_postgresql_and_no_directory() {
-    let (child, dir, _out) = demo_with_server().await;
+    let (child, dir, _out) = demo_with_server(true).await;
     let pid = child.id().unwrap();
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -435,11 +501,35 @@ async fn a_demo_stopped_with_sigterm_leaves_no_postgresql_and_no_directory() {
 
 #[tokio::test]
 async fn a_demo_whose_process_group_is_killed_leaves_no_postgresql_and_no_directory() {
-    let (child, dir, _out) = demo_with_server().await;
+    let (child, dir, _out) = demo_with_server(true).await;
     let pid = child.id().unwrap();
     // The whole group, as a terminal's Ctrl-C or a supervisor's SIGKILL does.
     std::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    no_postgres_left(child, dir).await;
+}
+
+#[tokio::test]
+async fn a_demo_killed_while_its_postgresql_starts_leaves_no_postgresql_and_no_directory() {
+    let (child, dir, _out) = demo_with_server(false).await;
+    let pid = child.id().unwrap();
+    // In the middle of initdb / pg_ctl start, the whole group at once.
+    std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    no_postgres_left(child, dir).await;
+}
+
+#[tokio::test]
+async fn a_demo_interrupted_while_its_postgresql_starts_leaves_no_postgresql_and_no_directory() {
+    let (child, dir, _out) = demo_with_server(false).await;
+    let pid = child.id().unwrap();
+    // Ctrl-C reaches the whole foreground group.
+    std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{pid}")])
         .status()
         .unwrap();
     no_postgres_left(child, dir).await;
