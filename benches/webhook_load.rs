@@ -280,7 +280,10 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         );
         let give_up = Instant::now() + Duration::from_secs(600);
         while scalar(&client, &confirmed_sql).await < n as i64 {
-            anyhow::ensure!(Instant::now() < give_up, "confirmations missing after 10 min");
+            anyhow::ensure!(
+                Instant::now() < give_up,
+                "confirmations missing after 10 min"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let all_confirmed = started.elapsed();
@@ -345,11 +348,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     }
     let _ = trivial.kill().await;
 
-    let (br, or, cr) = (
-        median(base_rate),
-        median(ours_rate),
-        median(confirmed_rate),
-    );
+    let (br, or, cr) = (median(base_rate), median(ours_rate), median(confirmed_rate));
     println!("medians of {repeat} runs:");
     println!(
         "  {:<44} {:>14} {:>14} {:>8}",

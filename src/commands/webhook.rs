@@ -238,6 +238,24 @@ struct ServeState {
     after_commit: mpsc::UnboundedSender<AfterCommit>,
     /// Jobs queued or in flight, for the shutdown log.
     pending: Arc<AtomicUsize>,
+    /// Webhooks being handled now: while there are any, confirmations yield to them.
+    webhooks_in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a webhook as in flight until dropped (also when its client hangs up).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Longest `--drain-timeout` taken: far beyond any unit's stop timeout.
@@ -299,12 +317,14 @@ pub async fn serve(
     // Confirmations go out after the 200, from worker tasks; on shutdown they drain the queue.
     let (tx, rx) = mpsc::unbounded_channel::<AfterCommit>();
     let pending = Arc::new(AtomicUsize::new(0));
+    let webhooks_in_flight = Arc::new(AtomicUsize::new(0));
     owed_at_start(&j, &tx, &pending).await;
     let mut worker = tokio::spawn(confirmation_worker(
         j.clone(),
         fixed_now,
         rx,
         pending.clone(),
+        webhooks_in_flight.clone(),
     ));
 
     let state = Arc::new(ServeState {
@@ -313,6 +333,7 @@ pub async fn serve(
         fixed_now,
         after_commit: tx,
         pending: pending.clone(),
+        webhooks_in_flight,
     });
     let app = router(state.clone());
     crate::outln!("listening on http://{local} (POST /api/public/cal/webhook, GET /healthz)");
@@ -429,15 +450,30 @@ async fn owed_at_start(
     }
 }
 
+/// Bookings confirmed at once while webhooks are being answered: confirmations cost far more
+/// (rendering, the ledger, SMTP) than storing a booking, and on a small host they would take
+/// the CPU that the answers need. They are committed, so they can wait; once no webhook is in
+/// flight, [`SERVE_CONFIRM_WORKERS`](crate::db::SERVE_CONFIRM_WORKERS) run at once.
+const CONFIRM_WORKERS_UNDER_LOAD: usize = 2;
+
 /// Sends the confirmations and cancellation notices queued by `receive`, at most
-/// [`SERVE_CONFIRM_WORKERS`](crate::db::SERVE_CONFIRM_WORKERS) bookings at once.
-/// Aborting it (the drain deadline) aborts the sends in flight and drops the queue.
+/// [`SERVE_CONFIRM_WORKERS`](crate::db::SERVE_CONFIRM_WORKERS) bookings at once
+/// ([`CONFIRM_WORKERS_UNDER_LOAD`] while webhooks are in flight). Aborting it (the drain
+/// deadline) aborts the sends in flight and drops the queue.
 async fn confirmation_worker(
     journey: Journey,
     fixed_now: bool,
     mut rx: mpsc::UnboundedReceiver<AfterCommit>,
     pending: Arc<AtomicUsize>,
+    webhooks_in_flight: Arc<AtomicUsize>,
 ) {
+    let limit = || {
+        if webhooks_in_flight.load(Ordering::SeqCst) > 0 {
+            CONFIRM_WORKERS_UNDER_LOAD
+        } else {
+            crate::db::SERVE_CONFIRM_WORKERS
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(job) = rx.recv().await {
         let mut jj = journey.clone();
@@ -454,7 +490,7 @@ async fn confirmation_worker(
             pending.fetch_sub(1, Ordering::SeqCst);
             ok
         });
-        while tasks.len() >= crate::db::SERVE_CONFIRM_WORKERS {
+        while tasks.len() >= limit() {
             let _ = tasks.join_next().await;
         }
     }
@@ -496,6 +532,7 @@ async fn receive(
     // Its own task: a client that hangs up cancels this handler, never the apply and the
     // queueing of what it made due.
     let task = tokio::spawn(async move {
+        let _in_flight = InFlight::new(&state.webhooks_in_flight);
         let now = if state.fixed_now {
             state.journey.clock.now()
         } else {
