@@ -587,7 +587,7 @@ async fn receive(
 }
 
 async fn healthz(State(state): State<Arc<ServeState>>) -> (StatusCode, &'static str) {
-    match state.journey.db.client().await {
+    match state.ingest.client().await {
         Ok(c) => match c.simple_query("SELECT 1").await {
             Ok(_) => (StatusCode::OK, "ok\n"),
             Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),

@@ -1,8 +1,11 @@
 //! SQL of webhook ingestion: receipts, resolution of therapist and patient, the locked read of
 //! a booking's lifecycle facts and the upsert of `cal_bookings`. Everything here runs inside
-//! the caller's transaction, except [`open_receipt`] and [`load_receipt`], which stand alone:
-//! a body is stored before it is applied, so a failed apply leaves it for a replay. Status decisions are not made here: the caller reads the locked
-//! row with [`lock_booking`], decides with `domain::next_status`, and writes the result.
+//! the caller's transaction, except [`open_receipt`], [`open_receipt_unless_seen`] and
+//! [`load_receipt`], which stand alone: a body is stored before it is applied, so a failed
+//! apply leaves it for a replay; and [`owed_after_commit`], `serve`'s start-up read of what it
+//! still owes. Status decisions are not made here: the caller reads the locked row with
+//! [`lock_booking`] (or [`lock_and_resolve`], the webhook's one-round-trip form), decides with
+//! `domain::next_status`, and writes the result.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
