@@ -1,26 +1,37 @@
-//! Load bench of `journeyctl serve`: N signed BOOKING_CREATED bodies (default 3000, 64 in
-//! flight) against a listener on a throwaway PostgreSQL, with outbox transports. Measures
-//! throughput and latency, probes /healthz during the load, then checks that no booking was
-//! lost and that every therapist notice went out after SIGTERM.
+//! Load bench of `journeyctl serve` against a trivial HTTP server (issue 11): N signed
+//! BOOKING_CREATED bodies (default 3,000) at 64 in flight from one generator, first to a
+//! server that answers 200 and does nothing else, then to `serve` on a throwaway PostgreSQL
+//! with pg_stat_statements; alternated `--repeat` times (default 3), medians printed.
 //!
-//! Run: `cargo bench --bench webhook_load [-- N]` (needs initdb/pg_ctl like the tests).
+//! For each run: requests/s and p50/p99 latency of the answers, and for `serve` also the time
+//! until every booking is stored and both of its confirmations are sent (bookings/s "with the
+//! confirmations sent"), statements per confirmed booking, and, from a separate round of
+//! BOOKING_REQUESTED bodies (stored, nothing to send), statements per webhook. It fails when a
+//! booking is lost or a confirmation is missing.
+//!
+//! Run: `bench/webhooks [N] [--repeat R]` or `cargo bench --bench webhook_load -- [N] [--repeat R]`
+//! (needs initdb/pg_ctl like the tests). Confirmations go to `EMAIL_OUTBOX_DIR` (files), or to
+//! `BENCH_SMTP_URL` when set (e.g. postfix's smtp-sink).
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
 const SECRET: &str = "whsec_bench";
+const IN_FLIGHT: usize = 64;
 
-fn body(i: usize) -> Vec<u8> {
+fn body(trigger: &str, run: &str, i: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
-        "triggerEvent": "BOOKING_CREATED",
+        "triggerEvent": trigger,
         "createdAt": "2026-03-02T09:00:00.000Z",
         "payload": {
-            "uid": format!("bench-{i:06}"),
+            "uid": format!("bench-{run}-{i:06}"),
             "startTime": "2026-03-20T09:00:00Z",
             "endTime": "2026-03-20T09:50:00Z",
-            "organizer": {"username": "bench-therapist", "name": "Bench Therapist"},
-            "attendees": [{"email": format!("patient{i}@example.de"), "name": "Bench Patient"}],
+            "organizer": {"username": "bench-therapist", "name": "Bench Therapist",
+                          "email": "bench@praxis.example", "timeZone": "Europe/Berlin"},
+            "attendees": [{"email": format!("patient{i}@example.de"), "name": "Bench Patient",
+                           "timeZone": "Europe/Berlin"}],
             "eventTypeId": 2,
             "status": "ACCEPTED",
             "metadata": {"videoCallUrl": "https://app.cal.com/video/bench"}
@@ -33,95 +44,25 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(3000);
-    let cluster = journeyctl::pgtemp::TempCluster::start(journeyctl::pgtemp::Options {
-        tls: false,
-        stat_statements: false,
-    })?;
-    let url = format!("{}postgres", cluster.base_url);
-    let out = tempfile::tempdir()?;
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_journeyctl"))
-        .args(["--database-url", &url, "migrate"])
-        .status()?;
-    anyhow::ensure!(status.success(), "migrate failed");
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    client
-        .batch_execute(
-            "INSERT INTO therapists (first_name, last_name, email, cal_username, cal_full_session_event_type_id)
-             VALUES ('Bench', 'Therapist', 'bench@praxis.example', 'bench-therapist', 2)",
-        )
-        .await?;
+struct Load {
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_journeyctl"))
-        .args([
-            "-q",
-            "--database-url",
-            &url,
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("CAL_WEBHOOK_SECRET", SECRET)
-        .env("EMAIL_OUTBOX_DIR", out.path())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        tokio::task::yield_now().await;
+impl Load {
+    fn rate(&self, n: usize) -> f64 {
+        n as f64 / self.elapsed.as_secs_f64()
     }
+}
 
-    let secret = journeyctl::secret::Secret::new(SECRET);
-    let bodies: Vec<(Vec<u8>, String)> = (0..n)
-        .map(|i| {
-            let b = body(i);
-            let sig = journeyctl::webhook::sign(&secret, &b);
-            (b, sig)
-        })
-        .collect();
-
-    // Health probes while the load runs.
-    let probe_http = http.clone();
-    let probe_base = base.clone();
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let prober = tokio::spawn(async move {
-        let mut worst = Duration::ZERO;
-        let mut probes = 0;
-        loop {
-            let t = Instant::now();
-            let ok = probe_http
-                .get(format!("{probe_base}/healthz"))
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            assert!(ok, "healthz failed under load");
-            worst = worst.max(t.elapsed());
-            probes += 1;
-            tokio::select! {
-                _ = &mut stop_rx => break,
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
-        }
-        (probes, worst)
-    });
-
+/// The generator: every body once, `IN_FLIGHT` at a time, each answer must be 200.
+async fn load(http: &reqwest::Client, url: &str, bodies: Vec<(Vec<u8>, String)>) -> Load {
     let started = Instant::now();
-    let url_hook = format!("{base}/api/public/cal/webhook");
     let mut latencies: Vec<Duration> = futures::stream::iter(bodies)
         .map(|(b, sig)| {
             let http = http.clone();
-            let url = url_hook.clone();
+            let url = url.to_string();
             async move {
                 let t = Instant::now();
                 let r = http
@@ -132,58 +73,317 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .expect("request");
                 assert_eq!(r.status(), 200, "a webhook was refused");
+                let _ = r.bytes().await;
                 t.elapsed()
             }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
     let elapsed = started.elapsed();
-    let _ = stop_tx.send(());
-    let (probes, worst_probe) = prober.await?;
     latencies.sort();
+    Load {
+        elapsed,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+    }
+}
 
-    // Graceful stop: queued confirmations finish first.
-    let pid = serve.id().expect("serve pid");
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+fn signed(trigger: &str, run: &str, n: usize) -> Vec<(Vec<u8>, String)> {
+    let secret = journeyctl::secret::Secret::new(SECRET);
+    (0..n)
+        .map(|i| {
+            let b = body(trigger, run, i);
+            let sig = journeyctl::webhook::sign(&secret, &b);
+            (b, sig)
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_up(http: &reqwest::Client, url: &str) {
+    while http.get(url).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The baseline: this bench binary again, as a process that answers every POST with 200 and
+/// a small JSON body (what `serve` answers), on a runtime like `serve`'s.
+fn trivial_server(port: u16) -> ! {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let app = axum::Router::new()
+            .route(
+                "/api/public/cal/webhook",
+                axum::routing::post(|_body: axum::body::Bytes| async {
+                    axum::Json(serde_json::json!({"outcome": "applied", "message": "ok"}))
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        axum::serve(listener, app).await.unwrap();
+    });
+    std::process::exit(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+async fn scalar(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Statements PostgreSQL ran in the bench database since the last reset, without the bench's
+/// own queries.
+async fn statements(c: &tokio_postgres::Client) -> i64 {
+    scalar(
+        c,
+        "SELECT /* bench-own */ coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s
+         JOIN pg_database d ON d.oid = s.dbid
+         WHERE d.datname = current_database() AND s.query NOT LIKE '%bench-own%'
+           AND s.query NOT ILIKE '%pg_stat_statements%'",
+    )
+    .await
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--trivial-server") {
+        trivial_server(args[i + 1].parse()?);
+    }
+    tokio::runtime::Runtime::new()?.block_on(bench(args))
+}
+
+async fn bench(args: Vec<String>) -> anyhow::Result<()> {
+    let n: usize = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(3000);
+    let repeat: usize = args
+        .iter()
+        .position(|a| a == "--repeat")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(3);
+    let smtp = std::env::var("BENCH_SMTP_URL")
+        .ok()
+        .filter(|s| !s.is_empty());
+
+    let cluster = journeyctl::pgtemp::TempCluster::start(journeyctl::pgtemp::Options {
+        tls: false,
+        stat_statements: true,
+    })?;
+    let url = format!("{}postgres", cluster.base_url);
+    let out = tempfile::tempdir()?;
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_journeyctl"))
+        .args(["-q", "--database-url", &url, "migrate"])
         .status()?;
-    let exit = serve.wait().await?;
-    let stored: i64 = client
-        .query_one("SELECT count(*) FROM cal_bookings", &[])
-        .await?
-        .get(0);
-    let notices: i64 = client
-        .query_one(
-            "SELECT count(*) FROM journey_deliveries WHERE recipient_role = 'therapist' AND status = 'sent'",
-            &[],
+    anyhow::ensure!(status.success(), "migrate failed");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+             INSERT INTO therapists (first_name, last_name, email, cal_username, cal_full_session_event_type_id)
+             VALUES ('Bench', 'Therapist', 'bench@praxis.example', 'bench-therapist', 2)",
         )
-        .await?
-        .get(0);
-    let files = std::fs::read_dir(out.path())?.count();
+        .await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(IN_FLIGHT)
+        .build()?;
 
-    println!("webhook_load: {n} signed bodies, 64 in flight");
+    // The baseline server, started once.
+    let trivial_port = free_port();
+    let mut trivial = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--trivial-server", &trivial_port.to_string()])
+        .kill_on_drop(true)
+        .spawn()?;
+    let trivial_base = format!("http://127.0.0.1:{trivial_port}");
+    wait_up(&http, &format!("{trivial_base}/healthz")).await;
+
+    let mut base_rate = Vec::new();
+    let mut base_p50 = Vec::new();
+    let mut base_p99 = Vec::new();
+    let mut ours_rate = Vec::new();
+    let mut ours_p50 = Vec::new();
+    let mut ours_p99 = Vec::new();
+    let mut confirmed_rate = Vec::new();
+    let mut per_booking = Vec::new();
+    let mut per_webhook = Vec::new();
     println!(
-        "  throughput   {:.0} requests/s ({:.2?} total)",
-        n as f64 / elapsed.as_secs_f64(),
-        elapsed
+        "webhooks: {n} signed BOOKING_CREATED bodies, {IN_FLIGHT} in flight, {repeat} alternated \
+         runs; confirmations to {}",
+        smtp.as_deref().unwrap_or("EMAIL_OUTBOX_DIR (files)")
+    );
+    for run in 0..repeat {
+        // Baseline: the same generator against the trivial server.
+        let b = load(
+            &http,
+            &format!("{trivial_base}/api/public/cal/webhook"),
+            signed("BOOKING_CREATED", &format!("base{run}"), n),
+        )
+        .await;
+        base_rate.push(b.rate(n));
+        base_p50.push(b.p50.as_secs_f64() * 1e3);
+        base_p99.push(b.p99.as_secs_f64() * 1e3);
+
+        // journeyctl serve, fresh process per run.
+        client
+            .batch_execute("SELECT pg_stat_statements_reset()")
+            .await?;
+        let port = free_port();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_journeyctl"));
+        cmd.args([
+            "-q",
+            "--database-url",
+            &url,
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("CAL_WEBHOOK_SECRET", SECRET)
+        .env("EMAIL_FROM", "Praxis <termine@praxis.example>")
+        .env("PUBLIC_BASE_URL", "https://therapie.example")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+        match &smtp {
+            Some(s) => cmd.env("SMTP_URL", s),
+            None => cmd.env("EMAIL_OUTBOX_DIR", out.path()),
+        };
+        let mut serve = cmd.spawn()?;
+        let base = format!("http://127.0.0.1:{port}");
+        wait_up(&http, &format!("{base}/healthz")).await;
+        let prefix = format!("bench-ours{run}-%");
+        let started = Instant::now();
+        let o = load(
+            &http,
+            &format!("{base}/api/public/cal/webhook"),
+            signed("BOOKING_CREATED", &format!("ours{run}"), n),
+        )
+        .await;
+        // Until every booking of this run has both confirmations.
+        let confirmed_sql = format!(
+            "SELECT /* bench-own */ count(*) FROM cal_bookings WHERE cal_uid LIKE '{prefix}'
+               AND client_confirmation_sent_at IS NOT NULL
+               AND therapist_notification_sent_at IS NOT NULL"
+        );
+        let give_up = Instant::now() + Duration::from_secs(600);
+        while scalar(&client, &confirmed_sql).await < n as i64 {
+            anyhow::ensure!(
+                Instant::now() < give_up,
+                "confirmations missing after 10 min"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let all_confirmed = started.elapsed();
+        let stmts = statements(&client).await;
+        ours_rate.push(o.rate(n));
+        ours_p50.push(o.p50.as_secs_f64() * 1e3);
+        ours_p99.push(o.p99.as_secs_f64() * 1e3);
+        confirmed_rate.push(n as f64 / all_confirmed.as_secs_f64());
+        per_booking.push(stmts as f64 / n as f64);
+
+        // Ingest alone: requested bookings are stored and confirm nothing.
+        let m = (n / 2).max(100);
+        client
+            .batch_execute("SELECT pg_stat_statements_reset()")
+            .await?;
+        let r = load(
+            &http,
+            &format!("{base}/api/public/cal/webhook"),
+            signed("BOOKING_REQUESTED", &format!("req{run}"), m),
+        )
+        .await;
+        per_webhook.push(statements(&client).await as f64 / m as f64);
+        println!(
+            "  run {}: ingest alone ({m} BOOKING_REQUESTED, nothing to send): {:.0}/s p50 {:.1} ms \
+             p99 {:.1} ms",
+            run + 1,
+            r.rate(m),
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3
+        );
+
+        let pid = serve.id().expect("serve pid");
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        let exit = serve.wait().await?;
+        anyhow::ensure!(exit.success(), "serve did not exit cleanly: {exit}");
+        let stored = scalar(
+            &client,
+            &format!(
+                "SELECT /* bench-own */ count(*) FROM cal_bookings WHERE cal_uid LIKE '{prefix}'"
+            ),
+        )
+        .await;
+        anyhow::ensure!(stored as usize == n, "bookings lost: {stored} of {n}");
+        println!(
+            "  run {}: trivial {:.0}/s p50 {:.1} ms p99 {:.1} ms | serve {:.0}/s p50 {:.1} ms \
+             p99 {:.1} ms, all {n} confirmed after {:.2} s ({:.0} bookings/s), {:.1} statements \
+             per confirmed booking, {:.1} per webhook",
+            run + 1,
+            b.rate(n),
+            b.p50.as_secs_f64() * 1e3,
+            b.p99.as_secs_f64() * 1e3,
+            o.rate(n),
+            o.p50.as_secs_f64() * 1e3,
+            o.p99.as_secs_f64() * 1e3,
+            all_confirmed.as_secs_f64(),
+            n as f64 / all_confirmed.as_secs_f64(),
+            per_booking.last().unwrap(),
+            per_webhook.last().unwrap(),
+        );
+    }
+    let _ = trivial.kill().await;
+
+    let (br, or, cr) = (median(base_rate), median(ours_rate), median(confirmed_rate));
+    println!("medians of {repeat} runs:");
+    println!(
+        "  {:<44} {:>14} {:>14} {:>8}",
+        "", "journeyctl", "trivial 200", "ratio"
     );
     println!(
-        "  latency      p50 {:.1?}  p95 {:.1?}  p99 {:.1?}  max {:.1?}",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.95),
-        percentile(&latencies, 0.99),
-        latencies[latencies.len() - 1]
+        "  {:<44} {:>12.0}/s {:>12.0}/s {:>7.1}%",
+        "answers (stored, 200)",
+        or,
+        br,
+        100.0 * or / br
     );
-    println!("  /healthz     {probes} probes during load, slowest {worst_probe:.1?}");
-    println!("  stored       {stored} of {n} bookings; {notices} therapist notices sent ({files} .eml files)");
-    println!("  serve exit   {exit}");
-    anyhow::ensure!(stored as usize == n, "bookings lost");
-    anyhow::ensure!(
-        notices as usize == n,
-        "therapist notices missing after graceful shutdown"
+    println!(
+        "  {:<44} {:>12.0}/s {:>14} {:>8}",
+        "bookings stored with both confirmations sent", cr, "-", "-"
     );
-    anyhow::ensure!(exit.success(), "serve did not exit cleanly");
+    println!(
+        "  {:<44} {:>11.1} ms {:>11.1} ms {:>8}",
+        "p50 latency",
+        median(ours_p50),
+        median(base_p50),
+        "-"
+    );
+    println!(
+        "  {:<44} {:>11.1} ms {:>11.1} ms {:>8}",
+        "p99 latency",
+        median(ours_p99),
+        median(base_p99),
+        "-"
+    );
+    println!(
+        "  statements per webhook (ingest) {:.1}, per confirmed booking (ingest + confirmations) {:.1}",
+        median(per_webhook),
+        median(per_booking)
+    );
     drop(cluster);
     Ok(())
 }

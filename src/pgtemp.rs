@@ -99,14 +99,65 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// A fresh directory name for a cluster under the temporary directory (not created yet).
+pub fn new_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("journeyctl-pg-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Starts the watchdog of the cluster in `dir`: once this process is gone (its pipe closes),
+/// it stops whatever server runs on `data`, removes `dir`, and repeats that until nothing is
+/// left (a `pg_ctl start` or `initdb` orphaned by a kill may still be finishing). It ignores
+/// the signals a terminal or a supervisor sends to a whole job (Ctrl-C, `kill -- -PGID`) and
+/// lives in its own process group, so it outlives the process it guards however that process
+/// ends (SIGKILL included). It is started before the directory exists, so no moment of the
+/// cluster's life is unguarded. It runs as this process's user (as root, `pg_ctl` is run as
+/// `postgres` inside it), so it may remove what either created.
+fn watchdog(dir: &Path, data: &Path, pg_ctl: &Path, root: bool) -> anyhow::Result<Child> {
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+    let stop = format!(
+        "{}{} -D {} -m immediate stop",
+        if root {
+            "setpriv --reuid=postgres --regid=postgres --init-groups -- "
+        } else {
+            ""
+        },
+        quote(pg_ctl),
+        quote(data)
+    );
+    let (dir, data) = (quote(dir), quote(data));
+    let script = format!(
+        "trap '' INT TERM HUP QUIT; cat >/dev/null; \
+         for i in 1 2 3 4 5 6 7 8 9 10; do \
+           if [ -f {data}/postmaster.pid ]; then {stop} >/dev/null 2>&1; fi; \
+           rm -rf {dir} 2>/dev/null; \
+           if [ ! -e {dir} ] && [ $i -ge 3 ]; then exit 0; fi; \
+           sleep 0.5; \
+         done"
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the cluster watchdog")
+}
+
 impl TempCluster {
     pub fn start(opts: Options) -> anyhow::Result<TempCluster> {
+        Self::start_in(new_dir(), opts)
+    }
+
+    /// [`TempCluster::start`] in `dir` (see [`new_dir`]), e.g. to name it before it starts.
+    pub fn start_in(dir: PathBuf, opts: Options) -> anyhow::Result<TempCluster> {
         let root = is_root();
-        let dir =
-            std::env::temp_dir().join(format!("journeyctl-pg-{}", uuid::Uuid::new_v4().simple()));
+        let data = dir.join("data");
+        let pg_ctl = pg_bin("pg_ctl")?;
+        let watchdog = watchdog(&dir, &data, &pg_ctl, root)?;
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let data = dir.join("data");
         if root {
             let mut c = Command::new("chown");
             c.args(["-R", "postgres:postgres"]).arg(&dir);
@@ -180,7 +231,6 @@ impl TempCluster {
                 " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all",
             );
         }
-        let pg_ctl = pg_bin("pg_ctl")?;
         let mut start = as_postgres(&pg_ctl, root);
         start
             .arg("-D")
@@ -190,39 +240,6 @@ impl TempCluster {
             .args(["-w", "-t", "60", "-o", &server_opts, "start"]);
         run(start, "pg_ctl start")?;
 
-        // The watchdog ignores the signals a terminal or a supervisor sends to a whole job
-        // (Ctrl-C, `kill -- -PGID`), and lives in its own process group, so it outlives the
-        // process it guards however that process ends (SIGKILL included) and then cleans up.
-        let script = format!(
-            "trap '' INT TERM HUP QUIT; cat >/dev/null; '{}' -D '{}' -m immediate stop >/dev/null 2>&1; rm -rf '{}'",
-            pg_ctl.display(),
-            data.display(),
-            dir.display()
-        );
-        let mut watchdog = if root {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid=postgres",
-                "--regid=postgres",
-                "--init-groups",
-                "--",
-                "sh",
-                "-c",
-            ]);
-            c
-        } else {
-            let mut c = Command::new("sh");
-            c.arg("-c");
-            c
-        };
-        let watchdog = watchdog
-            .arg(script)
-            .process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start the cluster watchdog")?;
         Ok(TempCluster {
             base_url: format!("postgres://postgres@127.0.0.1:{port}/"),
             dir,

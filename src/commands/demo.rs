@@ -198,11 +198,22 @@ pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitSt
             (None, format!("{base}{name}"))
         }
         _ => {
-            eprintln!("demo: starting a throwaway PostgreSQL (initdb/pg_ctl)…");
-            let cluster = TempCluster::start(Options {
-                tls: false,
-                stat_statements: false,
-            })?;
+            // Named before it exists: whatever stops the demo, the cluster's watchdog stops
+            // the server and removes this directory (see `pgtemp`).
+            let cluster_dir = crate::pgtemp::new_dir();
+            eprintln!(
+                "demo: starting a throwaway PostgreSQL in {} (initdb/pg_ctl; removed when the \
+                 demo ends, however it ends)",
+                cluster_dir.display()
+            );
+            let cluster = TempCluster::start_in(
+                cluster_dir,
+                Options {
+                    tls: false,
+                    stat_statements: false,
+                },
+            )?;
+            eprintln!("demo: PostgreSQL is up");
             let admin =
                 db::connect(&Secret::new(format!("{}postgres", cluster.base_url)), 1).await?;
             admin

@@ -227,14 +227,43 @@ fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>, notified: Opt
 
 struct ServeState {
     journey: Journey,
+    /// The webhooks' own connections, so a backlog of confirmations never makes a webhook
+    /// wait for a connection (and the other way round).
+    ingest: crate::db::Db,
     fixed_now: bool,
-    after_commit: mpsc::Sender<AfterCommit>,
+    /// Bookings committed whose confirmations (or cancellation notice) are due. Never full:
+    /// the 200 waits for the commit only. The committed booking is what counts: what is still
+    /// queued when `serve` stops or dies is found again by the next start
+    /// ([`owed_at_start`]) and by `confirmation-recovery`.
+    after_commit: mpsc::UnboundedSender<AfterCommit>,
     /// Jobs queued or in flight, for the shutdown log.
     pending: Arc<AtomicUsize>,
+    /// Webhooks being handled now: while there are any, confirmations yield to them.
+    webhooks_in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a webhook as in flight until dropped (also when its client hangs up).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Longest `--drain-timeout` taken: far beyond any unit's stop timeout.
 const MAX_DRAIN: Duration = Duration::from_secs(600);
+
+/// How far back `serve` looks at start for confirmations a previous `serve` left unsent: what
+/// is older is `confirmation-recovery`'s (it takes bookings created over 10 minutes ago).
+const RESUME_HORIZON: Duration = Duration::from_secs(15 * 60);
 
 fn drain_bound(raw: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(raw.trim()).map_err(|e| {
@@ -253,12 +282,15 @@ fn drain_bound(raw: &str) -> Result<Duration, ConfigError> {
 
 /// `journeyctl serve [--listen ADDR] [--drain-timeout DUR]`
 ///
-/// On SIGTERM/SIGINT it stops accepting, and within `drain_timeout` of the signal finishes
+/// A webhook is answered as soon as its booking is committed; its confirmations go out from
+/// worker tasks, independent of the request (a client that hangs up loses nothing). On
+/// SIGTERM/SIGINT it stops accepting, and within `drain_timeout` of the signal finishes
 /// the requests in flight and the queued confirmations. What is still unfinished then is
-/// abandoned: a booking is committed before its 200, so `confirmation-recovery` sends the
-/// confirmations that were only queued; a send cut off in flight keeps its `sending` row and
-/// is declared in doubt (never resent blindly). The process exits 0 either way, well before
-/// systemd's TimeoutStopSec would SIGKILL it in the middle of everything.
+/// abandoned: a booking is committed before its 200, so the next `serve` and
+/// `confirmation-recovery` send the confirmations that were only queued; a send cut off in
+/// flight keeps its `sending` row and is declared in doubt (never resent blindly). The
+/// process exits 0 either way, well before systemd's TimeoutStopSec would SIGKILL it in the
+/// middle of everything.
 pub async fn serve(
     g: &GlobalArgs,
     settings: Settings,
@@ -267,42 +299,46 @@ pub async fn serve(
     listen: SocketAddr,
     drain_timeout: &str,
 ) -> anyhow::Result<ExitStatus> {
+    use crate::db::{SERVE_CONFIRM_CONNECTIONS, SERVE_INGEST_CONNECTIONS};
     let drain = drain_bound(drain_timeout)?;
     require_secret(&settings, false)?;
-    let j = super::journey(g, settings, clock, false, 8).await?;
+    let j = super::journey(g, settings, clock, false, SERVE_CONFIRM_CONNECTIONS).await?;
+    let ingest = crate::db::connect_as(
+        &crate::config::database_url(g)?,
+        SERVE_INGEST_CONNECTIONS,
+        &j.application_name,
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| ConfigError::new(format!("cannot listen on {listen}: {e}")))?;
     let local = listener.local_addr()?;
 
-    // Confirmations go out after the 200, from one worker; on shutdown it drains the queue.
-    let (tx, rx) = mpsc::channel::<AfterCommit>(1024);
+    // Confirmations go out after the 200, from worker tasks; on shutdown they drain the queue.
+    let (tx, rx) = mpsc::unbounded_channel::<AfterCommit>();
     let pending = Arc::new(AtomicUsize::new(0));
+    let webhooks_in_flight = Arc::new(AtomicUsize::new(0));
+    owed_at_start(&j, &tx, &pending).await;
     let mut worker = tokio::spawn(confirmation_worker(
         j.clone(),
         fixed_now,
         rx,
         pending.clone(),
+        webhooks_in_flight.clone(),
     ));
 
     let state = Arc::new(ServeState {
         journey: j,
+        ingest,
         fixed_now,
         after_commit: tx,
         pending: pending.clone(),
+        webhooks_in_flight,
     });
-    let app = Router::new()
-        .route("/api/public/cal/webhook", post(receive))
-        .route("/healthz", get(healthz))
-        .merge(super::unsubscribe::router(&state.journey))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
-        ))
-        .with_state(state.clone())
-        .merge(super::twilio_status::router(&state.journey));
-    crate::outln!("listening on http://{local} (POST /api/public/cal/webhook, GET /healthz)");
+    let app = router(state.clone());
+    crate::outln!(
+        "listening on http://{local} (POST /api/public/cal/webhook, POST /api/public/twilio/status, GET/POST /api/public/unsubscribe, GET /healthz)"
+    );
     log::info!("serve: listening on {local}");
     let signalled = Arc::new(tokio::sync::Notify::new());
     let graceful = {
@@ -348,9 +384,9 @@ pub async fn serve(
         .await
         .is_err()
     {
-        // No more claims: what is queued stays unclaimed (no row) for confirmation-recovery,
-        // and the sends in flight get a short grace to record their outcome, so that only a
-        // send still unanswered after it can end in doubt.
+        // No more claims: what is queued stays unclaimed (no row) for the next start and
+        // confirmation-recovery, and the sends in flight get a short grace to record their
+        // outcome, so that only a send still unanswered after it can end in doubt.
         control.request_stop(crate::stages::StopReason::Terminate);
         let grace = (drain / 4).min(Duration::from_secs(5));
         if tokio::time::timeout(grace, &mut worker).await.is_ok() {
@@ -369,14 +405,80 @@ pub async fn serve(
     Ok(ExitStatus::Ok)
 }
 
-/// Sends the confirmations and cancellation notices queued by `receive`, at most 8 bookings at
-/// once. Aborting it (the drain deadline) aborts the sends in flight and drops the queue.
+/// The one place serve's routes are put together (other routes join with `.merge(...)`).
+fn router(state: Arc<ServeState>) -> Router {
+    let journey = &state.journey;
+    Router::new()
+        .route("/api/public/cal/webhook", post(receive))
+        .route("/healthz", get(healthz))
+        .merge(super::unsubscribe::router(journey))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .with_state(state.clone())
+        .merge(super::twilio_status::router(journey))
+}
+
+/// Queues what earlier `serve` processes committed and did not get out (stopped at their
+/// drain deadline, killed, or the host died), before the first new webhook is taken.
+async fn owed_at_start(
+    j: &Journey,
+    queue: &mpsc::UnboundedSender<AfterCommit>,
+    pending: &AtomicUsize,
+) {
+    let now = j.clock.now();
+    let since = now - chrono::Duration::from_std(RESUME_HORIZON).unwrap_or_default();
+    match crate::db::webhook::owed_after_commit(&j.db, now, since).await {
+        Ok(owed) => {
+            if !owed.is_empty() {
+                log::info!(
+                    "serve: {} booking(s) committed earlier still owe a confirmation or notice",
+                    owed.len()
+                );
+            }
+            for (id, confirm) in owed {
+                pending.fetch_add(1, Ordering::SeqCst);
+                let _ = queue.send(if confirm {
+                    AfterCommit::Confirm(id)
+                } else {
+                    AfterCommit::NotifyCancelled(id)
+                });
+            }
+        }
+        // Not fatal: confirmation-recovery covers them too.
+        Err(e) => log::error!(
+            "serve: cannot read the confirmations still owed: {}",
+            public_message(&e)
+        ),
+    }
+}
+
+/// Bookings confirmed at once while webhooks are being answered: confirmations cost far more
+/// (rendering, the ledger, SMTP) than storing a booking, and on a small host they would take
+/// the CPU that the answers need. They are committed, so they can wait; once no webhook is in
+/// flight, [`SERVE_CONFIRM_WORKERS`](crate::db::SERVE_CONFIRM_WORKERS) run at once.
+const CONFIRM_WORKERS_UNDER_LOAD: usize = 2;
+
+/// Sends the confirmations and cancellation notices queued by `receive`, at most
+/// [`SERVE_CONFIRM_WORKERS`](crate::db::SERVE_CONFIRM_WORKERS) bookings at once
+/// ([`CONFIRM_WORKERS_UNDER_LOAD`] while webhooks are in flight). Aborting it (the drain
+/// deadline) aborts the sends in flight and drops the queue.
 async fn confirmation_worker(
     journey: Journey,
     fixed_now: bool,
-    mut rx: mpsc::Receiver<AfterCommit>,
+    mut rx: mpsc::UnboundedReceiver<AfterCommit>,
     pending: Arc<AtomicUsize>,
+    webhooks_in_flight: Arc<AtomicUsize>,
 ) {
+    let limit = || {
+        if webhooks_in_flight.load(Ordering::SeqCst) > 0 {
+            CONFIRM_WORKERS_UNDER_LOAD
+        } else {
+            crate::db::SERVE_CONFIRM_WORKERS
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
     while let Some(job) = rx.recv().await {
         let mut jj = journey.clone();
@@ -393,7 +495,7 @@ async fn confirmation_worker(
             pending.fetch_sub(1, Ordering::SeqCst);
             ok
         });
-        while tasks.len() >= 8 {
+        while tasks.len() >= limit() {
             let _ = tasks.join_next().await;
         }
     }
@@ -428,47 +530,69 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, axum::Json<serde_json::Value>) {
-    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    let now = if state.fixed_now {
-        state.journey.clock.now()
-    } else {
-        Clock::system().now()
-    };
-    let handled = handle(
-        &state.journey.db,
-        Verification::Required(state.journey.settings.cal_webhook_secret.as_ref()),
-        &body,
-        signature,
-        now,
-    )
-    .await;
-    log::info!(
-        "webhook {} {}: {} {}",
-        handled.trigger.as_deref().unwrap_or("-"),
-        handled.cal_uid.as_deref().unwrap_or("-"),
-        handled.http_status,
-        handled.outcome
-    );
-    for job in AfterCommit::of(&handled) {
-        state.pending.fetch_add(1, Ordering::SeqCst);
-        if state.after_commit.send(job).await.is_err() {
-            state.pending.fetch_sub(1, Ordering::SeqCst);
-            log::error!(
-                "the send queue is closed (serve is stopping): {job:?} is not sent now; \
-                 confirmation-recovery sends missing confirmations"
-            );
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // Its own task: a client that hangs up cancels this handler, never the apply and the
+    // queueing of what it made due.
+    let task = tokio::spawn(async move {
+        let _in_flight = InFlight::new(&state.webhooks_in_flight);
+        let now = if state.fixed_now {
+            state.journey.clock.now()
+        } else {
+            Clock::system().now()
+        };
+        let handled = handle(
+            &state.ingest,
+            Verification::Required(state.journey.settings.cal_webhook_secret.as_ref()),
+            &body,
+            signature.as_deref(),
+            now,
+        )
+        .await;
+        log::info!(
+            "webhook {} {}: {} {}",
+            handled.trigger.as_deref().unwrap_or("-"),
+            handled.cal_uid.as_deref().unwrap_or("-"),
+            handled.http_status,
+            handled.outcome
+        );
+        for job in AfterCommit::of(&handled) {
+            state.pending.fetch_add(1, Ordering::SeqCst);
+            if state.after_commit.send(job).is_err() {
+                state.pending.fetch_sub(1, Ordering::SeqCst);
+                log::error!(
+                    "the send queue is closed (serve is stopping): {job:?} is not sent now; \
+                     the next serve and confirmation-recovery send missing confirmations"
+                );
+            }
         }
-    }
-    let status =
-        StatusCode::from_u16(handled.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        handled
+    });
+    let (status, outcome, message) = match task.await {
+        Ok(h) => (
+            StatusCode::from_u16(h.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            h.outcome,
+            h.message,
+        ),
+        Err(e) => {
+            log::error!("webhook: the handler failed: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "error",
+                "internal error".to_string(),
+            )
+        }
+    };
     (
         status,
-        axum::Json(serde_json::json!({"outcome": handled.outcome, "message": handled.message})),
+        axum::Json(serde_json::json!({"outcome": outcome, "message": message})),
     )
 }
 
 async fn healthz(State(state): State<Arc<ServeState>>) -> (StatusCode, &'static str) {
-    match state.journey.db.client().await {
+    match state.ingest.client().await {
         Ok(c) => match c.simple_query("SELECT 1").await {
             Ok(_) => (StatusCode::OK, "ok\n"),
             Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),

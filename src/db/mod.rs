@@ -17,3 +17,4 @@ pub mod suppressions;
 pub mod webhook;
 
 pub use pool::{connect, connect_as, Db, Unreachable};
+pub use pool::{SERVE_CONFIRM_CONNECTIONS, SERVE_CONFIRM_WORKERS, SERVE_INGEST_CONNECTIONS};

@@ -38,6 +38,18 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// `serve`: connections that take webhooks. A webhook holds one for its few round trips
+/// (well under a millisecond each); more than a handful only queue inside PostgreSQL on a
+/// small host, fewer make requests wait for a connection.
+pub const SERVE_INGEST_CONNECTIONS: usize = 8;
+/// `serve`: bookings whose confirmations are sent at once, each as one task; the sends wait
+/// on SMTP far more than on the database.
+pub const SERVE_CONFIRM_WORKERS: usize = 16;
+/// `serve`: connections of the confirmation workers. One booking's confirmation uses up to
+/// two at once (its two messages are claimed and recorded side by side); plus `/healthz` and
+/// the start-up scan.
+pub const SERVE_CONFIRM_CONNECTIONS: usize = 2 * SERVE_CONFIRM_WORKERS + 2;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
 

@@ -1,8 +1,11 @@
 //! SQL of webhook ingestion: receipts, resolution of therapist and patient, the locked read of
 //! a booking's lifecycle facts and the upsert of `cal_bookings`. Everything here runs inside
-//! the caller's transaction, except [`open_receipt`] and [`load_receipt`], which stand alone:
-//! a body is stored before it is applied, so a failed apply leaves it for a replay. Status decisions are not made here: the caller reads the locked
-//! row with [`lock_booking`], decides with `domain::next_status`, and writes the result.
+//! the caller's transaction, except [`open_receipt`], [`open_receipt_unless_seen`] and
+//! [`load_receipt`], which stand alone: a body is stored before it is applied, so a failed
+//! apply leaves it for a replay; and [`owed_after_commit`], `serve`'s start-up read of what it
+//! still owes. Status decisions are not made here: the caller reads the locked row with
+//! [`lock_booking`] (or [`lock_and_resolve`], the webhook's one-round-trip form), decides with
+//! `domain::next_status`, and writes the result.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -103,15 +106,8 @@ pub async fn lock_booking(tx: &Transaction<'_>, cal_uid: &str) -> anyhow::Result
     })
 }
 
-/// Merges one booking by `cal_uid`: every field the event names, and never NULL over a known
-/// value. The status is written as given (the caller decided it on the locked row).
-pub async fn upsert_booking(
-    tx: &Transaction<'_>,
-    u: &BookingUpsert<'_>,
-) -> anyhow::Result<Upserted> {
-    let row = tx
-        .query_one(
-            "INSERT INTO cal_bookings AS b
+/// The upsert of [`upsert_booking`], `$1..$27` as it binds them.
+const UPSERT_SQL: &str = "INSERT INTO cal_bookings AS b
                (cal_uid, last_trigger_event, organizer_username, event_type_id, start_time,
                 end_time, therapist_id, patient_id, match_id, booking_kind, status, is_test,
                 metadata, video_url, location, cancelled_at, cancellation_reason,
@@ -148,37 +144,97 @@ pub async fn upsert_booking(
                attendee_email = coalesce(EXCLUDED.attendee_email, b.attendee_email),
                attendee_name = coalesce(EXCLUDED.attendee_name, b.attendee_name),
                attendee_phone = coalesce(EXCLUDED.attendee_phone, b.attendee_phone)
-             RETURNING id, status",
-            &[
-                &u.cal_uid,
-                &u.trigger,
-                &u.organizer_username,
-                &u.event_type_id,
-                &u.start_time,
-                &u.end_time,
-                &u.therapist_id,
-                &u.patient_id,
-                &u.match_id,
-                &u.booking_kind,
-                &u.status,
-                &u.is_test,
-                &u.metadata,
-                &u.video_url,
-                &u.location,
-                &u.cancelled_at,
-                &u.cancellation_reason,
-                &u.request_reschedule,
-                &u.rescheduled_from_uid,
-                &u.rescheduled_to_uid,
-                &u.now,
-                &u.event_at,
-                &u.ical_sequence,
-                &u.ical_uid,
-                &u.attendee_email,
-                &u.attendee_name,
-                &u.attendee_phone,
-            ],
+             RETURNING id, status";
+
+/// Merges one booking by `cal_uid`: every field the event names, and never NULL over a known
+/// value. The status is written as given (the caller decided it on the locked row).
+pub async fn upsert_booking(
+    tx: &Transaction<'_>,
+    u: &BookingUpsert<'_>,
+) -> anyhow::Result<Upserted> {
+    let stmt = tx
+        .prepare_cached(UPSERT_SQL)
+        .await
+        .context("Failed to prepare the booking upsert")?;
+    let row = tx
+        .query_one(&stmt, &upsert_params(u))
+        .await
+        .with_context(|| format!("Failed to store booking {}", u.cal_uid))?;
+    Ok(Upserted {
+        id: row.try_get(0)?,
+        status: row.try_get(1)?,
+    })
+}
+
+type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+
+/// `$1..$27` of [`UPSERT_SQL`].
+fn upsert_params<'p>(u: &'p BookingUpsert<'_>) -> Vec<Param<'p>> {
+    vec![
+        &u.cal_uid,
+        &u.trigger,
+        &u.organizer_username,
+        &u.event_type_id,
+        &u.start_time,
+        &u.end_time,
+        &u.therapist_id,
+        &u.patient_id,
+        &u.match_id,
+        &u.booking_kind,
+        &u.status,
+        &u.is_test,
+        &u.metadata,
+        &u.video_url,
+        &u.location,
+        &u.cancelled_at,
+        &u.cancellation_reason,
+        &u.request_reschedule,
+        &u.rescheduled_from_uid,
+        &u.rescheduled_to_uid,
+        &u.now,
+        &u.event_at,
+        &u.ical_sequence,
+        &u.ical_uid,
+        &u.attendee_email,
+        &u.attendee_name,
+        &u.attendee_phone,
+    ]
+}
+
+/// [`upsert_booking`] and [`settle_receipt`] as `applied` in one statement (the webhook's last
+/// write before its commit).
+pub async fn upsert_booking_and_settle(
+    tx: &Transaction<'_>,
+    u: &BookingUpsert<'_>,
+    receipt: Uuid,
+) -> anyhow::Result<Upserted> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH up AS ({UPSERT_SQL}),
+         rec AS (
+           UPDATE cal_webhook_receipts SET outcome = 'applied', error = NULL
+           WHERE id = $28 AND outcome NOT IN ('applied', 'acknowledged')
+           RETURNING id, trigger_event, cal_uid, body_sha256
+         ), ev AS (
+           INSERT INTO events (type, level, properties)
+           SELECT 'cal_webhook_received', 'info',
+                  jsonb_build_object('trigger', rec.trigger_event, 'cal_uid', rec.cal_uid,
+                                     'outcome', 'applied', 'receipt_id', rec.id,
+                                     'body_sha256', rec.body_sha256)
+           FROM rec
+           RETURNING 1
+         )
+         SELECT id, status FROM up"
         )
+    });
+    let stmt = tx
+        .prepare_cached(&SQL)
+        .await
+        .context("Failed to prepare the booking upsert")?;
+    let mut params = upsert_params(u);
+    params.push(&receipt);
+    let row = tx
+        .query_one(&stmt, &params)
         .await
         .with_context(|| format!("Failed to store booking {}", u.cal_uid))?;
     Ok(Upserted {
@@ -342,8 +398,9 @@ pub async fn settle_receipt(
     outcome: &str,
     error: Option<&str>,
 ) -> anyhow::Result<()> {
-    tx.execute(
-        "WITH rec AS (
+    let stmt = tx
+        .prepare_cached(
+            "WITH rec AS (
            UPDATE cal_webhook_receipts SET outcome = $2, error = $3
            WHERE id = $1 AND outcome NOT IN ('applied', 'acknowledged')
            RETURNING id, trigger_event, cal_uid, body_sha256
@@ -354,10 +411,12 @@ pub async fn settle_receipt(
                                    'outcome', $2::text, 'receipt_id', rec.id,
                                    'body_sha256', rec.body_sha256)
          FROM rec",
-        &[&id, &outcome, &error],
-    )
-    .await
-    .with_context(|| format!("Failed to record the outcome of webhook receipt {id}"))?;
+        )
+        .await
+        .context("Failed to prepare the receipt's outcome")?;
+    tx.execute(&stmt, &[&id, &outcome, &error])
+        .await
+        .with_context(|| format!("Failed to record the outcome of webhook receipt {id}"))?;
     Ok(())
 }
 
@@ -443,4 +502,218 @@ pub async fn record_receipt(tx: &Transaction<'_>, r: &Receipt<'_>) -> anyhow::Re
         .await
         .context("Failed to record the webhook receipt")?;
     Ok(row.try_get(0)?)
+}
+
+// ---- the fast path of one webhook: few prepared statements ---------------------------------
+//
+// `journeyctl serve` takes many bodies a second; each statement below is prepared once per
+// connection (`prepare_cached`) and the locks and the reads of one apply go out in one round
+// trip. Per BOOKING_CREATED: the receipt (1 statement, autocommitted), then in the apply
+// transaction the locks, one read of everything the apply decides on, and one write of the
+// booking with the receipt's outcome.
+
+/// Stores a verified body as a `received` receipt, committed on its own, unless the same bytes
+/// were already applied or acknowledged: then nothing is stored and `None` is returned (a
+/// redelivery). One statement for the duplicate check and the insert.
+pub async fn open_receipt_unless_seen(
+    db: &super::Db,
+    trigger: Option<&str>,
+    cal_uid: Option<&str>,
+    body_sha256: &str,
+    body: &str,
+    received_at: DateTime<Utc>,
+) -> anyhow::Result<Option<Uuid>> {
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO cal_webhook_receipts
+               (received_at, trigger_event, cal_uid, body_sha256, signature_ok, outcome, body)
+             SELECT $1, $2, $3, $4, true, 'received', $5
+             WHERE NOT EXISTS (SELECT 1 FROM cal_webhook_receipts
+                               WHERE body_sha256 = $4 AND outcome IN ('applied', 'acknowledged'))
+             RETURNING id",
+        )
+        .await
+        .context("Failed to prepare the webhook receipt")?;
+    let row = client
+        .query_opt(
+            &stmt,
+            &[&received_at, &trigger, &cal_uid, &body_sha256, &body],
+        )
+        .await
+        .context("Failed to store the webhook receipt")?;
+    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+}
+
+/// What an event names, to be resolved in one read.
+#[derive(Debug, Default)]
+pub struct Lookup<'a> {
+    pub body_sha256: &'a str,
+    pub organizer_username: Option<&'a str>,
+    pub therapist_id: Option<Uuid>,
+    pub patient_id: Option<Uuid>,
+    /// The attendee's email, trimmed.
+    pub patient_email: Option<&'a str>,
+    pub match_id: Option<Uuid>,
+    /// The booking to lock and read (`None`: lock nothing, e.g. a PING, or a reschedule whose
+    /// old uid must be locked first).
+    pub cal_uid: Option<&'a str>,
+}
+
+/// Everything the apply decides on, read after the locks were taken.
+pub struct Resolved {
+    /// These bytes were applied or acknowledged by another receipt meanwhile.
+    pub duplicate: bool,
+    /// Organizer username, else the booking link's therapist id.
+    pub therapist: Option<TherapistRef>,
+    /// `kh_patient_id` was given but names no person.
+    pub patient_id_unknown: bool,
+    /// `kh_patient_id` when that person exists, else the newest person with the email.
+    pub patient_id: Option<Uuid>,
+    /// `kh_match_id` when that match exists.
+    pub match_id: Option<Uuid>,
+    /// The booking's lifecycle facts under `FOR UPDATE` (when `cal_uid` was given).
+    pub locked: Option<Locked>,
+}
+
+/// Takes the body's lock and (with `cal_uid`) the booking's, then reads the duplicate check,
+/// therapist, patient, match and the locked booking: two prepared statements sent in one round
+/// trip. The read is a statement of its own after the locks, so its snapshot sees what the
+/// previous holder of a lock committed (a second event for the same new booking finds the
+/// first one's row). Lock order as in [`lock_body`] then [`lock_booking`].
+pub async fn lock_and_resolve(tx: &Transaction<'_>, q: &Lookup<'_>) -> anyhow::Result<Resolved> {
+    let locks = tx
+        .prepare_cached(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2)),
+                    CASE WHEN $4::text IS NOT NULL
+                         THEN pg_advisory_xact_lock($3, hashtext($4)) END",
+        )
+        .await
+        .context("Failed to prepare the webhook locks")?;
+    let read = tx
+        .prepare_cached(
+            "WITH locked AS (
+               SELECT status, last_event_at, coalesce(ical_uid, cal_uid) AS ical_uid, ical_sequence
+               FROM cal_bookings WHERE cal_uid = $7 FOR UPDATE
+             ), th AS (
+               SELECT id, intro, full_session FROM (
+                 SELECT 0 AS prio, id, cal_intro_event_type_id AS intro,
+                        cal_full_session_event_type_id AS full_session
+                 FROM therapists WHERE cal_username = $2
+                 UNION ALL
+                 SELECT 1, id, cal_intro_event_type_id, cal_full_session_event_type_id
+                 FROM therapists WHERE id = $3
+               ) t ORDER BY prio LIMIT 1
+             )
+             SELECT
+               EXISTS (SELECT 1 FROM cal_webhook_receipts
+                       WHERE body_sha256 = $1 AND outcome IN ('applied', 'acknowledged')),
+               th.id, th.intro, th.full_session,
+               $4::uuid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM people WHERE id = $4),
+               coalesce((SELECT id FROM people WHERE id = $4),
+                        (SELECT id FROM people WHERE lower(email) = lower($5)
+                         ORDER BY created_at DESC NULLS LAST LIMIT 1)),
+               (SELECT id FROM matches WHERE id = $6),
+               locked.ical_uid IS NOT NULL, locked.status, locked.last_event_at,
+               locked.ical_uid, locked.ical_sequence
+             FROM (SELECT 1) one
+             LEFT JOIN th ON true
+             LEFT JOIN locked ON true",
+        )
+        .await
+        .context("Failed to prepare the webhook lookups")?;
+    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&BODY_LOCK_NS, &q.body_sha256, &BOOKING_LOCK_NS, &q.cal_uid];
+    let read_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &q.body_sha256,
+        &q.organizer_username,
+        &q.therapist_id,
+        &q.patient_id,
+        &q.patient_email,
+        &q.match_id,
+        &q.cal_uid,
+    ];
+    // Both go out before either answer is awaited; the server runs them in order.
+    let (locked, row) = futures::future::join(
+        tx.query_one(&locks, &lock_params),
+        tx.query_one(&read, &read_params),
+    )
+    .await;
+    locked.context("Failed to take the locks of the webhook")?;
+    let r = row.context("Failed to read what the webhook names")?;
+    let therapist = r
+        .try_get::<_, Option<Uuid>>(1)?
+        .map(|id| -> anyhow::Result<TherapistRef> {
+            Ok(TherapistRef {
+                id,
+                intro_event_type: r.try_get(2)?,
+                full_event_type: r.try_get(3)?,
+            })
+        })
+        .transpose()?;
+    let locked = match q.cal_uid {
+        None => None,
+        Some(uid) => Some(if r.try_get::<_, bool>(7)? {
+            Locked {
+                new: false,
+                status: r.try_get(8)?,
+                last_event_at: r.try_get(9)?,
+                ical_uid: r.try_get(10)?,
+                ical_sequence: r.try_get(11)?,
+            }
+        } else {
+            Locked {
+                new: true,
+                ical_uid: uid.to_string(),
+                ..Locked::default()
+            }
+        }),
+    };
+    Ok(Resolved {
+        duplicate: r.try_get(0)?,
+        therapist,
+        patient_id_unknown: r.try_get(4)?,
+        patient_id: r.try_get(5)?,
+        match_id: r.try_get(6)?,
+        locked,
+    })
+}
+
+/// What `serve` owes, read when it starts: bookings a webhook booked within `since` (their
+/// `updated_at`) that are active, ahead and still miss a confirmation (`true`), and bookings
+/// cancelled since then whose patient holds an invite and has no cancellation notice row
+/// (`false`). The committed bookings are the queue: what a stopped or killed `serve` left is
+/// picked up here by the next one (and after 10 minutes by `confirmation-recovery`); the
+/// delivery ledger keeps every message to one send however many ask.
+pub async fn owed_after_commit(
+    db: &super::Db,
+    now: DateTime<Utc>,
+    since: DateTime<Utc>,
+) -> anyhow::Result<Vec<(Uuid, bool)>> {
+    use crate::domain::{BookingStatus, Stage};
+    let sql = format!(
+        "SELECT b.id, true FROM cal_bookings b
+         WHERE (b.client_confirmation_sent_at IS NULL OR b.therapist_notification_sent_at IS NULL)
+           AND b.start_time > $1 AND b.updated_at >= $2
+           AND b.last_trigger_event IN ('BOOKING_CREATED', 'BOOKING_RESCHEDULED')
+           AND {active} AND {work}
+         UNION ALL
+         SELECT b.id, false FROM cal_bookings b
+         WHERE b.cancelled_at IS NOT NULL AND b.cancelled_at >= $2 AND {cancelled}
+           AND b.client_confirmation_sent_at IS NOT NULL AND NOT coalesce(b.is_test, false)
+           AND NOT EXISTS (SELECT 1 FROM journey_deliveries d
+                           WHERE d.booking_id = b.id AND d.stage = '{notice}')",
+        active = BookingStatus::sql_is_active("b"),
+        work = super::bookings::has_work(Stage::ConfirmationRecovery),
+        cancelled = BookingStatus::Cancelled.sql_is("b"),
+        notice = crate::stages::cancellation_notice::LEDGER_STAGE,
+    );
+    let client = db.client().await?;
+    let rows = client
+        .query(&sql, &[&now, &since])
+        .await
+        .context("Failed to read the confirmations still owed")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
 }

@@ -19,6 +19,12 @@ use super::{scrub, SendOutcome};
 use crate::config::{SmsTransport, TwilioSender, TwilioSettings};
 use crate::domain::PhoneNumber;
 
+/// Idle connections kept to Twilio: at least as many as sends run at once (a run's
+/// `--concurrency`, 8 by default), so every send after the first few reuses a connection
+/// (and its TLS session) instead of opening one; ureq's default keeps 3. A pool never holds
+/// more idle connections than were open at once, so a generous bound costs nothing.
+const IDLE_CONNECTIONS: usize = 64;
+
 #[derive(Clone)]
 enum Transport {
     Twilio {
@@ -53,6 +59,8 @@ impl SmsSender {
                     .timeout_connect(Some(s.timeout.min(Duration::from_secs(10))))
                     .timeout_global(Some(s.timeout))
                     .http_status_as_error(false)
+                    .max_idle_connections(IDLE_CONNECTIONS)
+                    .max_idle_connections_per_host(IDLE_CONNECTIONS)
                     .build()
                     .into();
                 Transport::Twilio {

@@ -122,13 +122,9 @@ pub async fn handle(
             event.uid.as_deref().unwrap_or("-")
         );
     }
-    // A redelivery of bytes already applied: answered without storing them again.
-    match is_duplicate(db, &hash).await {
-        Ok(true) => return duplicate(&event, None),
-        Ok(false) => {}
-        Err(e) => return failed(db, &event, None, e).await,
-    }
-    let receipt = match sql::open_receipt(
+    // A redelivery of bytes already applied is answered without storing them again; the
+    // check and the receipt are one statement.
+    let receipt = match sql::open_receipt_unless_seen(
         db,
         Some(event.trigger.as_str()),
         uid_of(&event),
@@ -138,7 +134,8 @@ pub async fn handle(
     )
     .await
     {
-        Ok(id) => id,
+        Ok(Some(id)) => id,
+        Ok(None) => return duplicate(&event, None),
         Err(e) => return failed(db, &event, None, e).await,
     };
     apply_receipt(db, &event, receipt, &hash, now).await
@@ -243,14 +240,6 @@ async fn settle_error(db: &Db, receipt: Uuid, msg: &str) -> anyhow::Result<()> {
     sql::settle_receipt(&tx, receipt, "error", Some(msg)).await?;
     tx.commit().await?;
     Ok(())
-}
-
-async fn is_duplicate(db: &Db, hash: &str) -> anyhow::Result<bool> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await?;
-    let seen = sql::already_received(&tx, hash).await?;
-    tx.commit().await?;
-    Ok(seen)
 }
 
 fn duplicate(event: &CalEvent, receipt: Option<Uuid>) -> Handled {
@@ -484,15 +473,40 @@ async fn apply(
         receipt_id: Some(receipt),
     };
 
-    sql::lock_body(&tx, hash).await?;
-    if sql::already_received(&tx, hash).await? {
+    let acknowledged_only = matches!(event.trigger, Trigger::Ping | Trigger::Unknown(_));
+    let uid = uid_of(event);
+    // A reschedule locks its old uid first (in `move_away`), then the new one, as always.
+    let old_uid = match event.reschedule_uid.as_deref() {
+        Some(old) if event.trigger == Trigger::BookingRescheduled && Some(old) != uid => Some(old),
+        _ => None,
+    };
+    let patient_email = event
+        .patient()
+        .and_then(|a| a.email.as_deref())
+        .map(str::trim);
+    let resolved = sql::lock_and_resolve(
+        &tx,
+        &sql::Lookup {
+            body_sha256: hash,
+            organizer_username: event.organizer_username.as_deref(),
+            therapist_id: event.kh.therapist_id,
+            patient_id: event.kh.patient_id,
+            patient_email,
+            match_id: event.kh.match_id,
+            cal_uid: if acknowledged_only || old_uid.is_some() {
+                None
+            } else {
+                uid
+            },
+        },
+    )
+    .await?;
+    if resolved.duplicate {
         sql::settle_receipt(&tx, receipt, "duplicate", None).await?;
         tx.commit().await?;
         return Ok(duplicate(event, Some(receipt)));
     }
 
-    let acknowledged_only = matches!(event.trigger, Trigger::Ping | Trigger::Unknown(_));
-    let uid = uid_of(event);
     if acknowledged_only || uid.is_none() {
         handled.outcome = "acknowledged";
         handled.message = if acknowledged_only {
@@ -506,35 +520,14 @@ async fn apply(
     }
     let uid = uid.unwrap_or_default();
 
-    // Therapist: organizer username, else the booking link's kh_therapist_id.
-    let mut therapist = match event.organizer_username.as_deref() {
-        Some(u) => sql::therapist_by_username(&tx, u).await?,
-        None => None,
-    };
-    if therapist.is_none() {
-        if let Some(id) = event.kh.therapist_id {
-            therapist = sql::therapist_by_id(&tx, id).await?;
-        }
+    // Therapist: organizer username, else the booking link's kh_therapist_id. Patient:
+    // kh_patient_id when that person exists, else the newest person with the attendee's email.
+    let therapist = resolved.therapist;
+    if resolved.patient_id_unknown {
+        log::warn!("webhook {trigger} {uid}: kh_patient_id names no person; trying the email");
     }
-    // Patient: kh_patient_id when that person exists, else the newest person with the
-    // attendee's email.
-    let mut patient_id = match event.kh.patient_id {
-        Some(id) if sql::person_exists(&tx, id).await? => Some(id),
-        Some(_) => {
-            log::warn!("webhook {trigger} {uid}: kh_patient_id names no person; trying the email");
-            None
-        }
-        None => None,
-    };
-    if patient_id.is_none() {
-        if let Some(email) = event.patient().and_then(|a| a.email.as_deref()) {
-            patient_id = sql::person_by_email(&tx, email.trim()).await?;
-        }
-    }
-    let match_id = match event.kh.match_id {
-        Some(id) if sql::match_exists(&tx, id).await? => Some(id),
-        _ => None,
-    };
+    let patient_id = resolved.patient_id;
+    let match_id = resolved.match_id;
     let booking_kind = event.kh.booking_kind.or_else(|| {
         let (t, et) = (therapist.as_ref()?, event.event_type_id?);
         if t.intro_event_type == Some(et) {
@@ -599,20 +592,23 @@ async fn apply(
     };
 
     // A reschedule: the old uid is moved away first, and the new one inherits what it knew.
-    let moved = match event.reschedule_uid.as_deref() {
-        Some(old_uid) if event.trigger == Trigger::BookingRescheduled && old_uid != uid => {
+    let moved = match old_uid {
+        Some(old_uid) => {
             let moved = move_away(&tx, old_uid, event, &mut upsert).await?;
             upsert.rescheduled_from_uid = Some(old_uid);
             Some(moved)
         }
-        _ => None,
+        None => None,
     };
     let carried_kind = moved.as_ref().and_then(|m| m.booking_kind.clone());
     if upsert.booking_kind.is_none() {
         upsert.booking_kind = carried_kind.as_deref();
     }
 
-    let locked = sql::lock_booking(&tx, uid).await?;
+    let locked = match resolved.locked {
+        Some(locked) => locked,
+        None => sql::lock_booking(&tx, uid).await?,
+    };
     // A booking first heard of now was never confirmed; unknown status text is not active.
     let was_active = !locked.new
         && match locked.status.as_deref().map(BookingStatus::parse) {
@@ -629,8 +625,7 @@ async fn apply(
         None => upsert.ical_uid = Some(&locked.ical_uid),
     }
 
-    let stored = sql::upsert_booking(&tx, &upsert).await?;
-    sql::settle_receipt(&tx, receipt, "applied", None).await?;
+    let stored = sql::upsert_booking_and_settle(&tx, &upsert, receipt).await?;
     tx.commit().await?;
 
     let booked = matches!(
