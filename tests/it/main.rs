@@ -24,6 +24,7 @@ mod sms_status;
 mod smtp_faults;
 mod smtp_tls;
 mod stages;
+mod support;
 mod tls_relay;
 mod transports;
 mod unsubscribe_browser;

@@ -5,10 +5,8 @@
 use chrono::Duration;
 use serde_json::{json, Value};
 
-use crate::harness::TestDb;
-use crate::optout::{by_stage, every_kind_due, send_all_with_links_to, serve};
+use crate::optout::{by_stage, every_kind_sent_with_links_to_serve};
 use crate::seed::{self, at, Booking};
-use crate::transports::Transports;
 
 /// `chromedriver` on a free port, and one headless Chromium session. Both end when dropped:
 /// chromedriver runs in a process group of its own, and the whole group (the browser it
@@ -144,12 +142,7 @@ impl Browser {
 
 #[tokio::test]
 async fn the_unsubscribe_page_changes_nothing_until_its_button_is_clicked_in_chromium() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
-    let server = serve(&db, &tr).await;
-    every_kind_due(&c).await;
-    send_all_with_links_to(&db, &tr, &server.base).await;
+    let (db, c, tr, server) = every_kind_sent_with_links_to_serve().await;
     let mails = by_stage(&c, tr.emails()).await;
     let (_, intro) = mails
         .iter()
