@@ -28,6 +28,11 @@ impl Drop for Browser {
     }
 }
 
+/// The JSON body of the answer to `request`.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Browser {
@@ -60,9 +65,8 @@ impl Browser {
             tokio::task::yield_now().await;
         }
         let profile = tempfile::tempdir().unwrap();
-        let created: Value = http
-            .post(format!("{base}/session"))
-            .json(&json!({"capabilities": {"alwaysMatch": {
+        let created = json_of(http.post(format!("{base}/session")).json(
+            &json!({"capabilities": {"alwaysMatch": {
                 "goog:chromeOptions": {
                     "binary": "/usr/bin/chromium",
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
@@ -70,13 +74,9 @@ impl Browser {
                              "--disable-background-networking", "--disable-sync",
                              format!("--user-data-dir={}", profile.path().display())]
                 }
-            }}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            }}}),
+        ))
+        .await;
         let id = created["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
@@ -93,16 +93,12 @@ impl Browser {
     }
 
     async fn call(&self, path: &str, body: Value) -> Value {
-        let v: Value = self
-            .http
-            .post(format!("{}/{path}", self.session))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = json_of(
+            self.http
+                .post(format!("{}/{path}", self.session))
+                .json(&body),
+        )
+        .await;
         assert!(v["value"]["error"].is_null(), "WebDriver {path}: {v}");
         v["value"].clone()
     }
@@ -112,15 +108,7 @@ impl Browser {
     }
 
     async fn source(&self) -> String {
-        let v: Value = self
-            .http
-            .get(format!("{}/source", self.session))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = json_of(self.http.get(format!("{}/source", self.session))).await;
         v["value"].as_str().unwrap_or_default().to_string()
     }
 
@@ -192,22 +180,12 @@ async fn the_unsubscribe_page_changes_nothing_until_its_button_is_clicked_in_chr
     );
 
     // Honoured from the next run: the patient's next intro is not followed up by email.
-    let patient: uuid::Uuid = c
-        .query_one(
-            "SELECT id FROM people WHERE email = 'patient3@example.de'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let therapist: uuid::Uuid = c
-        .query_one(
-            "SELECT id FROM therapists WHERE cal_username = 'lena-brandt'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let id_of = |sql: &'static str| async {
+        let id: uuid::Uuid = c.query_one(sql, &[]).await.unwrap().get(0);
+        id
+    };
+    let patient = id_of("SELECT id FROM people WHERE email = 'patient3@example.de'").await;
+    let therapist = id_of("SELECT id FROM therapists WHERE cal_username = 'lena-brandt'").await;
     let next = at("2026-03-10T15:00:00Z");
     Booking::new(therapist, patient, next - Duration::minutes(35))
         .intro()
