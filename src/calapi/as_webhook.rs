@@ -129,13 +129,13 @@ fn metadata(raw: &Map<String, Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calapi::booking::parse_page;
+    use crate::calapi::booking::one_booking;
     use crate::webhook::parse;
 
     const PATIENT: &str = "7b1f3c2e-5a4d-4c8e-9f10-2a3b4c5d6e7f";
 
     fn api(status: &str, extra: Value) -> ApiBooking {
-        let mut b = json!({
+        let b = json!({
             "id": 90377, "uid": "Rz9mC4wPq7XnLb2VkT6sHf", "title": "Therapiesitzung",
             "status": status, "start": "2026-03-11T16:00:00.000Z", "end": "2026-03-11T16:50:00.000Z",
             "duration": 50, "eventTypeId": 1188, "eventType": {"id": 1188, "slug": "full-session"},
@@ -149,14 +149,7 @@ mod tests {
             "absentHost": false, "createdAt": "2026-03-08T07:45:09.000Z", "updatedAt": null,
             "cancellationReason": "krank"
         });
-        for (k, v) in extra.as_object().unwrap() {
-            b[k] = v.clone();
-        }
-        let page = json!({"status": "success", "data": [b], "pagination": {"hasNextPage": false}});
-        parse_page(&serde_json::to_vec(&page).unwrap())
-            .unwrap()
-            .bookings
-            .remove(0)
+        one_booking(b, extra)
     }
 
     #[test]
