@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::harness::{CliOutput, TestDb};
 use crate::seed;
-use crate::support::db_and_transports;
+use crate::support::{db_and_transports, sms_forms};
 use crate::transports::Transports;
 
 fn berlin(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
@@ -130,15 +130,7 @@ async fn a_1h_reminder_for_a_session_at_half_past_eight_is_sent_at_eight() {
     }
     assert_eq!(sms_at, vec![berlin(2026, 3, 29, 8, 0)]);
     assert_eq!(tr.emails().len(), 1, "the email went at 07:20");
-    let form: std::collections::HashMap<String, String> = tr
-        .twilio
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| url::form_urlencoded::parse(&r.body).into_owned().collect())
-        .next()
-        .unwrap();
+    let form = sms_forms(&tr).await.into_iter().next().unwrap();
     // Sent at 08:00 for 08:30: valid until 08:25.
     assert_eq!(form.get("ValidityPeriod").map(String::as_str), Some("1500"));
 }

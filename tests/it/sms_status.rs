@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::harness::TestDb;
 use crate::seed::{self, at};
-use crate::support::{db_and_transports, spawn_serve};
+use crate::support::{db_and_transports, sms_forms, spawn_serve};
 use crate::transports::{Transports, TWILIO_TOKEN};
 
 const NOW: &str = "2026-03-10T12:00:00Z";
@@ -74,17 +74,6 @@ async fn sms_row(c: &tokio_postgres::Client, booking: Uuid) -> (Uuid, String) {
         .await
         .unwrap();
     (r.get(0), r.get(1))
-}
-
-/// The form of every SMS request the Twilio stub received.
-async fn sms_forms(tr: &Transports) -> Vec<std::collections::HashMap<String, String>> {
-    tr.twilio
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| url::form_urlencoded::parse(&r.body).into_owned().collect())
-        .collect()
 }
 
 #[tokio::test]

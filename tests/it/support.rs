@@ -12,6 +12,17 @@ pub async fn db_and_transports() -> (TestDb, tokio_postgres::Client, Transports)
     (db, c, tr)
 }
 
+/// The form of every SMS request the Twilio stub received.
+pub async fn sms_forms(tr: &Transports) -> Vec<std::collections::HashMap<String, String>> {
+    tr.twilio
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| url::form_urlencoded::parse(&r.body).into_owned().collect())
+        .collect()
+}
+
 /// `cli serve --listen` on a free port of 127.0.0.1, once `/healthz` answers: the process
 /// and the base URL it listens on.
 pub async fn spawn_serve(mut cli: Cli) -> (tokio::process::Child, String) {
