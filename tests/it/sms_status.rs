@@ -63,6 +63,15 @@ async fn remind_1h(db: &TestDb, tr: &Transports, base: &str) {
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+/// A fresh database (and its client) and the transports, with `n` bookings
+/// ([`due_for_1h_reminder`]) whose 1 h reminder went out with `PUBLIC_CALLBACK_BASE=base`.
+async fn reminded(n: usize, base: &str) -> (TestDb, tokio_postgres::Client, Transports, Vec<Uuid>) {
+    let (db, c, tr) = db_and_transports().await;
+    let bookings = due_for_1h_reminder(&c, n).await;
+    remind_1h(&db, &tr, base).await;
+    (db, c, tr, bookings)
+}
+
 /// (delivery id, provider message id) of a booking's SMS.
 async fn sms_row(c: &tokio_postgres::Client, booking: Uuid) -> (Uuid, String) {
     let r = c
@@ -78,9 +87,8 @@ async fn sms_row(c: &tokio_postgres::Client, booking: Uuid) -> (Uuid, String) {
 
 #[tokio::test]
 async fn every_twilio_sms_asks_for_a_status_callback_and_expires_five_minutes_before_the_session() {
-    let (db, c, tr) = db_and_transports().await;
-    let booking = due_for_1h_reminder(&c, 1).await[0];
-    remind_1h(&db, &tr, &format!("{PUBLIC}/")).await;
+    let (_db, c, tr, bookings) = reminded(1, &format!("{PUBLIC}/")).await;
+    let booking = bookings[0];
     let forms = sms_forms(&tr).await;
     assert_eq!(forms.len(), 1);
     let (delivery, _) = sms_row(&c, booking).await;
@@ -193,9 +201,8 @@ async fn provider_status(c: &tokio_postgres::Client, id: Uuid) -> (Option<String
 
 #[tokio::test]
 async fn a_callback_with_a_forged_or_missing_signature_gets_403_and_writes_nothing() {
-    let (db, c, tr) = db_and_transports().await;
-    let booking = due_for_1h_reminder(&c, 1).await[0];
-    remind_1h(&db, &tr, PUBLIC).await;
+    let (db, c, tr, bookings) = reminded(1, PUBLIC).await;
+    let booking = bookings[0];
     let (delivery, sid) = sms_row(&c, booking).await;
     let s = serve(&db, &tr).await;
     let params = [
@@ -258,9 +265,7 @@ fn shuffled<T>(mut v: Vec<T>, seed: u64) -> Vec<T> {
 
 #[tokio::test]
 async fn shuffled_and_repeated_callbacks_end_on_the_final_status_and_status_and_audit_show_it() {
-    let (db, c, tr) = db_and_transports().await;
-    let bookings = due_for_1h_reminder(&c, 4).await;
-    remind_1h(&db, &tr, PUBLIC).await;
+    let (db, c, tr, bookings) = reminded(4, PUBLIC).await;
     let mut rows = Vec::new();
     for b in &bookings {
         rows.push(sms_row(&c, *b).await);
