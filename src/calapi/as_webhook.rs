@@ -129,13 +129,13 @@ fn metadata(raw: &Map<String, Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calapi::booking::parse_page;
+    use crate::calapi::booking::one_booking;
     use crate::webhook::parse;
 
     const PATIENT: &str = "7b1f3c2e-5a4d-4c8e-9f10-2a3b4c5d6e7f";
 
     fn api(status: &str, extra: Value) -> ApiBooking {
-        let mut b = json!({
+        let b = json!({
             "id": 90377, "uid": "Rz9mC4wPq7XnLb2VkT6sHf", "title": "Therapiesitzung",
             "status": status, "start": "2026-03-11T16:00:00.000Z", "end": "2026-03-11T16:50:00.000Z",
             "duration": 50, "eventTypeId": 1188, "eventType": {"id": 1188, "slug": "full-session"},
@@ -149,22 +149,24 @@ mod tests {
             "absentHost": false, "createdAt": "2026-03-08T07:45:09.000Z", "updatedAt": null,
             "cancellationReason": "krank"
         });
-        for (k, v) in extra.as_object().unwrap() {
-            b[k] = v.clone();
-        }
-        let page = json!({"status": "success", "data": [b], "pagination": {"hasNextPage": false}});
-        parse_page(&serde_json::to_vec(&page).unwrap())
-            .unwrap()
-            .bookings
-            .remove(0)
+        one_booking(b, extra)
+    }
+
+    /// The webhook parser's reading of [`body`] for `b` in its own status.
+    fn event(
+        b: &ApiBooking,
+        trigger: Trigger,
+        reschedule_uid: Option<&str>,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> crate::webhook::CalEvent {
+        parse(&body(b, &trigger, b.status, reschedule_uid, at)).unwrap()
     }
 
     #[test]
     fn an_accepted_booking_reads_back_as_the_webhook_event_cal_com_would_have_sent() {
         let b = api("accepted", json!({}));
         let at = b.changed_at();
-        let body = body(&b, &Trigger::BookingCreated, b.status, None, at);
-        let e = parse(&body).unwrap();
+        let e = event(&b, Trigger::BookingCreated, None, at);
         assert_eq!(e.trigger, Trigger::BookingCreated);
         assert_eq!(e.uid.as_deref(), Some("Rz9mC4wPq7XnLb2VkT6sHf"));
         assert_eq!(e.created_at, at);
@@ -192,28 +194,19 @@ mod tests {
             "accepted",
             json!({"rescheduledFromUid": "Fs3nQ8vLx2WpHc7KdM5tRb"}),
         );
-        let e = parse(&body(
+        let e = event(
             &b,
-            &Trigger::BookingRescheduled,
-            b.status,
+            Trigger::BookingRescheduled,
             b.rescheduled_from_uid.as_deref(),
             b.created_at,
-        ))
-        .unwrap();
+        );
         assert_eq!(e.reschedule_uid.as_deref(), Some("Fs3nQ8vLx2WpHc7KdM5tRb"));
 
         let c = api(
             "cancelled",
             json!({"updatedAt": "2026-03-09T10:00:00.000Z"}),
         );
-        let e = parse(&body(
-            &c,
-            &Trigger::BookingCancelled,
-            c.status,
-            None,
-            c.updated_at,
-        ))
-        .unwrap();
+        let e = event(&c, Trigger::BookingCancelled, None, c.updated_at);
         assert_eq!(e.status.as_deref(), Some("CANCELLED"));
         assert_eq!(e.cancellation_reason.as_deref(), Some("krank"));
         assert_eq!(e.created_at, Some("2026-03-09T10:00:00Z".parse().unwrap()));
@@ -222,7 +215,7 @@ mod tests {
     #[test]
     fn no_event_time_leaves_the_envelope_without_created_at() {
         let b = api("cancelled", json!({}));
-        let e = parse(&body(&b, &Trigger::BookingCancelled, b.status, None, None)).unwrap();
+        let e = event(&b, Trigger::BookingCancelled, None, None);
         assert_eq!(e.created_at, None);
     }
 
@@ -246,7 +239,7 @@ mod tests {
             "accepted",
             json!({"start": "next tuesday", "metadata": "oops", "attendees": ["x"]}),
         );
-        let e = parse(&body(&b, &Trigger::BookingCreated, b.status, None, None)).unwrap();
+        let e = event(&b, Trigger::BookingCreated, None, None);
         assert_eq!(e.uid.as_deref(), Some("Rz9mC4wPq7XnLb2VkT6sHf"));
         assert_eq!(e.start_time, None);
         assert_eq!(e.warnings.len(), 3, "{:?}", e.warnings);

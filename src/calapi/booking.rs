@@ -210,6 +210,21 @@ fn time(map: &Map<String, Value>, key: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// The one booking of a last page holding `booking` with the fields of `extra` set over it:
+/// how the tests of the webhook adapter and of the planner make an [`ApiBooking`].
+#[cfg(test)]
+pub(crate) fn one_booking(mut booking: Value, extra: Value) -> ApiBooking {
+    for (k, v) in extra.as_object().unwrap() {
+        booking[k] = v.clone();
+    }
+    let page = serde_json::json!({"status": "success", "data": [booking],
+                                  "pagination": {"hasNextPage": false}});
+    parse_page(&serde_json::to_vec(&page).unwrap())
+        .unwrap()
+        .bookings
+        .remove(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

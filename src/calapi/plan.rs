@@ -225,21 +225,14 @@ pub fn missing_successors(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calapi::booking::parse_page;
+    use crate::calapi::booking::one_booking;
     use serde_json::{json, Value};
 
     fn api(uid: &str, status: &str, created: &str, extra: Value) -> ApiBooking {
-        let mut b = json!({"uid": uid, "status": status, "start": "2026-03-11T16:00:00.000Z",
-                           "end": "2026-03-11T16:50:00.000Z", "createdAt": created,
-                           "updatedAt": null});
-        for (k, v) in extra.as_object().unwrap() {
-            b[k] = v.clone();
-        }
-        let page = json!({"status": "success", "data": [b], "pagination": {"hasNextPage": false}});
-        parse_page(&serde_json::to_vec(&page).unwrap())
-            .unwrap()
-            .bookings
-            .remove(0)
+        let b = json!({"uid": uid, "status": status, "start": "2026-03-11T16:00:00.000Z",
+                       "end": "2026-03-11T16:50:00.000Z", "createdAt": created,
+                       "updatedAt": null});
+        one_booking(b, extra)
     }
 
     fn stored(status: &str) -> Stored {

@@ -25,6 +25,7 @@ mod smtp_faults;
 mod smtp_tls;
 mod speed_ingest;
 mod stages;
+mod support;
 mod tls_relay;
 mod transports;
 mod unsubscribe_browser;

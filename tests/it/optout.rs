@@ -5,8 +5,9 @@
 
 use chrono::Duration;
 
-use crate::harness::{Cli, TestDb};
+use crate::harness::{Cli, CliOutput, TestDb};
 use crate::seed::{self, at, Booking};
+use crate::support::{db_and_transports, spawn_serve};
 use crate::transports::{Mail, Transports, PUBLIC_CALLBACK_BASE, UNSUBSCRIBE_SECRET};
 
 const NOW: &str = "2026-03-09T15:00:00Z";
@@ -23,6 +24,25 @@ async fn run(db: &TestDb, tr: &Transports, now: &str, stage: &str) -> serde_json
     out.json()["stages"][0]["counters"].clone()
 }
 
+/// A booking of Jonas Weber (email [`EMAIL`], and `phone` when given) with lena-brandt at
+/// `start`, not inserted yet.
+async fn jonas_booking(
+    c: &tokio_postgres::Client,
+    phone: Option<&str>,
+    start: chrono::DateTime<chrono::Utc>,
+) -> Booking {
+    let t = seed::therapist(c, "lena-brandt").await;
+    let p = seed::patient(c, "Jonas Weber", Some(EMAIL), phone).await;
+    Booking::new(t, p, start)
+}
+
+/// `journeyctl suppress ARGS`, which must succeed.
+async fn suppress(db: &TestDb, args: &[&str]) -> CliOutput {
+    let out = db.cmd().arg("suppress").args(args).run().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out
+}
+
 async fn suppressions(c: &tokio_postgres::Client) -> Vec<(String, String, String, String)> {
     c.query(
         "SELECT channel, address, reason, source FROM suppressions ORDER BY channel, address",
@@ -37,17 +57,14 @@ async fn suppressions(c: &tokio_postgres::Client) -> Vec<(String, String, String
 
 /// A booking 24 h ahead whose patient has an email and a phone; Twilio answers `code`.
 async fn refused_number(code: i64) {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
+    let (db, c, tr) = db_and_transports().await;
     tr.twilio_reply(
         400,
         serde_json::json!({"code": code, "message": "refused", "status": 400}),
     )
     .await;
-    let t = seed::therapist(&c, "lena-brandt").await;
-    let p = seed::patient(&c, "Jonas Weber", Some(EMAIL), Some(PHONE)).await;
-    let b = Booking::new(t, p, at(NOW) + Duration::hours(24))
+    let b = jonas_booking(&c, Some(PHONE), at(NOW) + Duration::hours(24))
+        .await
         .insert(&c)
         .await;
 
@@ -101,21 +118,13 @@ async fn an_invalid_number_21211_is_suppressed_and_never_attempted_again() {
 
 #[tokio::test]
 async fn operator_suppress_stops_a_channel_and_remove_allows_it_again() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
-    let t = seed::therapist(&c, "lena-brandt").await;
-    let p = seed::patient(&c, "Jonas Weber", Some(EMAIL), Some(PHONE)).await;
-    Booking::new(t, p, at(NOW) + Duration::hours(24))
+    let (db, c, tr) = db_and_transports().await;
+    jonas_booking(&c, Some(PHONE), at(NOW) + Duration::hours(24))
+        .await
         .insert(&c)
         .await;
 
-    let out = db
-        .cmd()
-        .args(["suppress", "jonas.weber@EXAMPLE.de", "--channel", "email"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = suppress(&db, &["jonas.weber@EXAMPLE.de", "--channel", "email"]).await;
     let printed = format!("{}{}", out.stdout, out.stderr).to_lowercase();
     assert!(
         !printed.contains("jonas.weber"),
@@ -138,12 +147,7 @@ async fn operator_suppress_stops_a_channel_and_remove_allows_it_again() {
     assert_eq!(counters["skipped_opted_out"], 1, "{counters}");
     assert!(tr.emails().is_empty());
 
-    let out = db
-        .cmd()
-        .args(["suppress", EMAIL, "--channel", "email", "--remove"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = suppress(&db, &[EMAIL, "--channel", "email", "--remove"]).await;
     assert!(!out.stdout.to_lowercase().contains("jonas.weber"));
     assert!(suppressions(&c).await.is_empty());
     let one_hour_before = (at(NOW) + Duration::hours(23)).to_rfc3339();
@@ -152,12 +156,7 @@ async fn operator_suppress_stops_a_channel_and_remove_allows_it_again() {
     assert_eq!(tr.emails().len(), 1);
 
     // An SMS suppression takes a number, in any usual spelling.
-    let out = db
-        .cmd()
-        .args(["suppress", "+49 151 1234-5678", "--channel", "sms"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = suppress(&db, &["+49 151 1234-5678", "--channel", "sms"]).await;
     assert!(!out.stdout.contains("12345678"), "{}", out.stdout);
     assert_eq!(suppressions(&c).await[0].1, PHONE);
 }
@@ -252,19 +251,24 @@ const ADVERTISING: [&str; 3] = [
     "cancellation_recovery/patient",
 ];
 
-#[tokio::test]
-async fn unsubscribe_headers_and_line_are_on_exactly_the_three_advertising_emails() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
+/// `followups --json` at [`NOW`], `flags` first, over [`every_kind_due`] in a fresh database:
+/// the run must succeed. Its output, and the emails it sent by stage.
+async fn every_kind_through_followups(flags: &[&str]) -> (CliOutput, Vec<(String, Mail)>) {
+    let (db, c, tr) = db_and_transports().await;
     every_kind_due(&c).await;
     let out = tr
         .apply(db.cmd())
+        .args(flags)
         .args(["--now", NOW, "--json", "followups"])
         .run()
         .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let mails = by_stage(&c, tr.emails()).await;
+    (out, by_stage(&c, tr.emails()).await)
+}
+
+#[tokio::test]
+async fn unsubscribe_headers_and_line_are_on_exactly_the_three_advertising_emails() {
+    let (_, mails) = every_kind_through_followups(&[]).await;
     let stages: Vec<&str> = mails.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(
         stages,
@@ -317,29 +321,13 @@ async fn unsubscribe_headers_and_line_are_on_exactly_the_three_advertising_email
 
 #[tokio::test]
 async fn without_public_callback_base_advertising_emails_go_out_with_an_opt_out_by_reply() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
-    every_kind_due(&c).await;
-    let out = tr
-        .apply(db.cmd())
-        .args([
-            "--public-callback-base=",
-            "--now",
-            NOW,
-            "--json",
-            "followups",
-        ])
-        .run()
-        .await;
-    // Nothing is held back: a followup that never goes out helps nobody.
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Nothing is held back (the run succeeds): a followup that never goes out helps nobody.
+    let (out, mails) = every_kind_through_followups(&["--public-callback-base="]).await;
     assert!(
         out.stderr.contains("PUBLIC_CALLBACK_BASE") && out.stderr.contains("journeyctl suppress"),
         "the run names the missing setting: {}",
         out.stderr
     );
-    let mails = by_stage(&c, tr.emails()).await;
     assert_eq!(mails.len(), 7, "every due email goes out");
     for (stage, m) in &mails {
         let advertises = ADVERTISING.contains(&stage.as_str());
@@ -402,26 +390,9 @@ pub(crate) struct Serve {
 }
 
 pub(crate) async fn serve(db: &TestDb, tr: &Transports) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut cli = tr.apply(db.cmd());
-    cli.env("CAL_WEBHOOK_SECRET", "cal-test-secret").args([
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    let child = cli.spawn();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let mut tries = 0;
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        tries += 1;
-        assert!(tries < 5000, "serve never came up");
-        tokio::task::yield_now().await;
-    }
+    cli.env("CAL_WEBHOOK_SECRET", "cal-test-secret");
+    let (child, base) = spawn_serve(cli).await;
     Serve {
         base,
         _child: child,
@@ -437,6 +408,17 @@ pub(crate) async fn send_all_with_links_to(db: &TestDb, tr: &Transports, base: &
         .run()
         .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// A fresh database (and its client) with [`every_kind_due`], the transports, and `serve`:
+/// the followups have gone out with their unsubscribe links pointing at it.
+pub(crate) async fn every_kind_sent_with_links_to_serve(
+) -> (TestDb, tokio_postgres::Client, Transports, Serve) {
+    let (db, c, tr) = db_and_transports().await;
+    let server = serve(&db, &tr).await;
+    every_kind_due(&c).await;
+    send_all_with_links_to(&db, &tr, &server.base).await;
+    (db, c, tr, server)
 }
 
 /// Every http(s) link of an email: the text part, every `href`, and `List-Unsubscribe`.
@@ -468,12 +450,7 @@ async fn state_of(db: &TestDb) -> (i64, i64, i64) {
 
 #[tokio::test]
 async fn a_mail_link_scanner_following_every_link_changes_nothing() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
-    let server = serve(&db, &tr).await;
-    every_kind_due(&c).await;
-    send_all_with_links_to(&db, &tr, &server.base).await;
+    let (db, _, tr, server) = every_kind_sent_with_links_to_serve().await;
     let mails = tr.emails();
     assert_eq!(mails.len(), 7);
     let before = state_of(&db).await;
@@ -508,12 +485,7 @@ async fn a_mail_link_scanner_following_every_link_changes_nothing() {
 
 #[tokio::test]
 async fn one_click_post_suppresses_and_forged_or_garbled_tokens_write_nothing() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
-    let server = serve(&db, &tr).await;
-    every_kind_due(&c).await;
-    send_all_with_links_to(&db, &tr, &server.base).await;
+    let (db, c, tr, server) = every_kind_sent_with_links_to_serve().await;
     let link = tr
         .emails()
         .iter()
@@ -614,12 +586,9 @@ fn other_key_token(patient: uuid::Uuid) -> String {
 #[tokio::test]
 async fn a_suppressed_address_gets_no_cancellation_notice_either() {
     use std::sync::Arc;
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
-    let t = seed::therapist(&c, "lena-brandt").await;
-    let p = seed::patient(&c, "Jonas Weber", Some(EMAIL), None).await;
-    let b = Booking::new(t, p, at(NOW) + Duration::days(3))
+    let (db, c, tr) = db_and_transports().await;
+    let b = jonas_booking(&c, None, at(NOW) + Duration::days(3))
+        .await
         .unconfirmed(at(NOW) - Duration::hours(1))
         .insert(&c)
         .await;
@@ -634,12 +603,7 @@ async fn a_suppressed_address_gets_no_cancellation_notice_either() {
         before, 2,
         "confirmation with its invite, and the therapist's notice"
     );
-    let out = db
-        .cmd()
-        .args(["suppress", EMAIL, "--channel", "email"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    suppress(&db, &[EMAIL, "--channel", "email"]).await;
     c.execute(
         "UPDATE cal_bookings SET status = 'CANCELLED', cancelled_at = $2 WHERE id = $1",
         &[&b, &at(NOW)],
@@ -696,26 +660,13 @@ async fn a_suppressed_address_gets_no_cancellation_notice_either() {
 
 #[tokio::test]
 async fn a_suppressed_therapist_address_gets_no_notice_while_the_patient_is_confirmed() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
-    let t = seed::therapist(&c, "lena-brandt").await;
-    let p = seed::patient(&c, "Jonas Weber", Some(EMAIL), None).await;
-    Booking::new(t, p, at(NOW) + Duration::days(3))
+    let (db, c, tr) = db_and_transports().await;
+    jonas_booking(&c, None, at(NOW) + Duration::days(3))
+        .await
         .unconfirmed(at(NOW) - Duration::hours(1))
         .insert(&c)
         .await;
-    let out = db
-        .cmd()
-        .args([
-            "suppress",
-            "lena-brandt@praxis.example",
-            "--channel",
-            "email",
-        ])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    suppress(&db, &["lena-brandt@praxis.example", "--channel", "email"]).await;
     let counters = run(&db, &tr, NOW, "confirmation-recovery").await;
     assert_eq!(counters["sent_email"], 1, "{counters}");
     assert_eq!(counters["skipped_opted_out"], 1, "{counters}");

@@ -6,8 +6,9 @@
 use chrono::{DateTime, TimeZone, Utc};
 use uuid::Uuid;
 
-use crate::harness::TestDb;
+use crate::harness::{CliOutput, TestDb};
 use crate::seed;
+use crate::support::{db_and_transports, sms_forms};
 use crate::transports::Transports;
 
 fn berlin(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
@@ -30,13 +31,35 @@ async fn booking_with_phone(c: &tokio_postgres::Client, start: DateTime<Utc>) ->
     seed::Booking::new(t, p, start).insert(c).await
 }
 
+/// A fresh database (and its client), the transports, and [`booking_with_phone`] at `start`.
+async fn booked_with_phone(
+    start: DateTime<Utc>,
+) -> (TestDb, tokio_postgres::Client, Transports, Uuid) {
+    let (db, c, tr) = db_and_transports().await;
+    let b = booking_with_phone(&c, start).await;
+    (db, c, tr, b)
+}
+
+/// `stage --json` at `now`, with `env` added to the transports' settings.
+async fn stage_at(
+    db: &TestDb,
+    tr: &Transports,
+    now: DateTime<Utc>,
+    stage: &str,
+    env: &[(&str, &str)],
+) -> CliOutput {
+    let mut cli = tr.apply(db.cmd());
+    for (k, v) in env {
+        cli.env(k, v);
+    }
+    cli.args(["--now", &now.to_rfc3339(), "--json", stage])
+        .run()
+        .await
+}
+
 /// Runs a stage at `now`; returns its counters.
 async fn run(db: &TestDb, tr: &Transports, now: DateTime<Utc>, stage: &str) -> serde_json::Value {
-    let out = tr
-        .apply(db.cmd())
-        .args(["--now", &now.to_rfc3339(), "--json", stage])
-        .run()
-        .await;
+    let out = stage_at(db, tr, now, stage, &[]).await;
     assert_eq!(out.code, 0, "{stage} at {now}: {}", out.stderr);
     out.json()["stages"][0]["counters"].clone()
 }
@@ -53,11 +76,8 @@ async fn sms_row(c: &tokio_postgres::Client, booking: Uuid) -> Option<(String, O
 
 #[tokio::test]
 async fn a_24h_reminder_due_at_night_sends_the_email_at_once_and_the_sms_when_quiet_hours_end() {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
     // Session at 06:30: its 24 h window opens at 05:30 the day before, inside quiet hours.
-    let b = booking_with_phone(&c, berlin(2026, 3, 11, 6, 30)).await;
+    let (db, c, tr, b) = booked_with_phone(berlin(2026, 3, 11, 6, 30)).await;
     let first = run(&db, &tr, berlin(2026, 3, 10, 5, 30), "reminder-24h").await;
     assert_eq!(first["sent_email"], 1, "{first}");
     assert_eq!(first["sent_sms"], 0, "{first}");
@@ -96,10 +116,7 @@ async fn a_24h_reminder_due_at_night_sends_the_email_at_once_and_the_sms_when_qu
 
 #[tokio::test]
 async fn a_1h_reminder_for_a_session_at_half_past_eight_is_sent_at_eight() {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
-    booking_with_phone(&c, berlin(2026, 3, 29, 8, 30)).await;
+    let (db, _, tr, _) = booked_with_phone(berlin(2026, 3, 29, 8, 30)).await;
     let mut sms_at = Vec::new();
     // Every 5 minutes from 07:15 to 08:30, as the shipped schedule runs it (on the DST day).
     let mut t = berlin(2026, 3, 29, 7, 15);
@@ -113,26 +130,15 @@ async fn a_1h_reminder_for_a_session_at_half_past_eight_is_sent_at_eight() {
     }
     assert_eq!(sms_at, vec![berlin(2026, 3, 29, 8, 0)]);
     assert_eq!(tr.emails().len(), 1, "the email went at 07:20");
-    let form: std::collections::HashMap<String, String> = tr
-        .twilio
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| url::form_urlencoded::parse(&r.body).into_owned().collect())
-        .next()
-        .unwrap();
+    let form = sms_forms(&tr).await.into_iter().next().unwrap();
     // Sent at 08:00 for 08:30: valid until 08:25.
     assert_eq!(form.get("ValidityPeriod").map(String::as_str), Some("1500"));
 }
 
 #[tokio::test]
 async fn an_sms_quiet_hours_would_make_useless_is_skipped_and_counted_and_the_email_still_goes() {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
     // Session at 08:05: by the end of quiet hours it starts in 5 minutes.
-    let b = booking_with_phone(&c, berlin(2026, 3, 10, 8, 5)).await;
+    let (db, c, tr, b) = booked_with_phone(berlin(2026, 3, 10, 8, 5)).await;
     let counters = run(&db, &tr, berlin(2026, 3, 10, 6, 55), "reminder-1h").await;
     assert_eq!(counters["sent_email"], 1, "{counters}");
     assert_eq!(counters["skipped_quiet_hours"], 1, "{counters}");
@@ -161,23 +167,10 @@ async fn an_sms_quiet_hours_would_make_useless_is_skipped_and_counted_and_the_em
 
 #[tokio::test]
 async fn quiet_hours_follow_sms_quiet_start_and_end() {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
-    booking_with_phone(&c, berlin(2026, 3, 10, 14, 0)).await;
+    let (db, _, tr, _) = booked_with_phone(berlin(2026, 3, 10, 14, 0)).await;
     // Quiet from noon to 13:30: at 12:55 the 1 h reminder's SMS waits until 13:30.
-    let out = tr
-        .apply(db.cmd())
-        .env("SMS_QUIET_START", "12:00")
-        .env("SMS_QUIET_END", "13:30")
-        .args([
-            "--now",
-            &berlin(2026, 3, 10, 12, 55).to_rfc3339(),
-            "--json",
-            "reminder-1h",
-        ])
-        .run()
-        .await;
+    let quiet = [("SMS_QUIET_START", "12:00"), ("SMS_QUIET_END", "13:30")];
+    let out = stage_at(&db, &tr, berlin(2026, 3, 10, 12, 55), "reminder-1h", &quiet).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.json()["stages"][0]["counters"]["retry_scheduled"], 1);
     assert!(tr.sms().await.is_empty());
@@ -193,23 +186,11 @@ async fn quiet_hours_follow_sms_quiet_start_and_end() {
 
 #[tokio::test]
 async fn a_held_sms_whose_morning_run_was_missed_expires_visibly_instead_of_arriving_too_late() {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
-    let b = booking_with_phone(&c, berlin(2026, 3, 10, 8, 30)).await;
+    let (db, c, tr, b) = booked_with_phone(berlin(2026, 3, 10, 8, 30)).await;
     let held = run(&db, &tr, berlin(2026, 3, 10, 7, 20), "reminder-1h").await;
     assert_eq!(held["retry_scheduled"], 1, "{held}");
     // No run from 08:00 to 08:15; at 08:20 the session is 10 minutes away.
-    let out = tr
-        .apply(db.cmd())
-        .args([
-            "--now",
-            &berlin(2026, 3, 10, 8, 20).to_rfc3339(),
-            "--json",
-            "reminder-1h",
-        ])
-        .run()
-        .await;
+    let out = stage_at(&db, &tr, berlin(2026, 3, 10, 8, 20), "reminder-1h", &[]).await;
     assert_eq!(
         out.code, 1,
         "an expired delivery fails the run: {}",
@@ -222,10 +203,7 @@ async fn a_held_sms_whose_morning_run_was_missed_expires_visibly_instead_of_arri
 
 #[tokio::test]
 async fn a_held_sms_of_a_booking_cancelled_overnight_is_dropped_quietly_not_expired() {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
-    let b = booking_with_phone(&c, berlin(2026, 3, 10, 8, 30)).await;
+    let (db, c, tr, b) = booked_with_phone(berlin(2026, 3, 10, 8, 30)).await;
     run(&db, &tr, berlin(2026, 3, 10, 7, 20), "reminder-1h").await;
     c.execute(
         "UPDATE cal_bookings SET status = 'CANCELLED', cancelled_at = $2 WHERE id = $1",

@@ -209,6 +209,21 @@ async fn seed_marketplace(db: &TestDb) -> tokio_postgres::Client {
     c
 }
 
+/// A migrated database with the marketplace seeded (and its client), and the transports.
+async fn marketplace() -> (TestDb, tokio_postgres::Client, Transports) {
+    let db = TestDb::migrated().await;
+    let c = seed_marketplace(&db).await;
+    let tr = Transports::start().await;
+    (db, c, tr)
+}
+
+/// The stand-in holding `bookings`, and the server answering with it.
+async fn serve_api(bookings: Vec<Value>) -> (CalApi, MockServer) {
+    let cal = CalApi::with(bookings);
+    let server = cal.serve().await;
+    (cal, server)
+}
+
 fn reconcile_cmd(db: &TestDb, tr: &Transports, base: &str, now: &str) -> Cli {
     let mut cli = tr.apply(db.cmd());
     cli.env("CAL_API_KEY", KEY).env("CAL_API_BASE", base).args([
@@ -292,9 +307,7 @@ fn email_of(b: &Value) -> String {
 
 #[tokio::test]
 async fn fifty_changes_made_while_the_webhook_was_down_are_caught_by_one_reconcile() {
-    let db = TestDb::migrated().await;
-    let c = seed_marketplace(&db).await;
-    let tr = Transports::start().await;
+    let (db, c, tr) = marketplace().await;
     let now = at("2026-03-02T09:00:00Z");
     let h = chrono::Duration::hours;
     let m = chrono::Duration::minutes;
@@ -365,8 +378,7 @@ async fn fifty_changes_made_while_the_webhook_was_down_are_caught_by_one_reconci
         api.push(n);
     }
     assert_eq!(api.len(), 50);
-    let cal = CalApi::with(api.clone());
-    let server = cal.serve().await;
+    let (cal, server) = serve_api(api.clone()).await;
 
     let out = reconcile_cmd(&db, &tr, &server.uri(), "2026-03-02T09:00:00Z")
         .args(["--page-size", "7"])
@@ -523,6 +535,30 @@ async fn sent_ledger(db: &TestDb) -> Vec<String> {
         .collect()
 }
 
+/// The change in `body` told by webhook and by reconcile, the webhook first or not: the first
+/// of the two applies it, the second finds nothing left to apply; then both again, any
+/// number of times more.
+async fn webhook_and_reconcile(
+    db: &TestDb,
+    tr: &Transports,
+    server: &str,
+    body: &[u8],
+    now: &str,
+    webhook_first: bool,
+) {
+    if webhook_first {
+        webhook(db, tr, body, now).await;
+        let r = reconcile(db, tr, server, now).await;
+        assert_eq!(r["applied"], 0, "{r}");
+    } else {
+        let r = reconcile(db, tr, server, now).await;
+        assert_eq!(r["applied"], 1, "{r}");
+        webhook(db, tr, body, now).await;
+    }
+    reconcile(db, tr, server, now).await;
+    webhook(db, tr, body, now).await;
+}
+
 #[tokio::test]
 async fn a_booking_from_webhook_and_api_in_either_order_is_stored_once_and_confirmed_once() {
     let now = "2026-03-02T09:15:00Z";
@@ -531,23 +567,9 @@ async fn a_booking_from_webhook_and_api_in_either_order_is_stored_once_and_confi
     let body = cal_fixture("booking_created_intro.json");
     let mut results = Vec::new();
     for webhook_first in [true, false] {
-        let db = TestDb::migrated().await;
-        seed_marketplace(&db).await;
-        let tr = Transports::start().await;
-        let cal = CalApi::with(vec![intro.clone()]);
-        let server = cal.serve().await;
-        if webhook_first {
-            webhook(&db, &tr, &body, now).await;
-            let r = reconcile(&db, &tr, &server.uri(), now).await;
-            assert_eq!(r["applied"], 0, "{r}");
-        } else {
-            let r = reconcile(&db, &tr, &server.uri(), now).await;
-            assert_eq!(r["applied"], 1, "{r}");
-            webhook(&db, &tr, &body, now).await;
-        }
-        // Any number of times more.
-        reconcile(&db, &tr, &server.uri(), now).await;
-        webhook(&db, &tr, &body, now).await;
+        let (db, _, tr) = marketplace().await;
+        let (_, server) = serve_api(vec![intro.clone()]).await;
+        webhook_and_reconcile(&db, &tr, &server.uri(), &body, now, webhook_first).await;
         assert_eq!(
             tr.emails().len(),
             2,
@@ -568,25 +590,12 @@ async fn a_cancellation_from_webhook_and_api_in_either_order_has_one_effect_and_
     cancelled["rescheduledFromUid"] = json!("Fs3nQ8vLx2WpHc7KdM5tRb");
     let mut results = Vec::new();
     for webhook_first in [true, false] {
-        let db = TestDb::migrated().await;
-        seed_marketplace(&db).await;
-        let tr = Transports::start().await;
+        let (db, _, tr) = marketplace().await;
         webhook(&db, &tr, &moved, "2026-03-08T07:46:00Z").await;
         assert_eq!(tr.emails().len(), 2);
-        let cal = CalApi::with(vec![cancelled.clone()]);
-        let server = cal.serve().await;
+        let (_, server) = serve_api(vec![cancelled.clone()]).await;
         let now = "2026-03-09T18:10:00Z";
-        if webhook_first {
-            webhook(&db, &tr, &cancel, now).await;
-            let r = reconcile(&db, &tr, &server.uri(), now).await;
-            assert_eq!(r["applied"], 0, "{r}");
-        } else {
-            let r = reconcile(&db, &tr, &server.uri(), now).await;
-            assert_eq!(r["applied"], 1, "{r}");
-            webhook(&db, &tr, &cancel, now).await;
-        }
-        reconcile(&db, &tr, &server.uri(), now).await;
-        webhook(&db, &tr, &cancel, now).await;
+        webhook_and_reconcile(&db, &tr, &server.uri(), &cancel, now, webhook_first).await;
         assert_eq!(
             tr.emails().len(),
             3,
@@ -614,9 +623,7 @@ fn gap(seen: &[Seen], i: usize) -> Duration {
 
 #[tokio::test]
 async fn a_429_in_the_middle_of_paging_waits_for_the_reset_and_completes() {
-    let db = TestDb::migrated().await;
-    seed_marketplace(&db).await;
-    let tr = Transports::start().await;
+    let (db, _, tr) = marketplace().await;
     let cal = CalApi::default();
     cal.script(vec![
         ResponseTemplate::new(200).set_body_bytes(api_fixture("created_page_1_of_2.json")),
@@ -667,9 +674,7 @@ async fn a_429_in_the_middle_of_paging_waits_for_the_reset_and_completes() {
 /// A run whose API answers with `script` first: it must fail with exit 1 naming `expect`,
 /// write an `error` event and a failed run, and apply nothing.
 async fn fails_cleanly(script: Vec<ResponseTemplate>, extra_env: &[(&str, &str)], expect: &str) {
-    let db = TestDb::migrated().await;
-    seed_marketplace(&db).await;
-    let tr = Transports::start().await;
+    let (db, _, tr) = marketplace().await;
     let cal = CalApi::default();
     cal.script(script);
     let server = cal.serve().await;
@@ -777,11 +782,8 @@ fn closed_port() -> String {
 
 #[tokio::test]
 async fn an_unreachable_api_exits_1_writes_an_error_event_and_status_warns() {
-    let db = TestDb::migrated().await;
-    seed_marketplace(&db).await;
-    let tr = Transports::start().await;
-    let cal = CalApi::with(vec![api_json("booking_intro_accepted.json")]);
-    let server = cal.serve().await;
+    let (db, _, tr) = marketplace().await;
+    let (_, server) = serve_api(vec![api_json("booking_intro_accepted.json")]).await;
     reconcile(&db, &tr, &server.uri(), "2026-03-02T09:15:00Z").await;
     let bookings = db.count("SELECT count(*) FROM cal_bookings").await;
     let receipts = db.count("SELECT count(*) FROM cal_webhook_receipts").await;
@@ -861,9 +863,7 @@ async fn an_unreachable_api_exits_1_writes_an_error_event_and_status_warns() {
 
 #[tokio::test]
 async fn followups_reconciles_first_so_a_lost_cancellation_gets_no_reminder() {
-    let db = TestDb::migrated().await;
-    seed_marketplace(&db).await;
-    let tr = Transports::start().await;
+    let (db, _, tr) = marketplace().await;
     webhook(
         &db,
         &tr,
@@ -876,8 +876,7 @@ async fn followups_reconciles_first_so_a_lost_cancellation_gets_no_reminder() {
     let mut intro = api_json("booking_intro_accepted.json");
     intro["status"] = json!("cancelled");
     intro["updatedAt"] = json!("2026-03-05T07:00:00.000Z");
-    let cal = CalApi::with(vec![intro]);
-    let server = cal.serve().await;
+    let (_, server) = serve_api(vec![intro]).await;
     // 08:20: the session (09:20) is inside reminder-1h's window.
     let out = tr
         .apply(db.cmd())
@@ -905,11 +904,8 @@ async fn followups_reconciles_first_so_a_lost_cancellation_gets_no_reminder() {
 
 #[tokio::test]
 async fn with_cal_org_id_the_organisations_bookings_are_read() {
-    let db = TestDb::migrated().await;
-    seed_marketplace(&db).await;
-    let tr = Transports::start().await;
-    let cal = CalApi::with(vec![api_json("booking_intro_accepted.json")]);
-    let server = cal.serve().await;
+    let (db, _, tr) = marketplace().await;
+    let (cal, server) = serve_api(vec![api_json("booking_intro_accepted.json")]).await;
     let out = reconcile_cmd(&db, &tr, &server.uri(), "2026-03-02T09:15:00Z")
         .env("CAL_ORG_ID", "77")
         .run()
@@ -926,11 +922,8 @@ async fn with_cal_org_id_the_organisations_bookings_are_read() {
 
 #[tokio::test]
 async fn a_dry_run_reads_the_api_and_writes_nothing() {
-    let db = TestDb::migrated().await;
-    seed_marketplace(&db).await;
-    let tr = Transports::start().await;
-    let cal = CalApi::with(vec![api_json("booking_intro_accepted.json")]);
-    let server = cal.serve().await;
+    let (db, _, tr) = marketplace().await;
+    let (_, server) = serve_api(vec![api_json("booking_intro_accepted.json")]).await;
     let out = reconcile_cmd(&db, &tr, &server.uri(), "2026-03-02T09:15:00Z")
         .arg("--dry-run")
         .run()

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::harness::TestDb;
 use crate::seed::{self, at};
+use crate::support::{db_and_transports, sms_forms, spawn_serve};
 use crate::transports::{Transports, TWILIO_TOKEN};
 
 const NOW: &str = "2026-03-10T12:00:00Z";
@@ -51,6 +52,26 @@ async fn due_for_1h_reminder(c: &tokio_postgres::Client, n: usize) -> Vec<Uuid> 
     ids
 }
 
+/// `reminder-1h` at NOW with `PUBLIC_CALLBACK_BASE=base`, which must succeed.
+async fn remind_1h(db: &TestDb, tr: &Transports, base: &str) {
+    let out = tr
+        .apply(db.cmd())
+        .env("PUBLIC_CALLBACK_BASE", base)
+        .args(["--now", NOW, "reminder-1h"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// A fresh database (and its client) and the transports, with `n` bookings
+/// ([`due_for_1h_reminder`]) whose 1 h reminder went out with `PUBLIC_CALLBACK_BASE=base`.
+async fn reminded(n: usize, base: &str) -> (TestDb, tokio_postgres::Client, Transports, Vec<Uuid>) {
+    let (db, c, tr) = db_and_transports().await;
+    let bookings = due_for_1h_reminder(&c, n).await;
+    remind_1h(&db, &tr, base).await;
+    (db, c, tr, bookings)
+}
+
 /// (delivery id, provider message id) of a booking's SMS.
 async fn sms_row(c: &tokio_postgres::Client, booking: Uuid) -> (Uuid, String) {
     let r = c
@@ -64,28 +85,10 @@ async fn sms_row(c: &tokio_postgres::Client, booking: Uuid) -> (Uuid, String) {
     (r.get(0), r.get(1))
 }
 
-/// The form of every SMS request the Twilio stub received.
-async fn sms_forms(tr: &Transports) -> Vec<std::collections::HashMap<String, String>> {
-    tr.twilio
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| url::form_urlencoded::parse(&r.body).into_owned().collect())
-        .collect()
-}
-
 #[tokio::test]
 async fn every_twilio_sms_asks_for_a_status_callback_and_expires_five_minutes_before_the_session() {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
-    let booking = due_for_1h_reminder(&c, 1).await[0];
-    let mut cli = tr.apply(db.cmd());
-    cli.env("PUBLIC_CALLBACK_BASE", format!("{PUBLIC}/"))
-        .args(["--now", NOW, "reminder-1h"]);
-    let out = cli.run().await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (_db, c, tr, bookings) = reminded(1, &format!("{PUBLIC}/")).await;
+    let booking = bookings[0];
     let forms = sms_forms(&tr).await;
     assert_eq!(forms.len(), 1);
     let (delivery, _) = sms_row(&c, booking).await;
@@ -103,9 +106,7 @@ async fn every_twilio_sms_asks_for_a_status_callback_and_expires_five_minutes_be
 #[tokio::test]
 async fn a_24h_reminder_sms_is_valid_for_ten_hours_and_without_a_callback_base_asks_for_no_callback(
 ) {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
+    let (db, c, tr) = db_and_transports().await;
     let t = seed::therapist(&c, "lena-brandt").await;
     let p = seed::patient(&c, "Jonas Weber", None, Some("+4915112345678")).await;
     seed::Booking::new(t, p, at(NOW) + Duration::hours(24))
@@ -134,28 +135,14 @@ struct Serve {
 }
 
 async fn serve(db: &TestDb, tr: &Transports) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut cli = tr.apply(db.cmd());
     cli.env("CAL_WEBHOOK_SECRET", "whsec_test")
-        .env("PUBLIC_CALLBACK_BASE", PUBLIC)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
-    let child = cli.spawn();
-    let local = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let mut tries = 0;
-    while http.get(format!("{local}/healthz")).send().await.is_err() {
-        tries += 1;
-        assert!(tries < 5000, "serve never came up");
-        tokio::task::yield_now().await;
-    }
+        .env("PUBLIC_CALLBACK_BASE", PUBLIC);
+    let (child, local) = spawn_serve(cli).await;
     Serve {
         _child: child,
         local,
-        http,
+        http: reqwest::Client::new(),
     }
 }
 
@@ -214,17 +201,8 @@ async fn provider_status(c: &tokio_postgres::Client, id: Uuid) -> (Option<String
 
 #[tokio::test]
 async fn a_callback_with_a_forged_or_missing_signature_gets_403_and_writes_nothing() {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
-    let booking = due_for_1h_reminder(&c, 1).await[0];
-    let out = tr
-        .apply(db.cmd())
-        .env("PUBLIC_CALLBACK_BASE", PUBLIC)
-        .args(["--now", NOW, "reminder-1h"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (db, c, tr, bookings) = reminded(1, PUBLIC).await;
+    let booking = bookings[0];
     let (delivery, sid) = sms_row(&c, booking).await;
     let s = serve(&db, &tr).await;
     let params = [
@@ -287,17 +265,7 @@ fn shuffled<T>(mut v: Vec<T>, seed: u64) -> Vec<T> {
 
 #[tokio::test]
 async fn shuffled_and_repeated_callbacks_end_on_the_final_status_and_status_and_audit_show_it() {
-    let db = TestDb::migrated().await;
-    let tr = Transports::start().await;
-    let c = db.client().await;
-    let bookings = due_for_1h_reminder(&c, 4).await;
-    let out = tr
-        .apply(db.cmd())
-        .env("PUBLIC_CALLBACK_BASE", PUBLIC)
-        .args(["--now", NOW, "reminder-1h"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (db, c, tr, bookings) = reminded(4, PUBLIC).await;
     let mut rows = Vec::new();
     for b in &bookings {
         rows.push(sms_row(&c, *b).await);

@@ -36,6 +36,20 @@ async fn due_reminder(db: &TestDb) -> (tokio_postgres::Client, uuid::Uuid) {
     (c, b)
 }
 
+/// [`due_reminder`] in a fresh database, and a relay in `mode` offering `mechanisms`, its
+/// certificate signed by `cert`'s CA for `cert`'s host name (none: a relay without TLS).
+async fn due_reminder_and_relay(
+    mode: Mode,
+    cert: Option<(&Ca, &str)>,
+    mechanisms: &[AuthMechanism],
+) -> (TestDb, tokio_postgres::Client, uuid::Uuid, TlsRelay) {
+    let db = TestDb::migrated().await;
+    let (c, b) = due_reminder(&db).await;
+    let cert = cert.map(|(ca, host)| ca.relay_cert(&[host]));
+    let relay = TlsRelay::start(mode, cert.as_ref(), mechanisms);
+    (db, c, b, relay)
+}
+
 /// `reminder-24h --json` at `now` with `SMTP_URL=url`, `SMTP_CA_FILE` when given, and any
 /// extra environment.
 async fn reminder_24h(
@@ -45,10 +59,23 @@ async fn reminder_24h(
     now: chrono::DateTime<chrono::Utc>,
     extra: &[(&str, &str)],
 ) -> CliOutput {
+    reminder_24h_with_flags(db, url, ca_file, now, extra, &[]).await
+}
+
+/// [`reminder_24h`] with global `flags` before the others (`-vv`).
+async fn reminder_24h_with_flags(
+    db: &TestDb,
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    now: chrono::DateTime<chrono::Utc>,
+    extra: &[(&str, &str)],
+    flags: &[&str],
+) -> CliOutput {
     let mut cli = db.cmd();
     cli.env("SMTP_URL", url)
         .env("EMAIL_FROM", "Praxisteam <termine@praxis.example>")
         .env("PUBLIC_BASE_URL", "https://therapie.example")
+        .args(flags)
         .args(["--now", &now.to_rfc3339(), "--json", "reminder-24h"]);
     if let Some(f) = ca_file {
         cli.env("SMTP_CA_FILE", f);
@@ -113,20 +140,24 @@ async fn assert_stopped_without_cost(
     assert!(relay.mails().is_empty(), "a message reached the relay");
 }
 
+/// Asserts the run succeeded and the reminder is `sent`.
+async fn assert_sent(out: &CliOutput, c: &tokio_postgres::Client, booking: uuid::Uuid) {
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(seed::ledger(c, booking).await, email_row("sent"));
+}
+
 #[tokio::test]
 async fn starttls_with_auth_delivers_through_a_relay_signed_by_the_private_ca_in_smtp_ca_file() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
     let ca = Ca::new("Praxisverbund");
-    let relay = TlsRelay::start(
+    let (db, c, b, relay) = due_reminder_and_relay(
         Mode::StartTls,
-        Some(&ca.relay_cert(&["localhost"])),
+        Some((&ca, "localhost")),
         &[AuthMechanism::Plain],
-    );
+    )
+    .await;
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=required");
     let out = reminder_24h(&db, &url, Some(&ca.file), at(NOW), &[]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
+    assert_sent(&out, &c, b).await;
     let mails = relay.mails();
     assert_eq!(mails.len(), 1);
     assert!(mails[0].over_tls, "the message went out before STARTTLS");
@@ -143,36 +174,32 @@ async fn starttls_with_auth_delivers_through_a_relay_signed_by_the_private_ca_in
 
 #[tokio::test]
 async fn a_password_with_ampersand_and_plus_left_as_they_are_in_smtp_url_is_sent_as_written() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
     let ca = Ca::new("Praxisverbund");
-    let relay = TlsRelay::start(
+    let (db, c, b, relay) = due_reminder_and_relay(
         Mode::Implicit,
-        Some(&ca.relay_cert(&["localhost"])),
+        Some((&ca, "localhost")),
         &[AuthMechanism::Plain],
-    );
+    )
+    .await;
     let url = relay.url_as_written("smtps", PASSWORD, "");
     assert!(url.contains("Q&x+y@"), "{url}");
     let out = reminder_24h(&db, &url, Some(&ca.file), at(NOW), &[]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
+    assert_sent(&out, &c, b).await;
     assert_eq!(relay.auth_attempts().len(), 1);
 }
 
 #[tokio::test]
 async fn implicit_tls_with_auth_login_delivers_through_smtps() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
     let ca = Ca::new("Praxisverbund");
-    let relay = TlsRelay::start(
+    let (db, c, b, relay) = due_reminder_and_relay(
         Mode::Implicit,
-        Some(&ca.relay_cert(&["localhost"])),
+        Some((&ca, "localhost")),
         &[AuthMechanism::Login],
-    );
+    )
+    .await;
     let url = relay.url("smtps", Some(&userinfo(PASSWORD)), "");
     let out = reminder_24h(&db, &url, Some(&ca.file), at(NOW), &[]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
+    assert_sent(&out, &c, b).await;
     let mails = relay.mails();
     assert_eq!(mails.len(), 1);
     assert!(mails[0].over_tls);
@@ -186,34 +213,23 @@ async fn implicit_tls_with_auth_login_delivers_through_smtps() {
 
 #[tokio::test]
 async fn a_relay_signed_by_a_ca_the_system_store_trusts_works_without_smtp_ca_file() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
     let ca = Ca::new("Firmen");
-    let relay = TlsRelay::start(
-        Mode::StartTls,
-        Some(&ca.relay_cert(&["localhost"])),
-        &both(),
-    );
+    let (db, c, b, relay) =
+        due_reminder_and_relay(Mode::StartTls, Some((&ca, "localhost")), &both()).await;
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=required");
     // The machine's store as OpenSSL-style tools read it: SSL_CERT_FILE names the bundle.
     let store = ca.file.to_str().unwrap();
     let out = reminder_24h(&db, &url, None, at(NOW), &[("SSL_CERT_FILE", store)]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
+    assert_sent(&out, &c, b).await;
     assert_eq!(relay.mails().len(), 1);
 }
 
 #[tokio::test]
 async fn a_relay_certificate_from_a_private_ca_is_refused_with_exit_2_until_smtp_ca_file_names_it()
 {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
     let ca = Ca::new("Praxisverbund");
-    let relay = TlsRelay::start(
-        Mode::StartTls,
-        Some(&ca.relay_cert(&["localhost"])),
-        &both(),
-    );
+    let (db, c, b, relay) =
+        due_reminder_and_relay(Mode::StartTls, Some((&ca, "localhost")), &both()).await;
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=required");
 
     // A new user's first try: no SMTP_CA_FILE.
@@ -235,22 +251,16 @@ async fn a_relay_certificate_from_a_private_ca_is_refused_with_exit_2_until_smtp
         &[],
     )
     .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
+    assert_sent(&out, &c, b).await;
     assert_eq!(relay.mails().len(), 1);
 }
 
 #[tokio::test]
 async fn a_relay_certificate_from_another_ca_is_refused_with_exit_2_and_nothing_marked_failed() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
     let ours = Ca::new("Praxisverbund");
     let theirs = Ca::new("Fremd");
-    let relay = TlsRelay::start(
-        Mode::Implicit,
-        Some(&theirs.relay_cert(&["localhost"])),
-        &both(),
-    );
+    let (db, c, b, relay) =
+        due_reminder_and_relay(Mode::Implicit, Some((&theirs, "localhost")), &both()).await;
     let url = relay.url("smtps", Some(&userinfo(PASSWORD)), "");
     let out = reminder_24h(&db, &url, Some(&ours.file), at(NOW), &[]).await;
     assert_stopped_without_cost(&out, &c, b, &relay).await;
@@ -262,14 +272,13 @@ async fn a_relay_certificate_from_another_ca_is_refused_with_exit_2_and_nothing_
 
 #[tokio::test]
 async fn a_relay_certificate_for_another_host_name_is_refused_with_exit_2() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
     let ca = Ca::new("Praxisverbund");
-    let relay = TlsRelay::start(
+    let (db, c, b, relay) = due_reminder_and_relay(
         Mode::StartTls,
-        Some(&ca.relay_cert(&["mail.other-practice.example"])),
+        Some((&ca, "mail.other-practice.example")),
         &both(),
-    );
+    )
+    .await;
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=required");
     let out = reminder_24h(&db, &url, Some(&ca.file), at(NOW), &[]).await;
     assert_stopped_without_cost(&out, &c, b, &relay).await;
@@ -285,14 +294,9 @@ async fn a_relay_certificate_for_another_host_name_is_refused_with_exit_2() {
 #[tokio::test]
 async fn a_wrong_password_exits_2_keeps_the_reminder_retryable_and_it_goes_out_once_after_the_fix()
 {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
     let ca = Ca::new("Praxisverbund");
-    let relay = TlsRelay::start(
-        Mode::StartTls,
-        Some(&ca.relay_cert(&["localhost"])),
-        &both(),
-    );
+    let (db, c, b, relay) =
+        due_reminder_and_relay(Mode::StartTls, Some((&ca, "localhost")), &both()).await;
     let wrong = "Alt-Passwort 2025!";
     let url = relay.url("smtp", Some(&userinfo(wrong)), "tls=required");
     let out = reminder_24h(&db, &url, Some(&ca.file), at(NOW), &[]).await;
@@ -321,16 +325,13 @@ async fn a_wrong_password_exits_2_keeps_the_reminder_retryable_and_it_goes_out_o
         &[],
     )
     .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
+    assert_sent(&out, &c, b).await;
     assert_eq!(relay.mails().len(), 1, "delivered exactly once");
 }
 
 #[tokio::test]
 async fn tls_required_against_a_relay_without_starttls_exits_2_and_costs_no_message() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
-    let relay = TlsRelay::start(Mode::PlainWithAuth, None, &both());
+    let (db, c, b, relay) = due_reminder_and_relay(Mode::PlainWithAuth, None, &both()).await;
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=required");
     let out = reminder_24h(&db, &url, None, at(NOW), &[]).await;
     assert_stopped_without_cost(&out, &c, b, &relay).await;
@@ -341,9 +342,7 @@ async fn tls_required_against_a_relay_without_starttls_exits_2_and_costs_no_mess
 
 #[tokio::test]
 async fn a_password_in_an_smtp_url_without_tls_is_refused_before_anything_is_sent() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
-    let relay = TlsRelay::start(Mode::PlainWithAuth, None, &both());
+    let (db, c, b, relay) = due_reminder_and_relay(Mode::PlainWithAuth, None, &both()).await;
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "");
     let out = reminder_24h(&db, &url, None, at(NOW), &[]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
@@ -356,9 +355,7 @@ async fn a_password_in_an_smtp_url_without_tls_is_refused_before_anything_is_sen
 
 #[tokio::test]
 async fn tls_opportunistic_against_a_relay_without_starttls_never_sends_the_password() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
-    let relay = TlsRelay::start(Mode::PlainWithAuth, None, &both());
+    let (db, c, b, relay) = due_reminder_and_relay(Mode::PlainWithAuth, None, &both()).await;
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=opportunistic");
     let out = reminder_24h(&db, &url, None, at(NOW), &[]).await;
     assert_stopped_without_cost(&out, &c, b, &relay).await;
@@ -372,13 +369,10 @@ async fn tls_opportunistic_against_a_relay_without_starttls_never_sends_the_pass
 
 #[tokio::test]
 async fn tls_none_said_explicitly_allows_auth_to_a_local_relay_without_tls() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
-    let relay = TlsRelay::start(Mode::PlainWithAuth, None, &both());
+    let (db, c, b, relay) = due_reminder_and_relay(Mode::PlainWithAuth, None, &both()).await;
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=none");
     let out = reminder_24h(&db, &url, None, at(NOW), &[]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(seed::ledger(&c, b).await, email_row("sent"));
+    assert_sent(&out, &c, b).await;
     let auth = relay.auth_attempts();
     assert_eq!(auth.len(), 1);
     assert!(auth[0].accepted && !auth[0].over_tls);
@@ -386,14 +380,9 @@ async fn tls_none_said_explicitly_allows_auth_to_a_local_relay_without_tls() {
 
 #[tokio::test]
 async fn an_unusable_smtp_ca_file_stops_the_run_with_exit_2_naming_it() {
-    let db = TestDb::migrated().await;
-    let (c, b) = due_reminder(&db).await;
     let ca = Ca::new("Praxisverbund");
-    let relay = TlsRelay::start(
-        Mode::StartTls,
-        Some(&ca.relay_cert(&["localhost"])),
-        &both(),
-    );
+    let (db, c, b, relay) =
+        due_reminder_and_relay(Mode::StartTls, Some((&ca, "localhost")), &both()).await;
     let url = relay.url("smtp", Some(&userinfo(PASSWORD)), "tls=required");
     let dir = tempfile::tempdir().unwrap();
     let not_pem = dir.path().join("ca.txt");
@@ -441,16 +430,8 @@ async fn the_smtp_password_never_appears_in_any_output() {
     let mut seen = Vec::new();
     for (n, url) in runs.iter().enumerate() {
         let now = at(NOW) + Minutes::minutes(5 * n as i64);
-        let mut cli = db.cmd();
-        cli.env("SMTP_URL", url)
-            .env("SMTP_CA_FILE", &ca.file)
-            .env("EMAIL_FROM", "Praxisteam <termine@praxis.example>")
-            .env("PUBLIC_BASE_URL", "https://therapie.example")
-            .env("RUST_LOG", "trace")
-            .args(["-vv", "--now", &now.to_rfc3339(), "--json", "reminder-24h"]);
-        let out = tokio::time::timeout(Duration::from_secs(60), cli.run())
-            .await
-            .expect("reminder-24h hung");
+        let trace = [("RUST_LOG", "trace")];
+        let out = reminder_24h_with_flags(&db, url, Some(&ca.file), now, &trace, &["-vv"]).await;
         // All but the URL refused at start-up get as far as the relay, talking at -vv.
         if n != 1 {
             assert!(out.stderr.contains("DEBUG"), "not verbose: {}", out.stderr);

@@ -5,10 +5,8 @@
 use chrono::Duration;
 use serde_json::{json, Value};
 
-use crate::harness::TestDb;
-use crate::optout::{by_stage, every_kind_due, send_all_with_links_to, serve};
+use crate::optout::{by_stage, every_kind_sent_with_links_to_serve};
 use crate::seed::{self, at, Booking};
-use crate::transports::Transports;
 
 /// `chromedriver` on a free port, and one headless Chromium session. Both end when dropped:
 /// chromedriver runs in a process group of its own, and the whole group (the browser it
@@ -28,6 +26,11 @@ impl Drop for Browser {
                 .status();
         }
     }
+}
+
+/// The JSON body of the answer to `request`.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -62,9 +65,8 @@ impl Browser {
             tokio::task::yield_now().await;
         }
         let profile = tempfile::tempdir().unwrap();
-        let created: Value = http
-            .post(format!("{base}/session"))
-            .json(&json!({"capabilities": {"alwaysMatch": {
+        let created = json_of(http.post(format!("{base}/session")).json(
+            &json!({"capabilities": {"alwaysMatch": {
                 "goog:chromeOptions": {
                     "binary": "/usr/bin/chromium",
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
@@ -72,13 +74,9 @@ impl Browser {
                              "--disable-background-networking", "--disable-sync",
                              format!("--user-data-dir={}", profile.path().display())]
                 }
-            }}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            }}}),
+        ))
+        .await;
         let id = created["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
@@ -95,16 +93,12 @@ impl Browser {
     }
 
     async fn call(&self, path: &str, body: Value) -> Value {
-        let v: Value = self
-            .http
-            .post(format!("{}/{path}", self.session))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = json_of(
+            self.http
+                .post(format!("{}/{path}", self.session))
+                .json(&body),
+        )
+        .await;
         assert!(v["value"]["error"].is_null(), "WebDriver {path}: {v}");
         v["value"].clone()
     }
@@ -114,15 +108,7 @@ impl Browser {
     }
 
     async fn source(&self) -> String {
-        let v: Value = self
-            .http
-            .get(format!("{}/source", self.session))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = json_of(self.http.get(format!("{}/source", self.session))).await;
         v["value"].as_str().unwrap_or_default().to_string()
     }
 
@@ -144,12 +130,7 @@ impl Browser {
 
 #[tokio::test]
 async fn the_unsubscribe_page_changes_nothing_until_its_button_is_clicked_in_chromium() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let tr = Transports::start().await;
-    let server = serve(&db, &tr).await;
-    every_kind_due(&c).await;
-    send_all_with_links_to(&db, &tr, &server.base).await;
+    let (db, c, tr, server) = every_kind_sent_with_links_to_serve().await;
     let mails = by_stage(&c, tr.emails()).await;
     let (_, intro) = mails
         .iter()
@@ -199,22 +180,12 @@ async fn the_unsubscribe_page_changes_nothing_until_its_button_is_clicked_in_chr
     );
 
     // Honoured from the next run: the patient's next intro is not followed up by email.
-    let patient: uuid::Uuid = c
-        .query_one(
-            "SELECT id FROM people WHERE email = 'patient3@example.de'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let therapist: uuid::Uuid = c
-        .query_one(
-            "SELECT id FROM therapists WHERE cal_username = 'lena-brandt'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let id_of = |sql: &'static str| async {
+        let id: uuid::Uuid = c.query_one(sql, &[]).await.unwrap().get(0);
+        id
+    };
+    let patient = id_of("SELECT id FROM people WHERE email = 'patient3@example.de'").await;
+    let therapist = id_of("SELECT id FROM therapists WHERE cal_username = 'lena-brandt'").await;
     let next = at("2026-03-10T15:00:00Z");
     Booking::new(therapist, patient, next - Duration::minutes(35))
         .intro()
