@@ -18,6 +18,7 @@ mod retention;
 mod run_faults;
 mod seed;
 mod smtp_faults;
+mod speed;
 mod stages;
 mod transports;
 mod webhook;
