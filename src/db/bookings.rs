@@ -269,17 +269,21 @@ fn page_predicate(stage: Stage, after_key: &str, after_id: &str) -> String {
     format!(
         "b.id IN (
            (SELECT c.id FROM cal_bookings c
-             WHERE {mark_null}{window} AND {undecided}
-               AND ({key}, c.id) > ({after_key}, {after_id})
+             WHERE {mark_null}{window} AND {undecided} AND {after}
              ORDER BY {key}, c.id LIMIT $4)
            UNION
            (SELECT c.id FROM cal_bookings c
              WHERE c.id IN (SELECT w.booking_id FROM journey_deliveries w
                              WHERE w.stage = '{ledger}' AND w.status = 'retry')
-               AND {window} AND ({key}, c.id) > ({after_key}, {after_id})
+               AND {window} AND {after}
              ORDER BY {key}, c.id LIMIT $4))",
         undecided = undecided_of(stage, "c"),
         ledger = stage.ledger_stage(),
+        // Not a row comparison: PostgreSQL would start the index scan at the cursor and not
+        // at the window's edge. The plain bound on the key combines with the window's.
+        after = format!(
+            "{key} >= {after_key} AND ({key} > {after_key} OR c.id > {after_id})"
+        ),
     )
 }
 
