@@ -706,18 +706,34 @@ pub async fn record_batch(
         .collect();
     cols.sort_unstable();
     cols.dedup();
-    let marks: String = cols
-        .iter()
-        .enumerate()
-        .map(|(i, col)| {
-            // The column names come from `Stage::mark_column`, never from data.
-            format!(
-                ", mark{i} AS (UPDATE cal_bookings b SET {col} = $9, updated_at = now()
-                    FROM upd WHERE b.id = upd.booking_id AND upd.status = 'sent'
-                     AND upd.mark = '{col}' AND b.{col} IS NULL RETURNING 1)"
-            )
-        })
-        .collect();
+    // One UPDATE for every mark column: two sub-statements of one statement cannot both
+    // update the same booking (the confirmation sets two columns of one row).
+    let marks = if cols.is_empty() {
+        String::new()
+    } else {
+        // The column names come from `Stage::mark_column`, never from data.
+        let sets: Vec<String> = cols
+            .iter()
+            .map(|col| {
+                format!(
+                    "{col} = CASE WHEN '{col}' = ANY(m.cols) THEN coalesce(b.{col}, $9) \
+                     ELSE b.{col} END"
+                )
+            })
+            .collect();
+        let unset: Vec<String> = cols
+            .iter()
+            .map(|col| format!("(b.{col} IS NULL AND '{col}' = ANY(m.cols))"))
+            .collect();
+        format!(
+            ", mark AS (UPDATE cal_bookings b SET {}, updated_at = now()
+                FROM (SELECT booking_id, array_agg(mark) AS cols FROM upd
+                       WHERE status = 'sent' AND mark IS NOT NULL GROUP BY booking_id) m
+               WHERE b.id = m.booking_id AND ({}) RETURNING 1)",
+            sets.join(", "),
+            unset.join(" OR ")
+        )
+    };
     let sql = format!(
         "WITH o AS (
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],

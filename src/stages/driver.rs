@@ -638,8 +638,15 @@ async fn deliver_all(
     report: &mut StageReport,
 ) -> Vec<JobResult> {
     let total = jobs.len();
-    // Patient-exclusive claims (cancellation recovery) take a lock per patient: one by one.
-    let batched = !dry_run && stage != Stage::CancellationRecovery && total > 0;
+    // Patient-exclusive claims (cancellation recovery) take a lock per patient, and a
+    // confirmation is claimed only while its booking is still active, judged right before it
+    // is sent: those stages claim one message at a time.
+    let batched = !dry_run
+        && !matches!(
+            stage,
+            Stage::CancellationRecovery | Stage::ConfirmationRecovery
+        )
+        && total > 0;
     let client = if batched {
         match j.db.client().await {
             Ok(c) => Some(c),
@@ -754,25 +761,61 @@ async fn claim_batch(
         return out;
     };
     let ledger_stage = first.key.stage;
-    let items: Vec<ledger::BatchClaim<'_>> = claim
-        .iter()
-        .map(|job| ledger::BatchClaim {
-            key: &job.key,
-            patient_id: job.patient_id,
-            recipient_masked: job.outgoing.to.masked(),
-        })
-        .collect();
-    let claimed = ledger::claim_batch(
-        client,
-        ledger_stage,
-        &items,
-        j.run_id,
-        &j.application_name,
-        &j.message_id_domain,
-        ledger_stage == Stage::ConfirmationRecovery.ledger_stage(),
-    )
-    .await;
-    drop(items);
+    // One statement per channel, side by side on their own connections: the email and the
+    // SMS of a booking are independent, and a claim waiting on another run's uncommitted row
+    // of one channel does not hold up the other.
+    let channels: Vec<Channel> = {
+        let mut c: Vec<Channel> = claim.iter().map(|job| job.key.channel).collect();
+        c.sort_by_key(|ch| ch.as_str());
+        c.dedup();
+        c
+    };
+    let claims = channels.iter().enumerate().map(|(i, &channel)| {
+        let items: Vec<ledger::BatchClaim<'_>> = claim
+            .iter()
+            .filter(|job| job.key.channel == channel)
+            .map(|job| ledger::BatchClaim {
+                key: &job.key,
+                patient_id: job.patient_id,
+                recipient_masked: job.outgoing.to.masked(),
+            })
+            .collect();
+        async move {
+            let other;
+            let conn = if i == 0 {
+                client
+            } else {
+                other = j.db.client().await?;
+                &other
+            };
+            ledger::claim_batch(
+                conn,
+                ledger_stage,
+                &items,
+                j.run_id,
+                &j.application_name,
+                &j.message_id_domain,
+                ledger_stage == Stage::ConfirmationRecovery.ledger_stage(),
+            )
+            .await
+        }
+    });
+    let answered = futures::future::join_all(claims).await;
+    // Back in the jobs' order: each channel's answers are in its jobs' order.
+    let claimed: anyhow::Result<Vec<Claim>> = (|| {
+        let mut per_channel = Vec::new();
+        for a in answered {
+            per_channel.push(a?.into_iter());
+        }
+        claim
+            .iter()
+            .map(|job| {
+                let i = channels.iter().position(|&c| c == job.key.channel);
+                i.and_then(|i| per_channel[i].next())
+                    .ok_or_else(|| anyhow::anyhow!("the batch claim left a message unanswered"))
+            })
+            .collect()
+    })();
     match claimed {
         Ok(claims) => {
             if let Ok(mut u) = unsent.lock() {

@@ -88,6 +88,21 @@ async fn a_reminder_window_of_already_reminded_bookings_reads_none_of_them() {
     );
 }
 
+/// Sessions PostgreSQL counted in this database (a session is counted once its backend has
+/// ended and flushed its statistics).
+async fn sessions(c: &tokio_postgres::Client) -> i64 {
+    c.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    c.query_one(
+        "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Statements PostgreSQL saw in this database since the last reset.
 async fn statements(c: &tokio_postgres::Client) -> i64 {
     c.query_one(
@@ -138,21 +153,6 @@ async fn a_run_with_nothing_due_opens_one_connection() {
     let db = TestDb::migrated().await;
     let c = db.client().await;
     seed_window(&c, 3, 3).await;
-    let sessions = |c: &tokio_postgres::Client| {
-        let c = c;
-        async move {
-            c.batch_execute("SELECT pg_stat_clear_snapshot()")
-                .await
-                .unwrap();
-            c.query_one(
-                "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-        }
-    };
     let before = sessions(&c).await;
     let outbox = tempfile::tempdir().unwrap();
     let out = db
