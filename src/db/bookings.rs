@@ -241,7 +241,11 @@ pub fn window_closed(stage: Stage) -> String {
 pub fn due_query(stage: Stage) -> String {
     query_with(
         stage,
-        &page_predicate(stage, "'-infinity'::timestamptz", "'00000000-0000-0000-0000-000000000000'::uuid"),
+        &page_predicate(
+            stage,
+            "'-infinity'::timestamptz",
+            "'00000000-0000-0000-0000-000000000000'::uuid",
+        ),
     )
 }
 
@@ -281,9 +285,7 @@ fn page_predicate(stage: Stage, after_key: &str, after_id: &str) -> String {
         ledger = stage.ledger_stage(),
         // Not a row comparison: PostgreSQL would start the index scan at the cursor and not
         // at the window's edge. The plain bound on the key combines with the window's.
-        after = format!(
-            "{key} >= {after_key} AND ({key} > {after_key} OR c.id > {after_id})"
-        ),
+        after = format!("{key} >= {after_key} AND ({key} > {after_key} OR c.id > {after_id})"),
     )
 }
 

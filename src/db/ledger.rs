@@ -419,7 +419,10 @@ pub async fn promote_abandoned_on(
 pub(crate) async fn count_typed(
     client: &tokio_postgres::Client,
     sql: &str,
-    params: &[(&(dyn tokio_postgres::types::ToSql + Sync), tokio_postgres::types::Type)],
+    params: &[(
+        &(dyn tokio_postgres::types::ToSql + Sync),
+        tokio_postgres::types::Type,
+    )],
 ) -> anyhow::Result<u64> {
     let n: i64 = client.query_typed_one(sql, params).await?.try_get(0)?;
     Ok(u64::try_from(n).unwrap_or(0))
@@ -783,8 +786,8 @@ pub async fn record_batch(
         .query_one(
             &stmt,
             &[
-                &ids, &statuses, &providers, &errors, &mark_cols, &ev_types, &ev_levels,
-                &ev_props, &now,
+                &ids, &statuses, &providers, &errors, &mark_cols, &ev_types, &ev_levels, &ev_props,
+                &now,
             ],
         )
         .await

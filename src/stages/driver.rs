@@ -210,8 +210,7 @@ async fn run_locked(
         if page <= 0 || (total > 0 && j.control.stopped().is_some()) {
             break;
         }
-        let selected =
-            bookings::select_due_page(live, stage, now, (from, to), after, page).await;
+        let selected = bookings::select_due_page(live, stage, now, (from, to), after, page).await;
         let (due, next) = match selected {
             Ok(d) => d,
             Err(e) => {
@@ -710,7 +709,10 @@ async fn deliver_all(
     if let Some(c) = &client {
         record_pending(j, stage, c, &mut pending, &mut results).await;
         // Claimed in a batch but never handed to a provider: given back.
-        let ids: Vec<Uuid> = unsent.lock().map(|u| u.iter().copied().collect()).unwrap_or_default();
+        let ids: Vec<Uuid> = unsent
+            .lock()
+            .map(|u| u.iter().copied().collect())
+            .unwrap_or_default();
         if let Err(e) = ledger::release_unsent(c, j.run_id, &ids).await {
             report.error();
             record_error(j, false, stage, None, None, &format!("{e:#}")).await;
@@ -824,7 +826,12 @@ async fn claim_batch(
                     _ => None,
                 }));
             }
-            out.extend(claim.into_iter().zip(claims).map(|(job, c)| (job, Some(Ok(c)))));
+            out.extend(
+                claim
+                    .into_iter()
+                    .zip(claims)
+                    .map(|(job, c)| (job, Some(Ok(c)))),
+            );
         }
         Err(e) => {
             let why = format!("{e:#}");
