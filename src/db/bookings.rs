@@ -239,23 +239,13 @@ pub fn window_closed(stage: Stage) -> String {
 /// The selection query of a stage (its first page); public so tests can EXPLAIN it.
 /// Parameters: `$1` the run's instant, `$2..$3` the window, `$4` the limit.
 pub fn due_query(stage: Stage) -> String {
-    query_with(
-        stage,
-        &page_predicate(
-            stage,
-            "'-infinity'::timestamptz",
-            "'00000000-0000-0000-0000-000000000000'::uuid",
-        ),
-    )
+    query_with(stage, &page_predicate(stage, false))
 }
 
-/// The query of one page after a keyset cursor: `$5` the last booking id, `$6` its value of
-/// the stage's order column (the first page: `-infinity` and the nil id).
+/// The query of a page after a keyset cursor: `$5` the last booking's id, `$6` its value of
+/// the stage's order column.
 fn due_page_query(stage: Stage) -> String {
-    query_with(
-        stage,
-        &page_predicate(stage, "coalesce($6::timestamptz, '-infinity')", "$5"),
-    )
+    query_with(stage, &page_predicate(stage, true))
 }
 
 /// The bookings of a page, found as the union of two ordered, limited index scans: bookings
@@ -263,7 +253,7 @@ fn due_page_query(stage: Stage) -> String {
 /// and bookings with a `retry` row of the stage (through the ledger's partial index on retry
 /// rows). Each arm yields its own first `$4` rows after the cursor, so the first `$4` of their
 /// union are exactly the first `$4` of all due bookings; rows already handled are not read.
-fn page_predicate(stage: Stage, after_key: &str, after_id: &str) -> String {
+fn page_predicate(stage: Stage, after_cursor: bool) -> String {
     let key = order_column(stage).replace("b.", "c.");
     let window = stage_window(stage, "c");
     let mark_null = match stage {
@@ -283,9 +273,14 @@ fn page_predicate(stage: Stage, after_key: &str, after_id: &str) -> String {
              ORDER BY {key}, c.id LIMIT $4))",
         undecided = undecided_of(stage, "c"),
         ledger = stage.ledger_stage(),
-        // Not a row comparison: PostgreSQL would start the index scan at the cursor and not
-        // at the window's edge. The plain bound on the key combines with the window's.
-        after = format!("{key} >= {after_key} AND ({key} > {after_key} OR c.id > {after_id})"),
+        // A row comparison, so the index scan starts right after the cursor even among many
+        // bookings with the same key. Only after a cursor: on the first page PostgreSQL would
+        // start the scan at a `-infinity` cursor rather than at the window's edge.
+        after = if after_cursor {
+            format!("({key}, c.id) > ($6::timestamptz, $5)")
+        } else {
+            "true".to_string()
+        },
     )
 }
 
@@ -379,26 +374,24 @@ pub async fn select_due_page(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> anyhow::Result<(Vec<DueBooking>, Option<(DateTime<Utc>, Uuid)>)> {
-    let (after_key, after_id) = match after {
-        Some((k, id)) => (Some(k), id),
-        None => (None, Uuid::nil()),
-    };
     use tokio_postgres::types::Type;
     // One round trip, planned for this page's values (nothing prepared beforehand).
-    let rows = client
-        .query_typed(
-            &due_page_query(stage),
-            &[
-                (&now, Type::TIMESTAMPTZ),
-                (&from, Type::TIMESTAMPTZ),
-                (&to, Type::TIMESTAMPTZ),
-                (&limit, Type::INT8),
-                (&after_id, Type::UUID),
-                (&after_key, Type::TIMESTAMPTZ),
-            ],
-        )
-        .await
-        .with_context(|| format!("Failed to select due bookings for {stage}"))?;
+    let window = [
+        (&now as &(dyn tokio_postgres::types::ToSql + Sync), Type::TIMESTAMPTZ),
+        (&from, Type::TIMESTAMPTZ),
+        (&to, Type::TIMESTAMPTZ),
+        (&limit, Type::INT8),
+    ];
+    let rows = match &after {
+        None => client.query_typed(&due_query(stage), &window).await,
+        Some((key, id)) => {
+            let mut params = window.to_vec();
+            params.push((id, Type::UUID));
+            params.push((key, Type::TIMESTAMPTZ));
+            client.query_typed(&due_page_query(stage), &params).await
+        }
+    }
+    .with_context(|| format!("Failed to select due bookings for {stage}"))?;
     let next = match rows.last() {
         Some(r) => Some((r.try_get::<_, DateTime<Utc>>(36)?, r.try_get::<_, Uuid>(0)?)),
         None => None,
