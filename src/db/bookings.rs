@@ -377,7 +377,10 @@ pub async fn select_due_page(
     use tokio_postgres::types::Type;
     // One round trip, planned for this page's values (nothing prepared beforehand).
     let window = [
-        (&now as &(dyn tokio_postgres::types::ToSql + Sync), Type::TIMESTAMPTZ),
+        (
+            &now as &(dyn tokio_postgres::types::ToSql + Sync),
+            Type::TIMESTAMPTZ,
+        ),
         (&from, Type::TIMESTAMPTZ),
         (&to, Type::TIMESTAMPTZ),
         (&limit, Type::INT8),
