@@ -691,7 +691,7 @@ pub struct OwnedOutcome {
 }
 
 /// Records the outcomes of a batch in one statement (one transaction): each delivery's row,
-/// the booking's mark column on the first `sent` (one UPDATE per mark column for the whole
+/// the booking's mark column on the first `sent` (one UPDATE of the bookings for the whole
 /// batch, only where the column is still NULL), and the events. Fails as a whole: then every
 /// row stays `sending` and becomes `in_doubt`, never resent blindly.
 pub async fn record_batch(
