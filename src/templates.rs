@@ -174,16 +174,39 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
-/// The compiled templates: one registry escaping HTML, one for text, subjects and SMS.
+/// The templates. With overrides they are compiled when loaded (a broken override is an error
+/// before anything is sent); the built-in ones alone are compiled on first use, so a run with
+/// nothing to send never compiles them.
 pub struct Templates {
+    compiled: std::sync::OnceLock<Result<Compiled, String>>,
+    tz: Tz,
+}
+
+/// The compiled templates: one registry escaping HTML, one for text, subjects and SMS.
+struct Compiled {
     html: Handlebars<'static>,
     text: Handlebars<'static>,
 }
 
 impl Templates {
-    /// Compiles the built-in templates, each replaced by the file of the same name in
-    /// `override_dir` when there is one. A template that does not parse is an error naming it.
+    /// The built-in templates, each replaced by the file of the same name in `override_dir`
+    /// when there is one. A template that does not parse is an error naming it.
     pub fn load(override_dir: Option<&Path>, tz: Tz) -> anyhow::Result<Templates> {
+        let compiled = std::sync::OnceLock::new();
+        if override_dir.is_some() {
+            let _ = compiled.set(Ok(Self::compile(override_dir, tz)?));
+        }
+        Ok(Templates { compiled, tz })
+    }
+
+    fn compiled(&self) -> anyhow::Result<&Compiled> {
+        self.compiled
+            .get_or_init(|| Self::compile(None, self.tz).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("the built-in templates cannot be compiled: {e}"))
+    }
+
+    fn compile(override_dir: Option<&Path>, tz: Tz) -> anyhow::Result<Compiled> {
         let mut html = Handlebars::new();
         let mut text = Handlebars::new();
         html.set_strict_mode(true);
@@ -218,7 +241,7 @@ impl Templates {
                     .with_context(|| format!("template {file} does not parse"))?;
             }
         }
-        Ok(Templates { html, text })
+        Ok(Compiled { html, text })
     }
 
     /// The values a template sees. Names pass through [`display_name::sanitize`] here, so no
@@ -249,18 +272,19 @@ impl Templates {
         ctx: &MessageContext,
     ) -> anyhow::Result<RenderedEmail> {
         let name = kind.template_name();
+        let compiled = self.compiled()?;
         let data = Self::data(ctx, None)?;
-        let subject = self
+        let subject = compiled
             .text
             .render(&format!("{name}.subject"), &data)
             .map_err(|e| anyhow!("template {name}.subject.hbs failed to render: {e}"))?;
         let subject = display_name::single_line(&subject);
         let data = Self::data(ctx, Some(&subject))?;
-        let text = self
+        let text = compiled
             .text
             .render(&format!("{name}.txt"), &data)
             .map_err(|e| anyhow!("template {name}.txt.hbs failed to render: {e}"))?;
-        let html = self
+        let html = compiled
             .html
             .render(&format!("{name}.html"), &data)
             .map_err(|e| anyhow!("template {name}.html.hbs failed to render: {e}"))?;
@@ -293,8 +317,9 @@ impl Templates {
             anyhow::bail!("{} has no SMS form", kind.template_name());
         }
         let name = format!("{}.sms", kind.template_name());
+        let compiled = self.compiled()?;
         let render = |c: &MessageContext| -> anyhow::Result<String> {
-            let out = self
+            let out = compiled
                 .text
                 .render(&name, &Self::data(c, None)?)
                 .map_err(|e| anyhow!("template {name}.hbs failed to render: {e}"))?;

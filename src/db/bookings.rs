@@ -133,44 +133,35 @@ impl std::fmt::Debug for PatientRow {
     }
 }
 
-/// The selection column and extra predicate of each stage (SPEC §1), plus [`has_work`]: a
-/// booking is selected only while it still has something to do for the stage. The window
-/// bounds are `$2..=$3`, the run's instant `$1`.
-fn stage_predicate(stage: Stage) -> String {
-    let window = match stage {
+/// The selection column and extra predicate of each stage (SPEC §1) over the booking alias
+/// `a`, without [`has_work`]. The window bounds are `$2..=$3`, the run's instant `$1`.
+fn stage_window(stage: Stage, a: &str) -> String {
+    match stage {
         // No look-back on created_at: any unconfirmed active booking whose session is still
         // ahead is caught (the partial index on start_time serves it). Only the window's end
         // applies ("created more than 10 minutes ago": the webhook may still be sending).
         Stage::ConfirmationRecovery => format!(
-            "(b.client_confirmation_sent_at IS NULL OR b.therapist_notification_sent_at IS NULL) \
-             AND b.start_time > $1 AND b.created_at <= $3 AND $2 IS NOT NULL \
-             AND b.therapist_id IS NOT NULL AND {}",
-            active("b")
+            "({a}.client_confirmation_sent_at IS NULL OR {a}.therapist_notification_sent_at IS NULL) \
+             AND {a}.start_time > $1 AND {a}.created_at <= $3 AND $2 IS NOT NULL \
+             AND {a}.therapist_id IS NOT NULL AND {}",
+            active(a)
         ),
-        // Also SMS held by quiet hours whose time has come, even once the window has passed
-        // (a 1 h reminder for 08:30 goes at 08:00); `expire_closed` ends them when too late.
-        Stage::Reminder24h | Stage::Reminder1h => format!(
-            "b.id IN (SELECT x.id FROM cal_bookings x WHERE x.start_time BETWEEN $2 AND $3 \
-             UNION SELECT h.booking_id FROM journey_deliveries h WHERE h.stage = '{ledger}' \
-             AND h.status = 'retry' AND h.not_before IS NOT NULL AND h.not_before <= $1) \
-             AND (b.start_time BETWEEN $2 AND $3 OR b.start_time > $1) AND {}",
-            active("b"),
-            ledger = stage.ledger_stage(),
-        ),
+        Stage::Reminder24h | Stage::Reminder1h => {
+            format!("{a}.start_time BETWEEN $2 AND $3 AND {}", active(a))
+        }
         Stage::IntroFollowup => format!(
-            "b.booking_kind = 'intro' AND b.end_time BETWEEN $2 AND $3 AND {}",
-            BookingStatus::sql_not_fell_through("b")
+            "{a}.booking_kind = 'intro' AND {a}.end_time BETWEEN $2 AND $3 AND {}",
+            BookingStatus::sql_not_fell_through(a)
         ),
         Stage::SessionFollowup => format!(
-            "b.booking_kind = 'full_session' AND b.end_time BETWEEN $2 AND $3 AND {}",
-            BookingStatus::sql_not_fell_through("b")
+            "{a}.booking_kind = 'full_session' AND {a}.end_time BETWEEN $2 AND $3 AND {}",
+            BookingStatus::sql_not_fell_through(a)
         ),
         Stage::CancellationRecovery => format!(
-            "b.cancelled_at IS NOT NULL AND b.cancelled_at BETWEEN $2 AND $3 AND {}",
-            BookingStatus::Cancelled.sql_is("b")
+            "{a}.cancelled_at IS NOT NULL AND {a}.cancelled_at BETWEEN $2 AND $3 AND {}",
+            BookingStatus::Cancelled.sql_is(a)
         ),
-    };
-    format!("{window} AND {}", has_work(stage))
+    }
 }
 
 /// Whether a booking still has work for a stage, so handled bookings never fill `--limit`:
@@ -180,35 +171,50 @@ fn stage_predicate(stage: Stage) -> String {
 /// reason, in doubt, or being sent by another run). Skips that a later run must re-evaluate
 /// (no free slots) are not recorded, so those bookings stay selected.
 pub fn has_work(stage: Stage) -> String {
+    format!("({} OR {})", retry_of(stage, "b"), undecided_of(stage, "b"))
+}
+
+/// A `retry` row of the stage for booking `a`.
+fn retry_of(stage: Stage, a: &str) -> String {
+    ledger_rows(stage, a, &format!("w.status = 'retry' AND {}", HELD_DUE))
+}
+
+/// A `retry` row held by quiet hours (`not_before` ahead) is decided until its time comes.
+const HELD_DUE: &str = "(w.not_before IS NULL OR w.not_before <= $1)";
+
+fn ledger_rows(stage: Stage, a: &str, filter: &str) -> String {
     let ledger = stage.ledger_stage();
-    let rows = |filter: &str| {
-        format!(
-            "EXISTS (SELECT 1 FROM journey_deliveries w WHERE w.booking_id = b.id \
-             AND w.stage = '{ledger}' AND {filter})"
-        )
-    };
-    // An SMS held by quiet hours (`not_before` ahead) is decided until its time comes.
-    let retry = rows("w.status = 'retry' AND (w.not_before IS NULL OR w.not_before <= $1)");
+    format!(
+        "EXISTS (SELECT 1 FROM journey_deliveries w WHERE w.booking_id = {a}.id \
+         AND w.stage = '{ledger}' AND {filter})"
+    )
+}
+
+/// The stage not yet done for a recipient of booking `a`: its mark is NULL and the ledger has
+/// decided nothing for it. Every arm starts with a mark being NULL, so the partial indexes of
+/// `V6__speed.sql` serve it and bookings already handled are not read.
+fn undecided_of(stage: Stage, a: &str) -> String {
     let undecided = |mark: &str, roles: &str| {
         format!(
-            "(b.{mark} IS NULL AND NOT {})",
-            rows(&format!(
-                "(w.status <> 'retry' OR w.not_before > $1) AND w.recipient_role IN ({roles})"
-            ))
+            "({a}.{mark} IS NULL AND NOT {})",
+            ledger_rows(
+                stage,
+                a,
+                &format!(
+                    "(w.status <> 'retry' OR w.not_before > $1) AND w.recipient_role IN ({roles})"
+                )
+            )
         )
     };
     match stage {
         // Two recipients, each with its own mark. A test booking's one QA email carries both
         // (see `stages::confirmation`), so a `qa` row decides both sides.
         Stage::ConfirmationRecovery => format!(
-            "({retry} OR {} OR {})",
+            "({} OR {})",
             undecided("client_confirmation_sent_at", "'patient', 'qa'"),
             undecided("therapist_notification_sent_at", "'therapist', 'qa'"),
         ),
-        _ => format!(
-            "({retry} OR {})",
-            undecided(stage.mark_column(), "'patient', 'therapist', 'qa'")
-        ),
+        _ => undecided(stage.mark_column(), "'patient', 'therapist', 'qa'"),
     }
 }
 
@@ -221,6 +227,10 @@ fn order_column(stage: Stage) -> &'static str {
     }
 }
 
+/// How many bookings a stage selects and delivers at a time: memory stays bounded whatever
+/// the number due, and each chunk's claims and outcomes are one statement each.
+pub const PAGE: i64 = 500;
+
 /// When a booking's window for a stage has closed for good, as a predicate over `b`
 /// (`$1` the run's instant, `$2` the window's earlier edge): no run with this window selects
 /// it again. Confirmation recovery has no look-back: it closes when the session starts.
@@ -231,10 +241,74 @@ pub fn window_closed(stage: Stage) -> String {
     }
 }
 
-/// The selection query of a stage; public so tests can EXPLAIN it. Parameters: `$1` the
-/// run's instant, `$2..$3` the window, `$4` the limit.
+/// The selection query of a stage (its first page); public so tests can EXPLAIN it.
+/// Parameters: `$1` the run's instant, `$2..$3` the window, `$4` the limit.
 pub fn due_query(stage: Stage) -> String {
-    query_with(stage, &stage_predicate(stage))
+    query_with(stage, &page_predicate(stage, false))
+}
+
+/// The query of a page after a keyset cursor: `$5` the last booking's id, `$6` its value of
+/// the stage's order column.
+fn due_page_query(stage: Stage) -> String {
+    query_with(stage, &page_predicate(stage, true))
+}
+
+/// The bookings of a page, found as the union of two ordered, limited index scans: bookings
+/// the stage has not done yet (the stage's mark is NULL: a partial index of `V6__speed.sql`),
+/// and bookings with a `retry` row of the stage (through the ledger's partial index on retry
+/// rows). Each arm yields its own first `$4` rows after the cursor, so the first `$4` of their
+/// union are exactly the first `$4` of all due bookings; rows already handled are not read.
+fn page_predicate(stage: Stage, after_cursor: bool) -> String {
+    let key = order_column(stage).replace("b.", "c.");
+    let window = stage_window(stage, "c");
+    let mark_null = match stage {
+        Stage::ConfirmationRecovery => String::new(),
+        other => format!("c.{} IS NULL AND ", other.mark_column()),
+    };
+    // A row comparison, so the index scan starts right after the cursor even among many
+    // bookings with the same key. Only after a cursor: on the first page PostgreSQL would
+    // start the scan at a `-infinity` cursor rather than at the window's edge.
+    let after = if after_cursor {
+        format!("({key}, c.id) > ($6::timestamptz, $5)")
+    } else {
+        "true".to_string()
+    };
+    format!(
+        "b.id IN (
+           (SELECT c.id FROM cal_bookings c
+             WHERE {mark_null}{window} AND {undecided} AND {after}
+             ORDER BY {key}, c.id LIMIT $4)
+           UNION
+           (SELECT c.id FROM cal_bookings c
+             WHERE c.id IN (SELECT w.booking_id FROM journey_deliveries w
+                             WHERE w.stage = '{ledger}' AND w.status = 'retry' AND {HELD_DUE})
+               AND {window} AND {after}
+             ORDER BY {key}, c.id LIMIT $4){held})",
+        held = held_arm(stage, &key, &after),
+        undecided = undecided_of(stage, "c"),
+        ledger = stage.ledger_stage(),
+    )
+}
+
+/// Reminders only: SMS held by quiet hours whose time has come, even once the booking has left
+/// the window (a 1 h reminder for 08:30 goes at 08:00), while the session is still ahead;
+/// `ledger::expire_closed` ends those that come too late. A third ordered, limited arm.
+fn held_arm(stage: Stage, key: &str, after: &str) -> String {
+    if !matches!(stage, Stage::Reminder24h | Stage::Reminder1h) {
+        return String::new();
+    }
+    format!(
+        "
+           UNION
+           (SELECT c.id FROM cal_bookings c
+             WHERE c.id IN (SELECT w.booking_id FROM journey_deliveries w
+                             WHERE w.stage = '{ledger}' AND w.status = 'retry'
+                               AND w.not_before IS NOT NULL AND w.not_before <= $1)
+               AND c.start_time > $1 AND {active} AND {after}
+             ORDER BY {key}, c.id LIMIT $4)",
+        ledger = stage.ledger_stage(),
+        active = active("c"),
+    )
 }
 
 /// The selection query with another predicate; parameters are typed explicitly, since not
@@ -267,7 +341,8 @@ fn query_with(stage: Stage, predicate: &str) -> String {
                 coalesce(m.secure_uuid,
                          (SELECT pm.secure_uuid FROM matches pm WHERE pm.patient_id = b.patient_id
                           ORDER BY pm.created_at DESC NULLS LAST LIMIT 1)) AS match_secure_uuid,
-                b.ical_uid, b.attendee_email, b.attendee_name, b.attendee_phone
+                b.ical_uid, b.attendee_email, b.attendee_name, b.attendee_phone,
+                {order} AS page_key
          FROM cal_bookings b
          LEFT JOIN therapists t ON t.id = b.therapist_id
          LEFT JOIN cal_slots_cache s ON s.therapist_id = b.therapist_id
@@ -315,25 +390,48 @@ fn query_with(stage: Stage, predicate: &str) -> String {
     .replace("$5", "$5::uuid")
 }
 
-/// The bookings a stage must look at, as of `now`, within `[from, to]` on the stage's column.
-pub async fn select_due(
-    db: &Db,
+/// One page of the bookings a stage must look at, as of `now`, within `[from, to]` on the
+/// stage's column, after the keyset cursor `after` (the last booking of the previous page:
+/// its order key and id), at most `limit`. A prepared statement on the run's connection.
+pub async fn select_due_page(
+    client: &deadpool_postgres::ClientWrapper,
     stage: Stage,
     now: DateTime<Utc>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    limit: Option<u32>,
-) -> anyhow::Result<Vec<DueBooking>> {
-    let client = db.client().await?;
-    let limit: i64 = limit.map(i64::from).unwrap_or(i64::MAX);
-    let rows = client
-        .query(&due_query(stage), &[&now, &from, &to, &limit])
-        .await
-        .with_context(|| format!("Failed to select due bookings for {stage}"))?;
-    rows.iter()
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> anyhow::Result<(Vec<DueBooking>, Option<(DateTime<Utc>, Uuid)>)> {
+    use tokio_postgres::types::Type;
+    // One round trip, planned for this page's values (nothing prepared beforehand).
+    let window = [
+        (
+            &now as &(dyn tokio_postgres::types::ToSql + Sync),
+            Type::TIMESTAMPTZ,
+        ),
+        (&from, Type::TIMESTAMPTZ),
+        (&to, Type::TIMESTAMPTZ),
+        (&limit, Type::INT8),
+    ];
+    let rows = match &after {
+        None => client.query_typed(&due_query(stage), &window).await,
+        Some((key, id)) => {
+            let mut params = window.to_vec();
+            params.push((id, Type::UUID));
+            params.push((key, Type::TIMESTAMPTZ));
+            client.query_typed(&due_page_query(stage), &params).await
+        }
+    }
+    .with_context(|| format!("Failed to select due bookings for {stage}"))?;
+    let next = match rows.last() {
+        Some(r) => Some((r.try_get::<_, DateTime<Utc>>(36)?, r.try_get::<_, Uuid>(0)?)),
+        None => None,
+    };
+    let due = rows
+        .iter()
         .map(map_row)
         .collect::<anyhow::Result<Vec<_>>>()
-        .with_context(|| format!("Failed to read due bookings for {stage}"))
+        .with_context(|| format!("Failed to read due bookings for {stage}"))?;
+    Ok((due, next))
 }
 
 fn map_row(r: &tokio_postgres::Row) -> anyhow::Result<DueBooking> {
@@ -409,20 +507,28 @@ pub async fn select_one(
 /// them (a stage runs it before selecting); returns how many bookings were linked.
 pub async fn link_walk_ins(db: &Db) -> anyhow::Result<u64> {
     let client = db.client().await?;
-    client
-        .execute(
-            "UPDATE cal_bookings b
-                SET patient_id = (SELECT pp.id FROM people pp
-                                   WHERE lower(pp.email) = lower(b.attendee_email)
-                                   ORDER BY pp.created_at DESC NULLS LAST, pp.id LIMIT 1),
-                    updated_at = now()
-              WHERE b.patient_id IS NULL AND b.attendee_email IS NOT NULL
-                AND EXISTS (SELECT 1 FROM people pp
-                             WHERE lower(pp.email) = lower(b.attendee_email))",
-            &[],
-        )
-        .await
-        .context("Failed to link walk-in bookings to their people rows")
+    link_walk_ins_on(&client).await
+}
+
+/// [`link_walk_ins`] on a connection the caller holds; one round trip (no parameters).
+pub async fn link_walk_ins_on(client: &deadpool_postgres::ClientWrapper) -> anyhow::Result<u64> {
+    super::ledger::count_typed(
+        client,
+        "WITH u AS (
+           UPDATE cal_bookings b
+              SET patient_id = (SELECT pp.id FROM people pp
+                                 WHERE lower(pp.email) = lower(b.attendee_email)
+                                 ORDER BY pp.created_at DESC NULLS LAST, pp.id LIMIT 1),
+                  updated_at = now()
+            WHERE b.patient_id IS NULL AND b.attendee_email IS NOT NULL
+              AND EXISTS (SELECT 1 FROM people pp
+                           WHERE lower(pp.email) = lower(b.attendee_email))
+            RETURNING 1)
+         SELECT count(*) FROM u",
+        &[],
+    )
+    .await
+    .context("Failed to link walk-in bookings to their people rows")
 }
 
 /// The patients of the given ids. A database error is returned as such, never as "missing".

@@ -387,20 +387,45 @@ pub fn process_application_name() -> String {
 /// until `resolve` settles them).
 pub async fn promote_abandoned(db: &Db, stage: &str) -> anyhow::Result<u64> {
     let client = db.client().await?;
-    client
-        .execute(
-            "UPDATE journey_deliveries d
-                SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
-                    last_error = 'the run that was sending this stopped before recording the \
-                                  outcome: the message may or may not have gone out'
-              WHERE d.status = 'sending' AND d.stage = $1
-                AND (d.lease_until < now()
-                     OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                                    WHERE a.application_name = d.claimed_by))",
-            &[&stage],
-        )
-        .await
-        .with_context(|| format!("Failed to declare abandoned {stage} deliveries in doubt"))
+    promote_abandoned_on(&client, stage).await
+}
+
+/// [`promote_abandoned`] on a connection the caller holds; one round trip.
+pub async fn promote_abandoned_on(
+    client: &deadpool_postgres::ClientWrapper,
+    stage: &str,
+) -> anyhow::Result<u64> {
+    count_typed(
+        client,
+        "WITH u AS (
+           UPDATE journey_deliveries d
+              SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
+                  last_error = 'the run that was sending this stopped before recording the \
+                                outcome: the message may or may not have gone out'
+            WHERE d.status = 'sending' AND d.stage = $1
+              AND (d.lease_until < now()
+                   OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                  WHERE a.application_name = d.claimed_by))
+            RETURNING 1)
+         SELECT count(*) FROM u",
+        &[(&stage, tokio_postgres::types::Type::TEXT)],
+    )
+    .await
+    .with_context(|| format!("Failed to declare abandoned {stage} deliveries in doubt"))
+}
+
+/// Runs `sql` (a statement answering one count) in one round trip: the parameters' types are
+/// given, so nothing is prepared first.
+pub(crate) async fn count_typed(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[(
+        &(dyn tokio_postgres::types::ToSql + Sync),
+        tokio_postgres::types::Type,
+    )],
+) -> anyhow::Result<u64> {
+    let n: i64 = client.query_typed_one(sql, params).await?.try_get(0)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Records a delivery whose sending panicked: its row, if this run claimed it and it is still
@@ -457,33 +482,62 @@ pub async fn expire_closed(
     now: DateTime<Utc>,
     window_from: DateTime<Utc>,
 ) -> anyhow::Result<u64> {
+    let client = db.client().await?;
+    expire_closed_on(&client, stage, now, window_from).await
+}
+
+/// [`expire_closed`] on a connection the caller holds; one round trip.
+pub async fn expire_closed_on(
+    client: &deadpool_postgres::ClientWrapper,
+    stage: crate::domain::Stage,
+    now: DateTime<Utc>,
+    window_from: DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    use tokio_postgres::types::Type;
     let sql = format!(
-        "UPDATE journey_deliveries d
-            SET status = 'expired', lease_until = NULL, updated_at = now(),
-                last_error = 'the window closed before it could be sent' ||
-                             coalesce(' (last error: ' || d.last_error || ')', '')
-           FROM cal_bookings b
-          WHERE d.booking_id = b.id AND d.stage = $3 AND d.status = 'retry'
-            AND $1::timestamptz IS NOT NULL AND $2::timestamptz IS NOT NULL
-            AND {}
-            AND NOT (d.not_before IS NOT NULL
-                     AND b.start_time >= $1::timestamptz + $4::bigint * interval '1 second')",
-        super::bookings::window_closed(stage)
+        "WITH dropped AS (
+           UPDATE journey_deliveries d
+              SET status = 'skipped', lease_until = NULL, updated_at = now(),
+                  last_error = 'booking no longer active: the SMS held by quiet hours is not sent'
+             FROM cal_bookings b
+            WHERE d.booking_id = b.id AND d.stage = $3 AND d.status = 'retry'
+              AND d.not_before IS NOT NULL AND NOT {active}
+            RETURNING d.id),
+         u AS (
+           UPDATE journey_deliveries d
+              SET status = 'expired', lease_until = NULL, updated_at = now(),
+                  last_error = 'the window closed before it could be sent' ||
+                               coalesce(' (last error: ' || d.last_error || ')', '')
+             FROM cal_bookings b
+            WHERE d.booking_id = b.id AND d.stage = $3 AND d.status = 'retry'
+              AND $1::timestamptz IS NOT NULL AND $2::timestamptz IS NOT NULL
+              AND {closed}
+              AND d.id NOT IN (SELECT id FROM dropped)
+              -- An SMS held by quiet hours stays open past the window while the session is
+              -- still far enough ahead for it (`domain::quiet_hours::min_lead`).
+              AND NOT (d.not_before IS NOT NULL
+                       AND b.start_time >= $1::timestamptz + $4::bigint * interval '1 second')
+            RETURNING 1)
+         SELECT count(*) FROM u",
+        closed = super::bookings::window_closed(stage),
+        active = crate::domain::BookingStatus::sql_is_active("b"),
     );
-    // An SMS held by quiet hours stays open past the window while the session is still far
-    // enough ahead for it (see `domain::quiet_hours::min_lead`).
-    super::sms::drop_inactive_holds(db, stage.ledger_stage()).await?;
     let held_lead = crate::domain::quiet_hours::min_lead_of_stage(stage)
         .unwrap_or_else(chrono::Duration::zero)
         .num_seconds();
-    let client = db.client().await?;
-    client
-        .execute(
-            &sql,
-            &[&now, &window_from, &stage.ledger_stage(), &held_lead],
-        )
-        .await
-        .with_context(|| format!("Failed to expire the {stage} retries whose window closed"))
+    let ledger_stage = stage.ledger_stage();
+    count_typed(
+        client,
+        &sql,
+        &[
+            (&now, Type::TIMESTAMPTZ),
+            (&window_from, Type::TIMESTAMPTZ),
+            (&ledger_stage, Type::TEXT),
+            (&held_lead, Type::INT8),
+        ],
+    )
+    .await
+    .with_context(|| format!("Failed to expire the {stage} retries whose window closed"))
 }
 
 /// Declares `in_doubt` the rows this run still has in `sending` after its drain bound passed:
@@ -502,4 +556,301 @@ pub async fn abandon_in_flight(db: &Db, run_id: Uuid, stage: &str) -> anyhow::Re
         )
         .await
         .with_context(|| format!("Failed to declare this run's unanswered {stage} sends in doubt"))
+}
+
+/// One message of a batch claim ([`claim_batch`]).
+pub struct BatchClaim<'a> {
+    pub key: &'a DeliveryKey,
+    pub patient_id: Option<Uuid>,
+    pub recipient_masked: String,
+}
+
+/// Claims a batch of messages of one ledger stage in one statement (it commits on its own,
+/// before any of them is sent), with the same rules per message as [`claim`] without patient
+/// exclusivity: a new row, or a `retry` row taken again; otherwise the row as it is; with
+/// `require_active` and the booking no longer active, [`Claim::Inactive`]. The answers are in
+/// the order of `items`. Rows are inserted in key order, so runs claiming overlapping batches
+/// at the same time wait on each other instead of deadlocking.
+pub async fn claim_batch(
+    client: &deadpool_postgres::ClientWrapper,
+    stage: &str,
+    items: &[BatchClaim<'_>],
+    run_id: Uuid,
+    claimed_by: &str,
+    message_id_domain: &str,
+    require_active: bool,
+) -> anyhow::Result<Vec<Claim>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = items.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut bookings = Vec::with_capacity(n);
+    let mut patients = Vec::with_capacity(n);
+    let mut channels = Vec::with_capacity(n);
+    let mut roles = Vec::with_capacity(n);
+    let mut masked = Vec::with_capacity(n);
+    let mut message_ids = Vec::with_capacity(n);
+    for it in items {
+        let id = Uuid::new_v4();
+        ids.push(id);
+        bookings.push(it.key.booking_id);
+        patients.push(it.patient_id);
+        channels.push(it.key.channel.as_str());
+        roles.push(it.key.role.as_str());
+        masked.push(it.recipient_masked.as_str());
+        message_ids.push(format!("<{id}@{message_id_domain}>"));
+    }
+    let stmt = client
+        .prepare_cached(&claim_batch_sql())
+        .await
+        .with_context(|| format!("Failed to prepare the {stage} batch claim"))?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &ids,
+                &bookings,
+                &patients,
+                &channels,
+                &roles,
+                &masked,
+                &message_ids,
+                &stage,
+                &run_id,
+                &claimed_by,
+                &require_active,
+            ],
+        )
+        .await
+        .with_context(|| format!("Failed to claim a batch of {n} {stage} deliveries"))?;
+    let mut out: Vec<Option<Claim>> = vec![None; n];
+    for r in rows {
+        let i: i64 = r.try_get(0)?;
+        let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) else {
+            anyhow::bail!("the batch claim answered for an item it was not given");
+        };
+        let claimed: bool = r.try_get(5)?;
+        let ok: bool = r.try_get(6)?;
+        let status: Option<String> = r.try_get(4)?;
+        *slot = Some(if claimed {
+            Claim::Claimed {
+                id: r.try_get(1)?,
+                message_id: r
+                    .try_get::<_, Option<String>>(2)?
+                    .unwrap_or_else(|| message_ids[i as usize - 1].clone()),
+                attempt: r.try_get(3)?,
+            }
+        } else if !ok {
+            Claim::Inactive
+        } else {
+            // No row visible: another run claimed it after this statement's snapshot.
+            Claim::Taken(
+                status
+                    .as_deref()
+                    .and_then(DeliveryStatus::parse)
+                    .unwrap_or(DeliveryStatus::Sending),
+            )
+        });
+    }
+    out.into_iter()
+        .map(|c| c.ok_or_else(|| anyhow::anyhow!("the batch claim left an item unanswered")))
+        .collect()
+}
+
+/// Parameters: `$1..$7` arrays (id, booking, patient, channel, role, masked recipient,
+/// Message-ID), `$8` stage, `$9` run, `$10` claimed_by, `$11` require an active booking.
+/// Answers (item number, id, message_id, attempts, status, claimed, booking active).
+fn claim_batch_sql() -> String {
+    format!(
+        "WITH req AS (
+   SELECT r.*, NOT $11::bool OR EXISTS (SELECT 1 FROM cal_bookings b WHERE b.id = r.booking_id AND {active}) AS ok
+     FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[])
+          WITH ORDINALITY AS r(id, booking_id, patient_id, channel, role, masked, message_id, n)
+ ), ins AS (
+   INSERT INTO journey_deliveries AS d
+     (id, booking_id, patient_id, stage, channel, recipient_role, status, attempts,
+      run_id, recipient_masked, message_id, claimed_by, lease_until)
+   SELECT id, booking_id, patient_id, $8::text, channel, role, 'sending', 1, $9::uuid,
+          masked, message_id, $10::text, now() + interval '15 minutes'
+     FROM req WHERE ok
+    ORDER BY booking_id, channel, role
+   ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
+     SET status = 'sending', attempts = d.attempts + 1, run_id = EXCLUDED.run_id,
+         lease_until = EXCLUDED.lease_until, claimed_by = EXCLUDED.claimed_by,
+         recipient_masked = EXCLUDED.recipient_masked,
+         message_id = coalesce(d.message_id, EXCLUDED.message_id),
+         updated_at = now()
+     WHERE d.status = 'retry'
+   RETURNING d.id, d.booking_id, d.channel, d.recipient_role, d.message_id, d.attempts
+ )
+ SELECT r.n, i.id, i.message_id, i.attempts, 'sending', true, r.ok
+   FROM req r JOIN ins i
+     ON i.booking_id = r.booking_id AND i.channel = r.channel AND i.recipient_role = r.role
+ UNION ALL
+ SELECT r.n, d.id, d.message_id, d.attempts, d.status, false, r.ok
+   FROM req r LEFT JOIN journey_deliveries d
+     ON d.booking_id = r.booking_id AND d.stage = $8 AND d.channel = r.channel
+    AND d.recipient_role = r.role
+  WHERE NOT EXISTS (SELECT 1 FROM ins i WHERE i.booking_id = r.booking_id
+                      AND i.channel = r.channel AND i.recipient_role = r.role)",
+        active = crate::domain::BookingStatus::sql_is_active("b"),
+    )
+}
+
+/// The outcome of one claimed delivery, owned, for [`record_batch`].
+pub struct OwnedOutcome {
+    pub delivery_id: Uuid,
+    pub status: DeliveryStatus,
+    pub provider_message_id: Option<String>,
+    pub error: Option<String>,
+    pub mark_column: Option<&'static str>,
+    pub event: Option<EventRow>,
+}
+
+/// Records the outcomes of a batch in one statement (one transaction): each delivery's row,
+/// the booking's mark column on the first `sent` (one UPDATE of the bookings for the whole
+/// batch, only where the column is still NULL), and the events. Fails as a whole: then every
+/// row stays `sending` and becomes `in_doubt`, never resent blindly.
+pub async fn record_batch(
+    client: &deadpool_postgres::ClientWrapper,
+    outcomes: &[OwnedOutcome],
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let mut cols: Vec<&'static str> = outcomes
+        .iter()
+        .filter(|o| o.status == DeliveryStatus::Sent)
+        .filter_map(|o| o.mark_column)
+        .collect();
+    cols.sort_unstable();
+    cols.dedup();
+    // One UPDATE for every mark column: two sub-statements of one statement cannot both
+    // update the same booking (the confirmation sets two columns of one row).
+    let marks = if cols.is_empty() {
+        String::new()
+    } else {
+        // The column names come from `Stage::mark_column`, never from data.
+        let sets: Vec<String> = cols
+            .iter()
+            .map(|col| {
+                format!(
+                    "{col} = CASE WHEN '{col}' = ANY(m.cols) THEN coalesce(b.{col}, $9) \
+                     ELSE b.{col} END"
+                )
+            })
+            .collect();
+        let unset: Vec<String> = cols
+            .iter()
+            .map(|col| format!("(b.{col} IS NULL AND '{col}' = ANY(m.cols))"))
+            .collect();
+        format!(
+            ", mark AS (UPDATE cal_bookings b SET {}, updated_at = now()
+                FROM (SELECT booking_id, array_agg(mark) AS cols FROM upd
+                       WHERE status = 'sent' AND mark IS NOT NULL GROUP BY booking_id) m
+               WHERE b.id = m.booking_id AND ({}) RETURNING 1)",
+            sets.join(", "),
+            unset.join(" OR ")
+        )
+    };
+    let sql = format!(
+        "WITH o AS (
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                $6::text[], $7::text[], $8::jsonb[])
+                    AS o(id, status, provider_id, error, mark, ev_type, ev_level, ev_props)
+         ), upd AS (
+           UPDATE journey_deliveries d
+              SET status = o.status, provider_message_id = coalesce(o.provider_id, d.provider_message_id),
+                  last_error = o.error, lease_until = NULL, updated_at = now(),
+                  sent_at = CASE WHEN o.status = 'sent' THEN $9 ELSE d.sent_at END
+             FROM o WHERE d.id = o.id
+           RETURNING d.booking_id, o.status, o.mark
+         ){marks},
+         ev AS (
+           INSERT INTO events (type, level, properties)
+           SELECT ev_type, ev_level, ev_props FROM o WHERE ev_type IS NOT NULL
+           RETURNING 1
+         )
+         SELECT count(*) FROM upd"
+    );
+    let n = outcomes.len();
+    let ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
+    let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+    let providers: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.provider_message_id.as_deref())
+        .collect();
+    let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
+    let mark_cols: Vec<Option<&str>> = outcomes.iter().map(|o| o.mark_column).collect();
+    let ev_types: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.event.as_ref().map(|e| e.kind))
+        .collect();
+    let ev_levels: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.event.as_ref().map(|e| e.level))
+        .collect();
+    let ev_props: Vec<Option<&serde_json::Value>> = outcomes
+        .iter()
+        .map(|o| o.event.as_ref().map(|e| &e.properties))
+        .collect();
+    let stmt = client
+        .prepare_cached(&sql)
+        .await
+        .context("Failed to prepare the batch record")?;
+    let recorded: i64 = client
+        .query_one(
+            &stmt,
+            &[
+                &ids, &statuses, &providers, &errors, &mark_cols, &ev_types, &ev_levels, &ev_props,
+                &now,
+            ],
+        )
+        .await
+        .with_context(|| format!("Failed to record the outcomes of {n} deliveries"))?
+        .try_get(0)?;
+    anyhow::ensure!(
+        recorded == n as i64,
+        "{} of {n} deliveries vanished before their outcomes were recorded",
+        n as i64 - recorded
+    );
+    Ok(())
+}
+
+/// Gives back rows this run claimed in a batch but never handed to a provider (the run was
+/// told to stop first): a row the claim created is removed (as if never claimed), a `retry`
+/// row taken again is `retry` again. One statement; only this run's `sending` rows change.
+pub async fn release_unsent(
+    client: &deadpool_postgres::ClientWrapper,
+    run_id: Uuid,
+    ids: &[Uuid],
+) -> anyhow::Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let stmt = client
+        .prepare_cached(
+            "WITH del AS (
+               DELETE FROM journey_deliveries
+                WHERE id = ANY($1) AND run_id = $2 AND status = 'sending' AND attempts = 1
+                RETURNING 1
+             ), back AS (
+               UPDATE journey_deliveries
+                  SET status = 'retry', attempts = attempts - 1, lease_until = NULL,
+                      claimed_by = NULL, updated_at = now()
+                WHERE id = ANY($1) AND run_id = $2 AND status = 'sending' AND attempts > 1
+                RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM del) + (SELECT count(*) FROM back)",
+        )
+        .await
+        .context("Failed to prepare the release of unsent claims")?;
+    let n: i64 = client
+        .query_one(&stmt, &[&ids, &run_id])
+        .await
+        .context("Failed to give back the claims of messages this run did not send")?
+        .try_get(0)?;
+    Ok(n as u64)
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Db;
+use tokio_postgres::types::Type;
 
 /// What a run records when it starts.
 pub struct RunStart<'a> {
@@ -22,12 +23,20 @@ pub struct RunStart<'a> {
 pub async fn start(db: &Db, r: &RunStart<'_>) -> anyhow::Result<()> {
     let run_id = r.run_id;
     let deadline_s = r.deadline.map(|d| d.as_secs_f64());
+    // Typed parameters: one round trip, nothing prepared (a run writes this once).
     db.client()
         .await?
-        .execute(
+        .query_typed(
             "INSERT INTO journey_runs (id, command, now, dry_run, host, application_name, deadline_at)
              VALUES ($1, $2, $3, false, $4, $5, now() + make_interval(secs => $6::float8))",
-            &[&run_id, &r.command, &r.now, &r.host, &r.application_name, &deadline_s],
+            &[
+                (&run_id, Type::UUID),
+                (&r.command, Type::TEXT),
+                (&r.now, Type::TIMESTAMPTZ),
+                (&r.host, Type::TEXT),
+                (&r.application_name, Type::TEXT),
+                (&deadline_s, Type::FLOAT8),
+            ],
         )
         .await
         .with_context(|| format!("Failed to record the start of run {run_id}"))?;
@@ -46,7 +55,7 @@ pub async fn finish(
 ) -> anyhow::Result<()> {
     db.client()
         .await?
-        .query_one(
+        .query_typed_one(
             "WITH r AS (
                UPDATE journey_runs SET finished_at = now(), stages = $2, totals = $3,
                       exit_status = $4, outcome = $6
@@ -57,7 +66,14 @@ pub async fn finish(
                RETURNING 1
              )
              SELECT (SELECT count(*) FROM r) + (SELECT count(*) FROM e)",
-            &[&run_id, stages, totals, &exit_status, event_properties, &outcome],
+            &[
+                (&run_id, Type::UUID),
+                (stages, Type::JSONB),
+                (totals, Type::JSONB),
+                (&exit_status, Type::INT4),
+                (event_properties, Type::JSONB),
+                (&outcome, Type::TEXT),
+            ],
         )
         .await
         .with_context(|| format!("Failed to record the end of run {run_id}"))?;
@@ -88,10 +104,11 @@ pub async fn event(
 /// their deliveries are judged by the ledger (`sending` rows become `in_doubt`). Returns how
 /// many.
 pub async fn close_dangling(db: &Db, own_run: Uuid) -> anyhow::Result<u64> {
-    db.client()
-        .await?
-        .execute(
-            "UPDATE journey_runs r
+    let client = db.client().await?;
+    super::ledger::count_typed(
+        &client,
+        "WITH u AS (
+            UPDATE journey_runs r
                 SET finished_at = now(), outcome = 'abandoned', exit_status = 2,
                     totals = r.totals || jsonb_build_object('note',
                       'the run ended without recording its end (killed, or it lost the \
@@ -101,11 +118,13 @@ pub async fn close_dangling(db: &Db, own_run: Uuid) -> anyhow::Result<u64> {
                          THEN r.started_at < now() - interval '1 day'
                          ELSE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                                           WHERE a.application_name = r.application_name)
-                    END",
-            &[&own_run],
-        )
-        .await
-        .context("Failed to close the records of runs that died")
+                    END
+             RETURNING 1)
+         SELECT count(*) FROM u",
+        &[(&own_run, Type::UUID)],
+    )
+    .await
+    .context("Failed to close the records of runs that died")
 }
 
 /// Whether the database answers at all (after a failed write: lost, or another error?).

@@ -136,23 +136,3 @@ pub async fn record_status(
         (_, false) => Recorded::Unknown,
     })
 }
-
-/// Settles as `skipped` every SMS of this ledger stage held by quiet hours whose booking is no
-/// longer active (cancelled overnight): nothing is due any more, so it must neither wait nor
-/// be raised as `expired`. Returns how many.
-pub async fn drop_inactive_holds(db: &Db, stage: &str) -> anyhow::Result<u64> {
-    let sql = format!(
-        "UPDATE journey_deliveries d
-            SET status = 'skipped', lease_until = NULL, updated_at = now(),
-                last_error = 'booking no longer active: the SMS held by quiet hours is not sent'
-           FROM cal_bookings b
-          WHERE d.booking_id = b.id AND d.stage = $1 AND d.status = 'retry'
-            AND d.not_before IS NOT NULL AND NOT {}",
-        crate::domain::BookingStatus::sql_is_active("b")
-    );
-    let client = db.client().await?;
-    client
-        .execute(&sql, &[&stage])
-        .await
-        .with_context(|| format!("Failed to drop the held {stage} SMS of inactive bookings"))
-}

@@ -4,7 +4,7 @@
 //! id, written as an `error` event, and the totals set the exit status.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::Duration;
 use futures::{FutureExt, StreamExt};
@@ -109,41 +109,47 @@ impl StageReport {
     }
 }
 
-/// Runs one stage over its window.
+/// Runs one stage over its window, on one connection: it takes the stage lock (a session
+/// lock, so the connection stays checked out for the stage) and does the stage's own queries,
+/// so a run with nothing due opens no second connection.
 pub async fn run_stage(
     j: &Journey,
     stage: Stage,
     opts: &StageOptions,
 ) -> anyhow::Result<StageReport> {
     let mut report = StageReport::new(stage.as_str());
+    let live = j.db.client().await?;
     if !opts.lock {
-        return run_locked(j, stage, opts, &mut report)
+        return run_locked(j, stage, opts, &live, &mut report)
             .await
             .map(|()| report);
     }
-    // The advisory lock belongs to a session: this connection stays checked out for the run.
-    let live = j.db.client().await?;
-    let got: bool = live
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&STAGE_LOCK_NS, &(stage as i32)],
-        )
+    // One round trip: the lock is a constant pair, no parameters to bind.
+    let lock = format!(
+        "SELECT pg_try_advisory_lock({STAGE_LOCK_NS}, {})",
+        stage as i32
+    );
+    let got = live
+        .simple_query(&lock)
         .await
         .map_err(|e| anyhow::anyhow!("Failed to try the {stage} lock: {e}"))?
-        .get(0);
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
+            _ => None,
+        })
+        .unwrap_or(false);
     if !got {
         log::info!("{stage}: another run holds the stage lock; nothing to do");
         report.skipped_locked = true;
         return Ok(report);
     }
-    let result = run_locked(j, stage, opts, &mut report).await;
-    if let Err(e) = live
-        .execute(
-            "SELECT pg_advisory_unlock($1, $2)",
-            &[&STAGE_LOCK_NS, &(stage as i32)],
-        )
-        .await
-    {
+    let result = run_locked(j, stage, opts, &live, &mut report).await;
+    let unlock = format!(
+        "SELECT pg_advisory_unlock({STAGE_LOCK_NS}, {})",
+        stage as i32
+    );
+    if let Err(e) = live.simple_query(&unlock).await {
         log::warn!("{stage}: failed to release the stage lock: {e}");
     }
     result.map(|()| report)
@@ -153,12 +159,13 @@ async fn run_locked(
     j: &Journey,
     stage: Stage,
     opts: &StageOptions,
+    live: &deadpool_postgres::ClientWrapper,
     report: &mut StageReport,
 ) -> anyhow::Result<()> {
     let now = j.clock.now();
     let (from, to) = (now + opts.window.0, now + opts.window.1);
     if !opts.dry_run {
-        match ledger::promote_abandoned(&j.db, stage.ledger_stage()).await {
+        match ledger::promote_abandoned_on(live, stage.ledger_stage()).await {
             Ok(0) => {}
             Ok(n) => {
                 report.counters.add(Counter::InDoubt, n);
@@ -171,7 +178,7 @@ async fn run_locked(
         }
         // Walk-in bookings whose person now exists get their patient before selecting, so
         // every stage (followups included) sees the row. One statement for all of them.
-        match bookings::link_walk_ins(&j.db).await {
+        match bookings::link_walk_ins_on(live).await {
             Ok(0) => {}
             Ok(n) => log::info!("{stage}: linked {n} walk-in booking(s) to their people rows"),
             Err(e) => {
@@ -180,7 +187,7 @@ async fn run_locked(
             }
         }
         // Retries no run of this window would select again end visibly, not silently.
-        match ledger::expire_closed(&j.db, stage, now, from).await {
+        match ledger::expire_closed_on(live, stage, now, from).await {
             Ok(0) => {}
             Ok(n) => {
                 report.counters.add(Counter::Expired, n);
@@ -193,30 +200,48 @@ async fn run_locked(
             }
         }
     }
-    let due = match bookings::select_due(&j.db, stage, now, from, to, opts.limit).await {
-        Ok(d) => d,
-        Err(e) => {
-            report.error();
-            record_error(j, opts.dry_run, stage, None, None, &format!("{e:#}")).await;
-            return Ok(());
+    // Keyset-paginated chunks: select a page, process it (plan, claim, send, record), then
+    // the next page after the last booking of this one. Memory stays bounded by one page.
+    let mut after = None;
+    let mut left: Option<i64> = opts.limit.map(i64::from);
+    let mut total = 0usize;
+    loop {
+        let page = left.map_or(bookings::PAGE, |l| l.min(bookings::PAGE));
+        if page <= 0 || (total > 0 && j.control.stopped().is_some()) {
+            break;
         }
-    };
+        let selected = bookings::select_due_page(live, stage, now, (from, to), after, page).await;
+        let (due, next) = match selected {
+            Ok(d) => d,
+            Err(e) => {
+                report.error();
+                record_error(j, opts.dry_run, stage, None, None, &format!("{e:#}")).await;
+                return Ok(());
+            }
+        };
+        let n = due.len();
+        total += n;
+        process(
+            j,
+            stage,
+            Trigger::Recovery,
+            due,
+            opts.dry_run,
+            opts.concurrency,
+            report,
+        )
+        .await;
+        if (n as i64) < page {
+            break;
+        }
+        after = next;
+        left = left.map(|l| l - n as i64);
+    }
     log::info!(
-        "{stage}: {} booking(s) due between {} and {}",
-        due.len(),
+        "{stage}: {total} booking(s) due between {} and {}",
         from.format("%Y-%m-%d %H:%M"),
         to.format("%Y-%m-%d %H:%M")
     );
-    process(
-        j,
-        stage,
-        Trigger::Recovery,
-        due,
-        opts.dry_run,
-        opts.concurrency,
-        report,
-    )
-    .await;
     Ok(())
 }
 
@@ -303,7 +328,9 @@ pub async fn notify_cancellation(j: &Journey, booking_id: Uuid) -> anyhow::Resul
         };
         // `deliver` takes a Stage for its logs and error events; the notice belongs to the
         // booking's confirmation (the ledger row and `email_sent` carry its own stage).
-        let r = deliver_guarded(j, Stage::ConfirmationRecovery, job, false).await;
+        let r = deliver_guarded(j, Stage::ConfirmationRecovery, job, false, None, None)
+            .await
+            .result;
         report.counters.merge(&r.counters);
         report.failures += r.failures;
     }
@@ -625,10 +652,16 @@ async fn process(
     });
 }
 
-/// Delivers the jobs, up to `concurrency` at once. Once the run is asked to stop (deadline,
-/// signal), jobs not yet started are not claimed (no row: they stay due for the next run, and
-/// are counted `retry_scheduled`), and those in flight get the run's drain bound to finish;
-/// the ones still unanswered then are declared `in_doubt` by this run, not left `sending`.
+/// Messages claimed together (one statement) and recorded together (one statement).
+const CLAIM_BATCH: usize = 64;
+
+/// Delivers the jobs, up to `concurrency` at once. Claims go to the ledger in batches (one
+/// statement per batch, committed before any message of the batch is sent; the next batch is
+/// claimed while this one sends), outcomes are recorded in batches too. Once the run is asked
+/// to stop (deadline, signal), jobs not yet started are not sent: their claims are given back
+/// (no row: they stay due for the next run, counted `retry_scheduled`), and those in flight
+/// get the run's drain bound to finish; the ones still unanswered then are declared
+/// `in_doubt` by this run, not left `sending`.
 async fn deliver_all(
     j: &Journey,
     stage: Stage,
@@ -638,27 +671,87 @@ async fn deliver_all(
     report: &mut StageReport,
 ) -> Vec<JobResult> {
     let total = jobs.len();
-    let mut stream = futures::stream::iter(jobs)
-        .map(|job| deliver_guarded(j, stage, job, dry_run))
-        .buffer_unordered(concurrency.max(1));
-    let drain = j.control.drain_expired();
-    tokio::pin!(drain);
+    // Patient-exclusive claims (cancellation recovery) take a lock per patient, and a
+    // confirmation is claimed only while its booking is still active, judged right before it
+    // is sent: those stages claim one message at a time.
+    let batched = !dry_run
+        && !matches!(
+            stage,
+            Stage::CancellationRecovery | Stage::ConfirmationRecovery
+        )
+        && total > 0;
+    let client = if batched {
+        match j.db.client().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                report.error();
+                record_error(j, false, stage, None, None, &format!("{e:#}")).await;
+                return Vec::new();
+            }
+        }
+    } else {
+        None
+    };
+    let unsent: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
     let mut results = Vec::with_capacity(total);
+    let mut pending: Vec<Delivered> = Vec::new();
     let mut cut_short = false;
-    loop {
-        tokio::select! {
-            biased;
-            next = stream.next() => match next {
-                Some(r) => results.push(r),
-                None => break,
-            },
-            () = &mut drain => {
-                cut_short = true;
-                break;
+    {
+        let mut stream = match &client {
+            Some(client) => {
+                let mut batches = Vec::new();
+                let mut jobs = jobs.into_iter().peekable();
+                while jobs.peek().is_some() {
+                    batches.push(jobs.by_ref().take(CLAIM_BATCH).collect::<Vec<_>>());
+                }
+                let unsent = &unsent;
+                futures::stream::iter(batches)
+                    .then(move |batch| claim_batch(j, client, batch, unsent))
+                    .flat_map(futures::stream::iter)
+                    .map(move |(job, pre)| deliver_guarded(j, stage, job, false, pre, Some(unsent)))
+                    .boxed()
+            }
+            None => futures::stream::iter(jobs)
+                .map(|job| deliver_guarded(j, stage, job, dry_run, None, None))
+                .boxed(),
+        }
+        .buffer_unordered(concurrency.max(1));
+        let drain = j.control.drain_expired();
+        tokio::pin!(drain);
+        loop {
+            tokio::select! {
+                biased;
+                next = stream.next() => match next {
+                    Some(d) if d.outcome.is_some() => {
+                        pending.push(d);
+                        if pending.len() >= CLAIM_BATCH {
+                            if let Some(c) = &client {
+                                record_pending(j, stage, c, &mut pending, &mut results).await;
+                            }
+                        }
+                    }
+                    Some(d) => results.push(d.result),
+                    None => break,
+                },
+                () = &mut drain => {
+                    cut_short = true;
+                    break;
+                }
             }
         }
     }
-    drop(stream);
+    if let Some(c) = &client {
+        record_pending(j, stage, c, &mut pending, &mut results).await;
+        // Claimed in a batch but never handed to a provider: given back.
+        let ids: Vec<Uuid> = unsent
+            .lock()
+            .map(|u| u.iter().copied().collect())
+            .unwrap_or_default();
+        if let Err(e) = ledger::release_unsent(c, j.run_id, &ids).await {
+            report.error();
+            record_error(j, false, stage, None, None, &format!("{e:#}")).await;
+        }
+    }
     if !cut_short || dry_run {
         return results;
     }
@@ -684,6 +777,137 @@ async fn deliver_all(
         .counters
         .add(Counter::RetryScheduled, unstarted.saturating_sub(abandoned));
     results
+}
+
+/// Claims one batch of jobs in one statement. Jobs whose channel is stopped, or all of them
+/// once the run is stopping, are not claimed (`deliver` counts them for the next run).
+async fn claim_batch(
+    j: &Journey,
+    client: &deadpool_postgres::ClientWrapper,
+    batch: Vec<Job>,
+    unsent: &Mutex<HashSet<Uuid>>,
+) -> Vec<(Job, Option<anyhow::Result<Claim>>)> {
+    let stopping = j.control.stopped().is_some();
+    let (claim, skip): (Vec<Job>, Vec<Job>) = batch
+        .into_iter()
+        .partition(|job| !stopping && !j.control.channel_stopped(job.outgoing.to.channel()));
+    let mut out: Vec<(Job, Option<anyhow::Result<Claim>>)> =
+        skip.into_iter().map(|job| (job, None)).collect();
+    let Some(first) = claim.first() else {
+        return out;
+    };
+    let ledger_stage = first.key.stage;
+    // One statement per channel, side by side on their own connections: the email and the
+    // SMS of a booking are independent, and a claim waiting on another run's uncommitted row
+    // of one channel does not hold up the other.
+    let channels: Vec<Channel> = {
+        let mut c: Vec<Channel> = claim.iter().map(|job| job.key.channel).collect();
+        c.sort_by_key(|ch| ch.as_str());
+        c.dedup();
+        c
+    };
+    let claims = channels.iter().enumerate().map(|(i, &channel)| {
+        let items: Vec<ledger::BatchClaim<'_>> = claim
+            .iter()
+            .filter(|job| job.key.channel == channel)
+            .map(|job| ledger::BatchClaim {
+                key: &job.key,
+                patient_id: job.patient_id,
+                recipient_masked: job.outgoing.to.masked(),
+            })
+            .collect();
+        async move {
+            let other;
+            let conn = if i == 0 {
+                client
+            } else {
+                other = j.db.client().await?;
+                &other
+            };
+            ledger::claim_batch(
+                conn,
+                ledger_stage,
+                &items,
+                j.run_id,
+                &j.application_name,
+                &j.message_id_domain,
+                ledger_stage == Stage::ConfirmationRecovery.ledger_stage(),
+            )
+            .await
+        }
+    });
+    let answered = futures::future::join_all(claims).await;
+    // Back in the jobs' order: each channel's answers are in its jobs' order.
+    let claimed: anyhow::Result<Vec<Claim>> = (|| {
+        let mut per_channel = Vec::new();
+        for a in answered {
+            per_channel.push(a?.into_iter());
+        }
+        claim
+            .iter()
+            .map(|job| {
+                let i = channels.iter().position(|&c| c == job.key.channel);
+                i.and_then(|i| per_channel[i].next())
+                    .ok_or_else(|| anyhow::anyhow!("the batch claim left a message unanswered"))
+            })
+            .collect()
+    })();
+    match claimed {
+        Ok(claims) => {
+            if let Ok(mut u) = unsent.lock() {
+                u.extend(claims.iter().filter_map(|c| match c {
+                    Claim::Claimed { id, .. } => Some(*id),
+                    _ => None,
+                }));
+            }
+            out.extend(
+                claim
+                    .into_iter()
+                    .zip(claims)
+                    .map(|(job, c)| (job, Some(Ok(c)))),
+            );
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            out.extend(
+                claim
+                    .into_iter()
+                    .map(|job| (job, Some(Err(anyhow::anyhow!("{why}"))))),
+            );
+        }
+    }
+    out
+}
+
+/// Records the outcomes waiting in `pending` in one statement and moves their results to
+/// `results`. When the statement fails, each of them is an error: its row stays `sending`
+/// and becomes `in_doubt`, never resent blindly.
+async fn record_pending(
+    j: &Journey,
+    stage: Stage,
+    client: &deadpool_postgres::ClientWrapper,
+    pending: &mut Vec<Delivered>,
+    results: &mut Vec<JobResult>,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut batch = std::mem::take(pending);
+    let outcomes: Vec<ledger::OwnedOutcome> =
+        batch.iter_mut().filter_map(|d| d.outcome.take()).collect();
+    match ledger::record_batch(client, &outcomes, j.clock.now()).await {
+        Ok(()) => results.extend(batch.into_iter().map(|d| d.result)),
+        Err(e) => {
+            for (d, o) in batch.into_iter().zip(&outcomes) {
+                let why = format!(
+                    "{e:#}; delivery {} will be declared in doubt",
+                    o.delivery_id
+                );
+                record_error(j, false, stage, Some(d.booking_id), Some(d.channel), &why).await;
+                results.push(JobResult::default().fail(Counter::Errors));
+            }
+        }
+    }
 }
 
 /// The calendar invite of one message (RFC 5545 / RFC 5546): the booking's calendar UID
@@ -789,10 +1013,19 @@ async fn record_booking_skip(
 /// cannot encode, a bug) never takes down the batch. It is counted as an error, its claimed row
 /// becomes `failed` with the reason, and the `error` event is written. The panic's own message
 /// is not recorded: it may quote the data that caused it.
-async fn deliver_guarded(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResult {
+async fn deliver_guarded(
+    j: &Journey,
+    stage: Stage,
+    job: Job,
+    dry_run: bool,
+    pre: Option<anyhow::Result<Claim>>,
+    unsent: Option<&Mutex<HashSet<Uuid>>>,
+) -> Delivered {
     let key = job.key.clone();
     let role = job.outgoing.role;
-    match std::panic::AssertUnwindSafe(deliver(j, stage, job, dry_run))
+    let booking_id = job.booking_id;
+    let channel = job.key.channel;
+    match std::panic::AssertUnwindSafe(deliver(j, stage, job, dry_run, pre, unsent))
         .catch_unwind()
         .await
     {
@@ -821,14 +1054,49 @@ async fn deliver_guarded(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> 
                     log::error!("{stage}: booking {}: {e:#}", key.booking_id);
                 }
             }
-            JobResult::default().fail(Counter::Errors)
+            Delivered {
+                result: JobResult::default().fail(Counter::Errors),
+                outcome: None,
+                booking_id,
+                channel,
+            }
         }
     }
 }
 
-/// Renders, claims, sends and records one message.
-async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResult {
+/// What [`deliver`] did with one message. With `outcome`, the outcome still has to be
+/// recorded (a batch records it): `result` holds once it is.
+struct Delivered {
+    result: JobResult,
+    outcome: Option<ledger::OwnedOutcome>,
+    booking_id: Uuid,
+    channel: Channel,
+}
+
+impl From<(JobResult, &Job)> for Delivered {
+    fn from((result, job): (JobResult, &Job)) -> Delivered {
+        Delivered {
+            result,
+            outcome: None,
+            booking_id: job.booking_id,
+            channel: job.key.channel,
+        }
+    }
+}
+
+/// Renders, claims, sends and records one message. With `pre`, the message was claimed in a
+/// batch already (its claim's answer), and the outcome is handed back for the batch to
+/// record; `unsent` holds the batch's claimed ids not handed to a provider yet.
+async fn deliver(
+    j: &Journey,
+    stage: Stage,
+    job: Job,
+    dry_run: bool,
+    pre: Option<anyhow::Result<Claim>>,
+    unsent: Option<&Mutex<HashSet<Uuid>>>,
+) -> Delivered {
     let res = JobResult::default();
+    let batched = pre.is_some();
     let out = &job.outgoing;
     let channel = out.to.channel();
     let sent_counter = match channel {
@@ -841,7 +1109,26 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         Err(e) => {
             let why = format!("{e:#}");
             record_error(j, dry_run, stage, Some(job.booking_id), Some(channel), &why).await;
-            if !dry_run {
+            if let Some(Ok(Claim::Claimed { id, .. })) = &pre {
+                // Claimed in a batch: recorded as `retry` with the error, with the batch.
+                if let Some(u) = unsent {
+                    if let Ok(mut u) = u.lock() {
+                        u.remove(id);
+                    }
+                }
+                return Delivered {
+                    outcome: Some(ledger::OwnedOutcome {
+                        delivery_id: *id,
+                        status: DeliveryStatus::Retry,
+                        provider_message_id: None,
+                        error: Some(format!("the message could not be rendered: {why}")),
+                        mark_column: None,
+                        event: None,
+                    }),
+                    ..(res.fail(Counter::Errors), &job).into()
+                };
+            }
+            if !dry_run && !batched {
                 // In the ledger as `retry`, so `audit` sees the channel that failed and a
                 // later run (fixed template) sends it on its own, whatever the other did.
                 if let Err(e) = record_render_error(j, &job, &why).await {
@@ -849,7 +1136,7 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
                     record_error(j, false, stage, Some(job.booking_id), Some(channel), &why).await;
                 }
             }
-            return res.fail(Counter::Errors);
+            return (res.fail(Counter::Errors), &job).into();
         }
     };
     if dry_run {
@@ -864,33 +1151,41 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
             recipient: out.to.masked(),
             subject,
         });
-        return res;
+        return (res, &job).into();
     }
 
     if j.control.stopped().is_some() || j.control.channel_stopped(channel) {
-        // Not claimed: no row, so the next run (or this one's retry row) takes it again.
+        // Not claimed: no row, so the next run (or this one's retry row) takes it again. (A
+        // batch's claim stays in `unsent` and is given back.)
         log::debug!(
             "{stage}: booking {} {} {channel}: not claimed, the run is stopping or the channel is stopped",
             job.booking_id,
             out.role
         );
-        return res.count(Counter::RetryScheduled);
+        return (res.count(Counter::RetryScheduled), &job).into();
     }
-    let claim = claim_job(j, &job, Some(stage)).await;
+    let claim = match pre {
+        Some(claim) => claim,
+        None => claim_job(j, &job, Some(stage)).await,
+    };
     let (delivery_id, message_id, attempt) = match claim {
         Ok(Claim::Claimed {
             id,
             message_id,
             attempt,
         }) => (id, message_id, attempt),
-        Ok(Claim::Taken(DeliveryStatus::InDoubt)) => return res.count(Counter::InDoubt),
-        Ok(Claim::PatientTaken) => return res.count(Counter::SkippedRecentlyRecovered),
+        Ok(Claim::Taken(DeliveryStatus::InDoubt)) => {
+            return (res.count(Counter::InDoubt), &job).into()
+        }
+        Ok(Claim::PatientTaken) => {
+            return (res.count(Counter::SkippedRecentlyRecovered), &job).into()
+        }
         // Cancelled (or otherwise no longer active) since the run selected it.
-        Ok(Claim::Inactive) => return res.count(Counter::SkippedInactive),
+        Ok(Claim::Inactive) => return (res.count(Counter::SkippedInactive), &job).into(),
         Ok(Claim::Taken(_)) => {
             let mut res = res;
             res.taken = Some(job.booking_id);
-            return res;
+            return (res, &job).into();
         }
         Err(e) => {
             record_error(
@@ -902,9 +1197,15 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
                 &format!("{e:#}"),
             )
             .await;
-            return res.fail(Counter::Errors);
+            return (res.fail(Counter::Errors), &job).into();
         }
     };
+    // Handed to the provider from here on: no longer the batch's to give back.
+    if let Some(u) = unsent {
+        if let Ok(mut u) = u.lock() {
+            u.remove(&delivery_id);
+        }
+    }
 
     let outcome = match (&out.to, &j.mailer, &j.sms) {
         (Recipient::Email(to), Some(mailer), _) => {
@@ -1058,6 +1359,29 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
             channel
         );
     }
+    // A number Twilio refused for good (STOP, invalid, not a mobile) is suppressed now.
+    let res = match super::optout::after_send(j, stage, job.booking_id, &out.to, &outcome).await {
+        true => res,
+        false => res.fail(Counter::Errors),
+    };
+    let done = if failed {
+        res.fail(counter)
+    } else {
+        res.count(counter)
+    };
+    if batched {
+        return Delivered {
+            outcome: Some(ledger::OwnedOutcome {
+                delivery_id,
+                status,
+                provider_message_id: provider_id,
+                error,
+                mark_column: job.mark_column,
+                event: Some(event),
+            }),
+            ..(done, &job).into()
+        };
+    }
     let recorded = ledger::record(
         &j.db,
         delivery_id,
@@ -1075,17 +1399,9 @@ async fn deliver(j: &Journey, stage: Stage, job: Job, dry_run: bool) -> JobResul
         // The row stays in 'sending' and becomes in_doubt: never resent blindly.
         let why = format!("{e:#}; delivery {delivery_id} will be declared in doubt");
         record_error(j, false, stage, Some(job.booking_id), Some(channel), &why).await;
-        return res.fail(Counter::Errors);
+        return (JobResult::default().fail(Counter::Errors), &job).into();
     }
-    let res = match super::optout::after_send(j, stage, job.booking_id, &out.to, &outcome).await {
-        true => res,
-        false => res.fail(Counter::Errors),
-    };
-    if failed {
-        res.fail(counter)
-    } else {
-        res.count(counter)
-    }
+    (done, &job).into()
 }
 
 /// Subject, text, HTML of a message, and the HTML of the copy it carries (QA). A QA copy's

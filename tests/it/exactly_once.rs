@@ -213,10 +213,10 @@ async fn statements_for(n: i32) -> i64 {
 async fn statements_per_run_grow_only_by_the_claim_and_record_of_each_delivery() {
     let small = statements_for(5).await;
     let large = statements_for(25).await;
-    // 20 more deliveries: one claim and one record each, nothing per booking besides.
-    assert_eq!(
-        large - small,
-        20 * 2,
+    // 20 more deliveries: at most one claim and one record each, nothing per booking
+    // besides (claims and records are batched per chunk since issue 11).
+    assert!(
+        large - small <= 20 * 2,
         "small run {small} statements, large run {large}"
     );
 }

@@ -23,6 +23,7 @@ mod seed;
 mod sms_status;
 mod smtp_faults;
 mod smtp_tls;
+mod speed;
 mod speed_ingest;
 mod stages;
 mod support;

@@ -1,0 +1,223 @@
+//! Speed (issue 11), as behaviours that can be counted rather than timed: what a selection
+//! reads, how many statements a chunk of deliveries costs, how many connections a run with
+//! nothing to do opens, and that chunked selection still delivers every message once.
+
+use std::collections::HashMap;
+
+use chrono::Duration;
+
+use crate::harness::TestDb;
+use crate::seed::{self, at};
+use crate::transports::Transports;
+
+const NOW: &str = "2026-03-09T15:00:00Z";
+
+/// `n` bookings with a session in 24 hours, each with its own patient (email only);
+/// `reminded` of them already got their 24 h reminder.
+async fn seed_window(c: &tokio_postgres::Client, n: i32, reminded: i32) {
+    let t = seed::therapist(c, "lena-brandt").await;
+    let start = at(NOW) + Duration::hours(24);
+    c.execute(
+        "WITH p AS (
+           INSERT INTO people (id, name, email)
+           SELECT gen_random_uuid(), 'Patient ' || i, 'patient' || i || '@example.de'
+           FROM generate_series(1, $1) AS i
+           RETURNING id
+         )
+         INSERT INTO cal_bookings (cal_uid, therapist_id, patient_id, start_time, end_time,
+                                   booking_kind, status, created_at,
+                                   client_confirmation_sent_at, therapist_notification_sent_at)
+         SELECT 'speed-' || p.id, $2, p.id, $3::timestamptz, $3::timestamptz + interval '50 minutes',
+                'full_session', 'ACCEPTED', $3::timestamptz - interval '3 days',
+                $3::timestamptz - interval '3 days', $3::timestamptz - interval '3 days'
+         FROM p",
+        &[&n, &t, &start],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "UPDATE cal_bookings SET reminder_24h_sent_at = $2::timestamptz - interval '1 hour'
+          WHERE id IN (SELECT id FROM cal_bookings ORDER BY id LIMIT $1)",
+        &[&i64::from(reminded), &at(NOW)],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("ANALYZE cal_bookings; ANALYZE journey_deliveries")
+        .await
+        .unwrap();
+}
+
+/// Rows the plan's nodes on `cal_bookings` produced or threw away, from EXPLAIN ANALYZE.
+fn rows_read(node: &serde_json::Value) -> u64 {
+    let mut n = 0;
+    if node["Relation Name"] == "cal_bookings" {
+        let loops = node["Actual Loops"].as_u64().unwrap_or(1);
+        n += (node["Actual Rows"].as_u64().unwrap_or(0)
+            + node["Rows Removed by Filter"].as_u64().unwrap_or(0)
+            + node["Rows Removed by Index Recheck"].as_u64().unwrap_or(0))
+            * loops;
+    }
+    if let Some(plans) = node["Plans"].as_array() {
+        n += plans.iter().map(rows_read).sum::<u64>();
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_reminder_window_of_already_reminded_bookings_reads_none_of_them() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    seed_window(&c, 2003, 2000).await;
+    let stage = journeyctl::domain::Stage::Reminder24h;
+    let now = at(NOW);
+    let (a, b) = stage.default_window();
+    let sql = format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        journeyctl::db::bookings::due_query(stage)
+    );
+    let limit: i64 = 500;
+    let plan: serde_json::Value = c
+        .query_one(sql.as_str(), &[&now, &(now + a), &(now + b), &limit])
+        .await
+        .unwrap()
+        .get(0);
+    let read = rows_read(&plan[0]["Plan"]);
+    assert!(
+        read <= 20,
+        "the selection read {read} rows of cal_bookings for 3 due bookings among 2,000 already reminded:\n{plan:#}"
+    );
+}
+
+/// Sessions PostgreSQL counted in this database (a session is counted once its backend has
+/// ended and flushed its statistics).
+async fn sessions(c: &tokio_postgres::Client) -> i64 {
+    c.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    c.query_one(
+        "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Statements PostgreSQL saw in this database since the last reset.
+async fn statements(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s
+         JOIN pg_database d ON d.oid = s.dbid
+         WHERE d.datname = current_database() AND s.query NOT LIKE '%pg_stat_statements%'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn statements_for_reminders(n: i32) -> i64 {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .unwrap();
+    seed_window(&c, n, 0).await;
+    c.query("SELECT pg_stat_statements_reset()", &[])
+        .await
+        .unwrap();
+    let tr = Transports::start().await;
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", NOW, "reminder-24h"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(tr.emails().len(), n as usize);
+    statements(&c).await
+}
+
+#[tokio::test]
+async fn the_claims_and_outcomes_of_a_chunk_are_one_statement_each() {
+    let small = statements_for_reminders(5).await;
+    let large = statements_for_reminders(60).await;
+    // 55 more deliveries, all in one claim batch and one record batch.
+    assert!(
+        large - small <= 2,
+        "5 deliveries: {small} statements, 60 deliveries: {large}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_with_nothing_due_opens_one_connection() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    seed_window(&c, 3, 3).await;
+    let before = sessions(&c).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let out = db
+        .cmd()
+        .env("EMAIL_OUTBOX_DIR", outbox.path())
+        .env("EMAIL_FROM", "Praxis <termine@example.de>")
+        .args(["--now", NOW, "followups"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // A session is counted once its backend has ended: wait for the run's to end.
+    let mut waited = 0;
+    loop {
+        let left: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name LIKE 'journeyctl:%' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 200_000, "the run's connections never went away");
+        tokio::task::yield_now().await;
+    }
+    let after = sessions(&c).await;
+    assert_eq!(
+        after - before,
+        1,
+        "sessions a `followups` run with nothing due opened"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_due_bookings_than_a_page_are_each_delivered_once() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    seed_window(&c, 1100, 0).await;
+    let tr = Transports::start().await;
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", NOW, "--json", "reminder-24h"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut per_recipient: HashMap<String, usize> = HashMap::new();
+    for m in tr.emails() {
+        *per_recipient.entry(m.to[0].clone()).or_default() += 1;
+    }
+    assert_eq!(per_recipient.len(), 1100);
+    assert!(per_recipient.values().all(|&n| n == 1));
+    assert_eq!(
+        out.json()["stages"][0]["counters"]["processed"].as_u64(),
+        Some(1100)
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM cal_bookings
+              WHERE reminder_24h_sent_at IS NOT NULL"
+        )
+        .await,
+        1100
+    );
+}
