@@ -135,20 +135,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     use domain::Stage;
     match &cli.command {
         Command::Migrate => commands::migrate(g).await,
-        Command::ConfirmationRecovery(a)
-        | Command::Reminder24h(a)
-        | Command::Reminder1h(a)
-        | Command::IntroFollowup(a)
-        | Command::SessionFollowup(a)
-        | Command::CancellationRecovery(a) => {
-            let stage = match &cli.command {
-                Command::ConfirmationRecovery(_) => Stage::ConfirmationRecovery,
-                Command::Reminder24h(_) => Stage::Reminder24h,
-                Command::Reminder1h(_) => Stage::Reminder1h,
-                Command::IntroFollowup(_) => Stage::IntroFollowup,
-                Command::SessionFollowup(_) => Stage::SessionFollowup,
-                _ => Stage::CancellationRecovery,
-            };
+        Command::ConfirmationRecovery(_)
+        | Command::Reminder24h(_)
+        | Command::Reminder1h(_)
+        | Command::IntroFollowup(_)
+        | Command::SessionFollowup(_)
+        | Command::CancellationRecovery(_) => {
+            let (stage, a) = cli.command.stage_command().ok_or_else(|| {
+                anyhow::anyhow!("internal: {:?} is not mapped to a stage", cli.command)
+            })?;
             let runs = single(stage, a)?;
             let metrics = a.metrics_file.as_deref();
             let deadline = run_deadline(&a.run_deadline)?;
@@ -198,16 +193,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             commands::suppress(g, &a.address, channel, a.remove).await
         }
         Command::Followups(a) => {
-            let mut selected = Vec::new();
-            for name in &a.stages {
-                let stage = Stage::parse(name.trim()).ok_or_else(|| {
-                    config::ConfigError::new(format!(
-                        "--stages: unknown stage {name:?}; known: {}",
-                        Stage::ALL.map(Stage::command).join(", ")
-                    ))
-                })?;
-                selected.push(stage);
-            }
+            let selected = &a.stages;
             let runs = Stage::ALL
                 .into_iter()
                 .filter(|s| selected.is_empty() || selected.contains(s))
