@@ -11,6 +11,7 @@ mod commands;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod exit;
 pub mod ics;
 pub mod links;
 pub mod metrics;
@@ -21,32 +22,14 @@ pub mod preview;
 pub mod secret;
 pub mod stages;
 pub mod templates;
+pub mod tls;
 pub mod webhook;
 
 use std::io::Write;
 
 use cli::{Cli, Command, GlobalArgs};
-
-/// Exit status of a command (SPEC §2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ExitStatus {
-    /// All good, nothing due, or another run held the lock.
-    Ok = 0,
-    /// A delivery failed or an error was counted.
-    Failed = 1,
-    /// Usage or configuration error, or the database could not be reached.
-    Config = 2,
-    /// Stopped by SIGINT (128 + 2), after draining in-flight sends.
-    Interrupted = 130,
-    /// Stopped by SIGTERM (128 + 15), after draining in-flight sends.
-    Terminated = 143,
-}
-
-impl ExitStatus {
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-}
+pub use exit::ExitStatus;
+pub use tls::ensure_tls_provider;
 
 /// Sets up env_logger on stderr: warnings by default, `-v` info, `-vv` debug, `-q` errors;
 /// `RUST_LOG` overrides.
@@ -246,13 +229,4 @@ fn run_deadline(raw: &str) -> anyhow::Result<std::time::Duration> {
         ))
         .into()
     })
-}
-
-/// Installs ring as the process-wide rustls crypto provider, once. Test builds also link
-/// aws-lc (through the test SMTP server), and with two providers rustls refuses to pick one.
-pub fn ensure_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }

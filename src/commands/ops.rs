@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::config::{self, parse_offset, ConfigError};
 use crate::db::{self, ops};
 use crate::domain::{Counter, Counters, Stage};
-use crate::ExitStatus;
+use crate::exit::ExitStatus;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
