@@ -1,7 +1,7 @@
 //! Command-line surface: clap derive only. Nothing here decides anything; `config.rs` turns
 //! these raw values into typed options before any logic sees them.
 //!
-//! Every environment variable of SPEC §3 is also a flag. Flags that carry secrets use
+//! Every environment variable the README lists is also a flag. Flags that carry secrets use
 //! `hide_env_values` so `--help` never prints them.
 
 use std::path::PathBuf;

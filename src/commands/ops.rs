@@ -35,7 +35,7 @@ struct StageStatus {
     counters: Counters,
 }
 
-/// Flags raised by the runs of one stage in the period (SPEC §8), newest run first.
+/// Flags raised by the runs of one stage in the period, newest run first.
 fn stage_flags(stage: Stage, runs: &[&ops::StageRun], counters: &Counters, flags: &mut Vec<Flag>) {
     let name = Some(stage.as_str());
     if counters.get(Counter::Errors) > 0 {

@@ -321,7 +321,7 @@ impl MessageKind {
         MessageKind::CancellationNotice,
     ];
 
-    /// `properties.kind` of the `email_sent` event (SPEC §7).
+    /// `properties.kind` of the `email_sent` event.
     pub fn event_kind(self) -> &'static str {
         match self {
             MessageKind::ClientConfirmation => "cal_booking_client_confirmation",

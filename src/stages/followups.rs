@@ -1,4 +1,4 @@
-//! After the session: intro followup, session followup and cancellation recovery (SPEC §1).
+//! After the session: intro followup, session followup and cancellation recovery (windows and marks in `domain::Stage`).
 //! Pure decisions from the selected row; patient-level facts (already booked, other matches,
 //! recently recovered) were computed by the selection query.
 

@@ -158,7 +158,7 @@ pub fn check_patient<'a>(input: &PlanInput<'a>) -> Result<&'a PatientRow, Plan> 
 }
 
 /// Like [`check_patient`], but a walk-in attendee (no patient row, contact from the payload)
-/// also counts: confirmations and reminders reach them (SPEC §6).
+/// also counts: confirmations and reminders reach them (README, "How a booking's status is decided").
 pub fn check_recipient<'a>(input: &PlanInput<'a>) -> Result<&'a PatientRow, Plan> {
     match (input.patient, input.attendee) {
         (None, Some(attendee)) if !input.booking.is_test => Ok(attendee),
@@ -224,7 +224,8 @@ pub fn base_context(input: &PlanInput<'_>, patient: Option<&PatientRow>) -> Opti
     })
 }
 
-/// Email plus SMS (when enabled) to the patient, with the skip reasons of SPEC §1.
+/// Email plus SMS (when enabled) to the patient, or the counted reason why not (no usable
+/// contact, a phone number that is not E.164).
 pub fn patient_email_and_sms(
     input: &PlanInput<'_>,
     patient: &PatientRow,
