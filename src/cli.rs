@@ -1,12 +1,15 @@
 //! Command-line surface: clap derive only. Nothing here decides anything; `config.rs` turns
 //! these raw values into typed options before any logic sees them.
 //!
-//! Every environment variable of SPEC §3 is also a flag. Flags that carry secrets use
+//! Every environment variable the README lists is also a flag. Flags that carry secrets use
 //! `hide_env_values` so `--help` never prints them.
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+
+use crate::domain::Stage;
 
 const ENV_HEADING: &str =
     "Delivery and site settings (each also read from its environment variable)";
@@ -302,8 +305,13 @@ pub struct FollowupsArgs {
 
     /// Only these stages (comma-separated, in the usual order), e.g.
     /// --stages reminder-1h,intro-followup
-    #[arg(long, value_delimiter = ',', value_name = "STAGE,...")]
-    pub stages: Vec<String>,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "STAGE,...",
+        value_parser = StageParser
+    )]
+    pub stages: Vec<Stage>,
 
     #[arg(long, hide = true)]
     pub no_lock: bool,
@@ -470,4 +478,146 @@ pub struct PreviewArgs {
     /// Directory to write into (created if missing)
     #[arg(long, default_value = "journeyctl-preview", value_name = "DIR")]
     pub out: PathBuf,
+}
+
+impl Command {
+    /// The stage a stage command runs, with its flags; `None` for every other command. No
+    /// wildcard arm on purpose: a new command must say here whether it runs a stage.
+    pub fn stage_command(&self) -> Option<(Stage, &StageArgs)> {
+        match self {
+            Command::ConfirmationRecovery(a) => Some((Stage::ConfirmationRecovery, a)),
+            Command::Reminder24h(a) => Some((Stage::Reminder24h, a)),
+            Command::Reminder1h(a) => Some((Stage::Reminder1h, a)),
+            Command::IntroFollowup(a) => Some((Stage::IntroFollowup, a)),
+            Command::SessionFollowup(a) => Some((Stage::SessionFollowup, a)),
+            Command::CancellationRecovery(a) => Some((Stage::CancellationRecovery, a)),
+            Command::Migrate
+            | Command::Webhook(_)
+            | Command::Serve(_)
+            | Command::Status(_)
+            | Command::Audit(_)
+            | Command::Resolve(_)
+            | Command::Preview(_)
+            | Command::Demo(_)
+            | Command::Prune(_)
+            | Command::Followups(_)
+            | Command::Reconcile(_)
+            | Command::Suppress(_) => None,
+        }
+    }
+
+    /// The stage this command runs alone, if it is a stage command.
+    pub fn as_stage(&self) -> Option<Stage> {
+        self.stage_command().map(|(stage, _)| stage)
+    }
+}
+
+/// A stage on the command line is named by its subcommand (`reminder-1h`) or by its id in
+/// reports and `journey_runs` (`reminder_1h`); the help lists the subcommand names.
+impl clap::ValueEnum for Stage {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Stage::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.command()).alias(self.as_str()))
+    }
+}
+
+/// `--stages`: [`Stage`] as a clap value enum, tolerating blanks around each name
+/// (`--stages "reminder-1h, intro-followup"`). An unknown name is a usage error (exit 2)
+/// listing the valid ones.
+#[derive(Clone, Copy, Debug)]
+struct StageParser;
+
+impl TypedValueParser for StageParser {
+    type Value = Stage;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Stage, clap::Error> {
+        let trimmed = value
+            .to_str()
+            .map_or(value, |v| std::ffi::OsStr::new(v.trim()));
+        clap::builder::EnumValueParser::<Stage>::new().parse_ref(cmd, arg, trimmed)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        use clap::ValueEnum;
+        Some(Box::new(
+            Stage::value_variants()
+                .iter()
+                .filter_map(ValueEnum::to_possible_value),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("journeyctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_stage_command_maps_to_its_stage() {
+        for stage in Stage::ALL {
+            let cli = parse(&[stage.command()]).unwrap();
+            assert_eq!(cli.command.as_stage(), Some(stage), "{}", stage.command());
+            assert!(cli.command.stage_command().is_some());
+        }
+    }
+
+    #[test]
+    fn commands_that_are_not_stages_map_to_none() {
+        for args in [
+            &["migrate"][..],
+            &["followups"],
+            &["status"],
+            &["audit"],
+            &["reconcile"],
+            &["webhook"],
+        ] {
+            assert_eq!(parse(args).unwrap().command.as_stage(), None, "{args:?}");
+        }
+    }
+
+    fn stages_of(raw: &str) -> Vec<Stage> {
+        match parse(&["followups", "--stages", raw]).unwrap().command {
+            Command::Followups(a) => a.stages,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stages_accepts_command_names_ids_and_blanks() {
+        assert_eq!(
+            stages_of("reminder-1h,intro-followup"),
+            [Stage::Reminder1h, Stage::IntroFollowup]
+        );
+        assert_eq!(
+            stages_of("reminder_24h, cancellation_recovery"),
+            [Stage::Reminder24h, Stage::CancellationRecovery]
+        );
+        for stage in Stage::ALL {
+            assert_eq!(stages_of(stage.command()), [stage]);
+            assert_eq!(stages_of(stage.as_str()), [stage]);
+        }
+    }
+
+    #[test]
+    fn an_unknown_stage_is_a_usage_error_naming_the_valid_ones() {
+        let err = parse(&["followups", "--stages", "reminder-2h"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        assert_eq!(err.exit_code(), 2);
+        let text = err.render().to_string();
+        assert!(text.contains("reminder-2h"), "{text}");
+        for stage in Stage::ALL {
+            assert!(text.contains(stage.command()), "{text}");
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! The one place that reads configuration. clap has already merged flags and environment
-//! variables (SPEC §3); this module validates them into typed settings, wraps secrets, and
+//! variables (`cli::SettingsArgs`, listed in the README); this module validates them into typed settings, wraps secrets, and
 //! names the variable in every error. Nothing below this module calls `std::env::var`.
 
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ mod commands;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod exit;
 pub mod ics;
 pub mod links;
 pub mod metrics;
@@ -21,32 +22,14 @@ pub mod preview;
 pub mod secret;
 pub mod stages;
 pub mod templates;
+pub mod tls;
 pub mod webhook;
 
 use std::io::Write;
 
 use cli::{Cli, Command, GlobalArgs};
-
-/// Exit status of a command (SPEC §2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ExitStatus {
-    /// All good, nothing due, or another run held the lock.
-    Ok = 0,
-    /// A delivery failed or an error was counted.
-    Failed = 1,
-    /// Usage or configuration error, or the database could not be reached.
-    Config = 2,
-    /// Stopped by SIGINT (128 + 2), after draining in-flight sends.
-    Interrupted = 130,
-    /// Stopped by SIGTERM (128 + 15), after draining in-flight sends.
-    Terminated = 143,
-}
-
-impl ExitStatus {
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-}
+pub use exit::ExitStatus;
+pub use tls::ensure_tls_provider;
 
 /// Sets up env_logger on stderr: warnings by default, `-v` info, `-vv` debug, `-q` errors;
 /// `RUST_LOG` overrides.
@@ -135,20 +118,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     use domain::Stage;
     match &cli.command {
         Command::Migrate => commands::migrate(g).await,
-        Command::ConfirmationRecovery(a)
-        | Command::Reminder24h(a)
-        | Command::Reminder1h(a)
-        | Command::IntroFollowup(a)
-        | Command::SessionFollowup(a)
-        | Command::CancellationRecovery(a) => {
-            let stage = match &cli.command {
-                Command::ConfirmationRecovery(_) => Stage::ConfirmationRecovery,
-                Command::Reminder24h(_) => Stage::Reminder24h,
-                Command::Reminder1h(_) => Stage::Reminder1h,
-                Command::IntroFollowup(_) => Stage::IntroFollowup,
-                Command::SessionFollowup(_) => Stage::SessionFollowup,
-                _ => Stage::CancellationRecovery,
-            };
+        Command::ConfirmationRecovery(_)
+        | Command::Reminder24h(_)
+        | Command::Reminder1h(_)
+        | Command::IntroFollowup(_)
+        | Command::SessionFollowup(_)
+        | Command::CancellationRecovery(_) => {
+            let (stage, a) = cli.command.stage_command().ok_or_else(|| {
+                anyhow::anyhow!("internal: {:?} is not mapped to a stage", cli.command)
+            })?;
             let runs = single(stage, a)?;
             let metrics = a.metrics_file.as_deref();
             let deadline = run_deadline(&a.run_deadline)?;
@@ -198,16 +176,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             commands::suppress(g, &a.address, channel, a.remove).await
         }
         Command::Followups(a) => {
-            let mut selected = Vec::new();
-            for name in &a.stages {
-                let stage = Stage::parse(name.trim()).ok_or_else(|| {
-                    config::ConfigError::new(format!(
-                        "--stages: unknown stage {name:?}; known: {}",
-                        Stage::ALL.map(Stage::command).join(", ")
-                    ))
-                })?;
-                selected.push(stage);
-            }
+            let selected = &a.stages;
             let runs = Stage::ALL
                 .into_iter()
                 .filter(|s| selected.is_empty() || selected.contains(s))
@@ -260,13 +229,4 @@ fn run_deadline(raw: &str) -> anyhow::Result<std::time::Duration> {
         ))
         .into()
     })
-}
-
-/// Installs ring as the process-wide rustls crypto provider, once. Test builds also link
-/// aws-lc (through the test SMTP server), and with two providers rustls refuses to pick one.
-pub fn ensure_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }

@@ -8,7 +8,7 @@
 use url::form_urlencoded::byte_serialize;
 use uuid::Uuid;
 
-/// The pre-filled Cal.com booking page for a therapist's full session (SPEC §7):
+/// The pre-filled Cal.com booking page for a therapist's full session:
 ///
 /// `{cal_origin}/{cal_username}/full-session?metadata[kh_therapist_id]=…&metadata[kh_patient_id]=…`
 /// `&metadata[kh_match_id]=…&metadata[kh_booking_kind]=full_session&metadata[kh_source]=…&name=…&email=…`

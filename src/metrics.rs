@@ -9,15 +9,16 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-use crate::stages::StageReport;
-use crate::ExitStatus;
+use crate::domain::Counters;
+use crate::exit::ExitStatus;
 
+/// The exposition text of one run: `stages` are the run's stage ids with their counters.
 pub fn render(
     command: &str,
     now: DateTime<Utc>,
     dry_run: bool,
     status: ExitStatus,
-    reports: &[StageReport],
+    stages: &[(&str, &Counters)],
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -25,12 +26,12 @@ pub fn render(
         "# HELP journeyctl_stage_count Counters of the last run of each stage (processed, sent_email, skipped_*, errors, ...)."
     );
     let _ = writeln!(out, "# TYPE journeyctl_stage_count gauge");
-    for r in reports {
-        for (counter, n) in r.counters.iter() {
+    for (stage, counters) in stages {
+        for (counter, n) in counters.iter() {
             let _ = writeln!(
                 out,
                 "journeyctl_stage_count{{command=\"{command}\",stage=\"{}\",counter=\"{}\"}} {n}",
-                r.stage,
+                stage,
                 counter.as_str()
             );
         }

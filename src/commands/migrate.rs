@@ -1,5 +1,9 @@
+//! `journeyctl migrate`: applies `sql/` through `db::migrate` and prints what it applied.
+//! Creates what is missing, never drops data; safe to repeat.
+
 use crate::cli::GlobalArgs;
-use crate::{config, db, ExitStatus};
+use crate::exit::ExitStatus;
+use crate::{config, db};
 
 /// `journeyctl migrate`
 pub async fn migrate(g: &GlobalArgs) -> anyhow::Result<ExitStatus> {

@@ -1,6 +1,7 @@
-//! One function per subcommand that is not a stage: each builds what it needs from the typed
-//! configuration, does its work through `db`/`stages`/`webhook`, prints its report and returns
-//! the exit status. Business rules live in the modules they call, not here.
+//! One function per subcommand: each builds what it needs from the typed configuration, does
+//! its work through `db`/`stages`/`webhook`, prints its report and returns the exit status.
+//! The stage commands and `followups` share one runner, `stage::run` (`run_stages`:
+//! deadline, signals, report, metrics). Business rules live in the modules they call, not here.
 
 mod demo;
 mod migrate;

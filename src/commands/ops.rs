@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::config::{self, parse_offset, ConfigError};
 use crate::db::{self, ops};
 use crate::domain::{Counter, Counters, Stage};
-use crate::ExitStatus;
+use crate::exit::ExitStatus;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,7 +35,7 @@ struct StageStatus {
     counters: Counters,
 }
 
-/// Flags raised by the runs of one stage in the period (SPEC §8), newest run first.
+/// Flags raised by the runs of one stage in the period, newest run first.
 fn stage_flags(stage: Stage, runs: &[&ops::StageRun], counters: &Counters, flags: &mut Vec<Flag>) {
     let name = Some(stage.as_str());
     if counters.get(Counter::Errors) > 0 {

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::config::{ConfigError, Settings};
+use crate::exit::ExitStatus;
 use crate::templates::Templates;
-use crate::ExitStatus;
 
 pub fn preview(settings: &Settings, out: &Path) -> anyhow::Result<ExitStatus> {
     let templates = Templates::load(settings.templates_dir.as_deref(), settings.timezone)

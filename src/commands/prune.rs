@@ -6,7 +6,8 @@ use chrono::Duration;
 use crate::cli::GlobalArgs;
 use crate::clock::Clock;
 use crate::config::{self, parse_offset, ConfigError};
-use crate::{db, ExitStatus};
+use crate::db;
+use crate::exit::ExitStatus;
 
 /// `journeyctl prune [--retention DUR]`
 pub async fn prune(g: &GlobalArgs, clock: Clock, retention: &str) -> anyhow::Result<ExitStatus> {

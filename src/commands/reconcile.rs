@@ -35,9 +35,9 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::db::{self, runs};
 use crate::domain::{Counter, Counters};
+use crate::exit::ExitStatus;
 use crate::stages::{Journey, RunControl, StageReport};
 use crate::webhook::apply::{handle, public_message, Verification};
-use crate::ExitStatus;
 
 /// The command name, and the stage name its report carries inside `followups`.
 pub const NAME: &str = "reconcile";

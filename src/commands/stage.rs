@@ -14,11 +14,11 @@ use crate::clock::Clock;
 use crate::config::{self, ConfigError, Settings};
 use crate::db::{self, ledger, runs};
 use crate::domain::{Counter, Counters, Stage};
+use crate::exit::ExitStatus;
 use crate::notify::email::Mailer;
 use crate::notify::sms::SmsSender;
 use crate::stages::{run_stage, Journey, RunControl, StageOptions, StageReport, StopReason};
 use crate::templates::Templates;
-use crate::ExitStatus;
 
 /// One stage with its options.
 pub struct StageRun {
@@ -106,7 +106,9 @@ pub async fn run(
     signals.abort();
     let (status, reports, totals) = executed?;
     if let Some(path) = metrics_file {
-        let text = crate::metrics::render(command, j.clock.now(), dry_run, status, &reports);
+        let stages: Vec<(&str, &Counters)> =
+            reports.iter().map(|r| (r.stage, &r.counters)).collect();
+        let text = crate::metrics::render(command, j.clock.now(), dry_run, status, &stages);
         crate::metrics::write_atomically(path, &text)
             .with_context(|| format!("Failed to write the metrics file {}", path.display()))?;
     }

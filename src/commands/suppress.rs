@@ -8,8 +8,8 @@ use crate::cli::GlobalArgs;
 use crate::config::{self, ConfigError};
 use crate::db::{self, suppressions};
 use crate::domain::{mask_email, mask_phone, Channel};
+use crate::exit::ExitStatus;
 use crate::stages::optout;
-use crate::ExitStatus;
 
 /// `journeyctl suppress ADDRESS --channel email|sms [--remove]`
 pub async fn suppress(

@@ -1,4 +1,4 @@
-//! `serve`'s unsubscribe endpoint (SPEC §9): `/api/public/unsubscribe?t=TOKEN`, the link that
+//! `serve`'s unsubscribe endpoint (README, "Opt-outs"): `/api/public/unsubscribe?t=TOKEN`, the link that
 //! advertising emails carry in their text, their HTML and their `List-Unsubscribe` header.
 //!
 //! - `GET` (and `HEAD`): a small German page with one button. It changes nothing: mail

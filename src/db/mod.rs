@@ -1,4 +1,7 @@
-//! All SQL lives below this module: one async fn per query, typed rows in and out.
+//! The SQL of the journey: one async fn per query, typed rows in and out. Nearly all SQL
+//! lives here; the exceptions today (the stage run's advisory lock in `stages::driver`, the
+//! demo's seeding in `commands::demo`, `serve`'s health ping in `commands::webhook`) are
+//! listed in docs/ARCHITECTURE.md and are to move here.
 //!
 //! Every call returns its error with context; a failed lookup is never turned into "no row".
 //! Eligibility queries compare with bound `$n::timestamptz` parameters (the run's clock), never

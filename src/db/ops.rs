@@ -3,10 +3,11 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::Db;
-use crate::domain::{BookingStatus, Counters, Stage};
+use crate::domain::{BookingKind, BookingStatus, Counters, RecipientRole, Stage};
 
 /// One finished run of a stage (a `followups` run counts for each of its stages).
 #[derive(Clone, Debug)]
@@ -223,14 +224,10 @@ pub async fn resolve(
     Ok(Some(d))
 }
 
-/// The booking column a ledger stage and role mark.
+/// The booking column a ledger stage and role mark (see [`crate::domain::mark_column`]).
 fn mark_column(ledger_stage: &str, role: &str) -> Option<&'static str> {
-    match (ledger_stage, role) {
-        (_, "qa") => None,
-        ("confirmation", "patient") => Some("client_confirmation_sent_at"),
-        ("confirmation", "therapist") => Some("therapist_notification_sent_at"),
-        (other, _) => Stage::parse(other).map(Stage::mark_column),
-    }
+    let stage = Stage::from_ledger_stage(ledger_stage)?;
+    crate::domain::mark_column(stage, RecipientRole::parse(role)?)
 }
 
 /// A booking whose window for a stage has passed without a `sent` patient message.
@@ -268,30 +265,39 @@ pub async fn audit(
         BookingStatus::sql_is_active("b"),
         BookingStatus::Completed.sql_is("b")
     );
+    // The window's edges come from the stage (`Stage::default_window`), bound as $4 (near
+    // edge, where the window closes) and $5 (far edge, where it opens) in seconds. For every
+    // stage the window closes when `anchor - now` equals the near edge: `anchor - $4`.
+    let near = "make_interval(secs => $4)";
+    let far = "make_interval(secs => $5)";
     let (closes, eligible) = match stage {
         Stage::ConfirmationRecovery => (
-            // Recovery keeps trying until the session starts.
-            "b.start_time",
-            format!("{took_place} AND b.start_time > b.created_at + interval '10 minutes'"),
+            // Recovery keeps trying until the session starts; a booking made less than the
+            // far edge before its session never reaches the window.
+            "b.start_time".to_string(),
+            format!("{took_place} AND b.start_time > b.created_at - {far}"),
         ),
-        Stage::Reminder24h => (
-            "b.start_time - interval '23 hours'",
-            format!("{took_place} AND b.created_at < b.start_time - interval '25 hours'"),
-        ),
-        Stage::Reminder1h => (
-            "b.start_time - interval '50 minutes'",
-            format!("{took_place} AND b.created_at < b.start_time - interval '70 minutes'"),
+        Stage::Reminder24h | Stage::Reminder1h => (
+            format!("b.start_time - {near}"),
+            // Booked after the window opened: never due.
+            format!("{took_place} AND b.created_at < b.start_time - {far}"),
         ),
         Stage::IntroFollowup => (
-            "b.end_time + interval '30 minutes'",
-            format!("b.booking_kind = 'intro' AND {took_place}"),
+            format!("b.end_time - {near}"),
+            format!(
+                "b.booking_kind = '{}' AND {took_place}",
+                BookingKind::Intro.as_str()
+            ),
         ),
         Stage::SessionFollowup => (
-            "b.end_time + interval '5 days'",
-            format!("b.booking_kind = 'full_session' AND {took_place}"),
+            format!("b.end_time - {near}"),
+            format!(
+                "b.booking_kind = '{}' AND {took_place}",
+                BookingKind::FullSession.as_str()
+            ),
         ),
         Stage::CancellationRecovery => (
-            "b.cancelled_at + interval '4 hours'",
+            format!("b.cancelled_at - {near}"),
             format!(
                 "{} AND NOT coalesce(b.request_reschedule, false)",
                 BookingStatus::Cancelled.sql_is("b")
@@ -329,10 +335,33 @@ pub async fn audit(
          ORDER BY 9",
         mark = stage.mark_column(),
     );
-    let rows = db
-        .client()
-        .await?
-        .query(&sql, &[&from, &now, &stage.ledger_stage()])
+    let (near_edge, far_edge) = stage.default_window();
+    let seconds = |d: chrono::Duration| d.num_seconds() as f64;
+    let client = db.client().await?;
+    let statement = client
+        .prepare_typed(
+            &sql,
+            &[
+                Type::TIMESTAMPTZ,
+                Type::TIMESTAMPTZ,
+                Type::TEXT,
+                Type::FLOAT8,
+                Type::FLOAT8,
+            ],
+        )
+        .await
+        .with_context(|| format!("Failed to prepare the audit of {stage}"))?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &from,
+                &now,
+                &stage.ledger_stage(),
+                &seconds(near_edge),
+                &seconds(far_edge),
+            ],
+        )
         .await
         .with_context(|| format!("Failed to audit {stage}"))?;
     let mut out = Vec::new();

@@ -1,4 +1,4 @@
-//! The `suppressions` table (SPEC §9): recipients who must not get anything more on a channel
+//! The `suppressions` table (README, "Opt-outs"): recipients who must not get anything more on a channel
 //! (a STOP reply, a number Twilio calls invalid, the unsubscribe link, an operator). Addresses
 //! come in normalised by the caller (see `stages::optout::normalise`); this module only runs
 //! the SQL. Adding is idempotent: the first reason and source stay.

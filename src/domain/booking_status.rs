@@ -1,4 +1,4 @@
-//! The booking lifecycle (SPEC §1, §6): [`BookingStatus`], its database text, the SQL that
+//! The booking lifecycle (README, "How a booking's status is decided"): [`BookingStatus`], its database text, the SQL that
 //! selects by it, and the one transition table [`next_status`] that decides what an incoming
 //! webhook event does to a booking's status.
 //!
@@ -76,7 +76,7 @@ impl BookingStatus {
     }
 
     /// Whether a booking with this status can still take place and is confirmed and reminded:
-    /// ACCEPTED, or NULL (pre-inserted by the booking site). PENDING is not active (SPEC §1).
+    /// ACCEPTED, or NULL (pre-inserted by the booking site). PENDING is not active (the host has not accepted).
     pub fn is_active(status: Option<BookingStatus>) -> bool {
         matches!(status, None | Some(BookingStatus::Accepted))
     }

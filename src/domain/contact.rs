@@ -1,3 +1,6 @@
+//! Contact newtypes that can only be built by parsing ([`EmailAddress`], [`PhoneNumber`] in
+//! E.164) and the masking used wherever an address reaches a log, a report or an error.
+
 use std::fmt;
 
 /// An email address a message may be sent to. Built only by [`EmailAddress::parse`], which

@@ -1,7 +1,10 @@
+//! The counters of a stage run: what became of every booking and message it looked at.
+//! Reported by `--json`, stored in `journey_runs`, summed by `status`; see [`Counter`].
+
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-/// One counter of a stage run (SPEC §2). Every booking a stage selects ends in `processed`
+/// One counter of a stage run (in `--json` reports, `journey_runs` and `status`). Every booking a stage selects ends in `processed`
 /// plus at least one outcome counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Counter {

@@ -17,4 +17,7 @@ pub use booking_status::{next_status, BookingStatus, EventOrder, StatusEvent, Un
 pub use contact::{mask_email, mask_phone, EmailAddress, PhoneNumber};
 pub use counters::{Counter, Counters};
 pub use sms_status::SmsStatus;
-pub use stage::{BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole, Stage};
+pub use stage::{
+    mark_column, BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole, Stage,
+    RECOVERY_EXCLUSIVE_PERIOD,
+};

@@ -1,3 +1,9 @@
+//! The journey's stages and the facts that belong to each: its names (report id, subcommand,
+//! ledger stage), its window, its cadence, the booking column that marks it done and the
+//! cancellation recovery's per-patient period. `audit`, `status`, the selection and the
+//! schedule proof read them from here; see docs/ARCHITECTURE.md. Also the small enums every
+//! delivery is described by (channel, recipient role, delivery status, message kind).
+
 use std::fmt;
 
 /// A stage of the journey as an operator runs it (one subcommand each).
@@ -102,6 +108,45 @@ impl Stage {
         Stage::ALL
             .into_iter()
             .find(|st| st.as_str() == s || st.command() == s)
+    }
+
+    /// The stage whose deliveries carry this `journey_deliveries.stage` (`confirmation` is
+    /// confirmation recovery's, shared with the webhook). `None` for ledger stages that are
+    /// no timed stage (the cancellation notice).
+    pub fn from_ledger_stage(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|st| st.ledger_stage() == s)
+    }
+
+    /// How long a patient who got this stage's message is not sent it again for another
+    /// booking: cancellation recovery goes to a patient at most once per period.
+    pub fn patient_exclusive_period(self) -> Option<chrono::Duration> {
+        match self {
+            Stage::CancellationRecovery => Some(RECOVERY_EXCLUSIVE_PERIOD),
+            Stage::ConfirmationRecovery
+            | Stage::Reminder24h
+            | Stage::Reminder1h
+            | Stage::IntroFollowup
+            | Stage::SessionFollowup => None,
+        }
+    }
+}
+
+/// Cancellation recovery's per-patient period (see [`Stage::patient_exclusive_period`]).
+pub const RECOVERY_EXCLUSIVE_PERIOD: chrono::Duration = chrono::Duration::hours(72);
+
+/// The `cal_bookings` column that a sent message of `stage` to `role` sets, if any: the
+/// confirmation stage marks the patient's and the therapist's message apart, QA copies mark
+/// nothing, every other stage has one column for the booking.
+pub fn mark_column(stage: Stage, role: RecipientRole) -> Option<&'static str> {
+    match (stage, role) {
+        (_, RecipientRole::Qa) => None,
+        (Stage::ConfirmationRecovery, RecipientRole::Patient) => {
+            Some("client_confirmation_sent_at")
+        }
+        (Stage::ConfirmationRecovery, RecipientRole::Therapist) => {
+            Some("therapist_notification_sent_at")
+        }
+        (other, RecipientRole::Patient | RecipientRole::Therapist) => Some(other.mark_column()),
     }
 }
 
@@ -276,7 +321,7 @@ impl MessageKind {
         MessageKind::CancellationNotice,
     ];
 
-    /// `properties.kind` of the `email_sent` event (SPEC §7).
+    /// `properties.kind` of the `email_sent` event.
     pub fn event_kind(self) -> &'static str {
         match self {
             MessageKind::ClientConfirmation => "cal_booking_client_confirmation",
@@ -322,6 +367,66 @@ impl MessageKind {
             | MessageKind::Reminder24h
             | MessageKind::Reminder1h
             | MessageKind::CancellationNotice => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_is_found_by_its_names_and_its_ledger_stage() {
+        for stage in Stage::ALL {
+            assert_eq!(Stage::parse(stage.as_str()), Some(stage));
+            assert_eq!(Stage::parse(stage.command()), Some(stage));
+            assert_eq!(Stage::from_ledger_stage(stage.ledger_stage()), Some(stage));
+        }
+        assert_eq!(
+            Stage::from_ledger_stage(CONFIRMATION_LEDGER_STAGE),
+            Some(Stage::ConfirmationRecovery)
+        );
+        assert_eq!(Stage::from_ledger_stage("cancellation_notice"), None);
+    }
+
+    #[test]
+    fn the_cadence_is_never_wider_than_the_window() {
+        for stage in Stage::ALL {
+            let (start, end) = stage.default_window();
+            assert!(start < end, "{stage}");
+            assert!(stage.cadence() <= end - start, "{stage}");
+        }
+    }
+
+    #[test]
+    fn mark_columns_split_confirmation_by_role_and_skip_qa() {
+        use RecipientRole::*;
+        assert_eq!(
+            mark_column(Stage::ConfirmationRecovery, Patient),
+            Some("client_confirmation_sent_at")
+        );
+        assert_eq!(
+            mark_column(Stage::ConfirmationRecovery, Therapist),
+            Some("therapist_notification_sent_at")
+        );
+        for stage in Stage::ALL {
+            assert_eq!(mark_column(stage, Qa), None, "{stage}");
+        }
+        for stage in &Stage::ALL[1..] {
+            assert_eq!(mark_column(*stage, Patient), Some(stage.mark_column()));
+        }
+        assert_eq!(
+            mark_column(Stage::Reminder1h, Patient),
+            Some("reminder_1h_sent_at")
+        );
+    }
+
+    #[test]
+    fn only_cancellation_recovery_is_exclusive_per_patient_for_72_hours() {
+        for stage in Stage::ALL {
+            let expected =
+                (stage == Stage::CancellationRecovery).then(|| chrono::Duration::hours(72));
+            assert_eq!(stage.patient_exclusive_period(), expected, "{stage}");
         }
     }
 }

@@ -176,7 +176,7 @@ impl Mailer {
                 })?),
                 None => None,
             };
-        crate::ensure_tls_provider();
+        crate::tls::ensure_tls_provider();
         Ok(Mailer {
             transport: Arc::new(transport),
             from,

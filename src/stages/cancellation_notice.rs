@@ -66,120 +66,101 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::bookings::{DueBooking, PatientRow};
-    use chrono::{DateTime, Duration, Utc};
-    use uuid::Uuid;
+    use crate::domain::Channel::Email;
+    use crate::domain::RecipientRole::Patient;
+    use crate::stages::fixtures::{addressed, at, sends, skip_of, skipped, Case, PATIENT_EMAIL};
 
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn booking() -> DueBooking {
-        let start = at("2026-03-12T15:00:00Z");
-        DueBooking {
-            id: Uuid::new_v4(),
-            cal_uid: "uid-1".into(),
-            status: Some("cancelled".into()),
-            is_test: false,
-            start_time: Some(start),
-            end_time: Some(start + Duration::minutes(50)),
-            booking_kind: Some("full_session".into()),
-            video_url: None,
-            location: None,
-            ical_sequence: None,
-            patient_id: Some(Uuid::new_v4()),
-            therapist_id: None,
-            match_id: None,
-            request_reschedule: false,
-            rescheduled_from_uid: None,
-            client_confirmation_sent_at: Some(at("2026-03-09T15:00:00Z")),
-            therapist_notification_sent_at: None,
-            stage_mark: None,
-            therapist: None,
-            future_full_with_therapist: false,
-            future_any_with_therapist: false,
-            has_successful_booking: false,
-            other_matched_therapists: 0,
-            recently_recovered: false,
-            full_slots_count: None,
-            next_full_time: None,
-            slots_cached_at: None,
-            match_secure_uuid: None,
-            ical_uid: None,
-            attendee_email: Some("walk.in@example.de".into()),
-            attendee_name: Some("Walk In".into()),
-            attendee_phone: None,
-        }
-    }
-
-    fn patient(email: Option<&str>) -> PatientRow {
-        PatientRow {
-            id: Some(Uuid::new_v4()),
-            name: Some("Jonas Weber".into()),
-            email: email.map(str::to_string),
-            phone_number: None,
-            is_test: false,
-        }
-    }
-
-    fn decide(b: &DueBooking, p: Option<&PatientRow>) -> Plan {
-        let settings = crate::config::Settings::from_args(&Default::default()).unwrap();
-        let attendee = PatientRow::attendee_of(b);
-        plan(&PlanInput {
-            booking: b,
-            patient: p,
-            attendee: attendee.as_ref(),
-            settings: &settings,
-            now: at("2026-03-10T09:00:00Z"),
-            sms_enabled: false,
-        })
-    }
-
-    fn sent_to(plan: &Plan) -> Option<String> {
-        match plan {
-            Plan::Messages(m) => match m.as_slice() {
-                [MessagePlan::Send(out)] => match &out.to {
-                    Recipient::Email(e) => Some(e.as_str().to_string()),
-                    Recipient::Sms(_) => None,
-                },
-                _ => None,
-            },
-            Plan::Skip { .. } => None,
-        }
+    /// A cancelled booking whose patient got the confirmation with its invite.
+    fn invited(mut case: Case) -> Case {
+        case.booking.status = Some("cancelled".into());
+        case.booking.client_confirmation_sent_at = Some(at("2026-03-09T15:00:00Z"));
+        case
     }
 
     #[test]
     fn only_a_cancelled_invited_real_patient_with_an_email_gets_the_notice() {
-        let p = patient(Some("jonas.weber@example.de"));
-        let b = booking();
+        let decided = invited(Case::new()).decide(plan);
         assert_eq!(
-            sent_to(&decide(&b, Some(&p))).as_deref(),
-            Some("jonas.weber@example.de")
+            addressed(&decided),
+            [(Patient, Email, PATIENT_EMAIL.to_string())]
         );
-        // A walk-in attendee without a people row: the payload's address.
-        let mut walk_in = booking();
-        walk_in.patient_id = None;
-        assert_eq!(
-            sent_to(&decide(&walk_in, None)).as_deref(),
-            Some("walk.in@example.de")
-        );
+        let out = sends(&decided);
+        assert_eq!(out[0].kind, MessageKind::CancellationNotice);
+        assert!(out[0].invite, "it carries the invite's METHOD:CANCEL");
+        assert_eq!(out[0].to_name.as_deref(), Some("Jonas Weber"));
 
-        let mut never_invited = booking();
-        never_invited.client_confirmation_sent_at = None;
-        let mut test = booking();
-        test.is_test = true;
-        let mut active = booking();
-        active.status = Some("ACCEPTED".into());
-        for b in [never_invited, test, active] {
-            assert!(sent_to(&decide(&b, Some(&p))).is_none(), "{b:?}");
+        let changes: [fn(&mut Case); 4] = [
+            |c| c.booking.client_confirmation_sent_at = None,
+            |c| c.booking.is_test = true,
+            |c| c.patient.as_mut().unwrap().is_test = true,
+            |c| c.booking.status = Some("ACCEPTED".into()),
+        ];
+        for change in changes {
+            let mut case = invited(Case::new());
+            change(&mut case);
+            assert!(
+                addressed(&case.decide(plan)).is_empty(),
+                "{:?}",
+                case.booking
+            );
         }
-        let no_email = patient(Some("temp_123@example.de"));
-        assert!(matches!(
-            decide(&booking(), Some(&no_email)),
-            Plan::Skip {
-                counter: Counter::SkippedNoContact,
-                ..
-            }
-        ));
+        let mut no_email = invited(Case::new());
+        no_email.patient.as_mut().unwrap().email = Some("temp_123@example.de".into());
+        assert_eq!(skipped(&no_email.decide(plan)), Counter::SkippedNoContact);
+    }
+
+    #[test]
+    fn each_reason_not_to_send_is_recorded_with_its_counter() {
+        let mut active = invited(Case::new());
+        active.booking.status = Some("ACCEPTED".into());
+        let mut never_invited = invited(Case::new());
+        never_invited.booking.client_confirmation_sent_at = None;
+        let mut test = invited(Case::new());
+        test.booking.is_test = true;
+        let mut no_start = invited(Case::new());
+        no_start.booking.start_time = None;
+        let mut nobody = invited(Case::walk_in());
+        nobody.booking.attendee_email = None;
+        nobody.booking.attendee_phone = None;
+        for (case, counter, reason) in [
+            (active, Counter::SkippedInactive, "booking is not cancelled"),
+            (
+                never_invited,
+                Counter::SkippedInactive,
+                "the patient never got an invite to take back",
+            ),
+            (test, Counter::SkippedTest, "test booking"),
+            (
+                no_start,
+                Counter::SkippedInactive,
+                "booking has no start time",
+            ),
+            (
+                nobody,
+                Counter::SkippedNoPatient,
+                "booking has no patient or attendee",
+            ),
+        ] {
+            assert_eq!(
+                skip_of(&case.decide(plan)),
+                Some((counter, false, false, reason))
+            );
+        }
+    }
+
+    #[test]
+    fn a_walk_in_gets_the_notice_at_the_payloads_address_with_its_name() {
+        let decided = invited(Case::walk_in()).decide(plan);
+        assert_eq!(
+            addressed(&decided),
+            [(Patient, Email, "walk.in@example.de".to_string())]
+        );
+        let out = sends(&decided);
+        assert_eq!(out[0].to_name.as_deref(), Some("Mia Walk"));
+        assert_eq!(out[0].context.patient_name.as_deref(), Some("Mia Walk"));
+        // A phone-only walk-in cannot get an email notice.
+        let mut phone_only = invited(Case::walk_in());
+        phone_only.booking.attendee_email = None;
+        assert_eq!(skipped(&phone_only.decide(plan)), Counter::SkippedNoContact);
     }
 }

@@ -5,6 +5,8 @@ pub mod cancellation_notice;
 pub mod confirmation;
 pub mod control;
 pub mod driver;
+#[cfg(test)]
+mod fixtures;
 pub mod followups;
 pub mod gate;
 pub mod optout;

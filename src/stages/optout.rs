@@ -42,7 +42,7 @@ use crate::domain::{Channel, Counter, EmailAddress, MessageKind, PhoneNumber, St
 use crate::notify::SendOutcome;
 use crate::secret::Secret;
 
-/// The path `serve` answers unsubscribe links on (SPEC §9).
+/// The path `serve` answers unsubscribe links on (README, "Opt-outs").
 pub const UNSUBSCRIBE_PATH: &str = "/api/public/unsubscribe";
 
 const TOKEN_VERSION: u8 = 1;

@@ -1,8 +1,11 @@
-//! Cal.com webhooks (SPEC §6): [`verify`] checks the signature on the raw body, [`parse`] turns
-//! a verified body into a [`CalEvent`].
+//! Cal.com webhooks and Twilio's status callbacks, from the raw body to the database.
 //!
-//! Both are pure: no I/O, no database, no clock, no logging. Applying an event to the database
-//! and the HTTP listener are built on top of these and live elsewhere.
+//! [`verify`] checks a Cal.com signature on the raw body and [`parse`] turns a verified body
+//! into a [`CalEvent`]; [`twilio_status`] checks and reads a Twilio callback. These three are
+//! pure: no I/O, no database, no clock, no logging. [`apply`] is not: it stores the receipt
+//! and applies the event to the database (through `db::webhook`) in one transaction. The HTTP
+//! listener is `commands::webhook` (`serve`). The path of a body is drawn in
+//! docs/ARCHITECTURE.md.
 
 pub mod apply;
 pub mod parse;

@@ -1,6 +1,6 @@
 //! Turns a verified Cal.com webhook body into a [`CalEvent`].
 //!
-//! Two body shapes arrive (SPEC §6): the `{triggerEvent, createdAt, payload}` envelope of the
+//! Two body shapes arrive (samples in `tests/fixtures/cal/`): the `{triggerEvent, createdAt, payload}` envelope of the
 //! booking triggers, and the flat `MEETING_STARTED`/`MEETING_ENDED` body whose booking fields sit
 //! at the top level next to `triggerEvent`. Both are read into the same struct.
 //!
@@ -164,7 +164,7 @@ pub struct CalEvent {
 }
 
 impl CalEvent {
-    /// A test booking (SPEC §1, §6): `metadata.kh_test` is `true`, `"true"`, `1` or `"1"`, or
+    /// A test booking (never sent to; see `stages::plan::check_patient`): `metadata.kh_test` is `true`, `"true"`, `1` or `"1"`, or
     /// the first attendee's email has `+test` in its local part (case ignored).
     pub fn is_test(&self) -> bool {
         if self.kh.test == Some(true) {
@@ -224,7 +224,7 @@ impl fmt::Debug for CalEvent {
     }
 }
 
-/// A body that cannot be read as a webhook at all (SPEC §6: 400). Messages never quote the body.
+/// A body that cannot be read as a webhook at all (answered 400 by `serve`). Messages never quote the body.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("webhook body is not valid JSON: {0}")]
@@ -397,7 +397,7 @@ fn kh_metadata(m: &Fields<'_>, w: &mut Warnings) -> KhMetadata {
         therapist_id: m.uuid("kh_therapist_id", w),
         match_id: m.uuid("kh_match_id", w),
         booking_kind,
-        // true, "true", 1 and "1" all mean test (SPEC §6).
+        // true, "true", 1 and "1" all mean test (see `CalEvent::is_test`).
         test: m.boolean("kh_test", w),
         source: m.text("kh_source", w),
     }

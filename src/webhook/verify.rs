@@ -1,5 +1,5 @@
 //! Authenticity of a Cal.com webhook body: the `X-Cal-Signature-256` header must be the hex
-//! HMAC-SHA256 of the raw body under `CAL_WEBHOOK_SECRET` (SPEC §6).
+//! HMAC-SHA256 of the raw body under `CAL_WEBHOOK_SECRET` (README, install step 5).
 //!
 //! This runs on the raw bytes, before anything is parsed, so an unsigned body never reaches the
 //! JSON parser. It does no I/O and never logs: the caller decides what a failure means (401).

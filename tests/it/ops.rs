@@ -360,3 +360,73 @@ async fn the_preview_shows_its_index_and_an_email_in_a_browser() {
     );
     assert!(email.contains("Guten Tag Jonas Weber"), "{email}");
 }
+
+/// `audit` judges each stage's window where `Stage::default_window` puts it: a booking whose
+/// window closed a minute ago is listed, one whose window closes in a minute is not (yet),
+/// and a booking made after its window opened was never due.
+#[tokio::test]
+async fn audit_lists_a_booking_once_its_stage_window_has_closed_and_not_before() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let t = seed::therapist(&c, "lena-brandt").await;
+    let p = seed::patient(&c, "Jonas Weber", Some("jonas@example.de"), None).await;
+    let now = at(NOW);
+    let (m, h) = (Duration::minutes(1), Duration::hours(1));
+    let full = |start| Booking::new(t, p, start);
+    let intro = |end: chrono::DateTime<chrono::Utc>| {
+        Booking::new(t, p, end - Duration::minutes(15)).intro()
+    };
+    let cancelled = |at| Booking::new(t, p, now + Duration::days(2)).cancelled(at);
+    let unconfirmed = |start, booked_before| {
+        Booking::new(t, p, start).unconfirmed(start - Duration::minutes(booked_before))
+    };
+    let session_end = now - Duration::days(5);
+    // (stage, its window closed a minute ago, it closes in a minute)
+    let cases = [
+        (
+            "reminder_24h",
+            full(now + h * 23 - m),
+            full(now + h * 23 + m),
+        ),
+        ("reminder_1h", full(now + m * 49), full(now + m * 51)),
+        ("intro_followup", intro(now - m * 31), intro(now - m * 29)),
+        (
+            "session_followup",
+            full(session_end - m * 51),
+            full(session_end - m * 49),
+        ),
+        (
+            "cancellation_recovery",
+            cancelled(now - h * 4 - m),
+            cancelled(now - h * 4 + m),
+        ),
+        (
+            "confirmation_recovery",
+            unconfirmed(now - m, 11),
+            unconfirmed(now + m, 11),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (stage, closed, open) in &cases {
+        ids.push((*stage, closed.insert(&c).await, open.insert(&c).await));
+    }
+    // Booked 9 minutes before the session: confirmation recovery never had it in its window.
+    let late = unconfirmed(now - m, 9).insert(&c).await;
+    let out = db
+        .cmd()
+        .args(["--now", NOW, "--json", "audit", "--days", "3"])
+        .run()
+        .await;
+    let report = out.json();
+    let misses = report["misses"].as_array().unwrap();
+    let listed = |id: uuid::Uuid, stage: &str| {
+        misses
+            .iter()
+            .any(|m| m["booking_id"] == id.to_string() && m["stage"] == stage)
+    };
+    for (stage, closed, open) in ids {
+        assert!(listed(closed, stage), "{stage}: window closed, not listed");
+        assert!(!listed(open, stage), "{stage}: window still open, listed");
+    }
+    assert!(!listed(late, "confirmation_recovery"));
+}
