@@ -21,8 +21,8 @@ use crate::db::bookings::{self, DueBooking, PatientRow};
 use crate::db::ledger::{self, Claim, ClaimRequest, DeliveryKey, EventRow, LedgerRow, Outcome};
 use crate::db::{runs, Db};
 use crate::domain::{
-    display_name, BookingKind, Channel, Counter, Counters, DeliveryStatus, EmailAddress,
-    MessageKind, RecipientRole, Stage,
+    display_name, mark_column, BookingKind, Channel, Counter, Counters, DeliveryStatus,
+    EmailAddress, MessageKind, RecipientRole, Stage,
 };
 use crate::notify::email::{Attachment, Mailer, OutgoingEmail};
 use crate::notify::sms::SmsSender;
@@ -366,20 +366,6 @@ impl JobResult {
         self.counters.bump(c);
         self.failures += 1;
         self
-    }
-}
-
-/// The column a stage sets for a recipient, if any.
-fn mark_column(stage: Stage, role: RecipientRole) -> Option<&'static str> {
-    match (stage, role) {
-        (_, RecipientRole::Qa) => None,
-        (Stage::ConfirmationRecovery, RecipientRole::Patient) => {
-            Some("client_confirmation_sent_at")
-        }
-        (Stage::ConfirmationRecovery, RecipientRole::Therapist) => {
-            Some("therapist_notification_sent_at")
-        }
-        (other, _) => Some(other.mark_column()),
     }
 }
 
@@ -1451,8 +1437,9 @@ async fn claim_job(j: &Journey, job: &Job, stage: Option<Stage>) -> anyhow::Resu
             claimed_by: &j.application_name,
             recipient_masked: &masked,
             message_id_domain: &j.message_id_domain,
-            patient_exclusive_since: (stage == Some(Stage::CancellationRecovery))
-                .then(|| j.clock.now() - Duration::hours(72)),
+            patient_exclusive_since: stage
+                .and_then(Stage::patient_exclusive_period)
+                .map(|p| j.clock.now() - p),
             require_active: stage.is_some()
                 && job.key.stage == Stage::ConfirmationRecovery.ledger_stage(),
         },
