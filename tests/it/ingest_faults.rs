@@ -8,6 +8,7 @@ use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
 use crate::harness::TestDb;
 use crate::seed::{self, at, Booking};
+use crate::support;
 use crate::transports::Transports;
 
 const PHONE: &str = "+4915112345678";
@@ -472,42 +473,13 @@ async fn serve_drains_within_its_bound_on_sigterm_and_leaves_the_rest_to_confirm
     let db = TestDb::migrated().await;
     let tr = Transports::start().await;
     let c = db.client().await;
-    for i in 0..BOOKINGS {
-        seed::therapist(&c, &format!("therapist-{i}")).await;
-        seed::patient(
-            &c,
-            "Jonas Weber",
-            Some(&format!("patient-{i}@example.de")),
-            None,
-        )
-        .await;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    support::seed_people(&c, BOOKINGS).await;
     // The relay takes every message body and never answers.
     tr.smtp.close_gate();
     let mut cli = tr.apply_email_only(db.cmd());
-    cli.env("CAL_WEBHOOK_SECRET", SECRET).args([
-        "--now",
-        NOW,
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--drain-timeout",
-        "1s",
-    ]);
-    let mut child = cli.spawn();
-    let base = format!("http://127.0.0.1:{port}");
+    cli.env("CAL_WEBHOOK_SECRET", SECRET).args(["--now", NOW]);
+    let (mut child, base) = support::spawn_serve_with(cli, &["--drain-timeout", "1s"]).await;
     let http = reqwest::Client::new();
-    let mut tries = 0;
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        tries += 1;
-        assert!(tries < 5000, "serve never came up");
-        tokio::task::yield_now().await;
-    }
     let secret = journeyctl::secret::Secret::new(SECRET);
     for i in 0..BOOKINGS {
         let body = created_body(i);
@@ -525,11 +497,7 @@ async fn serve_drains_within_its_bound_on_sigterm_and_leaves_the_rest_to_confirm
     }
     // Confirmations are stuck at the relay, more are queued behind them.
     tr.smtp.wait_held(2);
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    support::signal(&child, "TERM", false);
     // Far above the 1 s drain bound, far below a send's own 60 s timeout.
     let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
         .await

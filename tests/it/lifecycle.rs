@@ -8,13 +8,11 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use crate::harness::{CliOutput, TestDb};
+use crate::support::{self, signal, spawn_serve, PATIENT};
 use crate::transports::Transports;
 
 const SECRET: &str = "whsec_journeyctl_test_0001";
-const PATIENT: &str = "7b1f3c2e-5a4d-4c8e-9f10-2a3b4c5d6e7f";
-const THERAPIST: &str = "3c9d8e7f-6a5b-4c4d-8e2f-1a0b9c8d7e6f";
 const OTHER_THERAPIST: &str = "4d0e9f80-7b6c-4d5e-9f30-2b1c0d9e8f70";
-const MATCH: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
 /// The intro fixture's booking (session 2026-03-05 09:20–09:35 UTC).
 const INTRO_UID: &str = "Kx7pR2mWq9TzLc4VbN8sYd";
 /// Before every fixture's session.
@@ -36,18 +34,15 @@ fn edited(name: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
+/// The shared marketplace, plus a second therapist the patient was only proposed to.
 async fn seed_marketplace(db: &TestDb) -> tokio_postgres::Client {
-    let c = db.client().await;
+    let c = support::seed_marketplace(db).await;
     c.batch_execute(&format!(
-        "INSERT INTO people (id, name, email, phone_number)
-           VALUES ('{PATIENT}', 'Jonas Weber', 'jonas.weber@example.de', '+4915112345678');
-         INSERT INTO therapists (id, first_name, last_name, email, cal_username,
+        "INSERT INTO therapists (id, first_name, last_name, email, cal_username,
                                  cal_intro_event_type_id, cal_full_session_event_type_id)
-           VALUES ('{THERAPIST}', 'Lena', 'Brandt', 'lena.brandt@praxis.example', 'lena-brandt', 1187, 1188),
-                  ('{OTHER_THERAPIST}', 'Tim', 'Falk', 'tim.falk@praxis.example', 'tim-falk', 2187, 2188);
+           VALUES ('{OTHER_THERAPIST}', 'Tim', 'Falk', 'tim.falk@praxis.example', 'tim-falk', 2187, 2188);
          INSERT INTO matches (id, patient_id, therapist_id, status)
-           VALUES ('{MATCH}', '{PATIENT}', '{THERAPIST}', 'accepted'),
-                  (gen_random_uuid(), '{PATIENT}', '{OTHER_THERAPIST}', 'proposed');"
+           VALUES (gen_random_uuid(), '{PATIENT}', '{OTHER_THERAPIST}', 'proposed');"
     ))
     .await
     .unwrap();
@@ -358,31 +353,13 @@ async fn a_database_error_from_serve_never_echoes_the_patients_row() {
     let c = seed_marketplace(&db).await;
     let tr = Transports::start().await;
     refuse_cancellations(&c).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut cli = tr.apply(db.cmd());
     cli.env("CAL_WEBHOOK_SECRET", SECRET)
         // Every line of ours; other crates' debug lines are dropped by `init_logging`.
         .env("RUST_LOG", "info,journeyctl=trace")
-        .args([
-            "--now",
-            NOW,
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ]);
-    let child = cli.spawn();
-    let base = format!("http://127.0.0.1:{port}");
+        .args(["--now", NOW]);
+    let (child, base) = spawn_serve(cli).await;
     let http = reqwest::Client::new();
-    let mut tries = 0;
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        tries += 1;
-        assert!(tries < 5000, "serve never came up");
-        tokio::task::yield_now().await;
-    }
     let body = fixture("booking_cancelled.json");
     let sig = journeyctl::webhook::sign(&journeyctl::secret::Secret::new(SECRET), &body);
     let resp = http
@@ -396,11 +373,7 @@ async fn a_database_error_from_serve_never_echoes_the_patients_row() {
     let text = resp.text().await.unwrap();
     assert_no_patient_data("500 body", &text);
 
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "TERM", false);
     let out = child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no_cancellations_here"), "{stderr}");

@@ -14,13 +14,11 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::{Cli, CliOutput, TestDb};
 use crate::seed::at;
+use crate::support::seed_marketplace;
 use crate::transports::Transports;
 
 const KEY: &str = "cal_live_reconcile_test_key_0001_never_print";
 const SECRET: &str = "whsec_journeyctl_test_0001";
-const PATIENT: &str = "7b1f3c2e-5a4d-4c8e-9f10-2a3b4c5d6e7f";
-const THERAPIST: &str = "3c9d8e7f-6a5b-4c4d-8e2f-1a0b9c8d7e6f";
-const MATCH: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
 
 fn api_fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -191,22 +189,6 @@ fn created_webhook(b: &Value) -> Vec<u8> {
     p["metadata"] = b["metadata"].clone();
     w["createdAt"] = b["createdAt"].clone();
     serde_json::to_vec(&w).unwrap()
-}
-
-async fn seed_marketplace(db: &TestDb) -> tokio_postgres::Client {
-    let c = db.client().await;
-    c.batch_execute(&format!(
-        "INSERT INTO people (id, name, email, phone_number)
-           VALUES ('{PATIENT}', 'Jonas Weber', 'jonas.weber@example.de', '+4915112345678');
-         INSERT INTO therapists (id, first_name, last_name, email, cal_username,
-                                 cal_intro_event_type_id, cal_full_session_event_type_id)
-           VALUES ('{THERAPIST}', 'Lena', 'Brandt', 'lena.brandt@praxis.example', 'lena-brandt', 1187, 1188);
-         INSERT INTO matches (id, patient_id, therapist_id, status)
-           VALUES ('{MATCH}', '{PATIENT}', '{THERAPIST}', 'accepted');"
-    ))
-    .await
-    .unwrap();
-    c
 }
 
 /// A migrated database with the marketplace seeded (and its client), and the transports.

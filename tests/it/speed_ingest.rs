@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::harness::{TestDb, BIN};
 use crate::seed::{self, at, Booking};
+use crate::support::{self, signal, spawn_serve, terminate};
 use crate::transports::{Transports, TWILIO_SID, TWILIO_TOKEN};
 
 const SECRET: &str = "whsec_test_secret_7f3a";
@@ -40,25 +41,7 @@ fn body(trigger: &str, i: usize) -> Vec<u8> {
 }
 
 async fn seed_people(db: &TestDb, n: usize) {
-    let c = db.client().await;
-    for i in 0..n {
-        seed::therapist(&c, &format!("therapist-{i}")).await;
-        seed::patient(
-            &c,
-            "Jonas Weber",
-            Some(&format!("patient-{i}@example.de")),
-            None,
-        )
-        .await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    support::seed_people(&db.client().await, n).await;
 }
 
 /// Starts `journeyctl serve` and returns once `/healthz` answers.
@@ -67,28 +50,12 @@ async fn serve(
     tr: &Transports,
     smtp_url: Option<&str>,
 ) -> (tokio::process::Child, String) {
-    let port = free_port();
     let mut cli = tr.apply_email_only(db.cmd());
     if let Some(url) = smtp_url {
         cli.env("SMTP_URL", url);
     }
-    cli.env("CAL_WEBHOOK_SECRET", SECRET).args([
-        "--now",
-        NOW,
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    let child = cli.spawn();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let mut tries = 0;
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        tries += 1;
-        assert!(tries < 5000, "serve never came up");
-        tokio::task::yield_now().await;
-    }
-    (child, base)
+    cli.env("CAL_WEBHOOK_SECRET", SECRET).args(["--now", NOW]);
+    spawn_serve(cli).await
 }
 
 async fn post(base: &str, body: Vec<u8>) -> reqwest::StatusCode {
@@ -101,16 +68,6 @@ async fn post(base: &str, body: Vec<u8>) -> reqwest::StatusCode {
         .await
         .unwrap()
         .status()
-}
-
-async fn terminate(mut child: tokio::process::Child) {
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().await.unwrap();
-    assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
 }
 
 /// An SMTP server that accepts connections and never greets: every send waits at the greeting,
@@ -491,46 +448,30 @@ async fn no_postgres_left(mut child: tokio::process::Child, dir: std::path::Path
 #[tokio::test]
 async fn a_demo_stopped_with_sigterm_leaves_no_postgresql_and_no_directory() {
     let (child, dir, _out) = demo_with_server(true).await;
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "TERM", false);
     no_postgres_left(child, dir).await;
 }
 
 #[tokio::test]
 async fn a_demo_whose_process_group_is_killed_leaves_no_postgresql_and_no_directory() {
     let (child, dir, _out) = demo_with_server(true).await;
-    let pid = child.id().unwrap();
     // The whole group, as a terminal's Ctrl-C or a supervisor's SIGKILL does.
-    std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .status()
-        .unwrap();
+    signal(&child, "KILL", true);
     no_postgres_left(child, dir).await;
 }
 
 #[tokio::test]
 async fn a_demo_killed_while_its_postgresql_starts_leaves_no_postgresql_and_no_directory() {
     let (child, dir, _out) = demo_with_server(false).await;
-    let pid = child.id().unwrap();
     // In the middle of initdb / pg_ctl start, the whole group at once.
-    std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .status()
-        .unwrap();
+    signal(&child, "KILL", true);
     no_postgres_left(child, dir).await;
 }
 
 #[tokio::test]
 async fn a_demo_interrupted_while_its_postgresql_starts_leaves_no_postgresql_and_no_directory() {
     let (child, dir, _out) = demo_with_server(false).await;
-    let pid = child.id().unwrap();
     // Ctrl-C reaches the whole foreground group.
-    std::process::Command::new("kill")
-        .args(["-INT", "--", &format!("-{pid}")])
-        .status()
-        .unwrap();
+    signal(&child, "INT", true);
     no_postgres_left(child, dir).await;
 }

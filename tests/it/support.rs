@@ -4,6 +4,29 @@
 use crate::harness::{Cli, TestDb};
 use crate::transports::Transports;
 
+/// The patient, therapist and accepted match of [`seed_marketplace`].
+pub const PATIENT: &str = "7b1f3c2e-5a4d-4c8e-9f10-2a3b4c5d6e7f";
+pub const THERAPIST: &str = "3c9d8e7f-6a5b-4c4d-8e2f-1a0b9c8d7e6f";
+pub const MATCH: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
+
+/// The marketplace rows the Cal.com fixtures book against: patient Jonas Weber, therapist
+/// `lena-brandt` (event types 1187/1188) and their accepted match. Returns a client of `db`.
+pub async fn seed_marketplace(db: &TestDb) -> tokio_postgres::Client {
+    let c = db.client().await;
+    c.batch_execute(&format!(
+        "INSERT INTO people (id, name, email, phone_number)
+           VALUES ('{PATIENT}', 'Jonas Weber', 'jonas.weber@example.de', '+4915112345678');
+         INSERT INTO therapists (id, first_name, last_name, email, cal_username,
+                                 cal_intro_event_type_id, cal_full_session_event_type_id)
+           VALUES ('{THERAPIST}', 'Lena', 'Brandt', 'lena.brandt@praxis.example', 'lena-brandt', 1187, 1188);
+         INSERT INTO matches (id, patient_id, therapist_id, status)
+           VALUES ('{MATCH}', '{PATIENT}', '{THERAPIST}', 'accepted');"
+    ))
+    .await
+    .unwrap();
+    c
+}
+
 /// A migrated database, a client of it, and the SMTP server and Twilio stand-in.
 pub async fn db_and_transports() -> (TestDb, tokio_postgres::Client, Transports) {
     let db = TestDb::migrated().await;
@@ -25,13 +48,22 @@ pub async fn sms_forms(tr: &Transports) -> Vec<std::collections::HashMap<String,
 
 /// `cli serve --listen` on a free port of 127.0.0.1, once `/healthz` answers: the process
 /// and the base URL it listens on.
-pub async fn spawn_serve(mut cli: Cli) -> (tokio::process::Child, String) {
+pub async fn spawn_serve(cli: Cli) -> (tokio::process::Child, String) {
+    spawn_serve_with(cli, &[]).await
+}
+
+/// [`spawn_serve`] with more arguments of `serve` after `--listen`.
+pub async fn spawn_serve_with(
+    mut cli: Cli,
+    serve_args: &[&str],
+) -> (tokio::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    cli.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    cli.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(serve_args);
     let child = cli.spawn();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
@@ -42,4 +74,39 @@ pub async fn spawn_serve(mut cli: Cli) -> (tokio::process::Child, String) {
         tokio::task::yield_now().await;
     }
     (child, base)
+}
+
+/// Sends `kill -<signal>` to the child, or with `group` to its whole process group.
+pub fn signal(child: &tokio::process::Child, signal: &str, group: bool) {
+    let pid = child.id().unwrap();
+    let target = if group {
+        format!("-{pid}")
+    } else {
+        pid.to_string()
+    };
+    std::process::Command::new("kill")
+        .args([&format!("-{signal}"), "--", &target])
+        .status()
+        .unwrap();
+}
+
+/// SIGTERM to a `serve`, which must then exit 0.
+pub async fn terminate(mut child: tokio::process::Child) {
+    signal(&child, "TERM", false);
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
+}
+
+/// Therapist `therapist-<i>` and a patient `patient-<i>@example.de` for each `i` below `n`.
+pub async fn seed_people(c: &tokio_postgres::Client, n: usize) {
+    for i in 0..n {
+        crate::seed::therapist(c, &format!("therapist-{i}")).await;
+        crate::seed::patient(
+            c,
+            "Jonas Weber",
+            Some(&format!("patient-{i}@example.de")),
+            None,
+        )
+        .await;
+    }
 }

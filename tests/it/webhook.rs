@@ -5,12 +5,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::harness::{Cli, TestDb};
+use crate::support::{seed_marketplace, terminate, MATCH, PATIENT, THERAPIST};
 use crate::transports::Transports;
 
 const SECRET: &str = "whsec_journeyctl_test_0001";
-const PATIENT: &str = "7b1f3c2e-5a4d-4c8e-9f10-2a3b4c5d6e7f";
-const THERAPIST: &str = "3c9d8e7f-6a5b-4c4d-8e2f-1a0b9c8d7e6f";
-const MATCH: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
 /// Before every fixture's session.
 const NOW: &str = "2026-03-02T09:12:05Z";
 
@@ -27,22 +25,6 @@ fn signatures() -> HashMap<String, String> {
         .filter_map(|l| l.split_once(' '))
         .map(|(f, s)| (f.to_string(), s.trim().to_string()))
         .collect()
-}
-
-async fn seed_marketplace(db: &TestDb) -> tokio_postgres::Client {
-    let c = db.client().await;
-    c.batch_execute(&format!(
-        "INSERT INTO people (id, name, email, phone_number)
-           VALUES ('{PATIENT}', 'Jonas Weber', 'jonas.weber@example.de', '+4915112345678');
-         INSERT INTO therapists (id, first_name, last_name, email, cal_username,
-                                 cal_intro_event_type_id, cal_full_session_event_type_id)
-           VALUES ('{THERAPIST}', 'Lena', 'Brandt', 'lena.brandt@praxis.example', 'lena-brandt', 1187, 1188);
-         INSERT INTO matches (id, patient_id, therapist_id, status)
-           VALUES ('{MATCH}', '{PATIENT}', '{THERAPIST}', 'accepted');"
-    ))
-    .await
-    .unwrap();
-    c
 }
 
 fn webhook(db: &TestDb, tr: &Transports, name: &str, signature: Option<&str>) -> Cli {
@@ -340,7 +322,7 @@ async fn serve_answers_on_http_with_the_right_status_codes() {
         "--listen",
         &format!("127.0.0.1:{port}"),
     ]);
-    let mut child = cli.spawn();
+    let child = cli.spawn();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     // The listener is up once /healthz answers.
@@ -397,13 +379,7 @@ async fn serve_answers_on_http_with_the_right_status_codes() {
     assert_eq!(huge.status(), 413);
 
     // SIGTERM: in-flight confirmations finish, then the process exits cleanly.
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().await.unwrap();
-    assert!(status.success(), "serve exits 0 on SIGTERM");
+    terminate(child).await;
     assert_eq!(
         tr.emails().len(),
         2,
