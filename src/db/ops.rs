@@ -414,32 +414,52 @@ pub struct SmsFate {
     pub unconfirmed: i64,
 }
 
+/// The `FROM` and `WHERE` of the SMS sent in `[$1, $2]`.
+const SENT_SMS: &str = "FROM journey_deliveries
+                 WHERE channel = 'sms' AND status = 'sent'
+                   AND sent_at BETWEEN $1::timestamptz AND $2::timestamptz";
+
+/// Runs the query `sql` builds from the SQL rank of `provider_status` (4 = final), with
+/// `since` and `now` as `$1` and `$2`; `what` is the error's context.
+async fn sent_sms(
+    db: &Db,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    sql: impl FnOnce(&str) -> String,
+    what: &'static str,
+) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+    let rank = crate::domain::SmsStatus::sql_rank("provider_status");
+    db.client()
+        .await?
+        .query(&sql(&rank), &[&since, &now])
+        .await
+        .context(what)
+}
+
 /// [`SmsFate`] per stage for SMS sent in `[since, now]`.
 pub async fn sms_fates(
     db: &Db,
     since: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<SmsFate>> {
-    let rank = crate::domain::SmsStatus::sql_rank("provider_status");
-    let rows = db
-        .client()
-        .await?
-        .query(
-            &format!(
+    let rows = sent_sms(
+        db,
+        since,
+        now,
+        |rank| {
+            format!(
                 "SELECT stage,
                         count(*) FILTER (WHERE provider_status = 'delivered'),
                         count(*) FILTER (WHERE {rank} = 4 AND provider_status <> 'delivered'),
                         count(*) FILTER (WHERE {rank} < 4
                                            AND sent_at < $2::timestamptz - interval '1 hour')
-                 FROM journey_deliveries
-                 WHERE channel = 'sms' AND status = 'sent'
-                   AND sent_at BETWEEN $1::timestamptz AND $2::timestamptz
+                 {SENT_SMS}
                  GROUP BY stage ORDER BY stage"
-            ),
-            &[&since, &now],
-        )
-        .await
-        .context("Failed to count SMS by delivery status")?;
+            )
+        },
+        "Failed to count SMS by delivery status",
+    )
+    .await?;
     rows.iter()
         .map(|r| {
             Ok(SmsFate {
@@ -470,23 +490,22 @@ pub async fn undelivered_sms(
     since: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<UndeliveredSms>> {
-    let rank = crate::domain::SmsStatus::sql_rank("provider_status");
-    let rows = db
-        .client()
-        .await?
-        .query(
-            &format!(
+    let rows = sent_sms(
+        db,
+        since,
+        now,
+        |rank| {
+            format!(
                 "SELECT id, booking_id, stage, provider_status, provider_error_code,
                         recipient_masked, sent_at
-                 FROM journey_deliveries
-                 WHERE channel = 'sms' AND status = 'sent' AND sent_at BETWEEN $1 AND $2
+                 {SENT_SMS}
                    AND {rank} = 4 AND provider_status <> 'delivered'
                  ORDER BY sent_at, id"
-            ),
-            &[&since, &now],
-        )
-        .await
-        .context("Failed to read undelivered SMS")?;
+            )
+        },
+        "Failed to read undelivered SMS",
+    )
+    .await?;
     rows.iter()
         .map(|r| {
             Ok(UndeliveredSms {

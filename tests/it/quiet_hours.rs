@@ -3,21 +3,13 @@
 //! sent when they end, past the stage's own window if need be, or skipped and counted when the
 //! session would be too close by then. The email always goes at once.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::harness::{CliOutput, TestDb};
 use crate::seed;
-use crate::support::{db_and_transports, sms_forms};
+use crate::support::{berlin, db_and_transports, sms_forms};
 use crate::transports::Transports;
-
-fn berlin(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-    chrono_tz::Europe::Berlin
-        .with_ymd_and_hms(y, m, d, h, min, 0)
-        .single()
-        .unwrap()
-        .with_timezone(&Utc)
-}
 
 async fn booking_with_phone(c: &tokio_postgres::Client, start: DateTime<Utc>) -> Uuid {
     let t = seed::therapist(c, "lena-brandt").await;

@@ -15,6 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::harness::{CliOutput, TestDb};
 use crate::seed::{self, at, Booking};
+use crate::support::last_error;
 
 const NOW: &str = "2026-03-09T15:00:00Z";
 const PASSWORD: &str = "Geheim-7f3k9";
@@ -186,18 +187,6 @@ async fn reminder_24h(db: &TestDb, url: &str, templates: Option<&std::path::Path
     tokio::time::timeout(Duration::from_secs(60), cli.run())
         .await
         .expect("reminder-24h hung on a stalled SMTP relay")
-}
-
-async fn last_error(c: &tokio_postgres::Client, booking: uuid::Uuid) -> String {
-    let error: Option<String> = c
-        .query_one(
-            "SELECT last_error FROM journey_deliveries WHERE booking_id = $1",
-            &[&booking],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    error.unwrap_or_default()
 }
 
 fn email_row(status: &str) -> Vec<(String, String, String, String)> {

@@ -16,6 +16,7 @@ use mailin::AuthMechanism;
 
 use crate::harness::{CliOutput, TestDb};
 use crate::seed::{self, at, Booking};
+use crate::support::last_error;
 use crate::tls_relay::{userinfo, Ca, Mode, TlsRelay, PASSWORD, USER};
 
 const NOW: &str = "2026-03-09T15:00:00Z";
@@ -95,18 +96,6 @@ fn email_row(status: &str) -> Vec<(String, String, String, String)> {
         "patient".into(),
         status.into(),
     )]
-}
-
-async fn last_error(c: &tokio_postgres::Client, booking: uuid::Uuid) -> String {
-    let error: Option<String> = c
-        .query_one(
-            "SELECT last_error FROM journey_deliveries WHERE booking_id = $1",
-            &[&booking],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    error.unwrap_or_default()
 }
 
 /// Every text the run left in the database that an operator or a dashboard reads.

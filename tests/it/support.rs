@@ -110,3 +110,26 @@ pub async fn seed_people(c: &tokio_postgres::Client, n: usize) {
         .await;
     }
 }
+
+/// The `last_error` of the delivery of `booking` (one delivery), empty when there is none.
+pub async fn last_error(c: &tokio_postgres::Client, booking: uuid::Uuid) -> String {
+    let error: Option<String> = c
+        .query_one(
+            "SELECT last_error FROM journey_deliveries WHERE booking_id = $1",
+            &[&booking],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    error.unwrap_or_default()
+}
+
+/// A wall-clock time in Berlin, as UTC.
+pub fn berlin(y: i32, m: u32, d: u32, h: u32, min: u32) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    chrono_tz::Europe::Berlin
+        .with_ymd_and_hms(y, m, d, h, min, 0)
+        .single()
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
