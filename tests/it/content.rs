@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::harness::TestDb;
 use crate::seed::{self, at, Booking};
+use crate::support;
 use crate::transports::{Mail, Transports};
 
 const NOW: &str = "2026-03-09T15:00:00Z";
@@ -135,12 +136,7 @@ async fn a_rescheduled_bookings_invite_keeps_the_original_uid_with_a_higher_sequ
         Booking::new(t, p, at(NOW) + Duration::days(3)).unconfirmed(at(NOW) - Duration::hours(1));
     let first_id = first.insert(&c).await;
 
-    let out = tr
-        .apply_email_only(db.cmd())
-        .args(["--now", NOW, "confirmation-recovery"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    support::email_confirmation_recovery(&db, &tr, NOW).await;
 
     // Cal.com moves the session: the new booking carries the first invite's UID and a higher
     // sequence (as the webhook stores it).
@@ -160,12 +156,7 @@ async fn a_rescheduled_bookings_invite_keeps_the_original_uid_with_a_higher_sequ
     )
     .await
     .unwrap();
-    let out = tr
-        .apply_email_only(db.cmd())
-        .args(["--now", NOW, "confirmation-recovery"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    support::email_confirmation_recovery(&db, &tr, NOW).await;
 
     let to_patient: Vec<Mail> = tr
         .emails()
@@ -264,12 +255,7 @@ async fn a_cancelled_booking_whose_patient_got_an_invite_gets_one_cancellation_n
     test_booking.is_test = true;
     let test_booking = test_booking.insert(&c).await;
 
-    let out = tr
-        .apply_email_only(db.cmd())
-        .args(["--now", NOW, "confirmation-recovery"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    support::email_confirmation_recovery(&db, &tr, NOW).await;
     let sent_invite = tr
         .emails()
         .into_iter()
@@ -389,12 +375,7 @@ async fn the_plain_text_confirmation_has_a_blank_line_after_the_video_link() {
         .unconfirmed(at(NOW) - Duration::hours(1))
         .insert(&c)
         .await;
-    let out = tr
-        .apply_email_only(db.cmd())
-        .args(["--now", NOW, "confirmation-recovery"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    support::email_confirmation_recovery(&db, &tr, NOW).await;
     let mail = tr
         .emails()
         .into_iter()

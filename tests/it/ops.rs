@@ -4,6 +4,7 @@ use chrono::Duration;
 
 use crate::harness::{Cli, TestDb};
 use crate::seed::{self, at, Booking};
+use crate::support;
 use crate::transports::Transports;
 
 const NOW: &str = "2026-03-09T15:00:00Z";
@@ -273,13 +274,7 @@ async fn bad_input_names_the_problem_and_exits_2() {
 
 #[tokio::test]
 async fn preview_writes_every_message_and_an_index_linking_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Cli::new()
-        .args(["preview", "--out"])
-        .arg(dir.path())
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dir = support::preview().await;
     let index = std::fs::read_to_string(dir.path().join("index.html")).unwrap();
     for kind in journeyctl::domain::MessageKind::ALL {
         assert!(
@@ -337,13 +332,7 @@ async fn rendered_dom(page: &std::path::Path) -> String {
 
 #[tokio::test]
 async fn the_preview_shows_its_index_and_an_email_in_a_browser() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Cli::new()
-        .args(["preview", "--out"])
-        .arg(dir.path())
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dir = support::preview().await;
     let index = rendered_dom(&dir.path().join("index.html")).await;
     assert!(
         index.contains("Erinnerung: Ihr Termin morgen"),

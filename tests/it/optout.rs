@@ -5,9 +5,9 @@
 
 use chrono::Duration;
 
-use crate::harness::{Cli, CliOutput, TestDb};
+use crate::harness::{CliOutput, TestDb};
 use crate::seed::{self, at, Booking};
-use crate::support::{db_and_transports, spawn_serve};
+use crate::support::{self, db_and_transports, spawn_serve};
 use crate::transports::{Mail, Transports, PUBLIC_CALLBACK_BASE, UNSUBSCRIBE_SECRET};
 
 const NOW: &str = "2026-03-09T15:00:00Z";
@@ -351,13 +351,7 @@ async fn without_public_callback_base_advertising_emails_go_out_with_an_opt_out_
 
 #[tokio::test]
 async fn preview_shows_the_opt_out_line_on_the_three_advertising_messages_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Cli::new()
-        .args(["preview", "--out"])
-        .arg(dir.path())
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dir = support::preview().await;
     let mut seen = 0;
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
@@ -592,12 +586,7 @@ async fn a_suppressed_address_gets_no_cancellation_notice_either() {
         .unconfirmed(at(NOW) - Duration::hours(1))
         .insert(&c)
         .await;
-    let out = tr
-        .apply_email_only(db.cmd())
-        .args(["--now", NOW, "confirmation-recovery"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    support::email_confirmation_recovery(&db, &tr, NOW).await;
     let before = tr.emails().len();
     assert_eq!(
         before, 2,

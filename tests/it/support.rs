@@ -133,3 +133,62 @@ pub fn berlin(y: i32, m: u32, d: u32, h: u32, min: u32) -> chrono::DateTime<chro
         .unwrap()
         .with_timezone(&chrono::Utc)
 }
+
+/// `confirmation-recovery` as of `now` with email only, which must exit 0.
+pub async fn email_confirmation_recovery(db: &TestDb, tr: &Transports, now: &str) {
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", now, "confirmation-recovery"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// `journeyctl preview --out` into a fresh directory, which must exit 0; the directory.
+pub async fn preview() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Cli::new()
+        .args(["preview", "--out"])
+        .arg(dir.path())
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    dir
+}
+
+/// The message an SMTP test server is receiving: its recipients and its body so far. The
+/// servers' handlers pass each command on to it.
+#[derive(Clone, Default)]
+pub struct Envelope {
+    to: Vec<String>,
+    body: Vec<u8>,
+}
+
+impl Envelope {
+    /// MAIL FROM: a new message begins.
+    pub fn mail(&mut self) {
+        self.to.clear();
+        self.body.clear();
+    }
+
+    /// RCPT TO, kept without its angle brackets.
+    pub fn rcpt(&mut self, to: &str) {
+        self.to
+            .push(to.trim_matches(|c| c == '<' || c == '>').to_string());
+    }
+
+    /// DATA: the body begins.
+    pub fn data_start(&mut self) {
+        self.body.clear();
+    }
+
+    /// A piece of the body.
+    pub fn data(&mut self, buf: &[u8]) {
+        self.body.extend_from_slice(buf);
+    }
+
+    /// End of DATA: the recipients and the raw message, leaving the envelope empty.
+    pub fn take(&mut self) -> (Vec<String>, Vec<u8>) {
+        (std::mem::take(&mut self.to), std::mem::take(&mut self.body))
+    }
+}

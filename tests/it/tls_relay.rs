@@ -24,6 +24,8 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use crate::support::Envelope;
+
 /// The account the relay accepts.
 pub const USER: &str = "praxis@example.de";
 /// Its password: characters that must be percent-encoded in a URL, two (`&`, `+`) that a
@@ -150,8 +152,7 @@ struct Recorder {
     state: Arc<State>,
     /// This session's TLS state, set by the connection loop.
     tls: Arc<AtomicBool>,
-    to: Vec<String>,
-    buf: Vec<u8>,
+    envelope: Envelope,
 }
 
 impl Recorder {
@@ -173,27 +174,26 @@ impl Recorder {
 
 impl Handler for Recorder {
     fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
-        self.to.clear();
-        self.buf.clear();
+        self.envelope.mail();
         OK
     }
     fn rcpt(&mut self, to: &str) -> Response {
-        self.to
-            .push(to.trim_matches(|c| c == '<' || c == '>').to_string());
+        self.envelope.rcpt(to);
         OK
     }
     fn data_start(&mut self, _d: &str, _f: &str, _is8bit: bool, _to: &[String]) -> Response {
-        self.buf.clear();
+        self.envelope.data_start();
         START_DATA
     }
     fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.buf.extend_from_slice(buf);
+        self.envelope.data(buf);
         Ok(())
     }
     fn data_end(&mut self) -> Response {
+        let (to, raw) = self.envelope.take();
         self.state.mails.lock().unwrap().push(Mail {
-            to: std::mem::take(&mut self.to),
-            raw: std::mem::take(&mut self.buf),
+            to,
+            raw,
             over_tls: self.tls.load(Ordering::SeqCst),
         });
         OK
@@ -297,8 +297,7 @@ fn serve(
     let handler = Recorder {
         state,
         tls: on_tls.clone(),
-        to: Vec::new(),
-        buf: Vec::new(),
+        envelope: Envelope::default(),
     };
     let mut session = builder.build(tcp.peer_addr()?.ip(), handler);
     let accept = |tcp: TcpStream| -> std::io::Result<Box<dyn Stream>> {

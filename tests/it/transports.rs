@@ -17,6 +17,7 @@ use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::Cli;
+use crate::support::Envelope;
 
 /// One message as the SMTP server received it.
 #[derive(Clone, Debug)]
@@ -73,8 +74,7 @@ struct SmtpState {
 #[derive(Clone)]
 struct RecordingHandler {
     state: Arc<SmtpState>,
-    to: Vec<String>,
-    buf: Vec<u8>,
+    envelope: Envelope,
 }
 
 impl Handler for RecordingHandler {
@@ -83,8 +83,7 @@ impl Handler for RecordingHandler {
         OK
     }
     fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
-        self.to.clear();
-        self.buf.clear();
+        self.envelope.mail();
         OK
     }
     fn rcpt(&mut self, to: &str) -> Response {
@@ -94,16 +93,15 @@ impl Handler for RecordingHandler {
         if self.state.reply_550.load(Ordering::SeqCst) {
             return NO_MAILBOX;
         }
-        self.to
-            .push(to.trim_matches(|c| c == '<' || c == '>').to_string());
+        self.envelope.rcpt(to);
         OK
     }
     fn data_start(&mut self, _d: &str, _f: &str, _is8bit: bool, _to: &[String]) -> Response {
-        self.buf.clear();
+        self.envelope.data_start();
         START_DATA
     }
     fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.buf.extend_from_slice(buf);
+        self.envelope.data(buf);
         Ok(())
     }
     fn data_end(&mut self) -> Response {
@@ -120,10 +118,8 @@ impl Handler for RecordingHandler {
             }
         }
         drop(closed);
-        self.state.mails.lock().unwrap().push(Mail {
-            to: std::mem::take(&mut self.to),
-            raw: std::mem::take(&mut self.buf),
-        });
+        let (to, raw) = self.envelope.take();
+        self.state.mails.lock().unwrap().push(Mail { to, raw });
         OK
     }
 }
@@ -140,8 +136,7 @@ impl SmtpServer {
         let state = Arc::new(SmtpState::default());
         let handler = RecordingHandler {
             state: state.clone(),
-            to: Vec::new(),
-            buf: Vec::new(),
+            envelope: Envelope::default(),
         };
         let mut server = Server::new(handler);
         server
