@@ -8,7 +8,7 @@ use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
 use crate::harness::TestDb;
 use crate::seed::{self, at, Booking};
-use crate::support;
+use crate::support::{self, cal_fixture as fixture};
 use crate::transports::Transports;
 
 const PHONE: &str = "+4915112345678";
@@ -280,58 +280,17 @@ async fn a_twilio_500_stays_in_doubt_when_the_lookup_fails_too() {
 // ---- webhook ingestion ---------------------------------------------------------------------
 
 const SECRET: &str = "whsec_journeyctl_test_0001";
-const PATIENT: &str = "7b1f3c2e-5a4d-4c8e-9f10-2a3b4c5d6e7f";
-const THERAPIST: &str = "3c9d8e7f-6a5b-4c4d-8e2f-1a0b9c8d7e6f";
-const MATCH: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
 /// Before every fixture's session.
 const NOW: &str = "2026-03-02T09:12:05Z";
 
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/cal")
-            .join(name),
-    )
-    .unwrap()
-}
-
 /// The patient, therapist and match the fixture bodies name.
 async fn seed_marketplace(db: &TestDb) {
-    db.client()
-        .await
-        .batch_execute(&format!(
-            "INSERT INTO people (id, name, email, phone_number)
-               VALUES ('{PATIENT}', 'Jonas Weber', 'jonas.weber@example.de', '+4915112345678');
-             INSERT INTO therapists (id, first_name, last_name, email, cal_username,
-                                     cal_intro_event_type_id, cal_full_session_event_type_id)
-               VALUES ('{THERAPIST}', 'Lena', 'Brandt', 'lena.brandt@praxis.example',
-                       'lena-brandt', 1187, 1188);
-             INSERT INTO matches (id, patient_id, therapist_id, status)
-               VALUES ('{MATCH}', '{PATIENT}', '{THERAPIST}', 'accepted');"
-        ))
-        .await
-        .unwrap();
+    support::seed_marketplace(db).await;
 }
 
 /// `journeyctl webhook` with `body`, signed.
 async fn post_body(db: &TestDb, tr: &Transports, body: &[u8]) -> crate::harness::CliOutput {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("body.json");
-    std::fs::write(&file, body).unwrap();
-    let sig = journeyctl::webhook::sign(&journeyctl::secret::Secret::new(SECRET), body);
-    let mut cli = tr.apply_email_only(db.cmd());
-    cli.env("CAL_WEBHOOK_SECRET", SECRET)
-        .args([
-            "--now",
-            NOW,
-            "--json",
-            "webhook",
-            "--signature",
-            &sig,
-            "--file",
-        ])
-        .arg(&file);
-    cli.run().await
+    support::signed_webhook(tr.apply_email_only(db.cmd()), SECRET, body, NOW).await
 }
 
 async fn replay(db: &TestDb, tr: &Transports, receipt: &str) -> crate::harness::CliOutput {

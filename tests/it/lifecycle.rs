@@ -3,12 +3,10 @@
 //! trigger CHECK, error bodies without patient data, walk-in attendees and the invite UID of
 //! rescheduled bookings. Every test goes through the real binary, PostgreSQL and SMTP.
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 
 use crate::harness::{CliOutput, TestDb};
-use crate::support::{self, signal, spawn_serve, PATIENT};
+use crate::support::{self, cal_fixture as fixture, signal, spawn_serve, PATIENT};
 use crate::transports::Transports;
 
 const SECRET: &str = "whsec_journeyctl_test_0001";
@@ -19,13 +17,6 @@ const INTRO_UID: &str = "Kx7pR2mWq9TzLc4VbN8sYd";
 const NOW: &str = "2026-03-02T09:12:05Z";
 /// Ten to fifteen minutes after the intro ended: inside intro-followup's window.
 const AFTER_INTRO: &str = "2026-03-05T09:50:00Z";
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/cal")
-        .join(name);
-    std::fs::read(path).unwrap()
-}
 
 /// A fixture body edited as JSON.
 fn edited(name: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
@@ -51,23 +42,7 @@ async fn seed_marketplace(db: &TestDb) -> tokio_postgres::Client {
 
 /// `journeyctl webhook` with a correctly signed body, as of `now`.
 async fn deliver(db: &TestDb, tr: &Transports, body: &[u8], now: &str) -> CliOutput {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("body.json");
-    std::fs::write(&file, body).unwrap();
-    let sig = journeyctl::webhook::sign(&journeyctl::secret::Secret::new(SECRET), body);
-    let mut cli = tr.apply(db.cmd());
-    cli.env("CAL_WEBHOOK_SECRET", SECRET)
-        .args([
-            "--now",
-            now,
-            "--json",
-            "webhook",
-            "--signature",
-            &sig,
-            "--file",
-        ])
-        .arg(&file);
-    cli.run().await
+    support::signed_webhook(tr.apply(db.cmd()), SECRET, body, now).await
 }
 
 /// Delivers a body and insists it was taken (exit 0, HTTP 200).

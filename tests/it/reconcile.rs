@@ -14,7 +14,7 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::{Cli, CliOutput, TestDb};
 use crate::seed::at;
-use crate::support::seed_marketplace;
+use crate::support::{cal_fixture, seed_marketplace, signed_webhook};
 use crate::transports::Transports;
 
 const KEY: &str = "cal_live_reconcile_test_key_0001_never_print";
@@ -30,14 +30,6 @@ fn api_fixture(name: &str) -> Vec<u8> {
 
 fn api_json(name: &str) -> Value {
     serde_json::from_slice(&api_fixture(name)).unwrap()
-}
-
-fn cal_fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/fixtures/cal/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
 }
 
 fn iso(t: DateTime<Utc>) -> String {
@@ -230,25 +222,7 @@ fn assert_no_key(out: &CliOutput) {
 }
 
 async fn webhook(db: &TestDb, tr: &Transports, body: &[u8], now: &str) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("body.json");
-    std::fs::write(&file, body).unwrap();
-    let sig = journeyctl::webhook::sign(&journeyctl::secret::Secret::new(SECRET), body);
-    let out = tr
-        .apply(db.cmd())
-        .env("CAL_WEBHOOK_SECRET", SECRET)
-        .args([
-            "--now",
-            now,
-            "--json",
-            "webhook",
-            "--signature",
-            &sig,
-            "--file",
-        ])
-        .arg(&file)
-        .run()
-        .await;
+    let out = signed_webhook(tr.apply(db.cmd()), SECRET, body, now).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     out.json()
 }

@@ -15,7 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::harness::{CliOutput, TestDb};
 use crate::seed::{self, at, Booking};
-use crate::support::last_error;
+use crate::support::{email_row, last_error};
 
 const NOW: &str = "2026-03-09T15:00:00Z";
 const PASSWORD: &str = "Geheim-7f3k9";
@@ -187,15 +187,6 @@ async fn reminder_24h(db: &TestDb, url: &str, templates: Option<&std::path::Path
     tokio::time::timeout(Duration::from_secs(60), cli.run())
         .await
         .expect("reminder-24h hung on a stalled SMTP relay")
-}
-
-fn email_row(status: &str) -> Vec<(String, String, String, String)> {
-    vec![(
-        "reminder_24h".into(),
-        "email".into(),
-        "patient".into(),
-        status.into(),
-    )]
 }
 
 async fn assert_retryable_after(stall: Stall) {

@@ -16,7 +16,7 @@ use mailin::AuthMechanism;
 
 use crate::harness::{CliOutput, TestDb};
 use crate::seed::{self, at, Booking};
-use crate::support::last_error;
+use crate::support::{email_row, last_error};
 use crate::tls_relay::{userinfo, Ca, Mode, TlsRelay, PASSWORD, USER};
 
 const NOW: &str = "2026-03-09T15:00:00Z";
@@ -87,15 +87,6 @@ async fn reminder_24h_with_flags(
     tokio::time::timeout(Duration::from_secs(60), cli.run())
         .await
         .expect("reminder-24h hung")
-}
-
-fn email_row(status: &str) -> Vec<(String, String, String, String)> {
-    vec![(
-        "reminder_24h".into(),
-        "email".into(),
-        "patient".into(),
-        status.into(),
-    )]
 }
 
 /// Every text the run left in the database that an operator or a dashboard reads.

@@ -10,20 +10,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::harness::{TestDb, BIN};
 use crate::seed::{self, at, Booking};
-use crate::support::{self, signal, spawn_serve, terminate};
+use crate::support::{self, cal_fixture as fixture, signal, spawn_serve, terminate};
 use crate::transports::{Transports, TWILIO_SID, TWILIO_TOKEN};
 
 const SECRET: &str = "whsec_test_secret_7f3a";
 const NOW: &str = "2026-03-02T09:05:00Z";
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/cal")
-            .join(name),
-    )
-    .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
-}
 
 /// A body of `trigger` for booking `i`: its own uid, therapist and patient.
 fn body(trigger: &str, i: usize) -> Vec<u8> {

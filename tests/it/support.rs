@@ -1,7 +1,7 @@
 //! Setup shared by the test modules of the opt-out, SMS status and quiet-hours work: a fresh
 //! database with the transports, and `journeyctl serve` on a free port.
 
-use crate::harness::{Cli, TestDb};
+use crate::harness::{Cli, CliOutput, TestDb};
 use crate::transports::Transports;
 
 /// The patient, therapist and accepted match of [`seed_marketplace`].
@@ -191,4 +191,44 @@ impl Envelope {
     pub fn take(&mut self) -> (Vec<String>, Vec<u8>) {
         (std::mem::take(&mut self.to), std::mem::take(&mut self.body))
     }
+}
+
+/// A Cal.com webhook body from `tests/fixtures/cal`.
+pub fn cal_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/cal")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// `cli --now <now> --json webhook` with `body` in a file, signed with `secret`.
+pub async fn signed_webhook(mut cli: Cli, secret: &str, body: &[u8], now: &str) -> CliOutput {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, body).unwrap();
+    let sig = journeyctl::webhook::sign(&journeyctl::secret::Secret::new(secret), body);
+    cli.env("CAL_WEBHOOK_SECRET", secret)
+        .args([
+            "--now",
+            now,
+            "--json",
+            "webhook",
+            "--signature",
+            &sig,
+            "--file",
+        ])
+        .arg(&file);
+    cli.run().await
+}
+
+/// The ledger row (`seed::ledger`) of a `reminder-24h` email to the patient in `status`.
+pub fn email_row(status: &str) -> Vec<(String, String, String, String)> {
+    vec![(
+        "reminder_24h".into(),
+        "email".into(),
+        "patient".into(),
+        status.into(),
+    )]
 }
