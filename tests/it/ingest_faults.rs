@@ -414,16 +414,7 @@ async fn replaying_an_unknown_receipt_exits_2() {
 /// A BOOKING_CREATED for booking `i`: its own uid, therapist and patient (so each message has
 /// its own recipient).
 fn created_body(i: usize) -> Vec<u8> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&fixture("booking_created_full.json")).unwrap();
-    let p = &mut v["payload"];
-    p["uid"] = format!("drain-{i}").into();
-    p["organizer"]["username"] = format!("therapist-{i}").into();
-    p["organizer"]["email"] = format!("therapist-{i}@praxis.example").into();
-    p["attendees"][0]["email"] = format!("patient-{i}@example.de").into();
-    let meta = p["metadata"].as_object_mut().unwrap();
-    meta.retain(|k, _| !k.starts_with("kh_"));
-    serde_json::to_vec(&v).unwrap()
+    serde_json::to_vec(&support::numbered_booking("drain", i)).unwrap()
 }
 
 #[tokio::test]

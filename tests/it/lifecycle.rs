@@ -56,13 +56,7 @@ async fn post(db: &TestDb, tr: &Transports, body: &[u8], now: &str) -> Value {
 
 /// One stage command as of `now`; returns its counters.
 async fn stage(db: &TestDb, tr: &Transports, command: &str, now: &str) -> Value {
-    let out = tr
-        .apply(db.cmd())
-        .args(["--now", now, "--json", command])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{command}: {}\n{}", out.stdout, out.stderr);
-    out.json()["stages"][0]["counters"].clone()
+    support::stage_counters(db, tr, command, now).await
 }
 
 async fn status(c: &tokio_postgres::Client, uid: &str) -> Option<String> {

@@ -14,7 +14,7 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::{Cli, CliOutput, TestDb};
 use crate::seed::at;
-use crate::support::{cal_fixture, seed_marketplace, signed_webhook};
+use crate::support::{self, cal_fixture, seed_marketplace, signed_webhook};
 use crate::transports::Transports;
 
 const KEY: &str = "cal_live_reconcile_test_key_0001_never_print";
@@ -228,13 +228,7 @@ async fn webhook(db: &TestDb, tr: &Transports, body: &[u8], now: &str) -> Value 
 }
 
 async fn stage(db: &TestDb, tr: &Transports, command: &str, now: &str) -> Value {
-    let out = tr
-        .apply(db.cmd())
-        .args(["--now", now, "--json", command])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{command}: {}\n{}", out.stdout, out.stderr);
-    out.json()["stages"][0]["counters"].clone()
+    support::stage_counters(db, tr, command, now).await
 }
 
 async fn row(

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::harness::{TestDb, BIN};
 use crate::seed::{self, at, Booking};
-use crate::support::{self, cal_fixture as fixture, signal, spawn_serve, terminate};
+use crate::support::{self, signal, spawn_serve, terminate};
 use crate::transports::{Transports, TWILIO_SID, TWILIO_TOKEN};
 
 const SECRET: &str = "whsec_test_secret_7f3a";
@@ -18,16 +18,8 @@ const NOW: &str = "2026-03-02T09:05:00Z";
 
 /// A body of `trigger` for booking `i`: its own uid, therapist and patient.
 fn body(trigger: &str, i: usize) -> Vec<u8> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&fixture("booking_created_full.json")).unwrap();
+    let mut v = support::numbered_booking("speed", i);
     v["triggerEvent"] = trigger.into();
-    let p = &mut v["payload"];
-    p["uid"] = format!("speed-{i}").into();
-    p["organizer"]["username"] = format!("therapist-{i}").into();
-    p["organizer"]["email"] = format!("therapist-{i}@praxis.example").into();
-    p["attendees"][0]["email"] = format!("patient-{i}@example.de").into();
-    let meta = p["metadata"].as_object_mut().unwrap();
-    meta.retain(|k, _| !k.starts_with("kh_"));
     serde_json::to_vec(&v).unwrap()
 }
 

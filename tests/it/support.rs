@@ -232,3 +232,35 @@ pub fn email_row(status: &str) -> Vec<(String, String, String, String)> {
         status.into(),
     )]
 }
+
+/// The full-session BOOKING_CREATED fixture made booking `i`: uid `<uid_prefix>-<i>`, organizer
+/// `therapist-<i>`, attendee `patient-<i>@example.de` (see [`seed_people`]), no marketplace
+/// metadata.
+pub fn numbered_booking(uid_prefix: &str, i: usize) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&cal_fixture("booking_created_full.json")).unwrap();
+    let p = &mut v["payload"];
+    p["uid"] = format!("{uid_prefix}-{i}").into();
+    p["organizer"]["username"] = format!("therapist-{i}").into();
+    p["organizer"]["email"] = format!("therapist-{i}@praxis.example").into();
+    p["attendees"][0]["email"] = format!("patient-{i}@example.de").into();
+    let meta = p["metadata"].as_object_mut().unwrap();
+    meta.retain(|k, _| !k.starts_with("kh_"));
+    v
+}
+
+/// One stage command as of `now`, which must exit 0; its first stage's counters.
+pub async fn stage_counters(
+    db: &TestDb,
+    tr: &Transports,
+    command: &str,
+    now: &str,
+) -> serde_json::Value {
+    let out = tr
+        .apply(db.cmd())
+        .args(["--now", now, "--json", command])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{command}: {}\n{}", out.stdout, out.stderr);
+    out.json()["stages"][0]["counters"].clone()
+}
