@@ -470,35 +470,18 @@ async fn serve_drains_within_its_bound_on_sigterm_and_leaves_the_rest_to_confirm
     assert!(out.code == 0 || out.code == 1, "{}", out.stderr);
 
     let mails = tr.emails();
-    let received = |to: &str| {
-        mails
-            .iter()
-            .filter(|m| m.to.iter().any(|t| t == to))
-            .count()
-    };
-    let rows = c
-        .query(
-            "SELECT b.cal_uid, d.recipient_role, d.status FROM cal_bookings b
-             LEFT JOIN journey_deliveries d ON d.booking_id = b.id AND d.stage = 'confirmation'",
-            &[],
-        )
-        .await
-        .unwrap();
+    let received = |to: &str| support::received(&mails, to);
+    let rows = support::numbered_confirmations(&c, "drain").await;
     assert_eq!(
         rows.len(),
         2 * BOOKINGS,
         "both messages of every booking have a row"
     );
     for r in rows {
-        let uid: String = r.get(0);
-        let role: Option<String> = r.get(1);
-        let status: Option<String> = r.get(2);
-        let i = uid.trim_start_matches("drain-");
-        let to = match role.as_deref() {
-            Some("patient") => format!("patient-{i}@example.de"),
-            Some("therapist") => format!("therapist-{i}@praxis.example"),
-            other => panic!("{uid}: {other:?} {status:?}"),
-        };
+        let (uid, role, status) = (&r.uid, &r.role, &r.status);
+        let to =
+            r.to.clone()
+                .unwrap_or_else(|| panic!("{uid}: {role:?} {status:?}"));
         let n = received(&to);
         assert!(n <= 1, "{to} got {n} messages");
         match status.as_deref() {

@@ -93,32 +93,15 @@ async fn bookings_a_killed_serve_committed_but_never_confirmed_are_confirmed_by_
     terminate(second).await;
 
     let c = db.client().await;
-    let rows = c
-        .query(
-            "SELECT b.cal_uid, d.recipient_role, d.status FROM cal_bookings b
-             LEFT JOIN journey_deliveries d ON d.booking_id = b.id AND d.stage = 'confirmation'",
-            &[],
-        )
-        .await
-        .unwrap();
+    let rows = support::numbered_confirmations(&c, "speed").await;
     let mails = tr.emails();
-    let received = |to: &str| {
-        mails
-            .iter()
-            .filter(|m| m.to.iter().any(|t| t == to))
-            .count()
-    };
+    let received = |to: &str| support::received(&mails, to);
     let mut cut_off = 0;
     for r in &rows {
-        let uid: String = r.get(0);
-        let role: Option<String> = r.get(1);
-        let status: Option<String> = r.get(2);
-        let i = uid.trim_start_matches("speed-");
-        let to = match role.as_deref() {
-            Some("patient") => format!("patient-{i}@example.de"),
-            Some("therapist") => format!("therapist-{i}@praxis.example"),
-            other => panic!("{uid}: no confirmation row after the next serve ({other:?})"),
-        };
+        let (uid, role, status) = (&r.uid, &r.role, &r.status);
+        let to = r.to.clone().unwrap_or_else(|| {
+            panic!("{uid}: no confirmation row after the next serve ({role:?})")
+        });
         match status.as_deref() {
             Some("sent") => assert_eq!(received(&to), 1, "{to}"),
             // Claimed by the killed serve, hanging at the greeting: never sent blindly.

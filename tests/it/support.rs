@@ -264,3 +264,57 @@ pub async fn stage_counters(
     assert_eq!(out.code, 0, "{command}: {}\n{}", out.stdout, out.stderr);
     out.json()["stages"][0]["counters"].clone()
 }
+
+/// A confirmation of a booking [`numbered_booking`] made.
+pub struct NumberedConfirmation {
+    pub uid: String,
+    /// `None` (with `status`) for a booking without a confirmation row.
+    pub role: Option<String>,
+    pub status: Option<String>,
+    /// Where the message goes, by its role: `patient-<i>@example.de` or
+    /// `therapist-<i>@praxis.example`.
+    pub to: Option<String>,
+}
+
+/// Every booking's confirmation rows, one row for a booking without any.
+pub async fn numbered_confirmations(
+    c: &tokio_postgres::Client,
+    uid_prefix: &str,
+) -> Vec<NumberedConfirmation> {
+    let rows = c
+        .query(
+            "SELECT b.cal_uid, d.recipient_role, d.status FROM cal_bookings b
+             LEFT JOIN journey_deliveries d ON d.booking_id = b.id AND d.stage = 'confirmation'",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let uid: String = r.get(0);
+            let role: Option<String> = r.get(1);
+            let i = uid
+                .trim_start_matches(&format!("{uid_prefix}-"))
+                .to_string();
+            let to = match role.as_deref() {
+                Some("patient") => Some(format!("patient-{i}@example.de")),
+                Some("therapist") => Some(format!("therapist-{i}@praxis.example")),
+                _ => None,
+            };
+            NumberedConfirmation {
+                uid,
+                role,
+                status: r.get(2),
+                to,
+            }
+        })
+        .collect()
+}
+
+/// How many of `mails` went to `to`.
+pub fn received(mails: &[crate::transports::Mail], to: &str) -> usize {
+    mails
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == to))
+        .count()
+}
