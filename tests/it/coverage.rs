@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use journeyctl::cli::SettingsArgs;
 use journeyctl::clock::Clock;
 use journeyctl::config::Settings;
@@ -18,6 +18,7 @@ use journeyctl::stages::{run_stage, Journey, StageOptions};
 use journeyctl::templates::Templates;
 
 use crate::harness::TestDb;
+use crate::support::berlin;
 
 /// Minutes between runs of each stage, read from crontab.example (`*/N * * * * … <stage>`).
 fn shipped_cadences() -> BTreeMap<Stage, i64> {
@@ -82,14 +83,6 @@ fn the_shipped_schedules_agree_and_no_cadence_is_wider_than_its_window() {
             );
         }
     }
-}
-
-fn berlin(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-    chrono_tz::Europe::Berlin
-        .with_ymd_and_hms(y, m, d, h, min, 0)
-        .single()
-        .unwrap()
-        .with_timezone(&Utc)
 }
 
 struct Sim {
