@@ -318,3 +318,24 @@ pub fn received(mails: &[crate::transports::Mail], to: &str) -> usize {
         .filter(|m| m.to.iter().any(|t| t == to))
         .count()
 }
+
+/// The `mail`, `data_start` and `data` methods of an SMTP test server's `Handler` (of mailin or
+/// mailin-embedded) that keeps its message in an `envelope: Envelope` field. `Response`, `OK`
+/// and `START_DATA` are the ones in scope where it is used.
+macro_rules! envelope_handler_methods {
+    () => {
+        fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
+            self.envelope.mail();
+            OK
+        }
+        fn data_start(&mut self, _d: &str, _f: &str, _is8bit: bool, _to: &[String]) -> Response {
+            self.envelope.data_start();
+            START_DATA
+        }
+        fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            self.envelope.data(buf);
+            Ok(())
+        }
+    };
+}
+pub(crate) use envelope_handler_methods;

@@ -24,7 +24,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::support::Envelope;
+use crate::support::{envelope_handler_methods, Envelope};
 
 /// The account the relay accepts.
 pub const USER: &str = "praxis@example.de";
@@ -173,21 +173,10 @@ impl Recorder {
 }
 
 impl Handler for Recorder {
-    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
-        self.envelope.mail();
-        OK
-    }
+    envelope_handler_methods!();
     fn rcpt(&mut self, to: &str) -> Response {
         self.envelope.rcpt(to);
         OK
-    }
-    fn data_start(&mut self, _d: &str, _f: &str, _is8bit: bool, _to: &[String]) -> Response {
-        self.envelope.data_start();
-        START_DATA
-    }
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.envelope.data(buf);
-        Ok(())
     }
     fn data_end(&mut self) -> Response {
         let (to, raw) = self.envelope.take();

@@ -17,7 +17,7 @@ use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::harness::Cli;
-use crate::support::Envelope;
+use crate::support::{envelope_handler_methods, Envelope};
 
 /// One message as the SMTP server received it.
 #[derive(Clone, Debug)]
@@ -78,12 +78,9 @@ struct RecordingHandler {
 }
 
 impl Handler for RecordingHandler {
+    envelope_handler_methods!();
     fn helo(&mut self, _ip: std::net::IpAddr, _domain: &str) -> Response {
         self.state.sessions.fetch_add(1, Ordering::SeqCst);
-        OK
-    }
-    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
-        self.envelope.mail();
         OK
     }
     fn rcpt(&mut self, to: &str) -> Response {
@@ -95,14 +92,6 @@ impl Handler for RecordingHandler {
         }
         self.envelope.rcpt(to);
         OK
-    }
-    fn data_start(&mut self, _d: &str, _f: &str, _is8bit: bool, _to: &[String]) -> Response {
-        self.envelope.data_start();
-        START_DATA
-    }
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.envelope.data(buf);
-        Ok(())
     }
     fn data_end(&mut self) -> Response {
         // Hold here while the gate is closed: the body has arrived, the answer has not.
