@@ -159,3 +159,63 @@ async fn a_run_killed_mid_batch_leaves_in_doubt_only_the_sends_the_relay_saw() {
         "the next run counts the rows it declared in doubt, not the ones it gave back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_a_dead_run_never_began_to_send_are_due_again_and_only_begun_sends_are_in_doubt() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    seed_due(&c, 3).await;
+    // A dead run (no connection under its name) left each booking's reminder `sending`:
+    // the first a retry taken again (third attempt) and never begun, the second a first
+    // claim never begun, the third begun (stamped) and unanswered.
+    c.execute(
+        "INSERT INTO journey_deliveries
+           (booking_id, patient_id, stage, channel, recipient_role, status, attempts, run_id,
+            claimed_by, lease_until, last_error, send_started_at)
+         SELECT b.id, b.patient_id, 'reminder_24h', 'email', 'patient', 'sending',
+                CASE WHEN b.n = 1 THEN 3 ELSE 1 END, gen_random_uuid(), 'journeyctl:gone',
+                now() + interval '10 minutes', CASE WHEN b.n = 1 THEN '451 try later' END,
+                CASE WHEN b.n = 3 THEN now() END
+           FROM (SELECT id, patient_id, row_number() OVER (ORDER BY id) AS n
+                   FROM cal_bookings) b",
+        &[],
+    )
+    .await
+    .unwrap();
+    let tr = Transports::start().await;
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", NOW, "--json", "reminder-24h"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows: Vec<(String, i32)> = c
+        .query(
+            "SELECT d.status, d.attempts FROM journey_deliveries d
+               JOIN (SELECT id, row_number() OVER (ORDER BY id) AS n FROM cal_bookings) b
+                 ON b.id = d.booking_id
+              ORDER BY b.n",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            // Given back as the retry it was (two attempts made), then sent: the third.
+            ("sent".to_string(), 3),
+            // Given back as never claimed, then sent on its first attempt.
+            ("sent".to_string(), 1),
+            // Begun: the provider may have it. Never sent again by a run.
+            ("in_doubt".to_string(), 1),
+        ]
+    );
+    assert_eq!(tr.emails().len(), 2);
+    assert_eq!(
+        out.json()["stages"][0]["counters"]["in_doubt"].as_u64(),
+        Some(1)
+    );
+}
