@@ -10,9 +10,14 @@
 //!   statement, so they commit together.
 //! - Only `retry` rows are claimed again, each channel on its own: a failed email never
 //!   resends the SMS that went out.
-//! - A row left in `sending` is never resent automatically. It becomes `in_doubt` when its
-//!   lease has passed or when no connection of the process that claimed it is left (each
-//!   process names its connections `journeyctl:<id>`, visible in `pg_stat_activity`).
+//! - A row is stamped `send_started_at` (committed) before its message is handed to a
+//!   provider: a one-at-a-time claim ([`claim`]) at claim time, a batch claim ([`claim_batch`])
+//!   right before each send ([`mark_send_started`]). A batch is claimed ahead of its sends, so
+//!   an unstamped `sending` row is one no provider has seen.
+//! - A row left in `sending` is never resent automatically. When its lease has passed or no
+//!   connection of the process that claimed it is left (each process names its connections
+//!   `journeyctl:<id>`, visible in `pg_stat_activity`), it becomes `in_doubt` if stamped, and
+//!   is given back (due again) if not.
 //!
 //! Residual risk: a provider accepts a message and the process dies (or loses the database)
 //! before the outcome is recorded. The row then ends `in_doubt`, is raised by `status` and
@@ -128,7 +133,8 @@ pub struct ClaimRequest<'a> {
 /// Advisory lock namespace serialising patient-exclusive claims.
 const PATIENT_LOCK_NS: i32 = 0x4a43_0002;
 
-/// Commits the row in `sending` (new, or a `retry` row taken again). One statement.
+/// Commits the row in `sending` (new, or a `retry` row taken again), stamped as being sent:
+/// the caller hands it to the provider right after. One statement.
 pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
     let id = Uuid::new_v4();
     let message_id = format!("<{}@{}>", id, req.message_id_domain);
@@ -221,13 +227,14 @@ fn claim_sql() -> String {
  ), ins AS (
    INSERT INTO journey_deliveries AS d
      (id, booking_id, patient_id, stage, channel, recipient_role, status, attempts,
-      run_id, recipient_masked, message_id, claimed_by, lease_until)
+      run_id, recipient_masked, message_id, claimed_by, lease_until, send_started_at)
    SELECT $1::uuid, $2::uuid, $3::uuid, $4::text, $5::text, $6::text, 'sending', 1, $7::uuid,
-          $8::text, $9::text, $10::text, now() + interval '15 minutes'
+          $8::text, $9::text, $10::text, now() + interval '15 minutes', now()
      FROM act WHERE act.ok
    ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
      SET status = 'sending', attempts = d.attempts + 1, run_id = EXCLUDED.run_id,
          lease_until = EXCLUDED.lease_until, claimed_by = EXCLUDED.claimed_by,
+         send_started_at = EXCLUDED.send_started_at,
          recipient_masked = EXCLUDED.recipient_masked,
          message_id = coalesce(d.message_id, EXCLUDED.message_id),
          updated_at = now()
@@ -381,10 +388,13 @@ pub fn process_application_name() -> String {
     format!("journeyctl:{}", Uuid::new_v4())
 }
 
-/// Declares `in_doubt` every `sending` row of this ledger stage whose lease passed or whose
-/// run has no connection left. Returns how many rows changed: the run that promotes them
-/// counts them (once; the selection does not pick such bookings again, `status` raises them
-/// until `resolve` settles them).
+/// Settles every `sending` row of this ledger stage whose lease passed or whose run has no
+/// connection left: a row whose send had begun (`send_started_at` set) becomes `in_doubt`; a
+/// row only claimed (never handed to a provider) is given back as [`release_unsent`] does.
+/// Returns how many rows became `in_doubt`: the run that promotes them counts them (once; the
+/// selection does not pick such bookings again, `status` raises them until `resolve` settles
+/// them). The rows given back are not counted: they are due again, and this run's selection
+/// (which comes after) picks them up.
 pub async fn promote_abandoned(db: &Db, stage: &str) -> anyhow::Result<u64> {
     let client = db.client().await?;
     promote_abandoned_on(&client, stage).await
@@ -395,18 +405,35 @@ pub async fn promote_abandoned_on(
     client: &deadpool_postgres::ClientWrapper,
     stage: &str,
 ) -> anyhow::Result<u64> {
+    // Three sub-statements on disjoint rows (stamped; unstamped first claims; unstamped
+    // retries), one snapshot, one transaction.
     count_typed(
         client,
-        "WITH u AS (
-           UPDATE journey_deliveries d
-              SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
-                  last_error = 'the run that was sending this stopped before recording the \
-                                outcome: the message may or may not have gone out'
+        "WITH gone AS (
+           SELECT d.id FROM journey_deliveries d
             WHERE d.status = 'sending' AND d.stage = $1
               AND (d.lease_until < now()
                    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                                   WHERE a.application_name = d.claimed_by))
-            RETURNING 1)
+         ), u AS (
+           UPDATE journey_deliveries d
+              SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
+                  last_error = 'the run that was sending this stopped before recording the \
+                                outcome: the message may or may not have gone out'
+            WHERE d.id IN (SELECT id FROM gone) AND d.status = 'sending'
+              AND d.send_started_at IS NOT NULL
+            RETURNING 1
+         ), del AS (
+           DELETE FROM journey_deliveries d
+            WHERE d.id IN (SELECT id FROM gone) AND d.status = 'sending'
+              AND d.send_started_at IS NULL AND d.attempts = 1
+         ), back AS (
+           UPDATE journey_deliveries d
+              SET status = 'retry', attempts = d.attempts - 1, lease_until = NULL,
+                  claimed_by = NULL, updated_at = now()
+            WHERE d.id IN (SELECT id FROM gone) AND d.status = 'sending'
+              AND d.send_started_at IS NULL AND d.attempts > 1
+         )
          SELECT count(*) FROM u",
         &[(&stage, tokio_postgres::types::Type::TEXT)],
     )
@@ -540,22 +567,62 @@ pub async fn expire_closed_on(
     .with_context(|| format!("Failed to expire the {stage} retries whose window closed"))
 }
 
-/// Declares `in_doubt` the rows this run still has in `sending` after its drain bound passed:
-/// their provider never answered in time, so they may or may not have gone out. Returns how
-/// many.
+/// Settles the rows this run still has in `sending` after its drain bound passed: those whose
+/// send had begun (`send_started_at` set) are declared `in_doubt` (their provider never
+/// answered in time, so they may or may not have gone out); those only claimed are given back
+/// as [`release_unsent`] does. One statement. Returns how many became `in_doubt`.
 pub async fn abandon_in_flight(db: &Db, run_id: Uuid, stage: &str) -> anyhow::Result<u64> {
+    use tokio_postgres::types::Type;
     let client = db.client().await?;
-    client
-        .execute(
-            "UPDATE journey_deliveries
-                SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
-                    last_error = 'the run stopped before the provider answered: the message \
-                                  may or may not have gone out'
-              WHERE run_id = $1 AND stage = $2 AND status = 'sending'",
-            &[&run_id, &stage],
+    count_typed(
+        &client,
+        "WITH u AS (
+           UPDATE journey_deliveries
+              SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
+                  last_error = 'the run stopped before the provider answered: the message \
+                                may or may not have gone out'
+            WHERE run_id = $1 AND stage = $2 AND status = 'sending'
+              AND send_started_at IS NOT NULL
+            RETURNING 1
+         ), del AS (
+           DELETE FROM journey_deliveries
+            WHERE run_id = $1 AND stage = $2 AND status = 'sending'
+              AND send_started_at IS NULL AND attempts = 1
+         ), back AS (
+           UPDATE journey_deliveries
+              SET status = 'retry', attempts = attempts - 1, lease_until = NULL,
+                  claimed_by = NULL, updated_at = now()
+            WHERE run_id = $1 AND stage = $2 AND status = 'sending'
+              AND send_started_at IS NULL AND attempts > 1
+         )
+         SELECT count(*) FROM u",
+        &[(&run_id, Type::UUID), (&stage, Type::TEXT)],
+    )
+    .await
+    .with_context(|| format!("Failed to declare this run's unanswered {stage} sends in doubt"))
+}
+
+/// Stamps a row claimed in a batch as handed to the provider, right before the send: from
+/// here on, a process that dies leaves it `in_doubt`, not given back. One prepared statement,
+/// committed on its own. `false` when the row is no longer this run's `sending` row (given
+/// back after its lease passed, claimed by another run): then it must not be sent.
+pub async fn mark_send_started(
+    client: &deadpool_postgres::ClientWrapper,
+    delivery_id: Uuid,
+    run_id: Uuid,
+) -> anyhow::Result<bool> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE journey_deliveries SET send_started_at = now()
+              WHERE id = $1 AND status = 'sending' AND run_id = $2",
         )
         .await
-        .with_context(|| format!("Failed to declare this run's unanswered {stage} sends in doubt"))
+        .context("Failed to prepare the send-started stamp")?;
+    let n = client
+        .execute(&stmt, &[&delivery_id, &run_id])
+        .await
+        .with_context(|| format!("Failed to stamp delivery {delivery_id} as being sent"))?;
+    Ok(n == 1)
 }
 
 /// One message of a batch claim ([`claim_batch`]).
@@ -570,7 +637,8 @@ pub struct BatchClaim<'a> {
 /// exclusivity: a new row, or a `retry` row taken again; otherwise the row as it is; with
 /// `require_active` and the booking no longer active, [`Claim::Inactive`]. The answers are in
 /// the order of `items`. Rows are inserted in key order, so runs claiming overlapping batches
-/// at the same time wait on each other instead of deadlocking.
+/// at the same time wait on each other instead of deadlocking. The rows are not stamped as
+/// being sent: each is, by [`mark_send_started`], right before its own send.
 pub async fn claim_batch(
     client: &deadpool_postgres::ClientWrapper,
     stage: &str,
@@ -678,6 +746,7 @@ fn claim_batch_sql() -> String {
    ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
      SET status = 'sending', attempts = d.attempts + 1, run_id = EXCLUDED.run_id,
          lease_until = EXCLUDED.lease_until, claimed_by = EXCLUDED.claimed_by,
+         send_started_at = NULL,
          recipient_masked = EXCLUDED.recipient_masked,
          message_id = coalesce(d.message_id, EXCLUDED.message_id),
          updated_at = now()

@@ -1186,6 +1186,27 @@ async fn deliver(
             return (res.fail(Counter::Errors), &job).into();
         }
     };
+    if batched {
+        // Claimed ahead in a batch: stamped (and committed) as being sent before the provider
+        // is contacted, so a process that dies leaves in doubt only what a provider may have.
+        // Never sent unstamped: the claim stays the batch's to give back.
+        let stamped = match j.db.client().await {
+            Ok(c) => ledger::mark_send_started(&c, delivery_id, j.run_id).await,
+            Err(e) => Err(e),
+        };
+        let why = match stamped {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
+                "delivery {delivery_id} is no longer this run's claim (given back after its \
+                 lease passed, or taken by another run): not sent by this run"
+            )),
+            Err(e) => Some(format!("{e:#}; not sent, given back for the next run")),
+        };
+        if let Some(why) = why {
+            record_error(j, false, stage, Some(job.booking_id), Some(channel), &why).await;
+            return (res.fail(Counter::Errors), &job).into();
+        }
+    }
     // Handed to the provider from here on: no longer the batch's to give back.
     if let Some(u) = unsent {
         if let Ok(mut u) = u.lock() {

@@ -1,6 +1,7 @@
 //! The one integration test binary: every test talks to a real PostgreSQL (see `harness`),
 //! real SMTP and HTTP peers, and the compiled `journeyctl` binary.
 
+mod batch_claims;
 mod content;
 mod coverage;
 mod exactly_once;
