@@ -816,9 +816,14 @@ pub async fn record_batch(
             .map(|col| format!("(b.{col} IS NULL AND '{col}' = ANY(m.cols))"))
             .collect();
         format!(
-            ", mark AS (UPDATE cal_bookings b SET {}, updated_at = now()
-                FROM (SELECT booking_id, array_agg(mark) AS cols FROM upd
-                       WHERE status = 'sent' AND mark IS NOT NULL GROUP BY booking_id) m
+            ", marked AS (SELECT booking_id, array_agg(mark) AS cols FROM upd
+                 WHERE status = 'sent' AND mark IS NOT NULL GROUP BY booking_id),
+               booked AS (
+                 -- The bookings locked in id order, as every run's record locks them.
+                 SELECT x.id FROM cal_bookings x WHERE x.id IN (SELECT booking_id FROM marked)
+                  ORDER BY x.id FOR NO KEY UPDATE),
+               mark AS (UPDATE cal_bookings b SET {}, updated_at = now()
+                FROM marked m JOIN booked k ON k.id = m.booking_id
                WHERE b.id = m.booking_id AND ({}) RETURNING 1)",
             sets.join(", "),
             unset.join(" OR ")
@@ -829,12 +834,18 @@ pub async fn record_batch(
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                 $6::text[], $7::text[], $8::jsonb[])
                     AS o(id, status, provider_id, error, mark, ev_type, ev_level, ev_props)
+         ), locked AS (
+           -- Row locks in the claims' order (booking, channel, role): another run's batch
+           -- claim locks the same rows in that order, so the two can never wait on each other
+           -- in a cycle (an UPDATE in plan order could).
+           SELECT k.id FROM journey_deliveries k WHERE k.id = ANY($1)
+            ORDER BY k.booking_id, k.channel, k.recipient_role FOR UPDATE
          ), upd AS (
            UPDATE journey_deliveries d
               SET status = o.status, provider_message_id = coalesce(o.provider_id, d.provider_message_id),
                   last_error = o.error, lease_until = NULL, updated_at = now(),
                   sent_at = CASE WHEN o.status = 'sent' THEN $9 ELSE d.sent_at END
-             FROM o WHERE d.id = o.id
+             FROM o JOIN locked l ON l.id = o.id WHERE d.id = o.id
            RETURNING d.booking_id, o.status, o.mark
          ){marks},
          ev AS (
@@ -901,15 +912,22 @@ pub async fn release_unsent(
     }
     let stmt = client
         .prepare_cached(
-            "WITH del AS (
+            "WITH locked AS (
+               -- In the claims' order, so this never deadlocks with another run's claim.
+               SELECT k.id FROM journey_deliveries k
+                WHERE k.id = ANY($1) AND k.run_id = $2 AND k.status = 'sending'
+                ORDER BY k.booking_id, k.channel, k.recipient_role FOR UPDATE
+             ), del AS (
                DELETE FROM journey_deliveries
-                WHERE id = ANY($1) AND run_id = $2 AND status = 'sending' AND attempts = 1
+                WHERE id IN (SELECT id FROM locked) AND run_id = $2 AND status = 'sending'
+                  AND attempts = 1
                 RETURNING 1
              ), back AS (
                UPDATE journey_deliveries
                   SET status = 'retry', attempts = attempts - 1, lease_until = NULL,
                       claimed_by = NULL, updated_at = now()
-                WHERE id = ANY($1) AND run_id = $2 AND status = 'sending' AND attempts > 1
+                WHERE id IN (SELECT id FROM locked) AND run_id = $2 AND status = 'sending'
+                  AND attempts > 1
                 RETURNING 1
              )
              SELECT (SELECT count(*) FROM del) + (SELECT count(*) FROM back)",
