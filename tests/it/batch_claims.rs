@@ -36,27 +36,6 @@ async fn seed_due(c: &tokio_postgres::Client, n: i32) {
     .unwrap();
 }
 
-/// Waits until no connection of a journeyctl process is left on this test's database (a
-/// killed process's backends end once PostgreSQL notices).
-async fn wait_connections_gone(db: &TestDb) {
-    let mut waited = 0;
-    while db
-        .count(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE application_name LIKE 'journeyctl:%' AND datname = current_database()",
-        )
-        .await
-        > 0
-    {
-        waited += 1;
-        assert!(
-            waited < 200_000,
-            "the killed run's connections never went away"
-        );
-        tokio::task::yield_now().await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_mid_batch_leaves_in_doubt_only_the_sends_the_relay_saw() {
     const DUE: i32 = 120;
@@ -98,7 +77,7 @@ async fn a_run_killed_mid_batch_leaves_in_doubt_only_the_sends_the_relay_saw() {
     }
     let seen_by_relay: HashSet<String> = tr.emails().iter().map(|m| m.to[0].clone()).collect();
     assert_eq!(seen_by_relay.len(), CONCURRENCY);
-    wait_connections_gone(&db).await;
+    crate::support::wait_connections_gone(&db).await;
 
     let out = tr
         .apply_email_only(db.cmd())

@@ -110,22 +110,7 @@ async fn a_run_killed_mid_send_never_causes_a_second_send() {
 
     // The killed run's connections disappear once PostgreSQL notices. Only this test's
     // database counts: other tests share the server and run journeyctl at the same time.
-    let mut waited = 0;
-    while db
-        .count(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE application_name LIKE 'journeyctl:%' AND datname = current_database()",
-        )
-        .await
-        > 0
-    {
-        waited += 1;
-        assert!(
-            waited < 200_000,
-            "the killed run's connections never went away"
-        );
-        tokio::task::yield_now().await;
-    }
+    crate::support::wait_connections_gone(&db).await;
 
     let out = tr
         .apply_email_only(db.cmd())
@@ -172,19 +157,6 @@ async fn a_run_killed_mid_send_never_causes_a_second_send() {
     );
 }
 
-/// Statements the program issued in this database since the last reset.
-async fn statements(c: &tokio_postgres::Client) -> i64 {
-    c.query_one(
-        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s
-         JOIN pg_database d ON d.oid = s.dbid
-         WHERE d.datname = current_database() AND s.query NOT LIKE '%pg_stat_statements%'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 async fn statements_for(n: i32) -> i64 {
     let db = TestDb::migrated().await;
     let c = db.client().await;
@@ -195,18 +167,7 @@ async fn statements_for(n: i32) -> i64 {
     c.batch_execute("UPDATE people SET phone_number = NULL")
         .await
         .unwrap();
-    c.query("SELECT pg_stat_statements_reset()", &[])
-        .await
-        .unwrap();
-    let tr = Transports::start().await;
-    let out = tr
-        .apply_email_only(db.cmd())
-        .args(["--now", NOW, "reminder-24h"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(tr.emails().len(), n as usize);
-    statements(&c).await
+    crate::support::reminder_24h_statements(&db, &c, NOW, n as usize).await
 }
 
 #[tokio::test]

@@ -103,19 +103,6 @@ async fn sessions(c: &tokio_postgres::Client) -> i64 {
     .get(0)
 }
 
-/// Statements PostgreSQL saw in this database since the last reset.
-async fn statements(c: &tokio_postgres::Client) -> i64 {
-    c.query_one(
-        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s
-         JOIN pg_database d ON d.oid = s.dbid
-         WHERE d.datname = current_database() AND s.query NOT LIKE '%pg_stat_statements%'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 async fn statements_for_reminders(n: i32) -> i64 {
     let db = TestDb::migrated().await;
     let c = db.client().await;
@@ -123,18 +110,7 @@ async fn statements_for_reminders(n: i32) -> i64 {
         .await
         .unwrap();
     seed_window(&c, n, 0).await;
-    c.query("SELECT pg_stat_statements_reset()", &[])
-        .await
-        .unwrap();
-    let tr = Transports::start().await;
-    let out = tr
-        .apply_email_only(db.cmd())
-        .args(["--now", NOW, "reminder-24h"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(tr.emails().len(), n as usize);
-    statements(&c).await
+    crate::support::reminder_24h_statements(&db, &c, NOW, n as usize).await
 }
 
 #[tokio::test]

@@ -339,3 +339,59 @@ macro_rules! envelope_handler_methods {
     };
 }
 pub(crate) use envelope_handler_methods;
+
+/// Statements the program issued in this database since the last reset (pg_stat_statements).
+pub async fn statements(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s
+         JOIN pg_database d ON d.oid = s.dbid
+         WHERE d.datname = current_database() AND s.query NOT LIKE '%pg_stat_statements%'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Resets the statement counts, runs `reminder-24h` at `now` with email only, checks it sent
+/// `n` emails, and returns the statements it took.
+pub async fn reminder_24h_statements(
+    db: &TestDb,
+    c: &tokio_postgres::Client,
+    now: &str,
+    n: usize,
+) -> i64 {
+    c.query("SELECT pg_stat_statements_reset()", &[])
+        .await
+        .unwrap();
+    let tr = Transports::start().await;
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", now, "reminder-24h"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(tr.emails().len(), n);
+    statements(c).await
+}
+
+/// Waits until no connection of a journeyctl process is left on this test's database (a
+/// killed process's backends end once PostgreSQL notices; other tests share the server).
+pub async fn wait_connections_gone(db: &TestDb) {
+    let mut waited = 0;
+    while db
+        .count(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name LIKE 'journeyctl:%' AND datname = current_database()",
+        )
+        .await
+        > 0
+    {
+        waited += 1;
+        assert!(
+            waited < 200_000,
+            "the killed run's connections never went away"
+        );
+        tokio::task::yield_now().await;
+    }
+}
