@@ -3,37 +3,15 @@
 
 use std::collections::HashMap;
 
-use chrono::Duration;
-
 use crate::harness::TestDb;
-use crate::seed::{self, at};
+use crate::seed::at;
 use crate::transports::Transports;
 
 const NOW: &str = "2026-03-09T15:00:00Z";
 
 /// `n` bookings due for the 24 h reminder, each with its own patient (email and phone).
 async fn seed_due(c: &tokio_postgres::Client, n: i32) {
-    let t = seed::therapist(c, "lena-brandt").await;
-    let start = at(NOW) + Duration::hours(24);
-    c.execute(
-        "WITH p AS (
-           INSERT INTO people (id, name, email, phone_number)
-           SELECT gen_random_uuid(), 'Patient ' || i, 'patient' || i || '@example.de',
-                  '+49151' || lpad(i::text, 8, '0')
-           FROM generate_series(1, $1) AS i
-           RETURNING id
-         )
-         INSERT INTO cal_bookings (cal_uid, therapist_id, patient_id, start_time, end_time,
-                                   booking_kind, status, created_at,
-                                   client_confirmation_sent_at, therapist_notification_sent_at)
-         SELECT 'bulk-' || p.id, $2, p.id, $3::timestamptz, $3::timestamptz + interval '50 minutes',
-                'full_session', 'ACCEPTED', $3::timestamptz - interval '3 days',
-                $3::timestamptz - interval '3 days', $3::timestamptz - interval '3 days'
-         FROM p",
-        &[&n, &t, &start],
-    )
-    .await
-    .unwrap();
+    crate::support::due_for_reminder_24h(c, NOW, n, true).await;
 }
 
 async fn four_overlapping_runs(with_lock: bool) {

@@ -4,10 +4,8 @@
 
 use std::collections::HashMap;
 
-use chrono::Duration;
-
 use crate::harness::TestDb;
-use crate::seed::{self, at};
+use crate::seed::at;
 use crate::transports::Transports;
 
 const NOW: &str = "2026-03-09T15:00:00Z";
@@ -15,26 +13,7 @@ const NOW: &str = "2026-03-09T15:00:00Z";
 /// `n` bookings with a session in 24 hours, each with its own patient (email only);
 /// `reminded` of them already got their 24 h reminder.
 async fn seed_window(c: &tokio_postgres::Client, n: i32, reminded: i32) {
-    let t = seed::therapist(c, "lena-brandt").await;
-    let start = at(NOW) + Duration::hours(24);
-    c.execute(
-        "WITH p AS (
-           INSERT INTO people (id, name, email)
-           SELECT gen_random_uuid(), 'Patient ' || i, 'patient' || i || '@example.de'
-           FROM generate_series(1, $1) AS i
-           RETURNING id
-         )
-         INSERT INTO cal_bookings (cal_uid, therapist_id, patient_id, start_time, end_time,
-                                   booking_kind, status, created_at,
-                                   client_confirmation_sent_at, therapist_notification_sent_at)
-         SELECT 'speed-' || p.id, $2, p.id, $3::timestamptz, $3::timestamptz + interval '50 minutes',
-                'full_session', 'ACCEPTED', $3::timestamptz - interval '3 days',
-                $3::timestamptz - interval '3 days', $3::timestamptz - interval '3 days'
-         FROM p",
-        &[&n, &t, &start],
-    )
-    .await
-    .unwrap();
+    crate::support::due_for_reminder_24h(c, NOW, n, false).await;
     c.execute(
         "UPDATE cal_bookings SET reminder_24h_sent_at = $2::timestamptz - interval '1 hour'
           WHERE id IN (SELECT id FROM cal_bookings ORDER BY id LIMIT $1)",

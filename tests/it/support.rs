@@ -395,3 +395,30 @@ pub async fn wait_connections_gone(db: &TestDb) {
         tokio::task::yield_now().await;
     }
 }
+
+/// `n` bookings whose session starts 24 hours after `now`, each with its own patient, all
+/// confirmed three days ago: due for the 24 h reminder. With `phones`, every patient also has a
+/// mobile number (else email only).
+pub async fn due_for_reminder_24h(c: &tokio_postgres::Client, now: &str, n: i32, phones: bool) {
+    let t = crate::seed::therapist(c, "lena-brandt").await;
+    let start = crate::seed::at(now) + chrono::Duration::hours(24);
+    c.execute(
+        "WITH p AS (
+           INSERT INTO people (id, name, email, phone_number)
+           SELECT gen_random_uuid(), 'Patient ' || i, 'patient' || i || '@example.de',
+                  CASE WHEN $4 THEN '+49151' || lpad(i::text, 8, '0') END
+           FROM generate_series(1, $1) AS i
+           RETURNING id
+         )
+         INSERT INTO cal_bookings (cal_uid, therapist_id, patient_id, start_time, end_time,
+                                   booking_kind, status, created_at,
+                                   client_confirmation_sent_at, therapist_notification_sent_at)
+         SELECT 'bulk-' || p.id, $2, p.id, $3::timestamptz, $3::timestamptz + interval '50 minutes',
+                'full_session', 'ACCEPTED', $3::timestamptz - interval '3 days',
+                $3::timestamptz - interval '3 days', $3::timestamptz - interval '3 days'
+         FROM p",
+        &[&n, &t, &start, &phones],
+    )
+    .await
+    .unwrap();
+}
