@@ -375,11 +375,13 @@ fn query_with(stage: Stage, predicate: &str) -> String {
         },
         recent = flag(
             recovery,
-            "EXISTS (SELECT 1 FROM journey_deliveries d WHERE d.patient_id = b.patient_id \
+            format!(
+                "EXISTS (SELECT 1 FROM journey_deliveries d WHERE d.patient_id = b.patient_id \
              AND d.stage = 'cancellation_recovery' AND d.booking_id <> b.id \
-             AND ((d.status = 'sent' AND d.sent_at > $1 - interval '72 hours') \
-                  OR d.status IN ('sending', 'in_doubt')))"
-                .to_string()
+             AND ((d.status = 'sent' AND d.sent_at > $1 - interval '{} hours') \
+                  OR d.status IN ('sending', 'in_doubt')))",
+                crate::domain::RECOVERY_EXCLUSIVE_PERIOD.num_hours()
+            )
         ),
         order = order_column(stage),
     )

@@ -329,8 +329,10 @@ pub async fn record(db: &Db, delivery_id: Uuid, o: &Outcome<'_>) -> anyhow::Resu
     Ok(())
 }
 
-/// Writes a `skipped` row for a message that will not be sent (unless a row exists), and marks
-/// the booking's stage column when the rule says the stage is done. One statement.
+/// Writes a `skipped` row for a message that will not be sent, or turns a `retry` row left by
+/// an earlier attempt into `skipped` (the decision is final: counted once, never claimed
+/// again); rows in any other state are left alone. Marks the booking's stage column when the
+/// rule says the stage is done. One statement.
 pub async fn record_skip(
     db: &Db,
     key: &DeliveryKey,
@@ -349,10 +351,13 @@ pub async fn record_skip(
     };
     let sql = format!(
         "WITH ins AS (
-           INSERT INTO journey_deliveries
+           INSERT INTO journey_deliveries AS d
              (booking_id, patient_id, stage, channel, recipient_role, status, run_id, last_error)
            VALUES ($1, $2, $3, $4, $5, 'skipped', $6, $7)
-           ON CONFLICT (booking_id, stage, channel, recipient_role) DO NOTHING
+           ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
+             SET status = 'skipped', run_id = EXCLUDED.run_id,
+                 last_error = EXCLUDED.last_error, lease_until = NULL, updated_at = now()
+             WHERE d.status = 'retry'
            RETURNING 1
          ){mark}
          SELECT $8::timestamptz"

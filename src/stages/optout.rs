@@ -281,7 +281,17 @@ async fn skip(
         return;
     }
     let reason = "recipient opted out (suppressions)";
-    if let Err(e) = suppressions::record_opted_out(&j.db, key, patient_id, j.run_id, reason).await {
+    if let Err(e) = crate::db::ledger::record_skip(
+        &j.db,
+        key,
+        patient_id,
+        j.run_id,
+        reason,
+        None,
+        j.clock.now(),
+    )
+    .await
+    {
         report.counters.bump(Counter::Errors);
         report.failures += 1;
         error(j, dry_run, stage, Some(key.booking_id), &format!("{e:#}")).await;
