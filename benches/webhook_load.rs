@@ -9,6 +9,11 @@
 //! BOOKING_REQUESTED bodies (stored, nothing to send), statements per webhook. It fails when a
 //! booking is lost or a confirmation is missing.
 //!
+//! It also measures the CPU time the machine spent per confirmed booking (every process but
+//! the generator: `serve`, PostgreSQL, the SMTP sink), and from it the ceiling this machine's
+//! cores put on bookings/s: cores ÷ CPU seconds per booking. Run it on a quiet machine: other
+//! work counts against us.
+//!
 //! Run: `bench/webhooks [N] [--repeat R]` or `cargo bench --bench webhook_load -- [N] [--repeat R]`
 //! (needs initdb/pg_ctl like the tests). Confirmations go to `EMAIL_OUTBOX_DIR` (files), or to
 //! `BENCH_SMTP_URL` when set (e.g. postfix's smtp-sink).
@@ -38,6 +43,54 @@ fn body(trigger: &str, run: &str, i: usize) -> Vec<u8> {
         }
     }))
     .unwrap()
+}
+
+/// Seconds of CPU the whole machine has spent busy since boot (all cores), from /proc/stat.
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
+    let ticks: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy: f64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![3, 4].contains(i) && *i < 8)
+        .map(|(_, v)| v)
+        .sum();
+    busy / clock_ticks()
+}
+
+/// Seconds of CPU this process (the generator) has used, from /proc/self/stat.
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name's closing parenthesis; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds spent by everything but the generator since `since` (machine, own).
+fn others_cpu(since: (f64, f64)) -> f64 {
+    (machine_busy() - since.0) - (own_cpu() - since.1)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -221,6 +274,8 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     let mut confirmed_rate = Vec::new();
     let mut per_booking = Vec::new();
     let mut per_webhook = Vec::new();
+    let mut cpu_ms = Vec::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!(
         "webhooks: {n} signed BOOKING_CREATED bodies, {IN_FLIGHT} in flight, {repeat} alternated \
          runs; confirmations to {}",
@@ -266,6 +321,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         wait_up(&http, &format!("{base}/healthz")).await;
         let prefix = format!("bench-ours{run}-%");
         let started = Instant::now();
+        let cpu_at_start = (machine_busy(), own_cpu());
         let o = load(
             &http,
             &format!("{base}/api/public/cal/webhook"),
@@ -287,6 +343,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let all_confirmed = started.elapsed();
+        cpu_ms.push(others_cpu(cpu_at_start) * 1e3 / n as f64);
         let stmts = statements(&client).await;
         ours_rate.push(o.rate(n));
         ours_p50.push(o.p50.as_secs_f64() * 1e3);
@@ -332,7 +389,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         println!(
             "  run {}: trivial {:.0}/s p50 {:.1} ms p99 {:.1} ms | serve {:.0}/s p50 {:.1} ms \
              p99 {:.1} ms, all {n} confirmed after {:.2} s ({:.0} bookings/s), {:.1} statements \
-             per confirmed booking, {:.1} per webhook",
+             per confirmed booking, {:.1} per webhook, {:.2} ms CPU per confirmed booking",
             run + 1,
             b.rate(n),
             b.p50.as_secs_f64() * 1e3,
@@ -344,6 +401,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             n as f64 / all_confirmed.as_secs_f64(),
             per_booking.last().unwrap(),
             per_webhook.last().unwrap(),
+            cpu_ms.last().unwrap(),
         );
     }
     let _ = trivial.kill().await;
@@ -383,6 +441,12 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         "  statements per webhook (ingest) {:.1}, per confirmed booking (ingest + confirmations) {:.1}",
         median(per_webhook),
         median(per_booking)
+    );
+    let per = median(cpu_ms);
+    println!(
+        "  CPU per confirmed booking (serve + PostgreSQL + sink, all processes but the \
+         generator): {per:.2} ms; {cores} cores cap bookings/s at {:.0}",
+        cores * 1e3 / per
     );
     drop(cluster);
     Ok(())
