@@ -45,16 +45,16 @@ pub fn sample_context_for(kind: MessageKind, booking_kind: BookingKind) -> Messa
         location: None,
         is_tomorrow: true,
         booking_link: followup.then(|| {
-            crate::links::booking_link(
-                "https://cal.com",
-                "lena-brandt",
-                uuid::Uuid::nil(),
-                uuid::Uuid::nil(),
-                None,
-                "intro_followup_email",
-                Some("Jonas Weber"),
-                Some("jonas.weber@example.de"),
-            )
+            crate::links::booking_link(&crate::links::BookingLink {
+                cal_origin: "https://cal.com",
+                cal_username: "lena-brandt",
+                therapist_id: uuid::Uuid::nil(),
+                patient_id: uuid::Uuid::nil(),
+                match_id: None,
+                source: "intro_followup_email",
+                name: Some("Jonas Weber"),
+                email: Some("jonas.weber@example.de"),
+            })
         }),
         match_link: Some(
             "https://therapie.example/matches/5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9".into(),
