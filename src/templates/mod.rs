@@ -63,125 +63,50 @@ pub struct RenderedEmail {
     pub text: String,
 }
 
-/// The built-in template files, embedded at compile time.
-const BUILTIN: &[(&str, &str)] = &[
-    (
-        "_html_head.hbs",
-        include_str!("../../templates/_html_head.hbs"),
-    ),
-    (
-        "_html_foot.hbs",
-        include_str!("../../templates/_html_foot.hbs"),
-    ),
-    (
-        "_greeting.hbs",
-        include_str!("../../templates/_greeting.hbs"),
-    ),
-    ("_optout.hbs", include_str!("../../templates/_optout.hbs")),
-    (
-        "client_confirmation.subject.hbs",
-        include_str!("../../templates/client_confirmation.subject.hbs"),
-    ),
-    (
-        "client_confirmation.txt.hbs",
-        include_str!("../../templates/client_confirmation.txt.hbs"),
-    ),
-    (
-        "client_confirmation.html.hbs",
-        include_str!("../../templates/client_confirmation.html.hbs"),
-    ),
-    (
-        "therapist_notification.subject.hbs",
-        include_str!("../../templates/therapist_notification.subject.hbs"),
-    ),
-    (
-        "therapist_notification.txt.hbs",
-        include_str!("../../templates/therapist_notification.txt.hbs"),
-    ),
-    (
-        "therapist_notification.html.hbs",
-        include_str!("../../templates/therapist_notification.html.hbs"),
-    ),
-    (
-        "reminder_24h.subject.hbs",
-        include_str!("../../templates/reminder_24h.subject.hbs"),
-    ),
-    (
-        "reminder_24h.txt.hbs",
-        include_str!("../../templates/reminder_24h.txt.hbs"),
-    ),
-    (
-        "reminder_24h.html.hbs",
-        include_str!("../../templates/reminder_24h.html.hbs"),
-    ),
-    (
-        "reminder_24h.sms.hbs",
-        include_str!("../../templates/reminder_24h.sms.hbs"),
-    ),
-    (
-        "reminder_1h.subject.hbs",
-        include_str!("../../templates/reminder_1h.subject.hbs"),
-    ),
-    (
-        "reminder_1h.txt.hbs",
-        include_str!("../../templates/reminder_1h.txt.hbs"),
-    ),
-    (
-        "reminder_1h.html.hbs",
-        include_str!("../../templates/reminder_1h.html.hbs"),
-    ),
-    (
-        "reminder_1h.sms.hbs",
-        include_str!("../../templates/reminder_1h.sms.hbs"),
-    ),
-    (
-        "intro_followup.subject.hbs",
-        include_str!("../../templates/intro_followup.subject.hbs"),
-    ),
-    (
-        "intro_followup.txt.hbs",
-        include_str!("../../templates/intro_followup.txt.hbs"),
-    ),
-    (
-        "intro_followup.html.hbs",
-        include_str!("../../templates/intro_followup.html.hbs"),
-    ),
-    (
-        "session_followup.subject.hbs",
-        include_str!("../../templates/session_followup.subject.hbs"),
-    ),
-    (
-        "session_followup.txt.hbs",
-        include_str!("../../templates/session_followup.txt.hbs"),
-    ),
-    (
-        "session_followup.html.hbs",
-        include_str!("../../templates/session_followup.html.hbs"),
-    ),
-    (
-        "cancellation_recovery.subject.hbs",
-        include_str!("../../templates/cancellation_recovery.subject.hbs"),
-    ),
-    (
-        "cancellation_recovery.txt.hbs",
-        include_str!("../../templates/cancellation_recovery.txt.hbs"),
-    ),
-    (
-        "cancellation_recovery.html.hbs",
-        include_str!("../../templates/cancellation_recovery.html.hbs"),
-    ),
-    (
-        "cancellation_notice.subject.hbs",
-        include_str!("../../templates/cancellation_notice.subject.hbs"),
-    ),
-    (
-        "cancellation_notice.txt.hbs",
-        include_str!("../../templates/cancellation_notice.txt.hbs"),
-    ),
-    (
-        "cancellation_notice.html.hbs",
-        include_str!("../../templates/cancellation_notice.html.hbs"),
-    ),
+/// `builtin!["name", …]`: each `templates/name.hbs` as (file name, source), embedded at compile
+/// time.
+macro_rules! builtin {
+    ($($name:literal),* $(,)?) => {
+        &[$((
+            concat!($name, ".hbs"),
+            include_str!(concat!("../../templates/", $name, ".hbs")),
+        )),*]
+    };
+}
+
+/// The built-in template files: the shared partials, then each message kind's subject, plain
+/// text, HTML and (where it has one) SMS form.
+const BUILTIN: &[(&str, &str)] = builtin![
+    "_html_head",
+    "_html_foot",
+    "_greeting",
+    "_optout",
+    "client_confirmation.subject",
+    "client_confirmation.txt",
+    "client_confirmation.html",
+    "therapist_notification.subject",
+    "therapist_notification.txt",
+    "therapist_notification.html",
+    "reminder_24h.subject",
+    "reminder_24h.txt",
+    "reminder_24h.html",
+    "reminder_24h.sms",
+    "reminder_1h.subject",
+    "reminder_1h.txt",
+    "reminder_1h.html",
+    "reminder_1h.sms",
+    "intro_followup.subject",
+    "intro_followup.txt",
+    "intro_followup.html",
+    "session_followup.subject",
+    "session_followup.txt",
+    "session_followup.html",
+    "cancellation_recovery.subject",
+    "cancellation_recovery.txt",
+    "cancellation_recovery.html",
+    "cancellation_notice.subject",
+    "cancellation_notice.txt",
+    "cancellation_notice.html",
 ];
 
 /// The templates. With overrides they are compiled when loaded (a broken override is an error
