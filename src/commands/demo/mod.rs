@@ -152,3 +152,17 @@ fn settings(dir: &Path) -> Result<Settings, ConfigError> {
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_database_goes_on_the_server_of_database_url() {
+        assert_eq!(
+            server_base("postgres://u:p@db.example:5432/journey?sslmode=require"),
+            "postgres://u:p@db.example:5432/"
+        );
+        assert_eq!(server_base("postgres://u@h/"), "postgres://u@h/");
+    }
+}

@@ -285,3 +285,38 @@ impl Scenario {
         hooks
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_week_sends_its_webhooks_in_time_order_inside_the_week() {
+        let hooks = Scenario::new().deliveries();
+        assert_eq!(hooks.len(), 11);
+        assert!(hooks.windows(2).all(|w| w[0].at <= w[1].at));
+        assert!(hooks.iter().all(|h| h.at >= week_start()));
+        let cancelled: Vec<_> = hooks
+            .iter()
+            .filter(|h| h.body["triggerEvent"] == "BOOKING_CANCELLED")
+            .collect();
+        assert_eq!(cancelled.len(), 2);
+        assert!(cancelled
+            .iter()
+            .all(|h| h.body["payload"]["status"] == "CANCELLED"));
+    }
+
+    #[test]
+    fn everyone_is_matched_with_the_first_two_therapists_and_only_miriam_has_no_slots() {
+        let scenario = Scenario::new();
+        let seed = scenario.seed();
+        assert_eq!(seed.matches.len(), 2 * seed.people.len());
+        let no_slots: Vec<_> = seed
+            .therapists
+            .iter()
+            .filter(|t| t.next_free_slot.is_none())
+            .map(|t| t.first_name)
+            .collect();
+        assert_eq!(no_slots, ["Miriam"]);
+    }
+}

@@ -97,3 +97,40 @@ pub(super) async fn print_summary(db: &Db, s: &Summary<'_>) -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::DeliveryStatus;
+
+    fn row(role: RecipientRole, channel: Channel) -> TimelineRow {
+        TimelineRow {
+            sent_at: None,
+            stage: "reminder_24h".into(),
+            channel,
+            role,
+            status: DeliveryStatus::Sent,
+            last_error: None,
+            cal_uid: "demo".into(),
+            start: None,
+            name: Some("Jonas Weber".into()),
+            email: Some("jonas.weber@example.de".into()),
+            phone: Some("+4915112345678".into()),
+            therapist: Some("Jan Koch".into()),
+        }
+    }
+
+    #[test]
+    fn a_row_names_its_recipient_with_the_masked_contact_of_its_channel() {
+        let email = recipient(&row(RecipientRole::Patient, Channel::Email));
+        assert!(email.starts_with("Jonas Weber ") && !email.contains("jonas.weber@"));
+        let sms = recipient(&row(RecipientRole::Patient, Channel::Sms));
+        assert!(sms.starts_with("Jonas Weber ") && !sms.contains("12345678"));
+        let therapist = recipient(&row(RecipientRole::Therapist, Channel::Email));
+        assert_eq!(therapist, "therapist Jan Koch");
+        assert_eq!(
+            recipient(&row(RecipientRole::Qa, Channel::Email)),
+            "QA inbox"
+        );
+    }
+}
