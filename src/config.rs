@@ -121,47 +121,21 @@ pub struct Settings {
 
 pub const DEFAULT_EMAIL_FROM: &str = "journeyctl <journeyctl@localhost>";
 
+/// Deadline of one request to Twilio or Cal.com when none is configured: long enough for a
+/// slow API answer, short enough that a hung connection does not hold a run for minutes.
+const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The longest request deadline accepted: beyond five minutes a run would outlast its cron slot.
+const MAX_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The shortest `UNSUBSCRIBE_SECRET` accepted: 32 characters, e.g. 128 bits as hex.
+const MIN_UNSUBSCRIBE_SECRET_CHARS: usize = 32;
+
 impl Settings {
+    /// Validates every setting, in a fixed order (the first problem found is the one named).
     pub fn from_args(a: &SettingsArgs) -> Result<Settings, ConfigError> {
-        let transport = match (nonempty(&a.smtp_url), &a.email_outbox_dir) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "both SMTP_URL and EMAIL_OUTBOX_DIR are set: choose one email transport",
-                ))
-            }
-            (Some(url), None) => {
-                check_smtp_url(url)?;
-                Some(EmailTransport::Smtp {
-                    url: Secret::new(url),
-                    ca_file: a.smtp_ca_file.clone(),
-                })
-            }
-            (None, Some(dir)) => Some(EmailTransport::Outbox { dir: dir.clone() }),
-            (None, None) => None,
-        };
-        let from = match nonempty(&a.email_from) {
-            Some(f) => {
-                check_mailbox("EMAIL_FROM", f)?;
-                f.to_string()
-            }
-            None if matches!(transport, Some(EmailTransport::Smtp { .. })) => {
-                return Err(ConfigError::new(
-                    "EMAIL_FROM is not set: a relay needs a real sender mailbox, e.g. \
-                     EMAIL_FROM='Praxisteam <termine@example.de>'",
-                ))
-            }
-            None => DEFAULT_EMAIL_FROM.to_string(),
-        };
-        let reply_to = match nonempty(&a.email_reply_to) {
-            Some(r) => {
-                check_mailbox("EMAIL_REPLY_TO", r)?;
-                Some(r.to_string())
-            }
-            None => None,
-        };
-
+        let email = email_settings(a)?;
         let sms = sms_transport(a)?;
-
         let cal_origin = match nonempty(&a.cal_origin) {
             Some(o) => check_base_url("CAL_ORIGIN", o)?,
             None => "https://cal.com".to_string(),
@@ -170,56 +144,130 @@ impl Settings {
             Some(o) => Some(check_base_url("PUBLIC_BASE_URL", o)?),
             None => None,
         };
-        let qa_notify_email = match nonempty(&a.qa_notify_email) {
-            Some(e) => Some(EmailAddress::parse(e).map_err(|why| {
-                ConfigError::new(format!("QA_NOTIFY_EMAIL is not usable: {why}"))
-            })?),
-            None => None,
-        };
-        let timezone = match nonempty(&a.timezone) {
-            Some(tz) => tz.parse::<Tz>().map_err(|_| {
-                ConfigError::new(format!(
-                    "JOURNEY_TIMEZONE={tz:?} is not an IANA time zone name (e.g. Europe/Berlin)"
-                ))
-            })?,
-            None => chrono_tz::Europe::Berlin,
-        };
-        if let Some(dir) = &a.templates_dir {
-            if !dir.is_dir() {
-                return Err(ConfigError::new(format!(
-                    "JOURNEY_TEMPLATES_DIR={} is not a directory",
-                    dir.display()
-                )));
-            }
-        }
+        let qa_notify_email = qa_notify_email(a)?;
+        let timezone = timezone(a)?;
+        let templates_dir = templates_dir(a)?;
         Ok(Settings {
-            email: EmailSettings {
-                transport,
-                from,
-                reply_to,
-            },
+            email,
             sms,
             cal_webhook_secret: nonempty(&a.cal_webhook_secret).map(Secret::new),
             cal_origin,
             public_base_url,
             qa_notify_email,
             timezone,
-            templates_dir: a.templates_dir.clone(),
+            templates_dir,
             cal_api: cal_api(a)?,
             public_callback_base: callback_base(a)?,
             sms_quiet_hours: quiet_hours(a)?,
-            unsubscribe_secret: match nonempty(&a.unsubscribe_secret) {
-                Some(s) if s.len() < 32 => {
-                    return Err(ConfigError::new(
-                        "UNSUBSCRIBE_SECRET is too short: use at least 32 random characters, \
-                         e.g. the output of `openssl rand -hex 32`",
-                    ))
-                }
-                Some(s) => Some(Secret::new(s)),
-                None => None,
-            },
+            unsubscribe_secret: unsubscribe_secret(a)?,
         })
     }
+}
+
+/// `SMTP_URL` or `EMAIL_OUTBOX_DIR`, `EMAIL_FROM` (required with a relay), `EMAIL_REPLY_TO`.
+fn email_settings(a: &SettingsArgs) -> Result<EmailSettings, ConfigError> {
+    let transport = match (nonempty(&a.smtp_url), &a.email_outbox_dir) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "both SMTP_URL and EMAIL_OUTBOX_DIR are set: choose one email transport",
+            ))
+        }
+        (Some(url), None) => {
+            check_smtp_url(url)?;
+            Some(EmailTransport::Smtp {
+                url: Secret::new(url),
+                ca_file: a.smtp_ca_file.clone(),
+            })
+        }
+        (None, Some(dir)) => Some(EmailTransport::Outbox { dir: dir.clone() }),
+        (None, None) => None,
+    };
+    let from = match nonempty(&a.email_from) {
+        Some(f) => {
+            check_mailbox("EMAIL_FROM", f)?;
+            f.to_string()
+        }
+        None if matches!(transport, Some(EmailTransport::Smtp { .. })) => {
+            return Err(ConfigError::new(
+                "EMAIL_FROM is not set: a relay needs a real sender mailbox, e.g. \
+                 EMAIL_FROM='Praxisteam <termine@example.de>'",
+            ))
+        }
+        None => DEFAULT_EMAIL_FROM.to_string(),
+    };
+    let reply_to = match nonempty(&a.email_reply_to) {
+        Some(r) => {
+            check_mailbox("EMAIL_REPLY_TO", r)?;
+            Some(r.to_string())
+        }
+        None => None,
+    };
+    Ok(EmailSettings {
+        transport,
+        from,
+        reply_to,
+    })
+}
+
+fn qa_notify_email(a: &SettingsArgs) -> Result<Option<EmailAddress>, ConfigError> {
+    nonempty(&a.qa_notify_email)
+        .map(|e| {
+            EmailAddress::parse(e)
+                .map_err(|why| ConfigError::new(format!("QA_NOTIFY_EMAIL is not usable: {why}")))
+        })
+        .transpose()
+}
+
+/// `JOURNEY_TIMEZONE`, Europe/Berlin by default.
+fn timezone(a: &SettingsArgs) -> Result<Tz, ConfigError> {
+    match nonempty(&a.timezone) {
+        Some(tz) => tz.parse::<Tz>().map_err(|_| {
+            ConfigError::new(format!(
+                "JOURNEY_TIMEZONE={tz:?} is not an IANA time zone name (e.g. Europe/Berlin)"
+            ))
+        }),
+        None => Ok(chrono_tz::Europe::Berlin),
+    }
+}
+
+fn templates_dir(a: &SettingsArgs) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(dir) = &a.templates_dir {
+        if !dir.is_dir() {
+            return Err(ConfigError::new(format!(
+                "JOURNEY_TEMPLATES_DIR={} is not a directory",
+                dir.display()
+            )));
+        }
+    }
+    Ok(a.templates_dir.clone())
+}
+
+fn unsubscribe_secret(a: &SettingsArgs) -> Result<Option<Secret>, ConfigError> {
+    match nonempty(&a.unsubscribe_secret) {
+        Some(s) if s.len() < MIN_UNSUBSCRIBE_SECRET_CHARS => Err(ConfigError::new(
+            "UNSUBSCRIBE_SECRET is too short: use at least 32 random characters, \
+             e.g. the output of `openssl rand -hex 32`",
+        )),
+        Some(s) => Ok(Some(Secret::new(s))),
+        None => Ok(None),
+    }
+}
+
+/// A request deadline (`TWILIO_TIMEOUT`, `CAL_API_TIMEOUT`): more than 0, at most
+/// [`MAX_REQUEST_TIMEOUT`], [`DEFAULT_REQUEST_TIMEOUT`] when unset.
+fn request_timeout(var: &str, raw: Option<&str>) -> Result<std::time::Duration, ConfigError> {
+    let Some(t) = raw else {
+        return Ok(DEFAULT_REQUEST_TIMEOUT);
+    };
+    let d = humantime::parse_duration(t).map_err(|e| {
+        ConfigError::new(format!("{var} {t:?} is not a duration ({e}); use e.g. 30s"))
+    })?;
+    if d.is_zero() || d > MAX_REQUEST_TIMEOUT {
+        return Err(ConfigError::new(format!(
+            "{var} {t:?} is out of range: more than 0, at most 5m"
+        )));
+    }
+    Ok(d)
 }
 
 fn cal_api(a: &SettingsArgs) -> Result<Option<CalApiSettings>, ConfigError> {
@@ -236,22 +284,7 @@ fn cal_api(a: &SettingsArgs) -> Result<Option<CalApiSettings>, ConfigError> {
         })?),
         None => None,
     };
-    let timeout = match nonempty(&a.cal_api_timeout) {
-        Some(t) => {
-            let d = humantime::parse_duration(t).map_err(|e| {
-                ConfigError::new(format!(
-                    "CAL_API_TIMEOUT {t:?} is not a duration ({e}); use e.g. 30s"
-                ))
-            })?;
-            if d.is_zero() || d > std::time::Duration::from_secs(300) {
-                return Err(ConfigError::new(format!(
-                    "CAL_API_TIMEOUT {t:?} is out of range: more than 0, at most 5m"
-                )));
-            }
-            d
-        }
-        None => std::time::Duration::from_secs(30),
-    };
+    let timeout = request_timeout("CAL_API_TIMEOUT", nonempty(&a.cal_api_timeout))?;
     Ok(nonempty(&a.cal_api_key).map(|key| CalApiSettings {
         key: Secret::new(key),
         base,
@@ -303,22 +336,7 @@ fn sms_transport(a: &SettingsArgs) -> Result<Option<SmsTransport>, ConfigError> 
         Some(b) => check_base_url("TWILIO_API_BASE", b)?,
         None => "https://api.twilio.com".to_string(),
     };
-    let timeout = match nonempty(&a.twilio_timeout) {
-        Some(t) => {
-            let d = humantime::parse_duration(t).map_err(|e| {
-                ConfigError::new(format!(
-                    "TWILIO_TIMEOUT {t:?} is not a duration ({e}); use e.g. 30s"
-                ))
-            })?;
-            if d.is_zero() || d > std::time::Duration::from_secs(300) {
-                return Err(ConfigError::new(format!(
-                    "TWILIO_TIMEOUT {t:?} is out of range: more than 0, at most 5m"
-                )));
-            }
-            d
-        }
-        None => std::time::Duration::from_secs(30),
-    };
+    let timeout = request_timeout("TWILIO_TIMEOUT", nonempty(&a.twilio_timeout))?;
     Ok(Some(SmsTransport::Twilio(TwilioSettings {
         account_sid: sid.to_string(),
         auth_token: Secret::new(token),

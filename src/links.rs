@@ -8,6 +8,23 @@
 use url::form_urlencoded::byte_serialize;
 use uuid::Uuid;
 
+/// What a booking link carries: the therapist's booking page and what it is pre-filled with.
+#[derive(Clone, Copy, Debug)]
+pub struct BookingLink<'a> {
+    /// Cal.com's origin (`CAL_ORIGIN`), e.g. `https://cal.com`.
+    pub cal_origin: &'a str,
+    /// The therapist's Cal.com user name: the first path segment of the page.
+    pub cal_username: &'a str,
+    pub therapist_id: Uuid,
+    pub patient_id: Uuid,
+    pub match_id: Option<Uuid>,
+    /// Where the patient came from (`kh_source`), e.g. `intro_followup_email`.
+    pub source: &'a str,
+    /// The patient's name and email, pre-filled on the form when known.
+    pub name: Option<&'a str>,
+    pub email: Option<&'a str>,
+}
+
 /// The pre-filled Cal.com booking page for a therapist's full session:
 ///
 /// `{cal_origin}/{cal_username}/full-session?metadata[kh_therapist_id]=…&metadata[kh_patient_id]=…`
@@ -17,17 +34,17 @@ use uuid::Uuid;
 /// keys keep their literal brackets, which is how Cal.com reads booking metadata from the
 /// query. Absent or empty optional values leave their parameter out, so Cal.com does not
 /// pre-fill an empty name.
-#[allow(clippy::too_many_arguments)]
-pub fn booking_link(
-    cal_origin: &str,
-    cal_username: &str,
-    therapist_id: Uuid,
-    patient_id: Uuid,
-    match_id: Option<Uuid>,
-    source: &str,
-    name: Option<&str>,
-    email: Option<&str>,
-) -> String {
+pub fn booking_link(link: &BookingLink<'_>) -> String {
+    let BookingLink {
+        cal_origin,
+        cal_username,
+        therapist_id,
+        patient_id,
+        match_id,
+        source,
+        name,
+        email,
+    } = *link;
     let therapist_id = therapist_id.to_string();
     let patient_id = patient_id.to_string();
     let match_id = match_id.map(|m| m.to_string());
@@ -78,16 +95,16 @@ mod tests {
 
     #[test]
     fn booking_link_carries_every_parameter_in_the_documented_order() {
-        let link = booking_link(
-            "https://cal.com",
-            "lena-brandt",
-            id(1),
-            id(2),
-            Some(id(3)),
-            "intro_followup_email",
-            Some("Anna"),
-            Some("anna@example.de"),
-        );
+        let link = booking_link(&BookingLink {
+            cal_origin: "https://cal.com",
+            cal_username: "lena-brandt",
+            therapist_id: id(1),
+            patient_id: id(2),
+            match_id: Some(id(3)),
+            source: "intro_followup_email",
+            name: Some("Anna"),
+            email: Some("anna@example.de"),
+        });
         assert_eq!(
             link,
             "https://cal.com/lena-brandt/full-session?\
@@ -102,16 +119,16 @@ mod tests {
 
     #[test]
     fn booking_link_encodes_brackets_spaces_plus_at_and_umlauts_in_values() {
-        let link = booking_link(
-            "https://cal.example.de/",
-            "lena",
-            id(1),
-            id(2),
-            None,
-            "session_followup_email",
-            Some("Jörg [Müller] Straße"),
-            Some("jörg+test@example.de"),
-        );
+        let link = booking_link(&BookingLink {
+            cal_origin: "https://cal.example.de/",
+            cal_username: "lena",
+            therapist_id: id(1),
+            patient_id: id(2),
+            match_id: None,
+            source: "session_followup_email",
+            name: Some("Jörg [Müller] Straße"),
+            email: Some("jörg+test@example.de"),
+        });
         let query = link.split_once('?').unwrap().1;
         assert!(
             query.contains("name=J%C3%B6rg+%5BM%C3%BCller%5D+Stra%C3%9Fe"),
@@ -132,16 +149,16 @@ mod tests {
 
     #[test]
     fn booking_link_leaves_out_absent_parameters() {
-        let link = booking_link(
-            "https://cal.com",
-            "lena",
-            id(1),
-            id(2),
-            None,
-            "session_followup_email",
-            None,
-            Some("  "),
-        );
+        let link = booking_link(&BookingLink {
+            cal_origin: "https://cal.com",
+            cal_username: "lena",
+            therapist_id: id(1),
+            patient_id: id(2),
+            match_id: None,
+            source: "session_followup_email",
+            name: None,
+            email: Some("  "),
+        });
         assert!(!link.contains("kh_match_id"), "{link}");
         assert!(!link.contains("name="), "{link}");
         assert!(!link.contains("email="), "{link}");

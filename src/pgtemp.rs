@@ -104,6 +104,17 @@ pub fn new_dir() -> PathBuf {
     std::env::temp_dir().join(format!("journeyctl-pg-{}", uuid::Uuid::new_v4().simple()))
 }
 
+/// Rounds of stop-and-remove the watchdog makes at most, [`WATCHDOG_PAUSE`] apart: five
+/// seconds, longer than an orphaned `initdb` or `pg_ctl start` takes to finish or fail.
+const WATCHDOG_ROUNDS: u32 = 10;
+
+/// Rounds the watchdog makes at least, even when the directory is gone after the first: a
+/// server still starting may write its files again a moment later.
+const WATCHDOG_MIN_ROUNDS: u32 = 3;
+
+/// Seconds between the watchdog's rounds (as `sleep` reads them).
+const WATCHDOG_PAUSE: &str = "0.5";
+
 /// Starts the watchdog of the cluster in `dir`: once this process is gone (its pipe closes),
 /// it stops whatever server runs on `data`, removes `dir`, and repeats that until nothing is
 /// left (a `pg_ctl start` or `initdb` orphaned by a kill may still be finishing). It ignores
@@ -127,11 +138,11 @@ fn watchdog(dir: &Path, data: &Path, pg_ctl: &Path, root: bool) -> anyhow::Resul
     let (dir, data) = (quote(dir), quote(data));
     let script = format!(
         "trap '' INT TERM HUP QUIT; cat >/dev/null; \
-         for i in 1 2 3 4 5 6 7 8 9 10; do \
+         i=0; while [ $i -lt {WATCHDOG_ROUNDS} ]; do i=$((i+1)); \
            if [ -f {data}/postmaster.pid ]; then {stop} >/dev/null 2>&1; fi; \
            rm -rf {dir} 2>/dev/null; \
-           if [ ! -e {dir} ] && [ $i -ge 3 ]; then exit 0; fi; \
-           sleep 0.5; \
+           if [ ! -e {dir} ] && [ $i -ge {WATCHDOG_MIN_ROUNDS} ]; then exit 0; fi; \
+           sleep {WATCHDOG_PAUSE}; \
          done"
     );
     Command::new("sh")
@@ -156,88 +167,25 @@ impl TempCluster {
         let data = dir.join("data");
         let pg_ctl = pg_bin("pg_ctl")?;
         let watchdog = watchdog(&dir, &data, &pg_ctl, root)?;
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        if root {
-            let mut c = Command::new("chown");
-            c.args(["-R", "postgres:postgres"]).arg(&dir);
-            run(
-                c,
-                "chown of the cluster directory (is there a postgres user?)",
-            )?;
-        }
-        let mut initdb = as_postgres(&pg_bin("initdb")?, root);
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
-        run(initdb, "initdb")?;
-
-        let mut tls = false;
-        if opts.tls {
-            let mut openssl = Command::new("openssl");
-            openssl
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                ])
-                .arg("/CN=localhost")
-                .arg("-keyout")
-                .arg(data.join("server.key"))
-                .arg("-out")
-                .arg(data.join("server.crt"));
-            tls = openssl
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if tls {
-                if root {
-                    let mut c = Command::new("chown");
-                    c.arg("postgres:postgres")
-                        .arg(data.join("server.key"))
-                        .arg(data.join("server.crt"));
-                    run(c, "chown of the certificate")?;
-                }
-                let mut c = Command::new("chmod");
-                c.arg("600").arg(data.join("server.key"));
-                run(c, "chmod of the key")?;
-            }
-        }
-        let stat_statements = opts.stat_statements && {
-            Command::new(pg_bin("pg_config")?)
-                .arg("--pkglibdir")
-                .output()
-                .map(|o| {
-                    Path::new(String::from_utf8_lossy(&o.stdout).trim())
-                        .join("pg_stat_statements.so")
-                        .is_file()
-                })
-                .unwrap_or(false)
-        };
+        create_dir(&dir, root)?;
+        init_data(&data, root)?;
+        let tls = opts.tls && self_signed_certificate(&data, root)?;
+        let stat_statements = opts.stat_statements && stat_statements_installed()?;
         let port = free_port()?;
-        let mut server_opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=400 -c ssl={}",
-            dir.display(),
-            if tls { "on" } else { "off" }
-        );
-        if stat_statements {
-            server_opts.push_str(
-                " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all",
-            );
-        }
+        let server = ServerOptions {
+            port,
+            socket_dir: &dir,
+            tls,
+            stat_statements,
+        };
         let mut start = as_postgres(&pg_ctl, root);
         start
             .arg("-D")
             .arg(&data)
             .arg("-l")
             .arg(dir.join("server.log"))
-            .args(["-w", "-t", "60", "-o", &server_opts, "start"]);
+            .args(["-w", "-t", &PG_CTL_START_TIMEOUT_SECS.to_string()])
+            .args(["-o", &server.to_string(), "start"]);
         run(start, "pg_ctl start")?;
 
         Ok(TempCluster {
@@ -246,5 +194,118 @@ impl TempCluster {
             tls,
             _watchdog: watchdog,
         })
+    }
+}
+
+/// How long `pg_ctl start` waits for the server to accept connections: a cold start on a busy
+/// CI machine takes seconds, never a minute.
+const PG_CTL_START_TIMEOUT_SECS: u32 = 60;
+
+/// The server's connection limit: the tests run many pools against one cluster at once.
+const MAX_CONNECTIONS: u32 = 400;
+
+/// Validity of the self-signed certificate: a cluster lives for one test run or one demo.
+const CERTIFICATE_DAYS: u32 = 2;
+
+/// Creates the cluster's directory, owned by `postgres` when we are root.
+fn create_dir(dir: &Path, root: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if root {
+        let mut c = Command::new("chown");
+        c.args(["-R", "postgres:postgres"]).arg(dir);
+        run(
+            c,
+            "chown of the cluster directory (is there a postgres user?)",
+        )?;
+    }
+    Ok(())
+}
+
+/// `initdb` with trust authentication and no fsync: the data is thrown away.
+fn init_data(data: &Path, root: bool) -> anyhow::Result<()> {
+    let mut initdb = as_postgres(&pg_bin("initdb")?, root);
+    initdb.arg("-D").arg(data).args([
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+    ]);
+    run(initdb, "initdb")
+}
+
+/// Writes a self-signed certificate for the server; `false` when `openssl` cannot (then the
+/// cluster runs without TLS).
+fn self_signed_certificate(data: &Path, root: bool) -> anyhow::Result<bool> {
+    let mut openssl = Command::new("openssl");
+    openssl
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+        .args(["-days", &CERTIFICATE_DAYS.to_string(), "-subj"])
+        .arg("/CN=localhost")
+        .arg("-keyout")
+        .arg(data.join("server.key"))
+        .arg("-out")
+        .arg(data.join("server.crt"));
+    let made = openssl
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !made {
+        return Ok(false);
+    }
+    if root {
+        let mut c = Command::new("chown");
+        c.arg("postgres:postgres")
+            .arg(data.join("server.key"))
+            .arg(data.join("server.crt"));
+        run(c, "chown of the certificate")?;
+    }
+    let mut c = Command::new("chmod");
+    c.arg("600").arg(data.join("server.key"));
+    run(c, "chmod of the key")?;
+    Ok(true)
+}
+
+/// Whether the pg_stat_statements module is installed with this PostgreSQL.
+fn stat_statements_installed() -> anyhow::Result<bool> {
+    Ok(Command::new(pg_bin("pg_config")?)
+        .arg("--pkglibdir")
+        .output()
+        .map(|o| {
+            Path::new(String::from_utf8_lossy(&o.stdout).trim())
+                .join("pg_stat_statements.so")
+                .is_file()
+        })
+        .unwrap_or(false))
+}
+
+/// The server's command-line options (`pg_ctl -o`): loopback only, durability off.
+struct ServerOptions<'a> {
+    port: u16,
+    /// Where the Unix socket goes: the cluster's own directory.
+    socket_dir: &'a Path,
+    tls: bool,
+    stat_statements: bool,
+}
+
+impl std::fmt::Display for ServerOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections={MAX_CONNECTIONS} -c ssl={}",
+            self.port,
+            self.socket_dir.display(),
+            if self.tls { "on" } else { "off" }
+        )?;
+        if self.stat_statements {
+            f.write_str(
+                " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all",
+            )?;
+        }
+        Ok(())
     }
 }

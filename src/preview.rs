@@ -138,8 +138,9 @@ pub fn write_preview(templates: &Templates, dir: &Path) -> anyhow::Result<Vec<Pa
             written.push(path);
             let septets = crate::templates::gsm7_septets(&sms);
             sms_cell = format!(
-                "<a href=\"{}.sms.txt\">SMS</a> ({septets}/160)",
-                html_escape(&v.stem)
+                "<a href=\"{}.sms.txt\">SMS</a> ({septets}/{})",
+                html_escape(&v.stem),
+                crate::domain::gsm7::SEGMENT
             );
         }
         let stem = html_escape(&v.stem);

@@ -8,6 +8,7 @@
 //! with `now()`.
 
 pub mod bookings;
+pub mod demo;
 pub mod ledger;
 pub mod migrate;
 pub mod ops;

@@ -7,6 +7,7 @@
 mod booking_status;
 mod contact;
 mod counters;
+pub mod dates;
 pub mod display_name;
 pub mod gsm7;
 pub mod quiet_hours;

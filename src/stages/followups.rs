@@ -18,16 +18,16 @@ fn with_booking_link(
         return;
     };
     let patient = input.patient;
-    ctx.booking_link = Some(crate::links::booking_link(
-        &input.settings.cal_origin,
-        username,
+    ctx.booking_link = Some(crate::links::booking_link(&crate::links::BookingLink {
+        cal_origin: &input.settings.cal_origin,
+        cal_username: username,
         therapist_id,
         patient_id,
-        b.match_id,
+        match_id: b.match_id,
         source,
-        patient.and_then(|p| p.name.as_deref()),
-        patient.and_then(|p| p.email.as_deref()),
-    ));
+        name: patient.and_then(|p| p.name.as_deref()),
+        email: patient.and_then(|p| p.email.as_deref()),
+    }));
 }
 
 pub fn intro(input: &PlanInput<'_>) -> Plan {

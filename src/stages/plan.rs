@@ -213,7 +213,7 @@ pub fn base_context(input: &PlanInput<'_>, patient: Option<&PatientRow>) -> Opti
             .location
             .clone()
             .filter(|l| !l.trim().is_empty() && !l.starts_with("integrations:")),
-        is_tomorrow: crate::templates::is_tomorrow(input.now, start, input.settings.timezone),
+        is_tomorrow: crate::domain::dates::is_tomorrow(input.now, start, input.settings.timezone),
         booking_link: None,
         match_link,
         next_slot: fresh_slot,
