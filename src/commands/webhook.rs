@@ -19,11 +19,11 @@ use uuid::Uuid;
 use crate::cli::GlobalArgs;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
+use crate::exit::ExitStatus;
 use crate::stages::driver::{confirm_booking, notify_cancellation};
 use crate::stages::Journey;
 use crate::webhook::apply::{handle, public_message, Handled, ReplayError, Verification, MAX_BODY};
 use crate::webhook::SIGNATURE_HEADER;
-use crate::ExitStatus;
 
 fn require_secret(settings: &Settings, no_verify: bool) -> Result<(), ConfigError> {
     if settings.cal_webhook_secret.is_none() && !no_verify {
@@ -592,11 +592,9 @@ async fn receive(
 }
 
 async fn healthz(State(state): State<Arc<ServeState>>) -> (StatusCode, &'static str) {
-    match state.ingest.client().await {
-        Ok(c) => match c.simple_query("SELECT 1").await {
-            Ok(_) => (StatusCode::OK, "ok\n"),
-            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
-        },
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+    if state.ingest.ping().await {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
     }
 }

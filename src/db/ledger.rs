@@ -1,4 +1,5 @@
-//! The delivery ledger, `journey_deliveries`: exactly once, or visibly in doubt (SPEC §5).
+//! The delivery ledger, `journey_deliveries`: exactly once, or visibly in doubt (docs/ARCHITECTURE.md,
+//! "The path of a stage run").
 //!
 //! Guarantees:
 //! - A message is handed to a provider only after its row is committed in `sending` under the

@@ -1,6 +1,6 @@
 //! Applying one received webhook body: verify → parse → store the receipt (committed on its
 //! own) → apply in one transaction that also settles the receipt, then say whether the
-//! booking's confirmations are due (SPEC §6).
+//! booking's confirmations are due (docs/ARCHITECTURE.md, "The path of a webhook body").
 //!
 //! What it guarantees:
 //! - Nothing is stored for a body whose signature does not verify (401).
