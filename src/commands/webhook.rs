@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::cli::GlobalArgs;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
+use crate::domain::WebhookOutcome;
 use crate::exit::ExitStatus;
 use crate::stages::driver::{confirm_booking, notify_cancellation};
 use crate::stages::Journey;
@@ -207,7 +208,7 @@ fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>, notified: Opt
         );
     } else {
         crate::outln!("{} {}: {}", h.http_status, h.outcome, h.message);
-        if let (Some(id), "error") = (h.receipt_id, h.outcome) {
+        if let (Some(id), WebhookOutcome::Error) = (h.receipt_id, h.outcome) {
             crate::outln!("the body is kept: re-apply it with journeyctl webhook --replay {id}");
         }
         match confirmed {
@@ -580,7 +581,7 @@ async fn receive(
             log::error!("webhook: the handler failed: {e}");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "error",
+                WebhookOutcome::Error,
                 "internal error".to_string(),
             )
         }

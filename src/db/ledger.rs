@@ -32,7 +32,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Db;
-use crate::domain::{Channel, DeliveryStatus, RecipientRole};
+use crate::domain::{Channel, DeliveryStatus, EventKind, EventLevel, RecipientRole};
 
 // A claim's lease (15 minutes, in `CLAIM_SQL`): how long a row may stay in `sending` before
 // another run may declare it in doubt, even if the claiming run still looks alive.
@@ -260,9 +260,20 @@ fn claim_sql() -> String {
 
 /// An event row written together with an outcome.
 pub struct EventRow {
-    pub kind: &'static str,
-    pub level: &'static str,
+    pub kind: EventKind,
+    pub level: EventLevel,
     pub properties: serde_json::Value,
+}
+
+impl EventRow {
+    /// An event at its kind's usual level ([`EventKind::level`]).
+    pub fn new(kind: EventKind, properties: serde_json::Value) -> EventRow {
+        EventRow {
+            kind,
+            level: kind.level(),
+            properties,
+        }
+    }
 }
 
 /// The outcome of a claimed delivery.
@@ -287,7 +298,11 @@ pub async fn record(db: &Db, delivery_id: Uuid, o: &Outcome<'_>) -> anyhow::Resu
         _ => String::new(),
     };
     let (ev_type, ev_level, ev_props) = match &o.event {
-        Some(e) => (Some(e.kind), Some(e.level), Some(e.properties.clone())),
+        Some(e) => (
+            Some(e.kind.as_str()),
+            Some(e.level.as_str()),
+            Some(e.properties.clone()),
+        ),
         None => (None, None, None),
     };
     let sql = format!(
@@ -490,8 +505,8 @@ pub async fn record_panicked(
                 &key.role.as_str(),
                 &run_id,
                 &reason,
-                &event.kind,
-                &event.level,
+                &event.kind.as_str(),
+                &event.level.as_str(),
                 &event.properties,
             ],
         )
@@ -872,11 +887,11 @@ pub async fn record_batch(
     let mark_cols: Vec<Option<&str>> = outcomes.iter().map(|o| o.mark_column).collect();
     let ev_types: Vec<Option<&str>> = outcomes
         .iter()
-        .map(|o| o.event.as_ref().map(|e| e.kind))
+        .map(|o| o.event.as_ref().map(|e| e.kind.as_str()))
         .collect();
     let ev_levels: Vec<Option<&str>> = outcomes
         .iter()
-        .map(|o| o.event.as_ref().map(|e| e.level))
+        .map(|o| o.event.as_ref().map(|e| e.level.as_str()))
         .collect();
     let ev_props: Vec<Option<&serde_json::Value>> = outcomes
         .iter()
