@@ -112,18 +112,7 @@ pub async fn handle(
     }
     if let Verification::Required(secret) = verification {
         if let Err(e) = verify_signature(secret, body, signature) {
-            let why = match e {
-                VerifyError::SecretNotConfigured => {
-                    "CAL_WEBHOOK_SECRET is not set: every webhook is refused"
-                }
-                VerifyError::MissingSignature => "no X-Cal-Signature-256 header",
-                VerifyError::NoSecretProvided => {
-                    "signature is 'no-secret-provided': set the same secret in Cal.com"
-                }
-                VerifyError::Malformed => "signature is not 64 hex characters",
-                VerifyError::Mismatch => "signature does not match the body",
-            };
-            return Handled::reject(401, WebhookOutcome::Unauthorized, why);
+            return Handled::reject(401, WebhookOutcome::Unauthorized, why_refused(e));
         }
     }
     let hash = hex::encode(Sha256::digest(body));
@@ -170,6 +159,21 @@ pub async fn handle(
         Err(e) => return failed(db, &event, None, e).await,
     };
     apply_receipt(db, &event, receipt, &hash, now).await
+}
+
+/// The answer to a body whose signature does not verify.
+fn why_refused(e: VerifyError) -> &'static str {
+    match e {
+        VerifyError::SecretNotConfigured => {
+            "CAL_WEBHOOK_SECRET is not set: every webhook is refused"
+        }
+        VerifyError::MissingSignature => "no X-Cal-Signature-256 header",
+        VerifyError::NoSecretProvided => {
+            "signature is 'no-secret-provided': set the same secret in Cal.com"
+        }
+        VerifyError::Malformed => "signature is not 64 hex characters",
+        VerifyError::Mismatch => "signature does not match the body",
+    }
 }
 
 /// Why `journeyctl webhook --replay` cannot re-apply a receipt (exit 2).
