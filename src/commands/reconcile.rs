@@ -49,6 +49,10 @@ pub const OVERLAP: chrono::Duration = chrono::Duration::minutes(10);
 /// The schedule's cadence; `status` warns after 2 and turns critical after 6 without success.
 pub const CADENCE: chrono::Duration = chrono::Duration::minutes(5);
 
+/// Connections of `journeyctl reconcile`: the lock's own (held for the run), the applies (one
+/// at a time), and a confirmation's two messages claimed and recorded side by side.
+const RECONCILE_CONNECTIONS: usize = 4;
+
 /// Options of one reconcile.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -569,7 +573,7 @@ pub async fn run(
         .context("Failed to install the SIGTERM/SIGINT handlers")?;
     let timer = crate::stages::control::arm_deadline(control.clone(), deadline);
     let budget_end = Instant::now() + deadline;
-    let mut j = super::journey(g, settings, clock, opts.dry_run, 4).await?;
+    let mut j = super::journey(g, settings, clock, opts.dry_run, RECONCILE_CONNECTIONS).await?;
     j.control = control;
     let started = Instant::now();
     if !opts.dry_run {

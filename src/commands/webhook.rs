@@ -104,6 +104,10 @@ impl AfterCommit {
     }
 }
 
+/// Connections of `journeyctl webhook` (one body): the apply's transaction, and the
+/// confirmation's two messages claimed and recorded side by side.
+const ONE_BODY_CONNECTIONS: usize = 3;
+
 /// `journeyctl webhook [--file F] [--signature HEX] [--no-verify]`
 pub async fn webhook(
     g: &GlobalArgs,
@@ -131,7 +135,7 @@ pub async fn webhook(
             "--no-verify: the body's signature is NOT checked; use only for recorded bodies"
         );
     }
-    let j = super::journey(g, settings, clock, false, 3).await?;
+    let j = super::journey(g, settings, clock, false, ONE_BODY_CONNECTIONS).await?;
     let verification = if no_verify {
         Verification::Skipped
     } else {
@@ -156,7 +160,7 @@ pub async fn replay(
     clock: Clock,
     receipt: Uuid,
 ) -> anyhow::Result<ExitStatus> {
-    let j = super::journey(g, settings, clock, false, 3).await?;
+    let j = super::journey(g, settings, clock, false, ONE_BODY_CONNECTIONS).await?;
     let handled = match crate::webhook::apply::replay(&j.db, receipt, clock.now()).await {
         Ok(h) => h,
         Err(e) => {

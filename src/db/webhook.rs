@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use crate::domain::{BookingStatus, EventKind, EventLevel, UnknownStatus, WebhookOutcome};
+use crate::domain::{
+    BookingStatus, EventKind, EventLevel, LedgerStage, UnknownStatus, WebhookOutcome,
+};
 
 /// A booking row as one webhook event describes it. `None` means "the event does not say";
 /// the upsert keeps the stored value then (an event never writes NULL over a known value).
@@ -631,7 +633,7 @@ pub async fn owed_after_commit(
     now: DateTime<Utc>,
     since: DateTime<Utc>,
 ) -> anyhow::Result<Vec<(Uuid, bool)>> {
-    use crate::domain::{BookingStatus, Stage};
+    use crate::domain::Stage;
     let sql = format!(
         "SELECT b.id, true FROM cal_bookings b
          WHERE (b.client_confirmation_sent_at IS NULL OR b.therapist_notification_sent_at IS NULL)
@@ -647,7 +649,7 @@ pub async fn owed_after_commit(
         active = BookingStatus::sql_is_active("b"),
         work = super::bookings::has_work(Stage::ConfirmationRecovery),
         cancelled = BookingStatus::Cancelled.sql_is("b"),
-        notice = crate::stages::cancellation_notice::LEDGER_STAGE,
+        notice = LedgerStage::CancellationNotice,
     );
     let client = db.client().await?;
     let rows = client
