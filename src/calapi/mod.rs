@@ -133,6 +133,13 @@ pub struct CalApi {
     pub rate_limited: u32,
 }
 
+/// Longest TCP/TLS connect to the API (the whole request has `CAL_API_TIMEOUT`): a host that
+/// does not answer a connect in this long is down, and the time is better left to a retry.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a rate-limit wait asks whether the run was told to stop: a SIGTERM is honoured
+/// within this, far inside any drain bound.
+const STOP_POLL: Duration = Duration::from_millis(200);
+
 impl CalApi {
     /// `stop` is asked while waiting: true ends the wait with [`ApiError::Stopped`].
     pub fn new(
@@ -141,7 +148,7 @@ impl CalApi {
         stop: impl Fn() -> bool + Send + Sync + 'static,
     ) -> CalApi {
         let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(settings.timeout.min(Duration::from_secs(10))))
+            .timeout_connect(Some(settings.timeout.min(MAX_CONNECT_TIMEOUT)))
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
             .user_agent(concat!("journeyctl/", env!("CARGO_PKG_VERSION")))
@@ -297,7 +304,7 @@ impl CalApi {
             if left.is_zero() {
                 return Ok(());
             }
-            tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+            tokio::time::sleep(left.min(STOP_POLL)).await;
         }
     }
 

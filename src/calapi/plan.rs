@@ -35,14 +35,8 @@ use super::booking::{ApiBooking, ApiStatus};
 use crate::domain::BookingStatus;
 use crate::webhook::Trigger;
 
-/// What the database holds of one `cal_uid`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stored {
-    pub status: Option<String>,
-    pub start: Option<DateTime<Utc>>,
-    pub end: Option<DateTime<Utc>>,
-    pub rescheduled_to_uid: Option<String>,
-}
+/// What the database holds of one `cal_uid` (a row of `db::reconcile`, read there).
+pub use crate::db::reconcile::Stored;
 
 /// Why a step is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -34,10 +34,10 @@ use crate::cli::GlobalArgs;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::db::{self, runs};
-use crate::domain::{Counter, Counters};
+use crate::domain::{Counter, Counters, WebhookOutcome};
 use crate::exit::ExitStatus;
 use crate::stages::{Journey, RunControl, StageReport};
-use crate::webhook::apply::{handle, public_message, Verification};
+use crate::webhook::apply::{handle, public_message, Handled, Verification};
 
 /// The command name, and the stage name its report carries inside `followups`.
 pub const NAME: &str = "reconcile";
@@ -48,6 +48,10 @@ pub const FIRST_RUN: chrono::Duration = chrono::Duration::days(7);
 pub const OVERLAP: chrono::Duration = chrono::Duration::minutes(10);
 /// The schedule's cadence; `status` warns after 2 and turns critical after 6 without success.
 pub const CADENCE: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Connections of `journeyctl reconcile`: the lock's own (held for the run), the applies (one
+/// at a time), and a confirmation's two messages claimed and recorded side by side.
+const RECONCILE_CONNECTIONS: usize = 4;
 
 /// Options of one reconcile.
 #[derive(Clone, Debug)]
@@ -381,52 +385,25 @@ async fn apply_all(
             break;
         }
         let handled = handle(&j.db, Verification::Skipped, &step.body, None, now).await;
-        let outcome = handled.outcome;
-        match outcome {
-            "applied" => {
-                report.applied += 1;
-                report.counters.bump(Counter::Processed);
-                let recorded = db::reconcile::record_change(
-                    &j.db,
-                    &db::reconcile::Change {
-                        reconcile_id,
-                        cal_uid: &step.cal_uid,
-                        receipt_id: handled.receipt_id,
-                        trigger: step.trigger.as_str(),
-                        change: change_name(step.change),
-                        changed_at: step.changed_at,
-                        found_at: now,
-                    },
-                )
-                .await;
-                if let Err(e) = recorded {
-                    report.counters.bump(Counter::Errors);
-                    log::error!("reconcile: {}", public_message(&e));
-                }
-                log::info!(
-                    "reconcile: {} {} ({}): {}",
-                    step.trigger,
-                    step.cal_uid,
-                    change_name(step.change),
-                    handled.message
-                );
+        match handled.outcome {
+            WebhookOutcome::Applied => {
+                record_applied(j, reconcile_id, step, &handled, report).await;
                 due.extend(AfterCommit::of(&handled));
             }
-            "duplicate" => log::info!(
+            WebhookOutcome::Duplicate => log::info!(
                 "reconcile: {} {}: already applied in this form; the database keeps a state \
                  the lifecycle does not leave",
                 step.trigger,
                 step.cal_uid
             ),
-            _ => {
+            other => {
                 report.failed += 1;
                 report.counters.bump(Counter::Errors);
                 log::error!(
-                    "reconcile: {} {}: {} ({})",
+                    "reconcile: {} {}: {} ({other})",
                     step.trigger,
                     step.cal_uid,
                     handled.message,
-                    outcome
                 );
             }
         }
@@ -434,10 +411,47 @@ async fn apply_all(
             cal_uid: step.cal_uid.clone(),
             trigger: step.trigger.as_str().to_string(),
             change: step.change,
-            outcome: outcome.to_string(),
+            outcome: handled.outcome.as_str().to_string(),
         });
     }
     due
+}
+
+/// Counts an applied step and records it in `cal_reconcile_changes` (what `audit` lists as
+/// a lost webhook); a failure to record is counted as an error, the step stays applied.
+async fn record_applied(
+    j: &Journey,
+    reconcile_id: Uuid,
+    step: &Step,
+    handled: &Handled,
+    report: &mut Report,
+) {
+    report.applied += 1;
+    report.counters.bump(Counter::Processed);
+    let recorded = db::reconcile::record_change(
+        &j.db,
+        &db::reconcile::Change {
+            reconcile_id,
+            cal_uid: &step.cal_uid,
+            receipt_id: handled.receipt_id,
+            trigger: step.trigger.as_str(),
+            change: change_name(step.change),
+            changed_at: step.changed_at,
+            found_at: j.clock.now(),
+        },
+    )
+    .await;
+    if let Err(e) = recorded {
+        report.counters.bump(Counter::Errors);
+        log::error!("reconcile: {}", public_message(&e));
+    }
+    log::info!(
+        "reconcile: {} {} ({}): {}",
+        step.trigger,
+        step.cal_uid,
+        change_name(step.change),
+        handled.message
+    );
 }
 
 fn change_name(c: Change) -> &'static str {
@@ -531,7 +545,7 @@ async fn fail(j: &Journey, report: &mut Report, reconcile_id: Option<Uuid>, why:
 async fn error_event(j: &Journey, why: &str) {
     let props = json!({"source": "reconcile", "reason": why, "booking_id": null,
                        "run_id": j.run_id});
-    if let Err(e) = runs::event(&j.db, "error", "error", &props).await {
+    if let Err(e) = runs::error_event(&j.db, &props).await {
         log::error!(
             "reconcile: failed to write the error event: {}",
             public_message(&e)
@@ -559,7 +573,7 @@ pub async fn run(
         .context("Failed to install the SIGTERM/SIGINT handlers")?;
     let timer = crate::stages::control::arm_deadline(control.clone(), deadline);
     let budget_end = Instant::now() + deadline;
-    let mut j = super::journey(g, settings, clock, opts.dry_run, 4).await?;
+    let mut j = super::journey(g, settings, clock, opts.dry_run, RECONCILE_CONNECTIONS).await?;
     j.control = control;
     let started = Instant::now();
     if !opts.dry_run {

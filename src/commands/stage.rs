@@ -176,7 +176,7 @@ pub async fn execute_with(
                     let props = json!({"source": format!("stage:{}", s.stage.ledger_stage()),
                                        "reason": format!("{e:#}"), "booking_id": null,
                                        "stage": s.stage.as_str(), "run_id": j.run_id});
-                    if let Err(e2) = runs::event(&j.db, "error", "error", &props).await {
+                    if let Err(e2) = runs::error_event(&j.db, &props).await {
                         log::error!("failed to write an error event: {e2:#}");
                     }
                 }

@@ -7,7 +7,6 @@
 //! so every request is refused. Logs name deliveries by id, never a number or a body.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -17,9 +16,12 @@ use axum::Router;
 use crate::config::{SmsTransport, TWILIO_STATUS_PATH};
 use crate::db::sms::{record_status, Recorded};
 use crate::db::Db;
+use crate::domain::SmsStatus;
 use crate::secret::Secret;
 use crate::stages::Journey;
-use crate::webhook::twilio_status::{parse_form, read, verify, SIGNATURE_HEADER};
+use crate::webhook::twilio_status::{
+    parse_form, read, verify, Params, StatusCallback, SIGNATURE_HEADER,
+};
 
 /// Twilio's callbacks are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -55,7 +57,7 @@ pub fn router(j: &Journey) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            super::webhook::REQUEST_TIMEOUT,
         ))
         .with_state(state)
 }
@@ -66,32 +68,10 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, &'static str) {
-    let (Some(token), Some(base)) = (&s.auth_token, &s.base) else {
-        log::warn!(
-            "twilio status callback refused: PUBLIC_CALLBACK_BASE and the Twilio auth token \
-             are needed to verify it"
-        );
-        return (
-            StatusCode::FORBIDDEN,
-            "status callbacks are not configured\n",
-        );
+    let params = match verified(&s, &uri, &headers, &body) {
+        Ok(params) => params,
+        Err(refused) => return refused,
     };
-    let url = match uri.query() {
-        Some(q) => format!(
-            "{}{TWILIO_STATUS_PATH}?{q}",
-            base.as_str().trim_end_matches('/')
-        ),
-        None => format!(
-            "{}{TWILIO_STATUS_PATH}",
-            base.as_str().trim_end_matches('/')
-        ),
-    };
-    let params = parse_form(&body);
-    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    if let Err(e) = verify(token.expose(), &url, &params, signature) {
-        log::warn!("twilio status callback refused: {e}");
-        return (StatusCode::FORBIDDEN, "signature check failed\n");
-    }
     let cb = match read(uri.query(), &params) {
         Ok(cb) => cb,
         Err(e) => {
@@ -115,6 +95,48 @@ async fn receive(
         cb.message_sid.as_deref(),
     )
     .await;
+    answer(&cb, status, recorded)
+}
+
+/// The form of a callback whose `X-Twilio-Signature` verifies over the URL as configured
+/// (`PUBLIC_CALLBACK_BASE` + path + query); otherwise the 403 to answer.
+fn verified(
+    s: &StatusState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Params, (StatusCode, &'static str)> {
+    let (Some(token), Some(base)) = (&s.auth_token, &s.base) else {
+        log::warn!(
+            "twilio status callback refused: PUBLIC_CALLBACK_BASE and the Twilio auth token \
+             are needed to verify it"
+        );
+        return Err((
+            StatusCode::FORBIDDEN,
+            "status callbacks are not configured\n",
+        ));
+    };
+    let base = base.as_str().trim_end_matches('/');
+    let url = match uri.query() {
+        Some(q) => format!("{base}{TWILIO_STATUS_PATH}?{q}"),
+        None => format!("{base}{TWILIO_STATUS_PATH}"),
+    };
+    let params = parse_form(body);
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    if let Err(e) = verify(token.expose(), &url, &params, signature) {
+        log::warn!("twilio status callback refused: {e}");
+        return Err((StatusCode::FORBIDDEN, "signature check failed\n"));
+    }
+    Ok(params)
+}
+
+/// Logs what recording a status did, and the answer to Twilio: 200 unless the database failed
+/// (then Twilio tries again).
+fn answer(
+    cb: &StatusCallback,
+    status: SmsStatus,
+    recorded: anyhow::Result<Recorded>,
+) -> (StatusCode, &'static str) {
     match recorded {
         Ok(Recorded::Updated) => {
             log::info!(

@@ -21,7 +21,7 @@ use axum::Router;
 use uuid::Uuid;
 
 use crate::db::{bookings, runs, suppressions, Db};
-use crate::domain::Channel;
+use crate::domain::{Channel, EventKind, EventLevel};
 use crate::secret::Secret;
 use crate::stages::optout::{self, UNSUBSCRIBE_PATH};
 use crate::stages::Journey;
@@ -137,7 +137,7 @@ async fn suppress_patient(db: &Db, patient: Uuid, reason: &str) -> anyhow::Resul
     if new {
         let props = serde_json::json!({"patient_id": patient, "channel": "email",
                                        "reason": reason, "source": "unsubscribe"});
-        if let Err(e) = runs::event(db, "unsubscribed", "info", &props).await {
+        if let Err(e) = runs::event(db, EventKind::Unsubscribed, EventLevel::Info, &props).await {
             log::error!("failed to write the unsubscribed event: {e:#}");
         }
     }

@@ -19,11 +19,12 @@ use uuid::Uuid;
 use crate::cli::GlobalArgs;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
+use crate::domain::WebhookOutcome;
+use crate::exit::ExitStatus;
 use crate::stages::driver::{confirm_booking, notify_cancellation};
 use crate::stages::Journey;
 use crate::webhook::apply::{handle, public_message, Handled, ReplayError, Verification, MAX_BODY};
 use crate::webhook::SIGNATURE_HEADER;
-use crate::ExitStatus;
 
 fn require_secret(settings: &Settings, no_verify: bool) -> Result<(), ConfigError> {
     if settings.cal_webhook_secret.is_none() && !no_verify {
@@ -103,6 +104,10 @@ impl AfterCommit {
     }
 }
 
+/// Connections of `journeyctl webhook` (one body): the apply's transaction, and the
+/// confirmation's two messages claimed and recorded side by side.
+const ONE_BODY_CONNECTIONS: usize = 3;
+
 /// `journeyctl webhook [--file F] [--signature HEX] [--no-verify]`
 pub async fn webhook(
     g: &GlobalArgs,
@@ -130,7 +135,7 @@ pub async fn webhook(
             "--no-verify: the body's signature is NOT checked; use only for recorded bodies"
         );
     }
-    let j = super::journey(g, settings, clock, false, 3).await?;
+    let j = super::journey(g, settings, clock, false, ONE_BODY_CONNECTIONS).await?;
     let verification = if no_verify {
         Verification::Skipped
     } else {
@@ -155,7 +160,7 @@ pub async fn replay(
     clock: Clock,
     receipt: Uuid,
 ) -> anyhow::Result<ExitStatus> {
-    let j = super::journey(g, settings, clock, false, 3).await?;
+    let j = super::journey(g, settings, clock, false, ONE_BODY_CONNECTIONS).await?;
     let handled = match crate::webhook::apply::replay(&j.db, receipt, clock.now()).await {
         Ok(h) => h,
         Err(e) => {
@@ -207,7 +212,7 @@ fn print_handled(json: bool, h: &Handled, confirmed: Option<bool>, notified: Opt
         );
     } else {
         crate::outln!("{} {}: {}", h.http_status, h.outcome, h.message);
-        if let (Some(id), "error") = (h.receipt_id, h.outcome) {
+        if let (Some(id), WebhookOutcome::Error) = (h.receipt_id, h.outcome) {
             crate::outln!("the body is kept: re-apply it with journeyctl webhook --replay {id}");
         }
         match confirmed {
@@ -260,6 +265,16 @@ impl Drop for InFlight {
 
 /// Longest `--drain-timeout` taken: far beyond any unit's stop timeout.
 const MAX_DRAIN: Duration = Duration::from_secs(600);
+
+/// Longest grace, after the drain deadline, for sends in flight to record their outcome (a
+/// quarter of the drain bound when that is less): an SMTP or Twilio answer takes a second or
+/// two, and the rest of the drain bound is the unit's, not ours.
+const MAX_SEND_GRACE: Duration = Duration::from_secs(5);
+
+/// How long one request (a webhook, a Twilio callback, an unsubscribe) may take before it is
+/// answered 408: an apply takes milliseconds, so a request this slow is stuck on the database,
+/// and Cal.com and Twilio send it again.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How far back `serve` looks at start for confirmations a previous `serve` left unsent: what
 /// is older is `confirmation-recovery`'s (it takes bookings created over 10 minutes ago).
@@ -319,14 +334,13 @@ pub async fn serve(
     let pending = Arc::new(AtomicUsize::new(0));
     let webhooks_in_flight = Arc::new(AtomicUsize::new(0));
     owed_at_start(&j, &tx, &pending).await;
-    let mut worker = tokio::spawn(confirmation_worker(
+    let worker = tokio::spawn(confirmation_worker(
         j.clone(),
         fixed_now,
         rx,
         pending.clone(),
         webhooks_in_flight.clone(),
     ));
-
     let state = Arc::new(ServeState {
         journey: j,
         ingest,
@@ -340,6 +354,22 @@ pub async fn serve(
         "listening on http://{local} (POST /api/public/cal/webhook, POST /api/public/twilio/status, GET/POST /api/public/unsubscribe, GET /healthz)"
     );
     log::info!("serve: listening on {local}");
+    let deadline = run_until_stopped(listener, app, drain).await?;
+    // The last sender closes the queue: the worker ends once it is empty.
+    let control = state.journey.control.clone();
+    drop(state);
+    drain_worker(worker, deadline, drain, &control, &pending).await;
+    Ok(ExitStatus::Ok)
+}
+
+/// Serves until SIGTERM/SIGINT (or the listener fails on its own), then gives the requests in
+/// flight until `drain` after the signal. Returns that deadline, which bounds the rest of the
+/// shutdown too.
+async fn run_until_stopped(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    drain: Duration,
+) -> anyhow::Result<tokio::time::Instant> {
     let signalled = Arc::new(tokio::sync::Notify::new());
     let graceful = {
         let signalled = signalled.clone();
@@ -353,8 +383,7 @@ pub async fn serve(
             .with_graceful_shutdown(graceful)
             .await
     });
-    // Either a signal (the usual way) or the listener failing on its own; a handle is polled
-    // again only if it has not finished.
+    // A handle is polled again only if it has not finished.
     let ended = tokio::select! {
         ended = &mut server => Some(ended),
         () = signalled.notified() => None,
@@ -377,32 +406,38 @@ pub async fn serve(
             log::warn!("serve: requests still in flight at the drain deadline were cut off");
         }
     }
-    // The last sender closes the queue: the worker ends once it is empty.
-    let control = state.journey.control.clone();
-    drop(state);
-    if tokio::time::timeout_at(deadline, &mut worker)
-        .await
-        .is_err()
-    {
-        // No more claims: what is queued stays unclaimed (no row) for the next start and
-        // confirmation-recovery, and the sends in flight get a short grace to record their
-        // outcome, so that only a send still unanswered after it can end in doubt.
-        control.request_stop(crate::stages::StopReason::Terminate);
-        let grace = (drain / 4).min(Duration::from_secs(5));
-        if tokio::time::timeout(grace, &mut worker).await.is_ok() {
-            log::info!("serve: stopped; queued confirmations are left to confirmation-recovery");
-            return Ok(ExitStatus::Ok);
-        }
-        worker.abort();
-        let left = pending.load(Ordering::SeqCst);
-        log::warn!(
-            "serve: drain deadline reached with {left} confirmation job(s) unfinished; \
-             confirmation-recovery sends what was not claimed, a send cut off in flight is \
-             declared in doubt"
-        );
+    Ok(deadline)
+}
+
+/// Lets the confirmation worker finish its queue until `deadline`. Past it: no more claims
+/// (what is queued stays unclaimed, for the next start and confirmation-recovery), and the
+/// sends in flight get a short grace to record their outcome, so that only a send still
+/// unanswered after it can end in doubt.
+async fn drain_worker(
+    mut worker: tokio::task::JoinHandle<()>,
+    deadline: tokio::time::Instant,
+    drain: Duration,
+    control: &crate::stages::RunControl,
+    pending: &AtomicUsize,
+) {
+    if tokio::time::timeout_at(deadline, &mut worker).await.is_ok() {
+        log::info!("serve: stopped");
+        return;
     }
+    control.request_stop(crate::stages::StopReason::Terminate);
+    let grace = (drain / 4).min(MAX_SEND_GRACE);
+    if tokio::time::timeout(grace, &mut worker).await.is_ok() {
+        log::info!("serve: stopped; queued confirmations are left to confirmation-recovery");
+        return;
+    }
+    worker.abort();
+    let left = pending.load(Ordering::SeqCst);
+    log::warn!(
+        "serve: drain deadline reached with {left} confirmation job(s) unfinished; \
+         confirmation-recovery sends what was not claimed, a send cut off in flight is \
+         declared in doubt"
+    );
     log::info!("serve: stopped");
-    Ok(ExitStatus::Ok)
 }
 
 /// The one place serve's routes are put together (other routes join with `.merge(...)`).
@@ -415,7 +450,7 @@ fn router(state: Arc<ServeState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            REQUEST_TIMEOUT,
         ))
         .with_state(state.clone())
         .merge(super::twilio_status::router(journey))
@@ -580,7 +615,7 @@ async fn receive(
             log::error!("webhook: the handler failed: {e}");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "error",
+                WebhookOutcome::Error,
                 "internal error".to_string(),
             )
         }
@@ -592,11 +627,9 @@ async fn receive(
 }
 
 async fn healthz(State(state): State<Arc<ServeState>>) -> (StatusCode, &'static str) {
-    match state.ingest.client().await {
-        Ok(c) => match c.simple_query("SELECT 1").await {
-            Ok(_) => (StatusCode::OK, "ok\n"),
-            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
-        },
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+    if state.ingest.ping().await {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
     }
 }

@@ -1,4 +1,5 @@
-//! The delivery ledger, `journey_deliveries`: exactly once, or visibly in doubt (SPEC §5).
+//! The delivery ledger, `journey_deliveries`: exactly once, or visibly in doubt (docs/ARCHITECTURE.md,
+//! "The path of a stage run").
 //!
 //! Guarantees:
 //! - A message is handed to a provider only after its row is committed in `sending` under the
@@ -31,10 +32,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Db;
-use crate::domain::{Channel, DeliveryStatus, RecipientRole};
+use crate::domain::{Channel, DeliveryStatus, EventKind, EventLevel, RecipientRole};
 
-// A claim's lease (15 minutes, in `CLAIM_SQL`): how long a row may stay in `sending` before
-// another run may declare it in doubt, even if the claiming run still looks alive.
+/// A claim's lease, in minutes: how long a row may stay in `sending` before another run may
+/// declare it in doubt, even if the claiming run still looks alive. Far above one send (SMTP and
+/// Twilio answer within their timeouts, seconds), so only a stuck run ever reaches it.
+const CLAIM_LEASE_MINUTES: u32 = 15;
 
 /// The unique key of one message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -133,6 +136,8 @@ pub struct ClaimRequest<'a> {
 /// Advisory lock namespace serialising patient-exclusive claims.
 const PATIENT_LOCK_NS: i32 = 0x4a43_0002;
 
+type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+
 /// Commits the row in `sending` (new, or a `retry` row taken again), stamped as being sent:
 /// the caller hands it to the provider right after. One statement.
 pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
@@ -140,7 +145,7 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
     let message_id = format!("<{}@{}>", id, req.message_id_domain);
     let channel = req.key.channel.as_str();
     let role = req.key.role.as_str();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+    let params: [Param<'_>; 11] = [
         &id,
         &req.key.booking_id,
         &req.patient_id,
@@ -153,7 +158,6 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
         &req.claimed_by,
         &req.require_active,
     ];
-    let claim_sql = claim_sql();
     let context = || {
         format!(
             "Failed to claim the {} {} {} delivery of booking {}",
@@ -164,37 +168,56 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
     let rows = match (req.patient_exclusive_since, req.patient_id) {
         (Some(since), Some(patient)) => {
             let tx = client.transaction().await.with_context(context)?;
-            // Two runs, or two cancellations of one patient, must not both pass this check.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                &[&PATIENT_LOCK_NS, &patient.to_string()],
-            )
-            .await
-            .context("Failed to take the patient lock")?;
-            let other = tx
-                .query_opt(
-                    "SELECT 1 FROM journey_deliveries
-                     WHERE patient_id = $1 AND stage = $2 AND booking_id <> $3
-                       AND (status IN ('sending', 'in_doubt') OR (status = 'sent' AND sent_at > $4))
-                     LIMIT 1",
-                    &[&patient, &req.key.stage, &req.key.booking_id, &since],
-                )
-                .await
-                .context("Failed to check the patient's earlier messages")?;
-            if other.is_some() {
+            if patient_has_other(&tx, req.key, patient, since).await? {
                 return Ok(Claim::PatientTaken);
             }
-            let rows = tx.query(&claim_sql, &params).await.with_context(context)?;
+            let rows = tx
+                .query(&claim_sql(), &params)
+                .await
+                .with_context(context)?;
             tx.commit().await.with_context(context)?;
             rows
         }
         // One statement: the claim commits on its own.
         _ => client
-            .query(&claim_sql, &params)
+            .query(&claim_sql(), &params)
             .await
             .with_context(context)?,
     };
-    let Some(row) = rows.first() else {
+    claim_of(rows.first(), message_id)
+}
+
+/// Patient-exclusive stages: whether this patient got this stage's message for another booking
+/// after `since`, or has one in flight or in doubt. Takes the patient's lock first (until the
+/// transaction ends): two runs, or two cancellations of one patient, must not both pass.
+async fn patient_has_other(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: &DeliveryKey,
+    patient: Uuid,
+    since: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&PATIENT_LOCK_NS, &patient.to_string()],
+    )
+    .await
+    .context("Failed to take the patient lock")?;
+    let other = tx
+        .query_opt(
+            "SELECT 1 FROM journey_deliveries
+             WHERE patient_id = $1 AND stage = $2 AND booking_id <> $3
+               AND (status IN ('sending', 'in_doubt') OR (status = 'sent' AND sent_at > $4))
+             LIMIT 1",
+            &[&patient, &key.stage, &key.booking_id, &since],
+        )
+        .await
+        .context("Failed to check the patient's earlier messages")?;
+    Ok(other.is_some())
+}
+
+/// The answer row of [`claim_sql`], read.
+fn claim_of(row: Option<&tokio_postgres::Row>, message_id: String) -> anyhow::Result<Claim> {
+    let Some(row) = row else {
         // The conflicting row was committed after this statement's snapshot: another run
         // claimed it a moment ago.
         return Ok(Claim::Taken(DeliveryStatus::Sending));
@@ -229,7 +252,7 @@ fn claim_sql() -> String {
      (id, booking_id, patient_id, stage, channel, recipient_role, status, attempts,
       run_id, recipient_masked, message_id, claimed_by, lease_until, send_started_at)
    SELECT $1::uuid, $2::uuid, $3::uuid, $4::text, $5::text, $6::text, 'sending', 1, $7::uuid,
-          $8::text, $9::text, $10::text, now() + interval '15 minutes', now()
+          $8::text, $9::text, $10::text, now() + interval '{lease} minutes', now()
      FROM act WHERE act.ok
    ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
      SET status = 'sending', attempts = d.attempts + 1, run_id = EXCLUDED.run_id,
@@ -254,14 +277,26 @@ fn claim_sql() -> String {
     SELECT 1 FROM journey_deliveries
      WHERE booking_id = $2 AND stage = $4 AND channel = $5 AND recipient_role = $6)",
         active = crate::domain::BookingStatus::sql_is_active("b"),
+        lease = CLAIM_LEASE_MINUTES,
     )
 }
 
 /// An event row written together with an outcome.
 pub struct EventRow {
-    pub kind: &'static str,
-    pub level: &'static str,
+    pub kind: EventKind,
+    pub level: EventLevel,
     pub properties: serde_json::Value,
+}
+
+impl EventRow {
+    /// An event at its kind's usual level ([`EventKind::level`]).
+    pub fn new(kind: EventKind, properties: serde_json::Value) -> EventRow {
+        EventRow {
+            kind,
+            level: kind.level(),
+            properties,
+        }
+    }
 }
 
 /// The outcome of a claimed delivery.
@@ -286,7 +321,11 @@ pub async fn record(db: &Db, delivery_id: Uuid, o: &Outcome<'_>) -> anyhow::Resu
         _ => String::new(),
     };
     let (ev_type, ev_level, ev_props) = match &o.event {
-        Some(e) => (Some(e.kind), Some(e.level), Some(e.properties.clone())),
+        Some(e) => (
+            Some(e.kind.as_str()),
+            Some(e.level.as_str()),
+            Some(e.properties.clone()),
+        ),
         None => (None, None, None),
     };
     let sql = format!(
@@ -489,8 +528,8 @@ pub async fn record_panicked(
                 &key.role.as_str(),
                 &run_id,
                 &reason,
-                &event.kind,
-                &event.level,
+                &event.kind.as_str(),
+                &event.level.as_str(),
                 &event.properties,
             ],
         )
@@ -657,23 +696,7 @@ pub async fn claim_batch(
         return Ok(Vec::new());
     }
     let n = items.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut bookings = Vec::with_capacity(n);
-    let mut patients = Vec::with_capacity(n);
-    let mut channels = Vec::with_capacity(n);
-    let mut roles = Vec::with_capacity(n);
-    let mut masked = Vec::with_capacity(n);
-    let mut message_ids = Vec::with_capacity(n);
-    for it in items {
-        let id = Uuid::new_v4();
-        ids.push(id);
-        bookings.push(it.key.booking_id);
-        patients.push(it.patient_id);
-        channels.push(it.key.channel.as_str());
-        roles.push(it.key.role.as_str());
-        masked.push(it.recipient_masked.as_str());
-        message_ids.push(format!("<{id}@{message_id_domain}>"));
-    }
+    let a = BatchArrays::of(items, message_id_domain);
     let stmt = client
         .prepare_cached(&claim_batch_sql())
         .await
@@ -682,13 +705,13 @@ pub async fn claim_batch(
         .query(
             &stmt,
             &[
-                &ids,
-                &bookings,
-                &patients,
-                &channels,
-                &roles,
-                &masked,
-                &message_ids,
+                &a.ids,
+                &a.bookings,
+                &a.patients,
+                &a.channels,
+                &a.roles,
+                &a.masked,
+                &a.message_ids,
                 &stage,
                 &run_id,
                 &claimed_by,
@@ -700,35 +723,73 @@ pub async fn claim_batch(
     let mut out: Vec<Option<Claim>> = vec![None; n];
     for r in rows {
         let i: i64 = r.try_get(0)?;
-        let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) else {
+        let i = usize::try_from(i - 1).ok().filter(|i| *i < n);
+        let Some(i) = i else {
             anyhow::bail!("the batch claim answered for an item it was not given");
         };
-        let claimed: bool = r.try_get(5)?;
-        let ok: bool = r.try_get(6)?;
-        let status: Option<String> = r.try_get(4)?;
-        *slot = Some(if claimed {
-            Claim::Claimed {
-                id: r.try_get(1)?,
-                message_id: r
-                    .try_get::<_, Option<String>>(2)?
-                    .unwrap_or_else(|| message_ids[i as usize - 1].clone()),
-                attempt: r.try_get(3)?,
-            }
-        } else if !ok {
-            Claim::Inactive
-        } else {
-            // No row visible: another run claimed it after this statement's snapshot.
-            Claim::Taken(
-                status
-                    .as_deref()
-                    .and_then(DeliveryStatus::parse)
-                    .unwrap_or(DeliveryStatus::Sending),
-            )
-        });
+        out[i] = Some(batch_claim_of(&r, &a.message_ids[i])?);
     }
     out.into_iter()
         .map(|c| c.ok_or_else(|| anyhow::anyhow!("the batch claim left an item unanswered")))
         .collect()
+}
+
+/// `$1..$7` of [`claim_batch_sql`]: one array per column, one element per item, in order.
+struct BatchArrays<'a> {
+    ids: Vec<Uuid>,
+    bookings: Vec<Uuid>,
+    patients: Vec<Option<Uuid>>,
+    channels: Vec<&'static str>,
+    roles: Vec<&'static str>,
+    masked: Vec<&'a str>,
+    message_ids: Vec<String>,
+}
+
+impl<'a> BatchArrays<'a> {
+    fn of(items: &'a [BatchClaim<'_>], message_id_domain: &str) -> BatchArrays<'a> {
+        let ids: Vec<Uuid> = items.iter().map(|_| Uuid::new_v4()).collect();
+        BatchArrays {
+            message_ids: ids
+                .iter()
+                .map(|id| format!("<{id}@{message_id_domain}>"))
+                .collect(),
+            ids,
+            bookings: items.iter().map(|it| it.key.booking_id).collect(),
+            patients: items.iter().map(|it| it.patient_id).collect(),
+            channels: items.iter().map(|it| it.key.channel.as_str()).collect(),
+            roles: items.iter().map(|it| it.key.role.as_str()).collect(),
+            masked: items
+                .iter()
+                .map(|it| it.recipient_masked.as_str())
+                .collect(),
+        }
+    }
+}
+
+/// One answer row of [`claim_batch_sql`], read; `message_id` is the one the item was offered.
+fn batch_claim_of(r: &tokio_postgres::Row, message_id: &str) -> anyhow::Result<Claim> {
+    let claimed: bool = r.try_get(5)?;
+    let ok: bool = r.try_get(6)?;
+    let status: Option<String> = r.try_get(4)?;
+    Ok(if claimed {
+        Claim::Claimed {
+            id: r.try_get(1)?,
+            message_id: r
+                .try_get::<_, Option<String>>(2)?
+                .unwrap_or_else(|| message_id.to_string()),
+            attempt: r.try_get(3)?,
+        }
+    } else if !ok {
+        Claim::Inactive
+    } else {
+        // No row visible: another run claimed it after this statement's snapshot.
+        Claim::Taken(
+            status
+                .as_deref()
+                .and_then(DeliveryStatus::parse)
+                .unwrap_or(DeliveryStatus::Sending),
+        )
+    })
 }
 
 /// Parameters: `$1..$7` arrays (id, booking, patient, channel, role, masked recipient,
@@ -745,7 +806,7 @@ fn claim_batch_sql() -> String {
      (id, booking_id, patient_id, stage, channel, recipient_role, status, attempts,
       run_id, recipient_masked, message_id, claimed_by, lease_until)
    SELECT id, booking_id, patient_id, $8::text, channel, role, 'sending', 1, $9::uuid,
-          masked, message_id, $10::text, now() + interval '15 minutes'
+          masked, message_id, $10::text, now() + interval '{lease} minutes'
      FROM req WHERE ok
     ORDER BY booking_id, channel, role
    ON CONFLICT (booking_id, stage, channel, recipient_role) DO UPDATE
@@ -769,6 +830,7 @@ fn claim_batch_sql() -> String {
   WHERE NOT EXISTS (SELECT 1 FROM ins i WHERE i.booking_id = r.booking_id
                       AND i.channel = r.channel AND i.recipient_role = r.role)",
         active = crate::domain::BookingStatus::sql_is_active("b"),
+        lease = CLAIM_LEASE_MINUTES,
     )
 }
 
@@ -801,40 +863,49 @@ pub async fn record_batch(
         .collect();
     cols.sort_unstable();
     cols.dedup();
-    // One UPDATE for every mark column: two sub-statements of one statement cannot both
-    // update the same booking (the confirmation sets two columns of one row).
-    let marks = if cols.is_empty() {
-        String::new()
-    } else {
-        // The column names come from `Stage::mark_column`, never from data.
-        let sets: Vec<String> = cols
-            .iter()
-            .map(|col| {
-                format!(
-                    "{col} = CASE WHEN '{col}' = ANY(m.cols) THEN coalesce(b.{col}, $9) \
-                     ELSE b.{col} END"
-                )
-            })
-            .collect();
-        let unset: Vec<String> = cols
-            .iter()
-            .map(|col| format!("(b.{col} IS NULL AND '{col}' = ANY(m.cols))"))
-            .collect();
-        format!(
-            ", marked AS (SELECT booking_id, array_agg(mark) AS cols FROM upd
-                 WHERE status = 'sent' AND mark IS NOT NULL GROUP BY booking_id),
-               booked AS (
-                 -- The bookings locked in id order, as every run's record locks them.
-                 SELECT x.id FROM cal_bookings x WHERE x.id IN (SELECT booking_id FROM marked)
-                  ORDER BY x.id FOR NO KEY UPDATE),
-               mark AS (UPDATE cal_bookings b SET {}, updated_at = now()
-                FROM marked m JOIN booked k ON k.id = m.booking_id
-               WHERE b.id = m.booking_id AND ({}) RETURNING 1)",
-            sets.join(", "),
-            unset.join(" OR ")
+    let n = outcomes.len();
+    let ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
+    let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+    let providers: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.provider_message_id.as_deref())
+        .collect();
+    let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
+    let mark_cols: Vec<Option<&str>> = outcomes.iter().map(|o| o.mark_column).collect();
+    let events: Vec<Option<&EventRow>> = outcomes.iter().map(|o| o.event.as_ref()).collect();
+    let ev_types: Vec<Option<&str>> = events.iter().map(|e| e.map(|e| e.kind.as_str())).collect();
+    let ev_levels: Vec<Option<&str>> = events.iter().map(|e| e.map(|e| e.level.as_str())).collect();
+    let ev_props: Vec<Option<&serde_json::Value>> =
+        events.iter().map(|e| e.map(|e| &e.properties)).collect();
+    let stmt = client
+        .prepare_cached(&record_batch_sql(&cols))
+        .await
+        .context("Failed to prepare the batch record")?;
+    let recorded: i64 = client
+        .query_one(
+            &stmt,
+            &[
+                &ids, &statuses, &providers, &errors, &mark_cols, &ev_types, &ev_levels, &ev_props,
+                &now,
+            ],
         )
-    };
-    let sql = format!(
+        .await
+        .with_context(|| format!("Failed to record the outcomes of {n} deliveries"))?
+        .try_get(0)?;
+    anyhow::ensure!(
+        recorded == n as i64,
+        "{} of {n} deliveries vanished before their outcomes were recorded",
+        n as i64 - recorded
+    );
+    Ok(())
+}
+
+/// The statement of [`record_batch`] for a batch that marks these booking columns. Parameters:
+/// `$1..$8` arrays (id, status, provider id, error, mark column, event type, level,
+/// properties), `$9` the run's instant.
+fn record_batch_sql(cols: &[&'static str]) -> String {
+    let marks = marks_sql(cols);
+    format!(
         "WITH o AS (
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                 $6::text[], $7::text[], $8::jsonb[])
@@ -859,49 +930,43 @@ pub async fn record_batch(
            RETURNING 1
          )
          SELECT count(*) FROM upd"
-    );
-    let n = outcomes.len();
-    let ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
-    let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
-    let providers: Vec<Option<&str>> = outcomes
+    )
+}
+
+/// The sub-statement of [`record_batch_sql`] that sets the booking columns `cols` on the first
+/// `sent`: one UPDATE for every mark column, since two sub-statements of one statement cannot
+/// both update the same booking (the confirmation sets two columns of one row).
+fn marks_sql(cols: &[&'static str]) -> String {
+    if cols.is_empty() {
+        return String::new();
+    }
+    // The column names come from `Stage::mark_column`, never from data.
+    let sets: Vec<String> = cols
         .iter()
-        .map(|o| o.provider_message_id.as_deref())
+        .map(|col| {
+            format!(
+                "{col} = CASE WHEN '{col}' = ANY(m.cols) THEN coalesce(b.{col}, $9) \
+                 ELSE b.{col} END"
+            )
+        })
         .collect();
-    let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
-    let mark_cols: Vec<Option<&str>> = outcomes.iter().map(|o| o.mark_column).collect();
-    let ev_types: Vec<Option<&str>> = outcomes
+    let unset: Vec<String> = cols
         .iter()
-        .map(|o| o.event.as_ref().map(|e| e.kind))
+        .map(|col| format!("(b.{col} IS NULL AND '{col}' = ANY(m.cols))"))
         .collect();
-    let ev_levels: Vec<Option<&str>> = outcomes
-        .iter()
-        .map(|o| o.event.as_ref().map(|e| e.level))
-        .collect();
-    let ev_props: Vec<Option<&serde_json::Value>> = outcomes
-        .iter()
-        .map(|o| o.event.as_ref().map(|e| &e.properties))
-        .collect();
-    let stmt = client
-        .prepare_cached(&sql)
-        .await
-        .context("Failed to prepare the batch record")?;
-    let recorded: i64 = client
-        .query_one(
-            &stmt,
-            &[
-                &ids, &statuses, &providers, &errors, &mark_cols, &ev_types, &ev_levels, &ev_props,
-                &now,
-            ],
-        )
-        .await
-        .with_context(|| format!("Failed to record the outcomes of {n} deliveries"))?
-        .try_get(0)?;
-    anyhow::ensure!(
-        recorded == n as i64,
-        "{} of {n} deliveries vanished before their outcomes were recorded",
-        n as i64 - recorded
-    );
-    Ok(())
+    format!(
+        ", marked AS (SELECT booking_id, array_agg(mark) AS cols FROM upd
+             WHERE status = 'sent' AND mark IS NOT NULL GROUP BY booking_id),
+           booked AS (
+             -- The bookings locked in id order, as every run's record locks them.
+             SELECT x.id FROM cal_bookings x WHERE x.id IN (SELECT booking_id FROM marked)
+              ORDER BY x.id FOR NO KEY UPDATE),
+           mark AS (UPDATE cal_bookings b SET {}, updated_at = now()
+            FROM marked m JOIN booked k ON k.id = m.booking_id
+           WHERE b.id = m.booking_id AND ({}) RETURNING 1)",
+        sets.join(", "),
+        unset.join(" OR ")
+    )
 }
 
 /// Gives back rows this run claimed in a batch but never handed to a provider (the run was

@@ -50,8 +50,19 @@ pub const SERVE_CONFIRM_WORKERS: usize = 16;
 /// the start-up scan.
 pub const SERVE_CONFIRM_CONNECTIONS: usize = 2 * SERVE_CONFIRM_WORKERS + 2;
 
+/// Connect timeout unless the URL sets one: an unreachable server fails fast instead of
+/// hanging a cron slot.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Statement timeout unless the URL sets one: the longest statement (a batch record) takes
+/// well under a second; a minute means something is wrong, not slow.
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
+/// How long a task waits for a free pooled connection before failing: longer than any
+/// statement holds one, so waiting means the pool is too small, not busy.
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Opening a connection: the connect timeout plus the TLS handshake and the startup packet.
+const POOL_CREATE_TIMEOUT: Duration = Duration::from_secs(CONNECT_TIMEOUT.as_secs() + 2);
+/// Checking a returned connection (fast recycling: no round trip, so this is a safety bound).
+const POOL_RECYCLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the pool and proves it works with one round trip. Any failure to reach, authenticate
 /// or parse the URL is an [`Unreachable`] (or a configuration error) naming the redacted URL.
@@ -66,7 +77,7 @@ pub async fn connect_as(
     max_size: usize,
     application_name: &str,
 ) -> anyhow::Result<Db> {
-    crate::ensure_tls_provider();
+    crate::tls::ensure_tls_provider();
     let target = redact_url(url.expose());
     let (raw, verify) = split_verify_mode(url.expose());
     let mut cfg = tokio_postgres::Config::from_str(&raw).map_err(|e| {
@@ -95,9 +106,9 @@ pub async fn connect_as(
     let pool = Pool::builder(mgr)
         .max_size(max_size.max(1))
         .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(60)))
-        .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(2)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+        .create_timeout(Some(POOL_CREATE_TIMEOUT))
+        .recycle_timeout(Some(POOL_RECYCLE_TIMEOUT))
         .build()
         .context("Failed to build the database pool")?;
     let db = Db { pool };
@@ -121,6 +132,15 @@ impl Db {
         self.pool.get().await.map_err(|e| {
             anyhow::anyhow!("Failed to get a database connection: {}", error_chain(&e))
         })
+    }
+
+    /// One round trip on a pooled connection (`serve`'s `/healthz`): `true` when the database
+    /// answers.
+    pub async fn ping(&self) -> bool {
+        match self.client().await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
     }
 }
 

@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Db;
-use crate::calapi::plan::Stored;
 use crate::domain::BookingStatus;
 
 /// Advisory lock of reconcile runs (first key of `pg_try_advisory_lock(int, int)`; "JR" 0x13).
@@ -108,6 +107,16 @@ pub async fn finish(db: &Db, id: Uuid, f: &Finish<'_>) -> anyhow::Result<()> {
         .await
         .context("Failed to record the end of the reconcile run")?;
     Ok(())
+}
+
+/// What the database holds of one `cal_uid`, for reconcile's comparison with the API
+/// (`calapi::plan`). The status is the stored text (another program may write lower case).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub status: Option<String>,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+    pub rescheduled_to_uid: Option<String>,
 }
 
 /// What the database holds of these uids (absent ones are not in the map).

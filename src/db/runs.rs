@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Db;
+use crate::domain::{EventKind, EventLevel};
 use tokio_postgres::types::Type;
 
 /// What a run records when it starts.
@@ -53,6 +54,12 @@ pub async fn finish(
     outcome: &str,
     event_properties: &serde_json::Value,
 ) -> anyhow::Result<()> {
+    let kind = EventKind::CalBookingFollowupsCompleted;
+    let level = if exit_status == 0 {
+        kind.level()
+    } else {
+        EventLevel::Warn
+    };
     db.client()
         .await?
         .query_typed_one(
@@ -62,7 +69,7 @@ pub async fn finish(
                 WHERE id = $1 RETURNING 1
              ), e AS (
                INSERT INTO events (type, level, properties)
-               VALUES ('cal_booking_followups_completed', CASE WHEN $4 = 0 THEN 'info' ELSE 'warn' END, $5)
+               VALUES ($7, $8, $5)
                RETURNING 1
              )
              SELECT (SELECT count(*) FROM r) + (SELECT count(*) FROM e)",
@@ -73,6 +80,8 @@ pub async fn finish(
                 (&exit_status, Type::INT4),
                 (event_properties, Type::JSONB),
                 (&outcome, Type::TEXT),
+                (&kind.as_str(), Type::TEXT),
+                (&level.as_str(), Type::TEXT),
             ],
         )
         .await
@@ -83,19 +92,24 @@ pub async fn finish(
 /// One event row on its own (errors outside a delivery, webhook receipts).
 pub async fn event(
     db: &Db,
-    kind: &str,
-    level: &str,
+    kind: EventKind,
+    level: EventLevel,
     properties: &serde_json::Value,
 ) -> anyhow::Result<()> {
     db.client()
         .await?
         .execute(
             "INSERT INTO events (type, level, properties) VALUES ($1, $2, $3)",
-            &[&kind, &level, properties],
+            &[&kind.as_str(), &level.as_str(), properties],
         )
         .await
         .with_context(|| format!("Failed to write a {kind} event"))?;
     Ok(())
+}
+
+/// An `error` event on its own (a failure outside a delivery: a run, a webhook, a sweep).
+pub async fn error_event(db: &Db, properties: &serde_json::Value) -> anyhow::Result<()> {
+    event(db, EventKind::Error, EventKind::Error.level(), properties).await
 }
 
 /// Closes the records of runs that died without finishing them (killed, or cut off from the
@@ -129,8 +143,5 @@ pub async fn close_dangling(db: &Db, own_run: Uuid) -> anyhow::Result<u64> {
 
 /// Whether the database answers at all (after a failed write: lost, or another error?).
 pub async fn reachable(db: &Db) -> bool {
-    match db.client().await {
-        Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
-        Err(_) => false,
-    }
+    db.ping().await
 }

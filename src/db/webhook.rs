@@ -1,7 +1,7 @@
 //! SQL of webhook ingestion: receipts, resolution of therapist and patient, the locked read of
 //! a booking's lifecycle facts and the upsert of `cal_bookings`. Everything here runs inside
-//! the caller's transaction, except [`open_receipt`], [`open_receipt_unless_seen`] and
-//! [`load_receipt`], which stand alone: a body is stored before it is applied, so a failed
+//! the caller's transaction, except [`open_receipt_unless_seen`] and [`load_receipt`], which
+//! stand alone: a body is stored before it is applied, so a failed
 //! apply leaves it for a replay; and [`owed_after_commit`], `serve`'s start-up read of what it
 //! still owes. Status decisions are not made here: the caller reads the locked row with
 //! [`lock_booking`] (or [`lock_and_resolve`], the webhook's one-round-trip form), decides with
@@ -11,6 +11,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
+
+use crate::domain::{
+    BookingStatus, EventKind, EventLevel, LedgerStage, UnknownStatus, WebhookOutcome,
+};
 
 /// A booking row as one webhook event describes it. `None` means "the event does not say";
 /// the upsert keeps the stored value then (an event never writes NULL over a known value).
@@ -64,11 +68,29 @@ const BOOKING_LOCK_NS: i32 = 0x4a43_0010;
 pub struct Locked {
     /// No row for this uid yet: the event is the first heard of the booking.
     pub new: bool,
-    pub status: Option<String>,
+    /// `None`: NULL (pre-inserted by the booking site). Text this program does not know is
+    /// kept as the error, for the caller to log and decide on.
+    pub status: Option<Result<BookingStatus, UnknownStatus>>,
     pub last_event_at: Option<DateTime<Utc>>,
     /// The invite's calendar UID: `ical_uid`, else the booking's own `cal_uid`.
     pub ical_uid: String,
     pub ical_sequence: Option<i32>,
+}
+
+impl Locked {
+    /// No row for `cal_uid` yet: its invite will carry the booking's own uid.
+    fn first_of(cal_uid: &str) -> Locked {
+        Locked {
+            new: true,
+            ical_uid: cal_uid.to_string(),
+            ..Locked::default()
+        }
+    }
+}
+
+/// `cal_bookings.status` as read (see [`Locked::status`]).
+fn read_status(text: Option<String>) -> Option<Result<BookingStatus, UnknownStatus>> {
+    text.map(|t| BookingStatus::parse(&t))
 }
 
 /// Locks the booking `cal_uid` until the transaction ends and reads what the lifecycle table
@@ -93,16 +115,12 @@ pub async fn lock_booking(tx: &Transaction<'_>, cal_uid: &str) -> anyhow::Result
     Ok(match row {
         Some(r) => Locked {
             new: false,
-            status: r.try_get(0)?,
+            status: read_status(r.try_get(0)?),
             last_event_at: r.try_get(1)?,
             ical_uid: r.try_get(2)?,
             ical_sequence: r.try_get(3)?,
         },
-        None => Locked {
-            new: true,
-            ical_uid: cal_uid.to_string(),
-            ..Locked::default()
-        },
+        None => Locked::first_of(cal_uid),
     })
 }
 
@@ -212,19 +230,23 @@ pub async fn upsert_booking_and_settle(
         format!(
             "WITH up AS ({UPSERT_SQL}),
          rec AS (
-           UPDATE cal_webhook_receipts SET outcome = 'applied', error = NULL
-           WHERE id = $28 AND outcome NOT IN ('applied', 'acknowledged')
+           UPDATE cal_webhook_receipts SET outcome = '{applied}', error = NULL
+           WHERE id = $28 AND outcome NOT IN {settled}
            RETURNING id, trigger_event, cal_uid, body_sha256
          ), ev AS (
            INSERT INTO events (type, level, properties)
-           SELECT 'cal_webhook_received', 'info',
+           SELECT '{kind}', '{level}',
                   jsonb_build_object('trigger', rec.trigger_event, 'cal_uid', rec.cal_uid,
-                                     'outcome', 'applied', 'receipt_id', rec.id,
+                                     'outcome', '{applied}', 'receipt_id', rec.id,
                                      'body_sha256', rec.body_sha256)
            FROM rec
            RETURNING 1
          )
-         SELECT id, status FROM up"
+         SELECT id, status FROM up",
+            applied = WebhookOutcome::Applied,
+            settled = WebhookOutcome::sql_final(),
+            kind = RECEIPT_EVENT,
+            level = RECEIPT_EVENT.level(),
         )
     });
     let stmt = tx
@@ -281,112 +303,22 @@ pub struct TherapistRef {
     pub full_event_type: Option<i32>,
 }
 
-pub async fn therapist_by_username(
-    tx: &Transaction<'_>,
-    username: &str,
-) -> anyhow::Result<Option<TherapistRef>> {
-    therapist_where(tx, "cal_username = $1", &username).await
-}
-
-pub async fn therapist_by_id(
-    tx: &Transaction<'_>,
-    id: Uuid,
-) -> anyhow::Result<Option<TherapistRef>> {
-    therapist_where(tx, "id = $1", &id).await
-}
-
-async fn therapist_where(
-    tx: &Transaction<'_>,
-    predicate: &str,
-    value: &(dyn tokio_postgres::types::ToSql + Sync),
-) -> anyhow::Result<Option<TherapistRef>> {
-    let row = tx
-        .query_opt(
-            &format!(
-                "SELECT id, cal_intro_event_type_id, cal_full_session_event_type_id
-                 FROM therapists WHERE {predicate}"
-            ),
-            &[value],
-        )
-        .await
-        .context("Failed to look up the therapist")?;
-    row.map(|r| {
-        Ok(TherapistRef {
-            id: r.try_get(0)?,
-            intro_event_type: r.try_get(1)?,
-            full_event_type: r.try_get(2)?,
-        })
-    })
-    .transpose()
-}
-
-pub async fn person_exists(tx: &Transaction<'_>, id: Uuid) -> anyhow::Result<bool> {
-    Ok(tx
-        .query_opt("SELECT 1 FROM people WHERE id = $1", &[&id])
-        .await
-        .context("Failed to look up the patient by id")?
-        .is_some())
-}
-
-/// The newest `people` row with this email address (case-insensitive).
-pub async fn person_by_email(tx: &Transaction<'_>, email: &str) -> anyhow::Result<Option<Uuid>> {
-    let row = tx
-        .query_opt(
-            "SELECT id FROM people WHERE lower(email) = lower($1)
-             ORDER BY created_at DESC NULLS LAST LIMIT 1",
-            &[&email],
-        )
-        .await
-        .context("Failed to look up the patient by email")?;
-    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
-}
-
-pub async fn match_exists(tx: &Transaction<'_>, id: Uuid) -> anyhow::Result<bool> {
-    Ok(tx
-        .query_opt("SELECT 1 FROM matches WHERE id = $1", &[&id])
-        .await
-        .context("Failed to look up the match")?
-        .is_some())
-}
-
-/// Advisory lock namespace of one body hash: two deliveries of the same bytes (or a replay
-/// racing a redelivery) are applied one after the other, so the second sees the first.
+/// Advisory lock namespace of one body hash (taken by [`lock_and_resolve`]): two deliveries of
+/// the same bytes (or a replay racing a redelivery) are applied one after the other, so the
+/// second sees the first.
 const BODY_LOCK_NS: i32 = 0x4a43_0011;
 
-/// Serializes the application of one body (by its hash) until the transaction ends.
-pub async fn lock_body(tx: &Transaction<'_>, body_sha256: &str) -> anyhow::Result<()> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        &[&BODY_LOCK_NS, &body_sha256],
-    )
-    .await
-    .context("Failed to take the lock of the webhook body")?;
-    Ok(())
-}
+/// The event every settled receipt writes.
+const RECEIPT_EVENT: EventKind = EventKind::CalWebhookReceived;
 
-/// Stores a verified body as a receipt with outcome `received`, committed on its own before
-/// the body is applied: if the apply fails, the body is still there for
-/// `journeyctl webhook --replay`. No event yet; [`settle_receipt`] writes it with the outcome.
-pub async fn open_receipt(
-    db: &super::Db,
-    trigger: Option<&str>,
-    cal_uid: Option<&str>,
-    body_sha256: &str,
-    body: &str,
-    received_at: DateTime<Utc>,
-) -> anyhow::Result<Uuid> {
-    let client = db.client().await?;
-    let row = client
-        .query_one(
-            "INSERT INTO cal_webhook_receipts
-               (received_at, trigger_event, cal_uid, body_sha256, signature_ok, outcome, body)
-             VALUES ($1, $2, $3, $4, true, 'received', $5)
-             RETURNING id",
-            &[&received_at, &trigger, &cal_uid, &body_sha256, &body],
-        )
-        .await
-        .context("Failed to store the webhook receipt")?;
-    Ok(row.try_get(0)?)
+/// SQL: the level of a receipt's event, a warning when the receipt records an error (the
+/// text parameter `error_param`).
+fn receipt_event_level(error_param: &str) -> String {
+    format!(
+        "CASE WHEN {error_param}::text IS NULL THEN '{}' ELSE '{}' END",
+        RECEIPT_EVENT.level(),
+        EventLevel::Warn
+    )
 }
 
 /// What the receipt's body led to, and its `cal_webhook_received` event (no personal data).
@@ -395,26 +327,32 @@ pub async fn open_receipt(
 pub async fn settle_receipt(
     tx: &Transaction<'_>,
     id: Uuid,
-    outcome: &str,
+    outcome: WebhookOutcome,
     error: Option<&str>,
 ) -> anyhow::Result<()> {
-    let stmt = tx
-        .prepare_cached(
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
             "WITH rec AS (
            UPDATE cal_webhook_receipts SET outcome = $2, error = $3
-           WHERE id = $1 AND outcome NOT IN ('applied', 'acknowledged')
+           WHERE id = $1 AND outcome NOT IN {settled}
            RETURNING id, trigger_event, cal_uid, body_sha256
          )
          INSERT INTO events (type, level, properties)
-         SELECT 'cal_webhook_received', CASE WHEN $3::text IS NULL THEN 'info' ELSE 'warn' END,
+         SELECT '{kind}', {level},
                 jsonb_build_object('trigger', rec.trigger_event, 'cal_uid', rec.cal_uid,
                                    'outcome', $2::text, 'receipt_id', rec.id,
                                    'body_sha256', rec.body_sha256)
          FROM rec",
+            settled = WebhookOutcome::sql_final(),
+            kind = RECEIPT_EVENT,
+            level = receipt_event_level("$3"),
         )
+    });
+    let stmt = tx
+        .prepare_cached(&SQL)
         .await
         .context("Failed to prepare the receipt's outcome")?;
-    tx.execute(&stmt, &[&id, &outcome, &error])
+    tx.execute(&stmt, &[&id, &outcome.as_str(), &error])
         .await
         .with_context(|| format!("Failed to record the outcome of webhook receipt {id}"))?;
     Ok(())
@@ -447,24 +385,11 @@ pub async fn load_receipt(db: &super::Db, id: Uuid) -> anyhow::Result<Option<Sto
     .transpose()
 }
 
-/// Whether these exact bytes were already applied or acknowledged.
-pub async fn already_received(tx: &Transaction<'_>, body_sha256: &str) -> anyhow::Result<bool> {
-    Ok(tx
-        .query_opt(
-            "SELECT 1 FROM cal_webhook_receipts
-             WHERE body_sha256 = $1 AND outcome IN ('applied', 'acknowledged') LIMIT 1",
-            &[&body_sha256],
-        )
-        .await
-        .context("Failed to check webhook receipts")?
-        .is_some())
-}
-
 pub struct Receipt<'a> {
     pub trigger: Option<&'a str>,
     pub cal_uid: Option<&'a str>,
     pub body_sha256: &'a str,
-    pub outcome: &'a str,
+    pub outcome: WebhookOutcome,
     pub error: Option<&'a str>,
     pub body: Option<&'a str>,
     pub received_at: DateTime<Utc>,
@@ -472,16 +397,15 @@ pub struct Receipt<'a> {
 
 /// Records a received body and its `cal_webhook_received` event (no personal data).
 pub async fn record_receipt(tx: &Transaction<'_>, r: &Receipt<'_>) -> anyhow::Result<Uuid> {
-    let row = tx
-        .query_one(
-            "WITH rec AS (
+    let sql = format!(
+        "WITH rec AS (
                INSERT INTO cal_webhook_receipts
                  (received_at, trigger_event, cal_uid, body_sha256, signature_ok, outcome, error, body)
                VALUES ($1, $2, $3, $4, true, $5, $6, $7)
                RETURNING id
              ), ev AS (
                INSERT INTO events (type, level, properties)
-               SELECT 'cal_webhook_received', CASE WHEN $6::text IS NULL THEN 'info' ELSE 'warn' END,
+               SELECT '{kind}', {level},
                       jsonb_build_object('trigger', $2::text, 'cal_uid', $3::text,
                                          'outcome', $5::text, 'receipt_id', rec.id,
                                          'body_sha256', $4::text)
@@ -489,12 +413,18 @@ pub async fn record_receipt(tx: &Transaction<'_>, r: &Receipt<'_>) -> anyhow::Re
                RETURNING 1
              )
              SELECT id FROM rec",
+        kind = RECEIPT_EVENT,
+        level = receipt_event_level("$6"),
+    );
+    let row = tx
+        .query_one(
+            &sql,
             &[
                 &r.received_at,
                 &r.trigger,
                 &r.cal_uid,
                 &r.body_sha256,
-                &r.outcome,
+                &r.outcome.as_str(),
                 &r.error,
                 &r.body,
             ],
@@ -523,16 +453,21 @@ pub async fn open_receipt_unless_seen(
     body: &str,
     received_at: DateTime<Utc>,
 ) -> anyhow::Result<Option<Uuid>> {
-    let client = db.client().await?;
-    let stmt = client
-        .prepare_cached(
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
             "INSERT INTO cal_webhook_receipts
                (received_at, trigger_event, cal_uid, body_sha256, signature_ok, outcome, body)
-             SELECT $1, $2, $3, $4, true, 'received', $5
+             SELECT $1, $2, $3, $4, true, '{received}', $5
              WHERE NOT EXISTS (SELECT 1 FROM cal_webhook_receipts
-                               WHERE body_sha256 = $4 AND outcome IN ('applied', 'acknowledged'))
+                               WHERE body_sha256 = $4 AND outcome IN {settled})
              RETURNING id",
+            received = WebhookOutcome::Received,
+            settled = WebhookOutcome::sql_final(),
         )
+    });
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(&SQL)
         .await
         .context("Failed to prepare the webhook receipt")?;
     let row = client
@@ -576,23 +511,17 @@ pub struct Resolved {
     pub locked: Option<Locked>,
 }
 
-/// Takes the body's lock and (with `cal_uid`) the booking's, then reads the duplicate check,
-/// therapist, patient, match and the locked booking: two prepared statements sent in one round
-/// trip. The read is a statement of its own after the locks, so its snapshot sees what the
-/// previous holder of a lock committed (a second event for the same new booking finds the
-/// first one's row). Lock order as in [`lock_body`] then [`lock_booking`].
-pub async fn lock_and_resolve(tx: &Transaction<'_>, q: &Lookup<'_>) -> anyhow::Result<Resolved> {
-    let locks = tx
-        .prepare_cached(
-            "SELECT pg_advisory_xact_lock($1, hashtext($2)),
+/// The locks of [`lock_and_resolve`]: the body's, then (with `$4`) the booking's.
+const LOCKS_SQL: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2)),
                     CASE WHEN $4::text IS NOT NULL
-                         THEN pg_advisory_xact_lock($3, hashtext($4)) END",
-        )
-        .await
-        .context("Failed to prepare the webhook locks")?;
-    let read = tx
-        .prepare_cached(
-            "WITH locked AS (
+                         THEN pg_advisory_xact_lock($3, hashtext($4)) END";
+
+/// The read of [`lock_and_resolve`], `$1..$7` as [`Lookup`] binds them. Answers (duplicate,
+/// therapist id, intro type, full type, patient id unknown, patient, match, booking exists,
+/// status, last_event_at, ical_uid, ical_sequence).
+fn resolve_sql() -> String {
+    format!(
+        "WITH locked AS (
                SELECT status, last_event_at, coalesce(ical_uid, cal_uid) AS ical_uid, ical_sequence
                FROM cal_bookings WHERE cal_uid = $7 FOR UPDATE
              ), th AS (
@@ -607,7 +536,7 @@ pub async fn lock_and_resolve(tx: &Transaction<'_>, q: &Lookup<'_>) -> anyhow::R
              )
              SELECT
                EXISTS (SELECT 1 FROM cal_webhook_receipts
-                       WHERE body_sha256 = $1 AND outcome IN ('applied', 'acknowledged')),
+                       WHERE body_sha256 = $1 AND outcome IN {settled}),
                th.id, th.intro, th.full_session,
                $4::uuid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM people WHERE id = $4),
                coalesce((SELECT id FROM people WHERE id = $4),
@@ -619,12 +548,28 @@ pub async fn lock_and_resolve(tx: &Transaction<'_>, q: &Lookup<'_>) -> anyhow::R
              FROM (SELECT 1) one
              LEFT JOIN th ON true
              LEFT JOIN locked ON true",
-        )
+        settled = WebhookOutcome::sql_final(),
+    )
+}
+
+/// Takes the body's lock and (with `cal_uid`) the booking's, then reads the duplicate check,
+/// therapist, patient, match and the locked booking: two prepared statements sent in one round
+/// trip. The read is a statement of its own after the locks, so its snapshot sees what the
+/// previous holder of a lock committed (a second event for the same new booking finds the
+/// first one's row). Lock order: the body's, then the
+/// booking's (as [`lock_booking`] takes it).
+pub async fn lock_and_resolve(tx: &Transaction<'_>, q: &Lookup<'_>) -> anyhow::Result<Resolved> {
+    static READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(resolve_sql);
+    let locks = tx
+        .prepare_cached(LOCKS_SQL)
+        .await
+        .context("Failed to prepare the webhook locks")?;
+    let read = tx
+        .prepare_cached(&READ)
         .await
         .context("Failed to prepare the webhook lookups")?;
-    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-        [&BODY_LOCK_NS, &q.body_sha256, &BOOKING_LOCK_NS, &q.cal_uid];
-    let read_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+    let lock_params: [Param<'_>; 4] = [&BODY_LOCK_NS, &q.body_sha256, &BOOKING_LOCK_NS, &q.cal_uid];
+    let read_params: [Param<'_>; 7] = [
         &q.body_sha256,
         &q.organizer_username,
         &q.therapist_id,
@@ -641,6 +586,11 @@ pub async fn lock_and_resolve(tx: &Transaction<'_>, q: &Lookup<'_>) -> anyhow::R
     .await;
     locked.context("Failed to take the locks of the webhook")?;
     let r = row.context("Failed to read what the webhook names")?;
+    resolved_of(&r, q.cal_uid)
+}
+
+/// The answer row of [`resolve_sql`], read.
+fn resolved_of(r: &tokio_postgres::Row, cal_uid: Option<&str>) -> anyhow::Result<Resolved> {
     let therapist = r
         .try_get::<_, Option<Uuid>>(1)?
         .map(|id| -> anyhow::Result<TherapistRef> {
@@ -651,22 +601,15 @@ pub async fn lock_and_resolve(tx: &Transaction<'_>, q: &Lookup<'_>) -> anyhow::R
             })
         })
         .transpose()?;
-    let locked = match q.cal_uid {
+    let locked = match cal_uid {
         None => None,
-        Some(uid) => Some(if r.try_get::<_, bool>(7)? {
-            Locked {
-                new: false,
-                status: r.try_get(8)?,
-                last_event_at: r.try_get(9)?,
-                ical_uid: r.try_get(10)?,
-                ical_sequence: r.try_get(11)?,
-            }
-        } else {
-            Locked {
-                new: true,
-                ical_uid: uid.to_string(),
-                ..Locked::default()
-            }
+        Some(uid) if !r.try_get::<_, bool>(7)? => Some(Locked::first_of(uid)),
+        Some(_) => Some(Locked {
+            new: false,
+            status: read_status(r.try_get(8)?),
+            last_event_at: r.try_get(9)?,
+            ical_uid: r.try_get(10)?,
+            ical_sequence: r.try_get(11)?,
         }),
     };
     Ok(Resolved {
@@ -690,7 +633,7 @@ pub async fn owed_after_commit(
     now: DateTime<Utc>,
     since: DateTime<Utc>,
 ) -> anyhow::Result<Vec<(Uuid, bool)>> {
-    use crate::domain::{BookingStatus, Stage};
+    use crate::domain::Stage;
     let sql = format!(
         "SELECT b.id, true FROM cal_bookings b
          WHERE (b.client_confirmation_sent_at IS NULL OR b.therapist_notification_sent_at IS NULL)
@@ -706,7 +649,7 @@ pub async fn owed_after_commit(
         active = BookingStatus::sql_is_active("b"),
         work = super::bookings::has_work(Stage::ConfirmationRecovery),
         cancelled = BookingStatus::Cancelled.sql_is("b"),
-        notice = crate::stages::cancellation_notice::LEDGER_STAGE,
+        notice = LedgerStage::CancellationNotice,
     );
     let client = db.client().await?;
     let rows = client

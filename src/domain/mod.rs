@@ -9,16 +9,22 @@ mod contact;
 mod counters;
 pub mod dates;
 pub mod display_name;
+mod event;
 pub mod gsm7;
+mod ledger_stage;
 pub mod quiet_hours;
 mod sms_status;
 mod stage;
+mod webhook_outcome;
 
 pub use booking_status::{next_status, BookingStatus, EventOrder, StatusEvent, UnknownStatus};
 pub use contact::{mask_email, mask_phone, EmailAddress, PhoneNumber};
 pub use counters::{Counter, Counters};
+pub use event::{EventKind, EventLevel};
+pub use ledger_stage::LedgerStage;
 pub use sms_status::SmsStatus;
 pub use stage::{
     mark_column, BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole, Stage,
     RECOVERY_EXCLUSIVE_PERIOD,
 };
+pub use webhook_outcome::WebhookOutcome;

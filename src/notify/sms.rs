@@ -54,7 +54,7 @@ impl SmsSender {
     pub fn from_settings(t: &SmsTransport) -> SmsSender {
         let transport = match t {
             SmsTransport::Twilio(s) => {
-                crate::ensure_tls_provider();
+                crate::tls::ensure_tls_provider();
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .timeout_connect(Some(s.timeout.min(Duration::from_secs(10))))
                     .timeout_global(Some(s.timeout))

@@ -22,7 +22,7 @@ use crate::db::ledger::{self, Claim, ClaimRequest, DeliveryKey, EventRow, Ledger
 use crate::db::{runs, Db};
 use crate::domain::{
     display_name, mark_column, BookingKind, Channel, Counter, Counters, DeliveryStatus,
-    EmailAddress, MessageKind, RecipientRole, Stage,
+    EmailAddress, EventKind, EventLevel, MessageKind, RecipientRole, Stage,
 };
 use crate::notify::email::{Attachment, Mailer, OutgoingEmail};
 use crate::notify::sms::SmsSender;
@@ -1299,10 +1299,10 @@ async fn deliver(
             None,
             EventRow {
                 kind: match channel {
-                    Channel::Email => "email_sent",
-                    Channel::Sms => "sms_sent",
+                    Channel::Email => EventKind::EmailSent,
+                    Channel::Sms => EventKind::SmsSent,
                 },
-                level: "info",
+                level: EventLevel::Info,
                 properties: with(serde_json::json!({"kind": out.kind.event_kind()})),
             },
         ),
@@ -1322,8 +1322,8 @@ async fn deliver(
             None,
             Some(format!("recipient opted out: {reason}")),
             EventRow {
-                kind: "sms_opted_out",
-                level: "info",
+                kind: EventKind::SmsOptedOut,
+                level: EventLevel::Info,
                 properties: base_props.clone(),
             },
         ),
@@ -1335,8 +1335,8 @@ async fn deliver(
             None,
             Some(format!("number rejected by the provider: {reason}")),
             EventRow {
-                kind: "sms_unreachable",
-                level: "warn",
+                kind: EventKind::SmsUnreachable,
+                level: EventLevel::Warn,
                 properties: base_props.clone(),
             },
         ),
@@ -1492,8 +1492,8 @@ async fn record_render_error(j: &Journey, job: &Job, why: &str) -> anyhow::Resul
 
 fn error_row(properties: serde_json::Value) -> EventRow {
     EventRow {
-        kind: "error",
-        level: "error",
+        kind: EventKind::Error,
+        level: EventLevel::Error,
         properties,
     }
 }
@@ -1525,7 +1525,7 @@ async fn record_error(
         "channel": channel.map(Channel::as_str),
         "run_id": j.run_id,
     });
-    if let Err(e) = runs::event(&j.db, "error", "error", &props).await {
+    if let Err(e) = runs::error_event(&j.db, &props).await {
         log::error!("failed to write an error event: {e:#}");
     }
 }

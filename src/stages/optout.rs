@@ -369,7 +369,7 @@ async fn error(j: &Journey, dry_run: bool, stage: Stage, booking_id: Option<Uuid
         "stage": stage.ledger_stage(),
         "run_id": j.run_id,
     });
-    if let Err(e) = runs::event(&j.db, "error", "error", &props).await {
+    if let Err(e) = runs::error_event(&j.db, &props).await {
         log::error!("failed to write an error event: {e:#}");
     }
 }

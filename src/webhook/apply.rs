@@ -1,6 +1,6 @@
 //! Applying one received webhook body: verify → parse → store the receipt (committed on its
 //! own) → apply in one transaction that also settles the receipt, then say whether the
-//! booking's confirmations are due (SPEC §6).
+//! booking's confirmations are due (docs/ARCHITECTURE.md, "The path of a webhook body").
 //!
 //! What it guarantees:
 //! - Nothing is stored for a body whose signature does not verify (401).
@@ -29,7 +29,9 @@ use super::parse::{parse, CalEvent, Trigger};
 use super::verify::{verify_signature, VerifyError};
 use crate::db::webhook::{self as sql, BookingUpsert, Receipt};
 use crate::db::Db;
-use crate::domain::{next_status, BookingKind, BookingStatus, EventOrder, StatusEvent};
+use crate::domain::{
+    next_status, BookingKind, BookingStatus, EventOrder, StatusEvent, WebhookOutcome,
+};
 use crate::secret::Secret;
 
 /// Bodies larger than this are refused with 413 (Cal.com's bodies are a few KiB).
@@ -39,8 +41,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Handled {
     pub http_status: u16,
-    /// `applied`, `acknowledged`, `duplicate`, `unauthorized`, `invalid`, `too_large`, `error`.
-    pub outcome: &'static str,
+    pub outcome: WebhookOutcome,
     pub message: String,
     pub trigger: Option<String>,
     pub cal_uid: Option<String>,
@@ -55,7 +56,7 @@ pub struct Handled {
 }
 
 impl Handled {
-    fn reject(http_status: u16, outcome: &'static str, message: impl Into<String>) -> Handled {
+    fn reject(http_status: u16, outcome: WebhookOutcome, message: impl Into<String>) -> Handled {
         Handled {
             http_status,
             outcome,
@@ -65,6 +66,25 @@ impl Handled {
             confirm_booking: None,
             notify_cancelled: None,
             receipt_id: None,
+        }
+    }
+
+    /// A body that was stored (receipt `receipt`) and settled with `outcome`.
+    fn settled(
+        event: &CalEvent,
+        receipt: Uuid,
+        outcome: WebhookOutcome,
+        message: String,
+    ) -> Handled {
+        Handled {
+            http_status: 200,
+            outcome,
+            message,
+            trigger: Some(event.trigger.as_str().to_string()),
+            cal_uid: event.uid.clone(),
+            confirm_booking: None,
+            notify_cancelled: None,
+            receipt_id: Some(receipt),
         }
     }
 }
@@ -84,22 +104,15 @@ pub async fn handle(
     now: DateTime<Utc>,
 ) -> Handled {
     if body.len() > MAX_BODY {
-        return Handled::reject(413, "too_large", format!("body over {MAX_BODY} bytes"));
+        return Handled::reject(
+            413,
+            WebhookOutcome::TooLarge,
+            format!("body over {MAX_BODY} bytes"),
+        );
     }
     if let Verification::Required(secret) = verification {
         if let Err(e) = verify_signature(secret, body, signature) {
-            let why = match e {
-                VerifyError::SecretNotConfigured => {
-                    "CAL_WEBHOOK_SECRET is not set: every webhook is refused"
-                }
-                VerifyError::MissingSignature => "no X-Cal-Signature-256 header",
-                VerifyError::NoSecretProvided => {
-                    "signature is 'no-secret-provided': set the same secret in Cal.com"
-                }
-                VerifyError::Malformed => "signature is not 64 hex characters",
-                VerifyError::Mismatch => "signature does not match the body",
-            };
-            return Handled::reject(401, "unauthorized", why);
+            return Handled::reject(401, WebhookOutcome::Unauthorized, why_refused(e));
         }
     }
     let hash = hex::encode(Sha256::digest(body));
@@ -107,12 +120,19 @@ pub async fn handle(
         Ok(e) => e,
         Err(e) => {
             let msg = format!("{e}");
-            if let Err(db_err) =
-                record_only(db, None, None, &hash, "invalid", Some(&msg), body, now).await
-            {
+            let receipt = Receipt {
+                trigger: None,
+                cal_uid: None,
+                body_sha256: &hash,
+                outcome: WebhookOutcome::Invalid,
+                error: Some(&msg),
+                body: None,
+                received_at: now,
+            };
+            if let Err(db_err) = record_only(db, receipt, body).await {
                 log::error!("webhook: {}", public_message(&db_err));
             }
-            return Handled::reject(400, "invalid", msg);
+            return Handled::reject(400, WebhookOutcome::Invalid, msg);
         }
     };
     for w in &event.warnings {
@@ -141,6 +161,21 @@ pub async fn handle(
     apply_receipt(db, &event, receipt, &hash, now).await
 }
 
+/// The answer to a body whose signature does not verify.
+fn why_refused(e: VerifyError) -> &'static str {
+    match e {
+        VerifyError::SecretNotConfigured => {
+            "CAL_WEBHOOK_SECRET is not set: every webhook is refused"
+        }
+        VerifyError::MissingSignature => "no X-Cal-Signature-256 header",
+        VerifyError::NoSecretProvided => {
+            "signature is 'no-secret-provided': set the same secret in Cal.com"
+        }
+        VerifyError::Malformed => "signature is not 64 hex characters",
+        VerifyError::Mismatch => "signature does not match the body",
+    }
+}
+
 /// Why `journeyctl webhook --replay` cannot re-apply a receipt (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -163,7 +198,7 @@ pub async fn replay(db: &Db, receipt: Uuid, now: DateTime<Utc>) -> anyhow::Resul
     let event = match parse(body.as_bytes()) {
         Ok(e) => e,
         Err(e) => {
-            let mut h = Handled::reject(400, "invalid", format!("{e}"));
+            let mut h = Handled::reject(400, WebhookOutcome::Invalid, format!("{e}"));
             h.receipt_id = Some(receipt);
             return Ok(h);
         }
@@ -205,7 +240,7 @@ async fn failed(db: &Db, event: &CalEvent, receipt: Option<Uuid>, e: anyhow::Err
         "booking_id": null,
         "receipt_id": receipt,
     });
-    if let Err(e2) = crate::db::runs::event(db, "error", "error", &props).await {
+    if let Err(e2) = crate::db::runs::error_event(db, &props).await {
         log::error!(
             "webhook: failed to write the error event: {}",
             public_message(&e2)
@@ -224,7 +259,7 @@ async fn failed(db: &Db, event: &CalEvent, receipt: Option<Uuid>, e: anyhow::Err
     }
     Handled {
         http_status: 500,
-        outcome: "error",
+        outcome: WebhookOutcome::Error,
         message: msg,
         trigger: Some(event.trigger.as_str().to_string()),
         cal_uid: event.uid.clone(),
@@ -237,7 +272,7 @@ async fn failed(db: &Db, event: &CalEvent, receipt: Option<Uuid>, e: anyhow::Err
 async fn settle_error(db: &Db, receipt: Uuid, msg: &str) -> anyhow::Result<()> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    sql::settle_receipt(&tx, receipt, "error", Some(msg)).await?;
+    sql::settle_receipt(&tx, receipt, WebhookOutcome::Error, Some(msg)).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -245,7 +280,7 @@ async fn settle_error(db: &Db, receipt: Uuid, msg: &str) -> anyhow::Result<()> {
 fn duplicate(event: &CalEvent, receipt: Option<Uuid>) -> Handled {
     Handled {
         http_status: 200,
-        outcome: "duplicate",
+        outcome: WebhookOutcome::Duplicate,
         message: "the same body was already applied; nothing changed".into(),
         trigger: Some(event.trigger.as_str().to_string()),
         cal_uid: event.uid.clone(),
@@ -268,30 +303,17 @@ fn stored_text(body: &[u8]) -> String {
     text
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn record_only(
-    db: &Db,
-    trigger: Option<&str>,
-    uid: Option<&str>,
-    hash: &str,
-    outcome: &str,
-    error: Option<&str>,
-    body: &[u8],
-    now: DateTime<Utc>,
-) -> anyhow::Result<()> {
+/// Stores a body that is not applied (`receipt` says why; its `body` is filled from `body`),
+/// with its event, in a transaction of its own.
+async fn record_only(db: &Db, receipt: Receipt<'_>, body: &[u8]) -> anyhow::Result<()> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
     let body = stored_text(body);
     sql::record_receipt(
         &tx,
         &Receipt {
-            trigger,
-            cal_uid: uid,
-            body_sha256: hash,
-            outcome,
-            error,
             body: Some(&body),
-            received_at: now,
+            ..receipt
         },
     )
     .await?;
@@ -340,9 +362,9 @@ fn decide(
     event_at: Option<DateTime<Utc>>,
     uid: &str,
 ) -> (Option<BookingStatus>, Option<BookingStatus>) {
-    let current = match locked.status.as_deref().map(BookingStatus::parse) {
+    let current = match &locked.status {
         None => None,
-        Some(Ok(s)) => Some(s),
+        Some(Ok(s)) => Some(*s),
         Some(Err(e)) => {
             log::warn!("booking {uid}: {e}; the event decides its status");
             None
@@ -452,84 +474,57 @@ async fn move_away(
     })
 }
 
-async fn apply(
-    db: &Db,
-    event: &CalEvent,
-    receipt: Uuid,
-    hash: &str,
-    now: DateTime<Utc>,
-) -> anyhow::Result<Handled> {
-    let trigger = event.trigger.as_str().to_string();
-    let mut client = db.client().await?;
-    let tx = client.transaction().await?;
-    let mut handled = Handled {
-        http_status: 200,
-        outcome: "applied",
-        message: String::new(),
-        trigger: Some(trigger.clone()),
-        cal_uid: event.uid.clone(),
-        confirm_booking: None,
-        notify_cancelled: None,
-        receipt_id: Some(receipt),
-    };
+/// Which booking an event is about: its uid (blank counts as absent), and for a reschedule to a
+/// new uid the old one, which is locked first (in [`move_away`]).
+struct Target<'e> {
+    /// A PING or an unknown trigger: verified, understood, nothing to store.
+    acknowledged_only: bool,
+    uid: Option<&'e str>,
+    old_uid: Option<&'e str>,
+}
 
-    let acknowledged_only = matches!(event.trigger, Trigger::Ping | Trigger::Unknown(_));
-    let uid = uid_of(event);
-    // A reschedule locks its old uid first (in `move_away`), then the new one, as always.
-    let old_uid = match event.reschedule_uid.as_deref() {
-        Some(old) if event.trigger == Trigger::BookingRescheduled && Some(old) != uid => Some(old),
-        _ => None,
-    };
-    let patient_email = event
-        .patient()
-        .and_then(|a| a.email.as_deref())
-        .map(str::trim);
-    let resolved = sql::lock_and_resolve(
-        &tx,
-        &sql::Lookup {
+impl<'e> Target<'e> {
+    fn of(event: &'e CalEvent) -> Target<'e> {
+        let uid = uid_of(event);
+        let old_uid = match event.reschedule_uid.as_deref() {
+            Some(old) if event.trigger == Trigger::BookingRescheduled && Some(old) != uid => {
+                Some(old)
+            }
+            _ => None,
+        };
+        Target {
+            acknowledged_only: matches!(event.trigger, Trigger::Ping | Trigger::Unknown(_)),
+            uid,
+            old_uid,
+        }
+    }
+
+    /// What the event names, for the one read after the locks. The booking is locked there
+    /// unless there is none, or a reschedule's old uid must be locked before it.
+    fn lookup(&self, event: &'e CalEvent, hash: &'e str) -> sql::Lookup<'e> {
+        sql::Lookup {
             body_sha256: hash,
             organizer_username: event.organizer_username.as_deref(),
             therapist_id: event.kh.therapist_id,
             patient_id: event.kh.patient_id,
-            patient_email,
+            patient_email: event
+                .patient()
+                .and_then(|a| a.email.as_deref())
+                .map(str::trim),
             match_id: event.kh.match_id,
-            cal_uid: if acknowledged_only || old_uid.is_some() {
+            cal_uid: if self.acknowledged_only || self.old_uid.is_some() {
                 None
             } else {
-                uid
+                self.uid
             },
-        },
-    )
-    .await?;
-    if resolved.duplicate {
-        sql::settle_receipt(&tx, receipt, "duplicate", None).await?;
-        tx.commit().await?;
-        return Ok(duplicate(event, Some(receipt)));
+        }
     }
+}
 
-    if acknowledged_only || uid.is_none() {
-        handled.outcome = "acknowledged";
-        handled.message = if acknowledged_only {
-            format!("{trigger}: acknowledged, nothing to do")
-        } else {
-            format!("{trigger} without a booking uid: acknowledged, nothing stored")
-        };
-        sql::settle_receipt(&tx, receipt, "acknowledged", None).await?;
-        tx.commit().await?;
-        return Ok(handled);
-    }
-    let uid = uid.unwrap_or_default();
-
-    // Therapist: organizer username, else the booking link's kh_therapist_id. Patient:
-    // kh_patient_id when that person exists, else the newest person with the attendee's email.
-    let therapist = resolved.therapist;
-    if resolved.patient_id_unknown {
-        log::warn!("webhook {trigger} {uid}: kh_patient_id names no person; trying the email");
-    }
-    let patient_id = resolved.patient_id;
-    let match_id = resolved.match_id;
-    let booking_kind = event.kh.booking_kind.or_else(|| {
-        let (t, et) = (therapist.as_ref()?, event.event_type_id?);
+/// The booking kind: the event's own, else the one the therapist's event type stands for.
+fn booking_kind_of(event: &CalEvent, therapist: Option<&sql::TherapistRef>) -> Option<BookingKind> {
+    event.kh.booking_kind.or_else(|| {
+        let (t, et) = (therapist?, event.event_type_id?);
         if t.intro_event_type == Some(et) {
             Some(BookingKind::Intro)
         } else if t.full_event_type == Some(et) {
@@ -537,7 +532,12 @@ async fn apply(
         } else {
             None
         }
-    });
+    })
+}
+
+/// The metadata merged into the booking's: where the booking came from and what the parser
+/// left out.
+fn metadata_of(event: &CalEvent) -> Option<serde_json::Value> {
     let mut metadata = serde_json::Map::new();
     if let Some(s) = &event.kh.source {
         metadata.insert("kh_source".into(), s.clone().into());
@@ -545,36 +545,40 @@ async fn apply(
     if !event.warnings.is_empty() {
         metadata.insert("webhook_warnings".into(), event.warnings.clone().into());
     }
+    (!metadata.is_empty()).then_some(serde_json::Value::Object(metadata))
+}
 
+/// The booking row as the event describes it, before its status and calendar identity are
+/// decided on the locked row. Therapist: organizer username, else the booking link's
+/// `kh_therapist_id`. Patient: `kh_patient_id` when that person exists, else the newest person
+/// with the attendee's email.
+fn upsert_of<'e>(
+    event: &'e CalEvent,
+    uid: &'e str,
+    resolved: &sql::Resolved,
+    now: DateTime<Utc>,
+) -> BookingUpsert<'e> {
     let attendee = event.patient();
     let is_cancel = event.trigger == Trigger::BookingCancelled;
-    let mut upsert = BookingUpsert {
+    BookingUpsert {
         cal_uid: uid,
-        trigger: &trigger,
+        trigger: event.trigger.as_str(),
         organizer_username: event.organizer_username.as_deref(),
         event_type_id: event.event_type_id,
         start_time: event.start_time,
         end_time: event.end_time,
-        therapist_id: therapist.as_ref().map(|t| t.id),
-        patient_id,
-        match_id,
-        booking_kind: booking_kind.map(BookingKind::as_str),
+        therapist_id: resolved.therapist.as_ref().map(|t| t.id),
+        patient_id: resolved.patient_id,
+        match_id: resolved.match_id,
+        booking_kind: booking_kind_of(event, resolved.therapist.as_ref()).map(BookingKind::as_str),
         status: None,
         is_test: event.is_test(),
-        metadata: (!metadata.is_empty()).then_some(serde_json::Value::Object(metadata)),
+        metadata: metadata_of(event),
         video_url: event.video_url.as_deref(),
         location: event.location.as_deref(),
         cancelled_at: is_cancel.then(|| event.created_at.unwrap_or(now)),
-        cancellation_reason: if is_cancel {
-            event.cancellation_reason.as_deref()
-        } else {
-            None
-        },
-        request_reschedule: if is_cancel {
-            Some(event.request_reschedule.unwrap_or(false))
-        } else {
-            None
-        },
+        cancellation_reason: event.cancellation_reason.as_deref().filter(|_| is_cancel),
+        request_reschedule: is_cancel.then(|| event.request_reschedule.unwrap_or(false)),
         rescheduled_from_uid: None,
         rescheduled_to_uid: None,
         // Flat MEETING_* bodies carry only the booking's own timestamps, not when the event
@@ -589,10 +593,76 @@ async fn apply(
         attendee_name: trimmed(attendee.and_then(|a| a.name.as_deref())),
         attendee_phone: trimmed(attendee.and_then(|a| a.phone.as_deref())),
         now,
-    };
+    }
+}
 
+/// A verified body with nothing to store (a PING, an unknown trigger, or no booking uid): the
+/// receipt is settled `acknowledged`.
+async fn acknowledge(
+    tx: deadpool_postgres::Transaction<'_>,
+    event: &CalEvent,
+    receipt: Uuid,
+    acknowledged_only: bool,
+) -> anyhow::Result<Handled> {
+    sql::settle_receipt(&tx, receipt, WebhookOutcome::Acknowledged, None).await?;
+    tx.commit().await?;
+    let trigger = event.trigger.as_str();
+    let message = if acknowledged_only {
+        format!("{trigger}: acknowledged, nothing to do")
+    } else {
+        format!("{trigger} without a booking uid: acknowledged, nothing stored")
+    };
+    Ok(Handled::settled(
+        event,
+        receipt,
+        WebhookOutcome::Acknowledged,
+        message,
+    ))
+}
+
+/// A booking first heard of now was never confirmed; unknown status text is not active.
+fn was_active(locked: &sql::Locked) -> bool {
+    !locked.new
+        && match &locked.status {
+            None => true,
+            Some(parsed) => parsed
+                .as_ref()
+                .is_ok_and(|s| BookingStatus::is_active(Some(*s))),
+        }
+}
+
+/// Applies one event in one transaction: locks and reads what it names, moves a rescheduled
+/// booking's old uid away, decides the status on the locked row, writes the booking and
+/// settles the receipt `applied` (or `duplicate`, `acknowledged`).
+async fn apply(
+    db: &Db,
+    event: &CalEvent,
+    receipt: Uuid,
+    hash: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Handled> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let target = Target::of(event);
+    let resolved = sql::lock_and_resolve(&tx, &target.lookup(event, hash)).await?;
+    if resolved.duplicate {
+        sql::settle_receipt(&tx, receipt, WebhookOutcome::Duplicate, None).await?;
+        tx.commit().await?;
+        return Ok(duplicate(event, Some(receipt)));
+    }
+    let uid = match target.uid {
+        Some(uid) if !target.acknowledged_only => uid,
+        _ => return acknowledge(tx, event, receipt, target.acknowledged_only).await,
+    };
+    if resolved.patient_id_unknown {
+        log::warn!(
+            "webhook {} {uid}: kh_patient_id names no person; trying the email",
+            event.trigger.as_str()
+        );
+    }
+    let mut upsert = upsert_of(event, uid, &resolved, now);
     // A reschedule: the old uid is moved away first, and the new one inherits what it knew.
-    let moved = match old_uid {
+    let moved = match target.old_uid {
         Some(old_uid) => {
             let moved = move_away(&tx, old_uid, event, &mut upsert).await?;
             upsert.rescheduled_from_uid = Some(old_uid);
@@ -600,21 +670,14 @@ async fn apply(
         }
         None => None,
     };
-    let carried_kind = moved.as_ref().and_then(|m| m.booking_kind.clone());
     if upsert.booking_kind.is_none() {
-        upsert.booking_kind = carried_kind.as_deref();
+        upsert.booking_kind = moved.as_ref().and_then(|m| m.booking_kind.as_deref());
     }
-
     let locked = match resolved.locked {
         Some(locked) => locked,
         None => sql::lock_booking(&tx, uid).await?,
     };
-    // A booking first heard of now was never confirmed; unknown status text is not active.
-    let was_active = !locked.new
-        && match locked.status.as_deref().map(BookingStatus::parse) {
-            None => true,
-            Some(parsed) => parsed.is_ok_and(|s| BookingStatus::is_active(Some(s))),
-        };
+    let was_active = was_active(&locked);
     let (status, write) = decide(&locked, status_event(event), upsert.event_at, uid);
     upsert.status = write.map(BookingStatus::as_str);
     match &moved {
@@ -624,10 +687,27 @@ async fn apply(
         }
         None => upsert.ical_uid = Some(&locked.ical_uid),
     }
-
     let stored = sql::upsert_booking_and_settle(&tx, &upsert, receipt).await?;
     tx.commit().await?;
+    Ok(applied(event, receipt, uid, &stored, status, was_active))
+}
 
+/// The answer to an applied event, and what it made due: the confirmations of a booking it
+/// booked that is active, the cancellation notice of an active booking it cancelled.
+fn applied(
+    event: &CalEvent,
+    receipt: Uuid,
+    uid: &str,
+    stored: &sql::Upserted,
+    status: Option<BookingStatus>,
+    was_active: bool,
+) -> Handled {
+    let message = format!(
+        "{} {uid}: stored as {}",
+        event.trigger.as_str(),
+        stored.status.as_deref().unwrap_or("(no status)")
+    );
+    let mut handled = Handled::settled(event, receipt, WebhookOutcome::Applied, message);
     let booked = matches!(
         event.trigger,
         Trigger::BookingCreated | Trigger::BookingRescheduled
@@ -635,12 +715,9 @@ async fn apply(
     if booked && BookingStatus::is_active(status) {
         handled.confirm_booking = Some(stored.id);
     }
+    let is_cancel = event.trigger == Trigger::BookingCancelled;
     if is_cancel && was_active && status == Some(BookingStatus::Cancelled) {
         handled.notify_cancelled = Some(stored.id);
     }
-    handled.message = format!(
-        "{trigger} {uid}: stored as {}",
-        stored.status.as_deref().unwrap_or("(no status)")
-    );
-    Ok(handled)
+    handled
 }

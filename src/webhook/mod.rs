@@ -2,10 +2,11 @@
 //!
 //! [`verify`] checks a Cal.com signature on the raw body and [`parse`] turns a verified body
 //! into a [`CalEvent`]; [`twilio_status`] checks and reads a Twilio callback. These three are
-//! pure: no I/O, no database, no clock, no logging. [`apply`] is not: it stores the receipt
-//! and applies the event to the database (through `db::webhook`) in one transaction. The HTTP
-//! listener is `commands::webhook` (`serve`). The path of a body is drawn in
-//! docs/ARCHITECTURE.md.
+//! pure: no I/O, no database, no clock, no logging. [`apply`] is not: it stores the receipt,
+//! applies the event to the database (through `db::webhook`) in one transaction, writes an
+//! `error` event when that fails (`db::runs`) and logs warnings; it takes the instant from its
+//! caller and sends nothing. The HTTP listener is `commands::webhook` (`serve`). The path of a
+//! body is drawn in docs/ARCHITECTURE.md.
 
 pub mod apply;
 pub mod parse;

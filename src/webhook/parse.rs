@@ -251,57 +251,23 @@ pub fn parse(body: &[u8]) -> Result<CalEvent, ParseError> {
     };
 
     let mut w = Warnings::default();
-    let top = Fields::new(&root, "");
-    let (booking, created_at) = match root.get("payload") {
-        Some(Value::Object(payload)) => (
-            Fields::new(payload, "payload"),
-            top.time("createdAt", &mut w),
-        ),
-        absent @ (None | Some(Value::Null)) => {
-            if absent.is_some() {
-                w.ignored("payload", "null; read as a flat body");
-            }
-            // Flat body: the top level is the booking, its timestamps are the booking's.
-            let updated = top.time("updatedAt", &mut w);
-            let created = top.time("createdAt", &mut w);
-            (top.clone(), updated.or(created))
-        }
-        Some(other) => {
-            w.ignored("payload", &format!("{}; read as a flat body", kind(other)));
-            (top.clone(), top.time("createdAt", &mut w))
-        }
-    };
-
+    let (booking, created_at) = booking_of(&root, &mut w);
     let uid = booking
         .text("uid", &mut w)
         .or_else(|| booking.text("bookingUid", &mut w));
     let reschedule_uid = booking
         .text("rescheduleUid", &mut w)
         .or_else(|| booking.text("fromReschedule", &mut w));
-
-    let organizer = booking
-        .object("organizer", &mut w)
-        .or_else(|| booking.object("user", &mut w));
-    let (organizer_username, organizer_email, organizer_name) = match &organizer {
-        Some(o) => (
-            o.text("username", &mut w),
-            o.text("email", &mut w),
-            o.text("name", &mut w),
-        ),
-        None => (None, None, None),
-    };
-
+    let (organizer_username, organizer_email, organizer_name) = organizer_of(&booking, &mut w);
     let attendees = booking
         .array("attendees", &mut w)
         .map(|list| attendees(list, &booking.path_of("attendees"), &mut w))
         .unwrap_or_default();
-
     let event_type_id = booking.int("eventTypeId", &mut w).or_else(|| {
         booking
             .object("eventType", &mut w)
             .and_then(|et| et.int("id", &mut w))
     });
-
     let metadata = booking.object("metadata", &mut w);
     let video_url = metadata
         .as_ref()
@@ -337,6 +303,46 @@ pub fn parse(body: &[u8]) -> Result<CalEvent, ParseError> {
         kh,
         warnings: w.0,
     })
+}
+
+/// Where the booking's fields are, and when the event happened: the envelope's `payload` and
+/// `createdAt`, or (a flat MEETING_* body, or a payload that is not an object) the top level
+/// and the booking's own timestamps.
+fn booking_of<'a>(
+    root: &'a serde_json::Map<String, Value>,
+    w: &mut Warnings,
+) -> (Fields<'a>, Option<DateTime<Utc>>) {
+    let top = Fields::new(root, "");
+    match root.get("payload") {
+        Some(Value::Object(payload)) => (Fields::new(payload, "payload"), top.time("createdAt", w)),
+        absent @ (None | Some(Value::Null)) => {
+            if absent.is_some() {
+                w.ignored("payload", "null; read as a flat body");
+            }
+            // Flat body: the top level is the booking, its timestamps are the booking's.
+            let updated = top.time("updatedAt", w);
+            let created = top.time("createdAt", w);
+            (top.clone(), updated.or(created))
+        }
+        Some(other) => {
+            w.ignored("payload", &format!("{}; read as a flat body", kind(other)));
+            (top.clone(), top.time("createdAt", w))
+        }
+    }
+}
+
+/// The organizer's (or, in older bodies, the user's) username, email and name.
+fn organizer_of(
+    booking: &Fields<'_>,
+    w: &mut Warnings,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let organizer = booking
+        .object("organizer", w)
+        .or_else(|| booking.object("user", w));
+    match &organizer {
+        Some(o) => (o.text("username", w), o.text("email", w), o.text("name", w)),
+        None => (None, None, None),
+    }
 }
 
 /// Removes every NUL (`\u0000`) from the body's strings and keys. PostgreSQL's `text` and
