@@ -9,6 +9,7 @@
 
 pub mod bookings;
 pub mod ledger;
+pub mod locks;
 pub mod migrate;
 pub mod ops;
 mod pool;

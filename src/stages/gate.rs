@@ -11,8 +11,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::driver::Journey;
-use super::plan::Outgoing;
+use super::journey::Journey;
+use super::plan::Message;
 use crate::db::bookings::DueBooking;
 use crate::db::ledger::DeliveryKey;
 use crate::db::sms::{self, Hold};
@@ -36,7 +36,7 @@ pub async fn quiet_hours(
     j: &Journey,
     stage: Stage,
     b: &DueBooking,
-    out: &Outgoing,
+    out: &Message,
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Gate {
@@ -98,7 +98,7 @@ pub async fn quiet_hours(
 /// What an SMS asks of Twilio: the status callback of its delivery (when
 /// `PUBLIC_CALLBACK_BASE` is set) and, for reminders, a validity period that ends 5 minutes
 /// before the session.
-pub fn sms_options(j: &Journey, out: &Outgoing, delivery_id: Uuid) -> SmsOptions {
+pub fn sms_options(j: &Journey, out: &Message, delivery_id: Uuid) -> SmsOptions {
     SmsOptions {
         status_callback: j
             .settings

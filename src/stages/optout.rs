@@ -32,8 +32,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use super::driver::{Journey, StageReport};
-use super::plan::{Outgoing, Recipient};
+use super::journey::Journey;
+use super::plan::{Message, Recipient};
+use super::report::StageReport;
 use crate::config::Settings;
 use crate::db::bookings::{DueBooking, PatientRow};
 use crate::db::ledger::DeliveryKey;
@@ -211,7 +212,7 @@ pub async fn gate(
     batch: &Batch,
     stage: Stage,
     b: &DueBooking,
-    out: &mut Outgoing,
+    out: &mut Message,
     dry_run: bool,
     report: &mut StageReport,
 ) -> bool {

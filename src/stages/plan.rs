@@ -1,5 +1,13 @@
 //! What a stage decides for one booking, before anything is claimed or sent. Stage rule files
 //! produce these values from rows alone (pure functions); the driver acts on them.
+//!
+//! The words for "a message", from decision to ledger, used across `src/stages/`:
+//! - a [`Plan`] is a stage's decision for one booking: skip it, or these message plans;
+//! - a [`MessagePlan`] is the decision for one message of it: send, or skip with a reason;
+//! - a [`Message`] is what is sent: kind, recipient, template context;
+//! - a `Delivery` (`stages::deliver`) is a message bound to its ledger key, claimed, sent
+//!   and recorded; what one delivery did to the run's counters is its `Tally`;
+//! - a `PlannedMessage` (`stages::report`) is a message a dry run lists instead of sending.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -8,6 +16,7 @@ use crate::db::bookings::{DueBooking, PatientRow};
 use crate::domain::{
     BookingKind, Channel, Counter, EmailAddress, MessageKind, PhoneNumber, RecipientRole,
 };
+pub use crate::notify::Recipient;
 use crate::templates::MessageContext;
 
 /// Everything a rule may look at.
@@ -21,31 +30,9 @@ pub struct PlanInput<'a> {
     pub sms_enabled: bool,
 }
 
-/// Where one message goes.
-#[derive(Clone, Debug)]
-pub enum Recipient {
-    Email(EmailAddress),
-    Sms(PhoneNumber),
-}
-
-impl Recipient {
-    pub fn masked(&self) -> String {
-        match self {
-            Recipient::Email(e) => e.masked(),
-            Recipient::Sms(p) => p.masked(),
-        }
-    }
-    pub fn channel(&self) -> Channel {
-        match self {
-            Recipient::Email(_) => Channel::Email,
-            Recipient::Sms(_) => Channel::Sms,
-        }
-    }
-}
-
 /// One message to send.
 #[derive(Clone, Debug)]
-pub struct Outgoing {
+pub struct Message {
     pub role: RecipientRole,
     pub kind: MessageKind,
     pub to: Recipient,
@@ -61,7 +48,7 @@ pub struct Outgoing {
 /// One message of a booking: sent, or skipped with its counted reason.
 #[derive(Clone, Debug)]
 pub enum MessagePlan {
-    Send(Box<Outgoing>),
+    Send(Box<Message>),
     Skip {
         channel: Channel,
         role: RecipientRole,
@@ -236,7 +223,7 @@ pub fn patient_email_and_sms(
     let sms_usable = input.sms_enabled && kind.has_sms();
     let mut out = Vec::new();
     if let Some(email) = c.email.clone() {
-        out.push(MessagePlan::Send(Box::new(Outgoing {
+        out.push(MessagePlan::Send(Box::new(Message {
             role: RecipientRole::Patient,
             kind,
             to: Recipient::Email(email),
@@ -248,7 +235,7 @@ pub fn patient_email_and_sms(
     }
     if sms_usable {
         match &c.phone {
-            PhoneContact::Valid(n) => out.push(MessagePlan::Send(Box::new(Outgoing {
+            PhoneContact::Valid(n) => out.push(MessagePlan::Send(Box::new(Message {
                 role: RecipientRole::Patient,
                 kind,
                 to: Recipient::Sms(n.clone()),
@@ -282,7 +269,7 @@ pub fn patient_email_and_sms(
 /// Email only to the patient (followups and recovery).
 pub fn patient_email(patient: &PatientRow, kind: MessageKind, context: MessageContext) -> Plan {
     match contacts(patient).email {
-        Some(email) => Plan::Messages(vec![MessagePlan::Send(Box::new(Outgoing {
+        Some(email) => Plan::Messages(vec![MessagePlan::Send(Box::new(Message {
             role: RecipientRole::Patient,
             kind,
             to: Recipient::Email(email),

@@ -1,0 +1,469 @@
+//! One delivery, end to end: render, claim, send through `notify::Senders`, record. Each step
+//! is its own function; what the provider's answer means is `outcome::judge`. A delivery is
+//! driven alone (its own claim and record) or as part of a batch (`stages::batch` claims
+//! ahead and records the outcomes together); a panic inside one never takes down the batch.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use futures::FutureExt;
+use uuid::Uuid;
+
+use super::journey::Journey;
+use super::outcome::{judge, Verdict};
+use super::plan::Message;
+use super::render::{self, Content};
+use super::report::{error_row, record_error, ErrorAt, PlannedMessage};
+use crate::db::ledger::{self, Claim, ClaimRequest, DeliveryKey, OwnedOutcome};
+use crate::domain::{Channel, Counter, Counters, DeliveryStatus, Stage};
+use crate::notify::SendOutcome;
+
+/// A message bound to its ledger key: ready to claim, send and record.
+pub(crate) struct Delivery {
+    pub booking_id: Uuid,
+    pub cal_uid: String,
+    pub patient_id: Option<Uuid>,
+    pub key: DeliveryKey,
+    pub message: Message,
+    pub mark_column: Option<&'static str>,
+    pub invite: Option<String>,
+}
+
+/// What one delivery did to the run's report.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub counters: Counters,
+    pub failures: u64,
+    pub planned: Option<PlannedMessage>,
+    /// Another run had this message already: counted once per booking by the caller.
+    pub taken: Option<Uuid>,
+}
+
+impl Tally {
+    pub(crate) fn count(mut self, c: Counter) -> Tally {
+        self.counters.bump(c);
+        self
+    }
+    pub(crate) fn fail(mut self, c: Counter) -> Tally {
+        self.counters.bump(c);
+        self.failures += 1;
+        self
+    }
+}
+
+/// What [`deliver`] did with one message. With `outcome`, the outcome still has to be
+/// recorded (a batch records it): `tally` holds once it is.
+pub(crate) struct DeliveryResult {
+    pub tally: Tally,
+    pub outcome: Option<OwnedOutcome>,
+    pub booking_id: Uuid,
+    pub channel: Channel,
+}
+
+impl From<(Tally, &Delivery)> for DeliveryResult {
+    fn from((tally, d): (Tally, &Delivery)) -> DeliveryResult {
+        DeliveryResult {
+            tally,
+            outcome: None,
+            booking_id: d.booking_id,
+            channel: d.key.channel,
+        }
+    }
+}
+
+/// How a delivery is driven.
+pub(crate) enum Mode<'a> {
+    /// Rendered and listed, nothing claimed or sent.
+    DryRun,
+    /// Claimed, sent and recorded on its own.
+    Single,
+    /// Claimed ahead in a batch (`claim` is its answer); the outcome goes back to the batch.
+    /// `unsent` holds the batch's claimed ids not handed to a provider yet.
+    Batched {
+        claim: anyhow::Result<Claim>,
+        unsent: &'a Mutex<HashSet<Uuid>>,
+    },
+}
+
+impl Mode<'_> {
+    fn dry_run(&self) -> bool {
+        matches!(self, Mode::DryRun)
+    }
+}
+
+/// A claimed delivery: its row, the Message-ID it goes out with, and which attempt this is.
+struct Claimed {
+    id: Uuid,
+    message_id: String,
+    attempt: i32,
+}
+
+/// [`deliver`], with a panic inside it caught: one delivery that panics (a value a library
+/// cannot encode, a bug) never takes down the batch. It is counted as an error, its claimed row
+/// becomes `failed` with the reason, and the `error` event is written. The panic's own message
+/// is not recorded: it may quote the data that caused it.
+pub(crate) async fn deliver_guarded(
+    j: &Journey,
+    stage: Stage,
+    d: Delivery,
+    mode: Mode<'_>,
+) -> DeliveryResult {
+    let key = d.key.clone();
+    let role = d.message.role;
+    let dry_run = mode.dry_run();
+    let result = std::panic::AssertUnwindSafe(deliver(j, stage, d, mode))
+        .catch_unwind()
+        .await;
+    if let Ok(result) = result {
+        return result;
+    }
+    let reason = format!(
+        "sending the {} {role} {} panicked (a defect on this booking's data); not retried",
+        key.stage, key.channel
+    );
+    log::error!("{stage}: booking {}: {reason}", key.booking_id);
+    if !dry_run {
+        let event = error_row(serde_json::json!({
+            "source": format!("stage:{}", key.stage),
+            "reason": reason,
+            "booking_id": key.booking_id,
+            "stage": key.stage,
+            "channel": key.channel.as_str(),
+            "recipient_role": role.as_str(),
+            "run_id": j.run_id,
+            "outcome": "panicked",
+        }));
+        if let Err(e) = ledger::record_panicked(&j.db, &key, j.run_id, &reason, &event).await {
+            log::error!("{stage}: booking {}: {e:#}", key.booking_id);
+        }
+    }
+    DeliveryResult {
+        tally: Tally::default().fail(Counter::Errors),
+        outcome: None,
+        booking_id: key.booking_id,
+        channel: key.channel,
+    }
+}
+
+/// Renders, claims, sends and records one message.
+async fn deliver(j: &Journey, stage: Stage, d: Delivery, mode: Mode<'_>) -> DeliveryResult {
+    let channel = d.key.channel;
+    let content = match render::render(j, &d.message) {
+        Ok(c) => c,
+        Err(e) => return render_failed(j, stage, &d, mode, &format!("{e:#}")).await,
+    };
+    if mode.dry_run() {
+        // A dry run sends nothing, so it counts nothing as sent: `planned` lists it.
+        let tally = Tally {
+            planned: Some(planned(stage, &d, content.subject)),
+            ..Tally::default()
+        };
+        return (tally, &d).into();
+    }
+    if j.control.stopped().is_some() || j.control.channel_stopped(channel) {
+        // Not claimed: no row, so the next run (or this one's retry row) takes it again. (A
+        // batch's claim stays in `unsent` and is given back.)
+        log::debug!(
+            "{stage}: booking {} {} {channel}: not claimed, the run is stopping or the channel is stopped",
+            d.booking_id,
+            d.message.role
+        );
+        return (Tally::default().count(Counter::RetryScheduled), &d).into();
+    }
+    let (claimed, unsent) = match claim(j, stage, &d, mode).await {
+        Ok(c) => c,
+        Err(early) => return early,
+    };
+    // Handed to the provider from here on: no longer the batch's to give back.
+    if let Some(Ok(mut u)) = unsent.map(Mutex::lock) {
+        u.remove(&claimed.id);
+    }
+    send_and_record(j, stage, d, content, claimed, unsent.is_some()).await
+}
+
+/// The dry run's listing of a delivery.
+fn planned(stage: Stage, d: &Delivery, subject: Option<String>) -> PlannedMessage {
+    PlannedMessage {
+        booking_id: d.booking_id,
+        cal_uid: d.cal_uid.clone(),
+        stage: stage.as_str(),
+        channel: d.key.channel.as_str(),
+        recipient_role: d.message.role.as_str(),
+        recipient: d.message.to.masked(),
+        subject,
+    }
+}
+
+/// A message that could not be rendered: an error. Claimed in a batch, it is recorded as
+/// `retry` with the batch; alone, it is claimed plainly and recorded as `retry`, so `audit`
+/// sees the channel that failed and a later run (fixed template) sends it on its own.
+async fn render_failed(
+    j: &Journey,
+    stage: Stage,
+    d: &Delivery,
+    mode: Mode<'_>,
+    why: &str,
+) -> DeliveryResult {
+    let at = ErrorAt::booking(stage, d.booking_id, Some(d.key.channel));
+    record_error(j, mode.dry_run(), at, why).await;
+    let failed = Tally::default().fail(Counter::Errors);
+    match mode {
+        Mode::Batched {
+            claim: Ok(Claim::Claimed { id, .. }),
+            unsent,
+        } => {
+            if let Ok(mut u) = unsent.lock() {
+                u.remove(&id);
+            }
+            let outcome = OwnedOutcome {
+                delivery_id: id,
+                status: DeliveryStatus::Retry,
+                provider_message_id: None,
+                error: Some(format!("the message could not be rendered: {why}")),
+                mark_column: None,
+                event: None,
+            };
+            DeliveryResult {
+                outcome: Some(outcome),
+                ..(failed, d).into()
+            }
+        }
+        Mode::Single => {
+            if let Err(e) = record_render_error(j, d, why).await {
+                record_error(j, false, at, &format!("{e:#}")).await;
+            }
+            (failed, d).into()
+        }
+        Mode::DryRun | Mode::Batched { .. } => (failed, d).into(),
+    }
+}
+
+/// Claims the delivery (or takes the batch's claim and stamps it as being sent). `Err` is the
+/// delivery's result when it goes no further; `Ok` carries the batch's `unsent` when batched.
+async fn claim<'a>(
+    j: &Journey,
+    stage: Stage,
+    d: &Delivery,
+    mode: Mode<'a>,
+) -> Result<(Claimed, Option<&'a Mutex<HashSet<Uuid>>>), DeliveryResult> {
+    let (claim, unsent) = match mode {
+        Mode::Batched { claim, unsent } => (claim, Some(unsent)),
+        Mode::Single | Mode::DryRun => (claim_delivery(j, d, Some(stage)).await, None),
+    };
+    let tally = Tally::default();
+    let at = ErrorAt::booking(stage, d.booking_id, Some(d.key.channel));
+    let claimed = match claim {
+        Ok(Claim::Claimed {
+            id,
+            message_id,
+            attempt,
+        }) => Claimed {
+            id,
+            message_id,
+            attempt,
+        },
+        Ok(Claim::Taken(DeliveryStatus::InDoubt)) => {
+            return Err((tally.count(Counter::InDoubt), d).into())
+        }
+        Ok(Claim::PatientTaken) => {
+            return Err((tally.count(Counter::SkippedRecentlyRecovered), d).into())
+        }
+        // Cancelled (or otherwise no longer active) since the run selected it.
+        Ok(Claim::Inactive) => return Err((tally.count(Counter::SkippedInactive), d).into()),
+        Ok(Claim::Taken(_)) => {
+            let tally = Tally {
+                taken: Some(d.booking_id),
+                ..tally
+            };
+            return Err((tally, d).into());
+        }
+        Err(e) => {
+            record_error(j, false, at, &format!("{e:#}")).await;
+            return Err((tally.fail(Counter::Errors), d).into());
+        }
+    };
+    if unsent.is_some() {
+        if let Some(why) = stamp(j, claimed.id).await {
+            record_error(j, false, at, &why).await;
+            return Err((Tally::default().fail(Counter::Errors), d).into());
+        }
+    }
+    Ok((claimed, unsent))
+}
+
+/// Stamps a delivery claimed ahead in a batch (and commits it) as being sent before the
+/// provider is contacted, so a process that dies leaves in doubt only what a provider may
+/// have. Never sent unstamped: `Some(reason)` when it may not be sent, the claim staying the
+/// batch's to give back.
+async fn stamp(j: &Journey, delivery_id: Uuid) -> Option<String> {
+    let stamped = match j.db.client().await {
+        Ok(c) => ledger::mark_send_started(&c, delivery_id, j.run_id).await,
+        Err(e) => Err(e),
+    };
+    match stamped {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "delivery {delivery_id} is no longer this run's claim (given back after its \
+             lease passed, or taken by another run): not sent by this run"
+        )),
+        Err(e) => Some(format!("{e:#}; not sent, given back for the next run")),
+    }
+}
+
+/// Sends a claimed delivery through its channel's sender and records what came of it (or,
+/// `batched`, hands the outcome back for the batch to record).
+async fn send_and_record(
+    j: &Journey,
+    stage: Stage,
+    d: Delivery,
+    content: Content,
+    claimed: Claimed,
+    batched: bool,
+) -> DeliveryResult {
+    let channel = d.key.channel;
+    let Claimed {
+        id,
+        message_id,
+        attempt,
+    } = claimed;
+    let rendered = render::for_provider(j, &d, content, message_id, id);
+    let outcome = j.senders.send(&d.message.to, rendered).await;
+    if let SendOutcome::Misconfigured { setting, .. } = &outcome {
+        // Every further message of the channel would meet the same refusal.
+        j.control.stop_channel(channel, setting);
+    }
+    let verdict = judge(
+        &outcome,
+        channel,
+        d.message.kind,
+        &event_props(j, &d, id, attempt),
+    );
+    if let Some(e) = &verdict.error {
+        let status = verdict.status;
+        log::warn!(
+            "{stage}: booking {} {} {channel}: {status}: {e}",
+            d.booking_id,
+            d.message.role
+        );
+    }
+    // A number Twilio refused for good (STOP, invalid, not a mobile) is suppressed now.
+    let suppressed =
+        super::optout::after_send(j, stage, d.booking_id, &d.message.to, &outcome).await;
+    let tally = match suppressed {
+        true => Tally::default(),
+        false => Tally::default().fail(Counter::Errors),
+    };
+    let tally = match verdict.failed {
+        true => tally.fail(verdict.counter),
+        false => tally.count(verdict.counter),
+    };
+    let outcome = owned_outcome(id, &d, verdict);
+    if batched {
+        return DeliveryResult {
+            outcome: Some(outcome),
+            ..(tally, &d).into()
+        };
+    }
+    record(j, stage, &d, outcome, tally).await
+}
+
+/// The event properties every outcome of this delivery carries.
+fn event_props(j: &Journey, d: &Delivery, delivery_id: Uuid, attempt: i32) -> serde_json::Value {
+    serde_json::json!({
+        "booking_id": d.booking_id,
+        "stage": d.key.stage,
+        "channel": d.key.channel.as_str(),
+        "recipient_role": d.message.role.as_str(),
+        "delivery_id": delivery_id,
+        "run_id": j.run_id,
+        "attempt": attempt,
+    })
+}
+
+fn owned_outcome(delivery_id: Uuid, d: &Delivery, v: Verdict) -> OwnedOutcome {
+    OwnedOutcome {
+        delivery_id,
+        status: v.status,
+        provider_message_id: v.provider_id,
+        error: v.error,
+        mark_column: d.mark_column,
+        event: Some(v.event),
+    }
+}
+
+/// Records one outcome on its own. When that fails, the row stays in `sending` and becomes
+/// `in_doubt`: never resent blindly.
+async fn record(
+    j: &Journey,
+    stage: Stage,
+    d: &Delivery,
+    outcome: OwnedOutcome,
+    tally: Tally,
+) -> DeliveryResult {
+    let delivery_id = outcome.delivery_id;
+    let recorded = ledger::record(
+        &j.db,
+        delivery_id,
+        &ledger::Outcome {
+            status: outcome.status,
+            provider_message_id: outcome.provider_message_id.as_deref(),
+            error: outcome.error.as_deref(),
+            mark_column: outcome.mark_column,
+            now: j.clock.now(),
+            event: outcome.event,
+        },
+    )
+    .await;
+    if let Err(e) = recorded {
+        let why = format!("{e:#}; delivery {delivery_id} will be declared in doubt");
+        let at = ErrorAt::booking(stage, d.booking_id, Some(d.key.channel));
+        record_error(j, false, at, &why).await;
+        return (Tally::default().fail(Counter::Errors), d).into();
+    }
+    (tally, d).into()
+}
+
+/// Claims one delivery's ledger row. With its `stage`, the stage's claim rules apply
+/// (cancellation recovery is exclusive per patient; a confirmation needs the booking still
+/// active); without, the row is claimed plainly (to record a render error).
+async fn claim_delivery(j: &Journey, d: &Delivery, stage: Option<Stage>) -> anyhow::Result<Claim> {
+    let masked = d.message.to.masked();
+    ledger::claim(
+        &j.db,
+        &ClaimRequest {
+            key: &d.key,
+            patient_id: d.patient_id,
+            run_id: j.run_id,
+            claimed_by: &j.application_name,
+            recipient_masked: &masked,
+            message_id_domain: &j.message_id_domain,
+            patient_exclusive_since: stage
+                .and_then(Stage::patient_exclusive_period)
+                .map(|p| j.clock.now() - p),
+            require_active: stage.is_some()
+                && d.key.stage == Stage::ConfirmationRecovery.ledger_stage(),
+        },
+    )
+    .await
+}
+
+/// A message that could not be rendered: claimed and recorded as `retry` with the error.
+async fn record_render_error(j: &Journey, d: &Delivery, why: &str) -> anyhow::Result<()> {
+    let Claim::Claimed { id, .. } = claim_delivery(j, d, None).await? else {
+        // Another run has it: nothing of ours to record.
+        return Ok(());
+    };
+    ledger::record(
+        &j.db,
+        id,
+        &ledger::Outcome {
+            status: DeliveryStatus::Retry,
+            provider_message_id: None,
+            error: Some(&format!("the message could not be rendered: {why}")),
+            mark_column: None,
+            now: j.clock.now(),
+            event: None,
+        },
+    )
+    .await
+}
