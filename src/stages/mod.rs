@@ -2,6 +2,7 @@
 //! over selected rows); `driver` claims, renders, sends and records, the same way for all.
 
 mod batch;
+mod batch_claim;
 pub mod cancellation_notice;
 pub mod confirmation;
 pub mod control;
@@ -20,6 +21,7 @@ mod process;
 pub mod reminders;
 mod render;
 mod report;
+mod row;
 mod select;
 
 use chrono::Duration;

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::deliver::Delivery;
 use super::journey::Journey;
 use crate::db::ledger::EventRow;
 use crate::db::runs;
@@ -20,6 +21,21 @@ pub struct PlannedMessage {
     pub recipient_role: &'static str,
     pub recipient: String,
     pub subject: Option<String>,
+}
+
+impl PlannedMessage {
+    /// The dry run's listing of a delivery.
+    pub(crate) fn of(stage: Stage, d: &Delivery, subject: Option<String>) -> PlannedMessage {
+        PlannedMessage {
+            booking_id: d.booking_id,
+            cal_uid: d.cal_uid.clone(),
+            stage: stage.as_str(),
+            channel: d.key.channel.as_str(),
+            recipient_role: d.message.role.as_str(),
+            recipient: d.message.to.masked(),
+            subject,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
