@@ -13,10 +13,11 @@ use super::journey::Journey;
 use super::outcome::judge;
 use super::plan::Message;
 use super::render::{self, Content};
-use super::report::{error_row, record_error, ErrorAt, PlannedMessage};
-use super::row::{claim, owned_outcome, record, record_render_error, Claimed};
+use super::report::{error_row, PlannedMessage};
+use super::row::{claim, owned_outcome, record, render_failed, Claimed};
+use crate::db::bookings::DueBooking;
 use crate::db::ledger::{self, Claim, DeliveryKey, OwnedOutcome};
-use crate::domain::{Channel, Counter, Counters, DeliveryStatus, Stage};
+use crate::domain::{Channel, Counter, Counters, Stage};
 use crate::notify::SendOutcome;
 
 /// A message bound to its ledger key: ready to claim, send and record.
@@ -28,6 +29,27 @@ pub(crate) struct Delivery {
     pub message: Message,
     pub mark_column: Option<&'static str>,
     pub invite: Option<String>,
+}
+
+impl Delivery {
+    /// `message` of booking `b` under ledger `key`; a sent one sets `mark_column`.
+    pub(crate) fn new(
+        j: &Journey,
+        b: &DueBooking,
+        key: DeliveryKey,
+        message: Message,
+        mark_column: Option<&'static str>,
+    ) -> Delivery {
+        Delivery {
+            booking_id: b.id,
+            cal_uid: b.cal_uid.clone(),
+            patient_id: b.patient_id,
+            key,
+            invite: message.invite.then(|| render::invite_for(j, b, &message)),
+            mark_column,
+            message,
+        }
+    }
 }
 
 /// What one delivery did to the run's report.
@@ -87,7 +109,7 @@ pub(crate) enum Mode<'a> {
 }
 
 impl Mode<'_> {
-    fn dry_run(&self) -> bool {
+    pub(crate) fn dry_run(&self) -> bool {
         matches!(self, Mode::DryRun)
     }
 }
@@ -173,50 +195,6 @@ async fn deliver(j: &Journey, stage: Stage, d: Delivery, mode: Mode<'_>) -> Deli
         u.remove(&claimed.id);
     }
     send_and_record(j, stage, d, content, claimed, unsent.is_some()).await
-}
-
-/// A message that could not be rendered: an error. Claimed in a batch, it is recorded as
-/// `retry` with the batch; alone, it is claimed plainly and recorded as `retry`, so `audit`
-/// sees the channel that failed and a later run (fixed template) sends it on its own.
-async fn render_failed(
-    j: &Journey,
-    stage: Stage,
-    d: &Delivery,
-    mode: Mode<'_>,
-    why: &str,
-) -> DeliveryResult {
-    let at = ErrorAt::booking(stage, d.booking_id, Some(d.key.channel));
-    record_error(j, mode.dry_run(), at, why).await;
-    let failed = Tally::default().fail(Counter::Errors);
-    match mode {
-        Mode::Batched {
-            claim: Ok(Claim::Claimed { id, .. }),
-            unsent,
-        } => {
-            if let Ok(mut u) = unsent.lock() {
-                u.remove(&id);
-            }
-            let outcome = OwnedOutcome {
-                delivery_id: id,
-                status: DeliveryStatus::Retry,
-                provider_message_id: None,
-                error: Some(format!("the message could not be rendered: {why}")),
-                mark_column: None,
-                event: None,
-            };
-            DeliveryResult {
-                outcome: Some(outcome),
-                ..(failed, d).into()
-            }
-        }
-        Mode::Single => {
-            if let Err(e) = record_render_error(j, d, why).await {
-                record_error(j, false, at, &format!("{e:#}")).await;
-            }
-            (failed, d).into()
-        }
-        Mode::DryRun | Mode::Batched { .. } => (failed, d).into(),
-    }
 }
 
 /// Sends a claimed delivery through its channel's sender and records what came of it (or,

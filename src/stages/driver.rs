@@ -104,17 +104,7 @@ async fn send_notice(
     if optout.await {
         return;
     }
-    let d = Delivery {
-        booking_id: b.id,
-        cal_uid: b.cal_uid.clone(),
-        patient_id: b.patient_id,
-        key,
-        invite: message
-            .invite
-            .then(|| super::render::invite_for(j, b, &message)),
-        mark_column: None,
-        message,
-    };
+    let d = Delivery::new(j, b, key, message, None);
     let t = deliver_guarded(j, stage, d, Mode::Single).await.tally;
     report.absorb(&t.counters, t.failures);
 }

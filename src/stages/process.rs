@@ -48,50 +48,14 @@ pub(crate) async fn process(
     let loaded = load(j, pass.stage, &due).await;
     let mut page = Page::default();
     for b in &due {
-        let (patients, existing) = match (&loaded.patients, &loaded.existing) {
-            (Ok(p), Ok(e)) => (p, e),
-            (Err(why), _) | (_, Err(why)) => {
-                // A failed lookup is an error for every booking it concerns, never "no patient".
-                let why = format!("lookup failed: {why}");
-                let at = ErrorAt::booking(pass.stage, b.id, None);
-                count_error(j, report, pass.dry_run, at, &why).await;
-                continue;
-            }
+        let mut ctx = Ctx {
+            j,
+            pass,
+            b,
+            loaded: &loaded,
+            report,
         };
-        let attendee = PatientRow::attendee_of(b);
-        let input = PlanInput {
-            booking: b,
-            patient: b.patient_id.and_then(|id| patients.get(&id)),
-            attendee: attendee.as_ref(),
-            settings: &j.settings,
-            now: j.clock.now(),
-            sms_enabled: j.senders.enabled(Channel::Sms),
-        };
-        match decide::decide(pass.stage, pass.trigger, &input, existing) {
-            Decision::SkipBooking {
-                counter,
-                reason,
-                record,
-                mark_column,
-            } => {
-                report.counters.bump(counter);
-                log::debug!("{}: booking {} skipped: {reason}", pass.stage, b.id);
-                if record && !pass.dry_run {
-                    // Recorded: counted in this run only, and not selected again.
-                    skip_booking(j, pass.stage, b, reason, mark_column, report).await;
-                }
-            }
-            Decision::Messages(m) => {
-                let mut ctx = Ctx {
-                    j,
-                    pass,
-                    b,
-                    loaded: &loaded,
-                    report,
-                };
-                ctx.messages(m, &mut page).await;
-            }
-        }
+        ctx.booking(&mut page).await;
     }
     let tallies = super::batch::deliver_all(j, pass, page.deliveries, report).await;
     let mut taken: HashSet<Uuid> = HashSet::new();
@@ -134,6 +98,47 @@ struct Ctx<'a, 'r> {
 }
 
 impl Ctx<'_, '_> {
+    /// Decides one booking and acts on the decision: a booking skip is counted (and
+    /// recorded), its messages go on to [`Ctx::messages`].
+    async fn booking(&mut self, page: &mut Page) {
+        let (j, stage, b, dry_run) = (self.j, self.pass.stage, self.b, self.pass.dry_run);
+        let (patients, existing) = match (&self.loaded.patients, &self.loaded.existing) {
+            (Ok(p), Ok(e)) => (p, e),
+            (Err(why), _) | (_, Err(why)) => {
+                // A failed lookup is an error for every booking it concerns, never "no patient".
+                let why = format!("lookup failed: {why}");
+                let at = ErrorAt::booking(stage, b.id, None);
+                count_error(j, self.report, dry_run, at, &why).await;
+                return;
+            }
+        };
+        let attendee = PatientRow::attendee_of(b);
+        let input = PlanInput {
+            booking: b,
+            patient: b.patient_id.and_then(|id| patients.get(&id)),
+            attendee: attendee.as_ref(),
+            settings: &j.settings,
+            now: j.clock.now(),
+            sms_enabled: j.senders.enabled(Channel::Sms),
+        };
+        match decide::decide(stage, self.pass.trigger, &input, existing) {
+            Decision::SkipBooking {
+                counter,
+                reason,
+                record,
+                mark_column,
+            } => {
+                self.report.counters.bump(counter);
+                log::debug!("{stage}: booking {} skipped: {reason}", b.id);
+                if record && !dry_run {
+                    // Recorded: counted in this run only, and not selected again.
+                    skip_booking(j, stage, b, reason, mark_column, self.report).await;
+                }
+            }
+            Decision::Messages(m) => self.messages(m, page).await,
+        }
+    }
+
     /// Records the rules' skips, counts what an earlier run left in doubt, and gates each
     /// message to send; those that pass go to `page`.
     async fn messages(&mut self, m: Messages, page: &mut Page) {
@@ -161,17 +166,9 @@ impl Ctx<'_, '_> {
             }
             let role = message.role;
             let key = decide::delivery_key(stage, b, message.to.channel(), role);
-            page.deliveries.push(Delivery {
-                booking_id: b.id,
-                cal_uid: b.cal_uid.clone(),
-                patient_id: b.patient_id,
-                key,
-                invite: message
-                    .invite
-                    .then(|| super::render::invite_for(j, b, &message)),
-                mark_column: mark_column(stage, role),
-                message,
-            });
+            let mark = mark_column(stage, role);
+            page.deliveries
+                .push(Delivery::new(j, b, key, message, mark));
         }
     }
 

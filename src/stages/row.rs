@@ -21,6 +21,50 @@ pub(crate) struct Claimed {
     pub attempt: i32,
 }
 
+/// A message that could not be rendered: an error. Claimed in a batch, it is recorded as
+/// `retry` with the batch; alone, it is claimed plainly and recorded as `retry`, so `audit`
+/// sees the channel that failed and a later run (fixed template) sends it on its own.
+pub(crate) async fn render_failed(
+    j: &Journey,
+    stage: Stage,
+    d: &Delivery,
+    mode: Mode<'_>,
+    why: &str,
+) -> DeliveryResult {
+    let at = ErrorAt::booking(stage, d.booking_id, Some(d.key.channel));
+    record_error(j, mode.dry_run(), at, why).await;
+    let failed = Tally::default().fail(Counter::Errors);
+    match mode {
+        Mode::Batched {
+            claim: Ok(Claim::Claimed { id, .. }),
+            unsent,
+        } => {
+            if let Ok(mut u) = unsent.lock() {
+                u.remove(&id);
+            }
+            let outcome = OwnedOutcome {
+                delivery_id: id,
+                status: DeliveryStatus::Retry,
+                provider_message_id: None,
+                error: Some(format!("the message could not be rendered: {why}")),
+                mark_column: None,
+                event: None,
+            };
+            DeliveryResult {
+                outcome: Some(outcome),
+                ..(failed, d).into()
+            }
+        }
+        Mode::Single => {
+            if let Err(e) = record_render_error(j, d, why).await {
+                record_error(j, false, at, &format!("{e:#}")).await;
+            }
+            (failed, d).into()
+        }
+        Mode::DryRun | Mode::Batched { .. } => (failed, d).into(),
+    }
+}
+
 /// Claims the delivery (or takes the batch's claim and stamps it as being sent). `Err` is the
 /// delivery's result when it goes no further; `Ok` carries the batch's `unsent` when batched.
 pub(crate) async fn claim<'a>(
@@ -161,11 +205,7 @@ async fn claim_delivery(j: &Journey, d: &Delivery, stage: Option<Stage>) -> anyh
 }
 
 /// A message that could not be rendered: claimed and recorded as `retry` with the error.
-pub(crate) async fn record_render_error(
-    j: &Journey,
-    d: &Delivery,
-    why: &str,
-) -> anyhow::Result<()> {
+async fn record_render_error(j: &Journey, d: &Delivery, why: &str) -> anyhow::Result<()> {
     let Claim::Claimed { id, .. } = claim_delivery(j, d, None).await? else {
         // Another run has it: nothing of ours to record.
         return Ok(());
