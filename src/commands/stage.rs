@@ -65,10 +65,15 @@ pub async fn journey(
     })
 }
 
-/// How long in-flight sends may take once a run is told to stop (deadline, SIGTERM, SIGINT):
-/// well inside systemd's stop timeout, and with the default deadline inside the 5-minute
-/// unit's `TimeoutStartSec`.
-pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long in-flight sends may take once a run is told to stop (`stages::control`).
+pub const DRAIN: std::time::Duration = crate::stages::control::DEFAULT_DRAIN;
+
+/// Sends at once when no stage names its own (a run with no stages): the CLI's default.
+const DEFAULT_CONCURRENCY: usize = 8;
+
+/// Connections beyond one per concurrent send: the stage's own connection (it holds the
+/// stage lock) and one for the batch claims and records.
+const EXTRA_CONNECTIONS: usize = 2;
 
 /// One stage command as the operator asked for it: its name (`reminder-24h`, `followups`),
 /// the stages it runs, and the run's limits and extras.
@@ -97,14 +102,19 @@ pub async fn run(
         reconcile,
     } = cmd;
     let dry_run = stages.iter().any(|s| s.opts.dry_run);
-    let concurrency = stages.iter().map(|s| s.opts.concurrency).max().unwrap_or(8);
+    let concurrency = stages
+        .iter()
+        .map(|s| s.opts.concurrency)
+        .max()
+        .unwrap_or(DEFAULT_CONCURRENCY);
     // Signals are caught from here on: a SIGTERM while connecting stops the run before it
     // claims anything, instead of killing it half-way.
     let control = RunControl::new(DRAIN).with_deadline(deadline);
     let signals = crate::stages::control::listen_for_signals(control.clone())
         .context("Failed to install the SIGTERM/SIGINT handlers")?;
     let timer = crate::stages::control::arm_deadline(control.clone(), deadline);
-    let mut j = journey(g, settings, clock, dry_run, concurrency + 2).await?;
+    let pool_size = concurrency + EXTRA_CONNECTIONS;
+    let mut j = journey(g, settings, clock, dry_run, pool_size).await?;
     j.control = control;
     // Reconcile gets half the run: the stages after it must still have time to send.
     let reconcile = reconcile.map(|o| (o, Instant::now() + deadline / 2));
