@@ -67,6 +67,21 @@ pub async fn quiet_hours(
     if dry_run {
         return Gate::Held(counter);
     }
+    match record_hold(j, stage, b, out, timing, &reason).await {
+        Ok(()) => Gate::Held(counter),
+        Err(e) => Gate::Failed(format!("{e:#}")),
+    }
+}
+
+/// Writes the quiet-hours decision on an SMS to the ledger: held until a time, or skipped.
+async fn record_hold(
+    j: &Journey,
+    stage: Stage,
+    b: &DueBooking,
+    out: &Message,
+    timing: SmsTiming,
+    reason: &str,
+) -> anyhow::Result<()> {
     let key = DeliveryKey {
         booking_id: b.id,
         stage: stage.ledger_stage(),
@@ -74,25 +89,12 @@ pub async fn quiet_hours(
         role: out.role,
     };
     let decision = match timing {
-        SmsTiming::Defer { until } => Hold::Defer {
-            until,
-            reason: &reason,
-        },
-        _ => Hold::Skip { reason: &reason },
+        SmsTiming::Defer { until } => Hold::Defer { until, reason },
+        _ => Hold::Skip { reason },
     };
-    match sms::hold(
-        &j.db,
-        &key,
-        b.patient_id,
-        j.run_id,
-        &out.to.masked(),
-        &decision,
-    )
-    .await
-    {
-        Ok(_) => Gate::Held(counter),
-        Err(e) => Gate::Failed(format!("{e:#}")),
-    }
+    let masked = out.to.masked();
+    sms::hold(&j.db, &key, b.patient_id, j.run_id, &masked, &decision).await?;
+    Ok(())
 }
 
 /// What an SMS asks of Twilio: the status callback of its delivery (when
