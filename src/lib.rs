@@ -130,17 +130,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             let runs = single(stage, a)?;
             let metrics = a.metrics_file.as_deref();
             let deadline = run_deadline(&a.run_deadline)?;
-            commands::run_stages(
-                g,
-                settings,
-                clock,
-                stage.command(),
-                runs,
-                metrics,
+            let cmd = commands::StageCommand {
+                name: stage.command(),
+                stages: runs,
+                metrics_file: metrics,
                 deadline,
-                None,
-            )
-            .await
+                reconcile: None,
+            };
+            commands::run_stages(g, settings, clock, cmd).await
         }
         Command::Webhook(a) => match a.replay {
             Some(receipt) => commands::replay(g, settings, clock, receipt).await,
@@ -200,17 +197,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
                 )?),
                 _ => None,
             };
-            commands::run_stages(
-                g,
-                settings,
-                clock,
-                "followups",
-                runs,
-                a.metrics_file.as_deref(),
-                run_deadline(&a.run_deadline)?,
+            let cmd = commands::StageCommand {
+                name: "followups",
+                stages: runs,
+                metrics_file: a.metrics_file.as_deref(),
+                deadline: run_deadline(&a.run_deadline)?,
                 reconcile,
-            )
-            .await
+            };
+            commands::run_stages(g, settings, clock, cmd).await
         }
         Command::Reconcile(a) => {
             let opts = commands::ReconcileOptions::new(a.dry_run, a.since.as_deref(), a.page_size)?;

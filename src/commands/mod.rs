@@ -21,6 +21,6 @@ pub use ops::{audit, resolve, status};
 pub use preview::preview;
 pub use prune::prune;
 pub use reconcile::{run as reconcile, Options as ReconcileOptions};
-pub use stage::{journey, run as run_stages, StageRun};
+pub use stage::{journey, run as run_stages, StageCommand, StageRun};
 pub use suppress::suppress;
 pub use webhook::{replay, serve, webhook};

@@ -13,10 +13,9 @@ use crate::cli::GlobalArgs;
 use crate::clock::Clock;
 use crate::config::{self, ConfigError, Settings};
 use crate::db::{self, ledger, runs};
-use crate::domain::{Counter, Counters, Stage};
+use crate::domain::{Channel, Counter, Counters, Stage};
 use crate::exit::ExitStatus;
-use crate::notify::email::Mailer;
-use crate::notify::sms::SmsSender;
+use crate::notify::Senders;
 use crate::stages::{run_stage, Journey, RunControl, StageOptions, StageReport, StopReason};
 use crate::templates::Templates;
 
@@ -35,13 +34,8 @@ pub async fn journey(
     pool_size: usize,
 ) -> anyhow::Result<Journey> {
     let url = config::database_url(g)?;
-    let mailer = match (&settings.email.transport, dry_run) {
-        (Some(_), _) => Some(Mailer::from_settings(&settings.email)?),
-        (None, true) => None,
-        (None, false) => return Err(settings.email.require_transport().unwrap_err().into()),
-    };
-    let sms = settings.sms.as_ref().map(SmsSender::from_settings);
-    if sms.is_none() {
+    let senders = Senders::from_settings(&settings, dry_run)?;
+    if !senders.enabled(Channel::Sms) {
         log::warn!(
             "SMS is off (neither TWILIO_* nor SMS_OUTBOX_DIR is set): patients with only a phone \
              number are counted as skipped_no_contact"
@@ -62,8 +56,7 @@ pub async fn journey(
         db,
         settings: Arc::new(settings),
         templates: Arc::new(templates),
-        mailer,
-        sms,
+        senders,
         clock,
         run_id,
         application_name,
@@ -72,32 +65,56 @@ pub async fn journey(
     })
 }
 
-/// How long in-flight sends may take once a run is told to stop (deadline, SIGTERM, SIGINT):
-/// well inside systemd's stop timeout, and with the default deadline inside the 5-minute
-/// unit's `TimeoutStartSec`.
-pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long in-flight sends may take once a run is told to stop (`stages::control`).
+pub const DRAIN: std::time::Duration = crate::stages::control::DEFAULT_DRAIN;
 
-/// Runs the given stages as one run named `command`, and prints the report.
-#[allow(clippy::too_many_arguments)]
+/// Sends at once when no stage names its own (a run with no stages): the CLI's default.
+const DEFAULT_CONCURRENCY: usize = 8;
+
+/// Connections beyond one per concurrent send: the stage's own connection (it holds the
+/// stage lock) and one for the batch claims and records.
+const EXTRA_CONNECTIONS: usize = 2;
+
+/// One stage command as the operator asked for it: its name (`reminder-24h`, `followups`),
+/// the stages it runs, and the run's limits and extras.
+pub struct StageCommand<'a> {
+    pub name: &'a str,
+    pub stages: Vec<StageRun>,
+    pub metrics_file: Option<&'a std::path::Path>,
+    /// The run's deadline (`--run-deadline`).
+    pub deadline: std::time::Duration,
+    /// Reconcile with Cal.com first (`followups` with CAL_API_KEY set).
+    pub reconcile: Option<super::ReconcileOptions>,
+}
+
+/// Runs the given stages as one run named `cmd.name`, and prints the report.
 pub async fn run(
     g: &GlobalArgs,
     settings: Settings,
     clock: Clock,
-    command: &str,
-    stages: Vec<StageRun>,
-    metrics_file: Option<&std::path::Path>,
-    deadline: std::time::Duration,
-    reconcile: Option<super::ReconcileOptions>,
+    cmd: StageCommand<'_>,
 ) -> anyhow::Result<ExitStatus> {
+    let StageCommand {
+        name: command,
+        stages,
+        metrics_file,
+        deadline,
+        reconcile,
+    } = cmd;
     let dry_run = stages.iter().any(|s| s.opts.dry_run);
-    let concurrency = stages.iter().map(|s| s.opts.concurrency).max().unwrap_or(8);
+    let concurrency = stages
+        .iter()
+        .map(|s| s.opts.concurrency)
+        .max()
+        .unwrap_or(DEFAULT_CONCURRENCY);
     // Signals are caught from here on: a SIGTERM while connecting stops the run before it
     // claims anything, instead of killing it half-way.
     let control = RunControl::new(DRAIN).with_deadline(deadline);
     let signals = crate::stages::control::listen_for_signals(control.clone())
         .context("Failed to install the SIGTERM/SIGINT handlers")?;
     let timer = crate::stages::control::arm_deadline(control.clone(), deadline);
-    let mut j = journey(g, settings, clock, dry_run, concurrency + 2).await?;
+    let pool_size = concurrency + EXTRA_CONNECTIONS;
+    let mut j = journey(g, settings, clock, dry_run, pool_size).await?;
     j.control = control;
     // Reconcile gets half the run: the stages after it must still have time to send.
     let reconcile = reconcile.map(|o| (o, Instant::now() + deadline / 2));

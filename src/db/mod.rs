@@ -10,6 +10,7 @@
 pub mod bookings;
 pub mod demo;
 pub mod ledger;
+pub mod locks;
 pub mod migrate;
 pub mod ops;
 mod pool;

@@ -5,10 +5,125 @@
 //!
 //! It must never put an address, a phone number or a message body into a reason string or a
 //! log line: provider texts are passed through [`scrub`] first.
+//!
+//! [`Senders`] is the one seam between the stages and the providers: one sender per
+//! [`Channel`], a [`Rendered`] message and a [`Recipient`] in, a [`SendOutcome`] out. A new
+//! channel is a new file here, a `Channel` and a `Recipient` variant, a field and an arm in
+//! [`Senders`] (docs/ARCHITECTURE.md, "Add a channel"); the stage driver does not change.
 
 pub mod email;
 pub mod sms;
 mod smtp;
+
+use crate::config::{ConfigError, Settings};
+use crate::domain::{Channel, EmailAddress, PhoneNumber};
+use email::{Attachment, Mailer, OutgoingEmail};
+use sms::{SmsOptions, SmsSender};
+
+/// Where one message goes: the address, whose kind is the channel.
+#[derive(Clone, Debug)]
+pub enum Recipient {
+    Email(EmailAddress),
+    Sms(PhoneNumber),
+}
+
+impl Recipient {
+    /// The address as it may be logged and stored (`j***@example.de`, `+49***5678`).
+    pub fn masked(&self) -> String {
+        match self {
+            Recipient::Email(e) => e.masked(),
+            Recipient::Sms(p) => p.masked(),
+        }
+    }
+    pub fn channel(&self) -> Channel {
+        match self {
+            Recipient::Email(_) => Channel::Email,
+            Recipient::Sms(_) => Channel::Sms,
+        }
+    }
+}
+
+/// A message rendered for one recipient, as the providers take it. Channels use what they
+/// carry: an SMS only `text` and `sms`; an email everything else.
+#[derive(Default)]
+pub struct Rendered {
+    pub to_name: Option<String>,
+    pub subject: Option<String>,
+    pub text: String,
+    pub html: Option<String>,
+    pub attachments: Vec<Attachment>,
+    /// Full Message-ID including angle brackets (the ledger row's).
+    pub message_id: String,
+    /// The one-click unsubscribe URL of an advertising email (RFC 8058).
+    pub list_unsubscribe: Option<String>,
+    /// What an SMS asks of Twilio besides its text.
+    pub sms: SmsOptions,
+}
+
+/// One sender per channel; `None` where the channel is off (SMS without settings, email in a
+/// dry run without a transport).
+#[derive(Clone, Debug, Default)]
+pub struct Senders {
+    email: Option<Mailer>,
+    sms: Option<SmsSender>,
+}
+
+impl Senders {
+    pub fn new(email: Option<Mailer>, sms: Option<SmsSender>) -> Senders {
+        Senders { email, sms }
+    }
+
+    /// The senders the settings configure. Email is required, except in a dry run (which
+    /// sends nothing); SMS is off without its settings.
+    pub fn from_settings(settings: &Settings, dry_run: bool) -> Result<Senders, ConfigError> {
+        let email = match (&settings.email.transport, dry_run) {
+            (Some(_), _) => Some(Mailer::from_settings(&settings.email)?),
+            (None, true) => None,
+            (None, false) => {
+                settings.email.require_transport()?;
+                None
+            }
+        };
+        let sms = settings.sms.as_ref().map(SmsSender::from_settings);
+        Ok(Senders { email, sms })
+    }
+
+    /// Whether messages of `channel` can be sent at all in this run.
+    pub fn enabled(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Email => self.email.is_some(),
+            Channel::Sms => self.sms.is_some(),
+        }
+    }
+
+    /// The email sender's own address (the ORGANIZER of an invite without a therapist's).
+    pub fn email_sender_address(&self) -> Option<String> {
+        self.email.as_ref().map(Mailer::sender_address)
+    }
+
+    /// Sends `msg` to `to` through the channel of `to`.
+    pub async fn send(&self, to: &Recipient, msg: Rendered) -> SendOutcome {
+        match (to, &self.email, &self.sms) {
+            (Recipient::Email(to), Some(mailer), _) => {
+                let email = OutgoingEmail {
+                    to: to.clone(),
+                    to_name: msg.to_name,
+                    subject: msg.subject.unwrap_or_default(),
+                    text: msg.text,
+                    html: msg.html.unwrap_or_default(),
+                    attachments: msg.attachments,
+                    message_id: msg.message_id,
+                    list_unsubscribe: msg.list_unsubscribe,
+                };
+                mailer.send(&email).await
+            }
+            (Recipient::Sms(to), _, Some(sms)) => sms.send_with(to, &msg.text, &msg.sms).await,
+            _ => SendOutcome::Permanent {
+                reason: format!("no {} transport configured", to.channel()),
+            },
+        }
+    }
+}
 
 /// What a provider made of one message.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 //! however often the cancellation arrives. This file holds the rule alone (pure); the
 //! driver claims, renders, sends and records.
 
-use super::plan::{base_context, MessagePlan, Outgoing, Plan, PlanInput, Recipient};
+use super::plan::{base_context, Message, MessagePlan, Plan, PlanInput, Recipient};
 use crate::domain::{BookingStatus, Counter, EmailAddress, MessageKind, RecipientRole};
 
 /// `journey_deliveries.stage` of the cancellation notice.
@@ -52,7 +52,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     if context.patient_name.is_none() {
         context.patient_name = name.clone().filter(|n| !n.trim().is_empty());
     }
-    Plan::Messages(vec![MessagePlan::Send(Box::new(Outgoing {
+    Plan::Messages(vec![MessagePlan::Send(Box::new(Message {
         role: RecipientRole::Patient,
         kind: MessageKind::CancellationNotice,
         to: Recipient::Email(email),

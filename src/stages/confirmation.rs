@@ -11,7 +11,7 @@
 //! (booking, stage, channel, role) and the fixed role values; two QA emails would need a
 //! second role value that means nothing to anyone but the ledger.
 
-use super::plan::{base_context, contacts, MessagePlan, Outgoing, Plan, PlanInput, Recipient};
+use super::plan::{base_context, contacts, Message, MessagePlan, Plan, PlanInput, Recipient};
 use crate::db::bookings::is_active_status;
 use crate::domain::{Counter, EmailAddress, MessageKind, RecipientRole};
 
@@ -47,7 +47,7 @@ pub fn plan(input: &PlanInput<'_>, trigger: Trigger) -> Plan {
             None => patient_missing = true,
             Some(p) => {
                 if let Some(email) = contacts(p).email {
-                    out.push(MessagePlan::Send(Box::new(Outgoing {
+                    out.push(MessagePlan::Send(Box::new(Message {
                         role: RecipientRole::Patient,
                         kind: MessageKind::ClientConfirmation,
                         to: Recipient::Email(email),
@@ -74,7 +74,7 @@ pub fn plan(input: &PlanInput<'_>, trigger: Trigger) -> Plan {
             .and_then(|t| t.email.as_deref())
             .and_then(|e| EmailAddress::parse(e).ok());
         match therapist_email {
-            Some(email) => out.push(MessagePlan::Send(Box::new(Outgoing {
+            Some(email) => out.push(MessagePlan::Send(Box::new(Message {
                 role: RecipientRole::Therapist,
                 kind: MessageKind::TherapistNotification,
                 to: Recipient::Email(email),
@@ -109,7 +109,7 @@ fn qa_plan(input: &PlanInput<'_>, qa: EmailAddress) -> Plan {
     let Some(context) = base_context(input, input.patient.or(input.attendee)) else {
         return Plan::skip(Counter::SkippedInactive, "booking has no start time");
     };
-    Plan::Messages(vec![MessagePlan::Send(Box::new(Outgoing {
+    Plan::Messages(vec![MessagePlan::Send(Box::new(Message {
         role: RecipientRole::Qa,
         kind: MessageKind::ClientConfirmation,
         to: Recipient::Email(qa),

@@ -14,6 +14,11 @@ use tokio::sync::watch;
 
 use crate::domain::Channel;
 
+/// How long in-flight sends may take once a run is told to stop (deadline, SIGTERM, SIGINT):
+/// well inside systemd's stop timeout, and with the default deadline inside the 5-minute
+/// unit's `TimeoutStartSec`. The stage commands' `commands::stage::DRAIN`.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
+
 /// Why a run stopped claiming before its work was done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -51,7 +56,7 @@ pub struct RunControl {
 impl Default for RunControl {
     /// No deadline, a 20 s drain bound, nothing stopped.
     fn default() -> RunControl {
-        RunControl::new(Duration::from_secs(20))
+        RunControl::new(DEFAULT_DRAIN)
     }
 }
 

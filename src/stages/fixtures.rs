@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use super::plan::{MessagePlan, Outgoing, Plan, PlanInput, Recipient};
+use super::plan::{Message, MessagePlan, Plan, PlanInput, Recipient};
 use crate::config::Settings;
 use crate::db::bookings::{DueBooking, PatientRow, TherapistInfo};
 use crate::domain::{Channel, Counter, RecipientRole};
@@ -161,7 +161,7 @@ pub(crate) fn skipped(plan: &Plan) -> Counter {
 }
 
 /// The messages a plan sends.
-pub(crate) fn sends(plan: &Plan) -> Vec<&Outgoing> {
+pub(crate) fn sends(plan: &Plan) -> Vec<&Message> {
     match plan {
         Plan::Messages(m) => m
             .iter()

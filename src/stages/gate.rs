@@ -11,8 +11,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::driver::Journey;
-use super::plan::Outgoing;
+use super::journey::Journey;
+use super::plan::Message;
 use crate::db::bookings::DueBooking;
 use crate::db::ledger::DeliveryKey;
 use crate::db::sms::{self, Hold};
@@ -36,7 +36,7 @@ pub async fn quiet_hours(
     j: &Journey,
     stage: Stage,
     b: &DueBooking,
-    out: &Outgoing,
+    out: &Message,
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Gate {
@@ -67,6 +67,21 @@ pub async fn quiet_hours(
     if dry_run {
         return Gate::Held(counter);
     }
+    match record_hold(j, stage, b, out, timing, &reason).await {
+        Ok(()) => Gate::Held(counter),
+        Err(e) => Gate::Failed(format!("{e:#}")),
+    }
+}
+
+/// Writes the quiet-hours decision on an SMS to the ledger: held until a time, or skipped.
+async fn record_hold(
+    j: &Journey,
+    stage: Stage,
+    b: &DueBooking,
+    out: &Message,
+    timing: SmsTiming,
+    reason: &str,
+) -> anyhow::Result<()> {
     let key = DeliveryKey {
         booking_id: b.id,
         stage: stage.ledger_stage(),
@@ -74,31 +89,18 @@ pub async fn quiet_hours(
         role: out.role,
     };
     let decision = match timing {
-        SmsTiming::Defer { until } => Hold::Defer {
-            until,
-            reason: &reason,
-        },
-        _ => Hold::Skip { reason: &reason },
+        SmsTiming::Defer { until } => Hold::Defer { until, reason },
+        _ => Hold::Skip { reason },
     };
-    match sms::hold(
-        &j.db,
-        &key,
-        b.patient_id,
-        j.run_id,
-        &out.to.masked(),
-        &decision,
-    )
-    .await
-    {
-        Ok(_) => Gate::Held(counter),
-        Err(e) => Gate::Failed(format!("{e:#}")),
-    }
+    let masked = out.to.masked();
+    sms::hold(&j.db, &key, b.patient_id, j.run_id, &masked, &decision).await?;
+    Ok(())
 }
 
 /// What an SMS asks of Twilio: the status callback of its delivery (when
 /// `PUBLIC_CALLBACK_BASE` is set) and, for reminders, a validity period that ends 5 minutes
 /// before the session.
-pub fn sms_options(j: &Journey, out: &Outgoing, delivery_id: Uuid) -> SmsOptions {
+pub fn sms_options(j: &Journey, out: &Message, delivery_id: Uuid) -> SmsOptions {
     SmsOptions {
         status_callback: j
             .settings

@@ -1,17 +1,28 @@
 //! The stages of the journey. Each stage file says who is due and what to send (pure rules
 //! over selected rows); `driver` claims, renders, sends and records, the same way for all.
 
+mod batch;
+mod batch_claim;
 pub mod cancellation_notice;
 pub mod confirmation;
 pub mod control;
+mod decide;
+mod deliver;
 pub mod driver;
 #[cfg(test)]
 mod fixtures;
 pub mod followups;
 pub mod gate;
+mod journey;
 pub mod optout;
+mod outcome;
 pub mod plan;
+mod process;
 pub mod reminders;
+mod render;
+mod report;
+mod row;
+mod select;
 
 use chrono::Duration;
 
@@ -19,7 +30,7 @@ use crate::config::{parse_offset, ConfigError};
 use crate::domain::Stage;
 
 pub use control::{RunControl, StopReason};
-pub use driver::{run_stage, Journey, StageOptions, StageReport};
+pub use driver::{run_stage, Journey, PlannedMessage, StageOptions, StageReport};
 
 /// Whether a stage's window lies behind `now` (followups, recoveries) or ahead (reminders).
 pub fn looks_back(stage: Stage) -> bool {

@@ -23,108 +23,24 @@
 //! (`commands::unsubscribe`).
 //!
 //! This module decides nothing about stages' windows or rules; it must not log addresses.
+//! The token and the links are in `optout/link.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use uuid::Uuid;
 
-use super::driver::{Journey, StageReport};
-use super::plan::{Outgoing, Recipient};
-use crate::config::Settings;
+use super::journey::Journey;
+use super::plan::{Message, Recipient};
+use super::report::StageReport;
 use crate::db::bookings::{DueBooking, PatientRow};
 use crate::db::ledger::DeliveryKey;
 use crate::db::{runs, suppressions};
-use crate::domain::{Channel, Counter, EmailAddress, MessageKind, PhoneNumber, Stage};
+use crate::domain::{Channel, Counter, EmailAddress, PhoneNumber, Stage};
 use crate::notify::SendOutcome;
-use crate::secret::Secret;
 
-/// The path `serve` answers unsubscribe links on (README, "Opt-outs").
-pub const UNSUBSCRIBE_PATH: &str = "/api/public/unsubscribe";
-
-const TOKEN_VERSION: u8 = 1;
-const TOKEN_DOMAIN: &[u8] = b"journeyctl/unsubscribe";
-const MAC_LEN: usize = 16;
-const TOKEN_LEN: usize = 1 + 16 + MAC_LEN;
-
-/// The messages that advertise (a new booking) and so carry an opt-out.
-pub fn is_marketing(kind: MessageKind) -> bool {
-    kind.advertises()
-}
-
-fn mac(secret: &Secret, patient: &Uuid) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(TOKEN_DOMAIN);
-    mac.update(&[0, TOKEN_VERSION]);
-    mac.update(patient.as_bytes());
-    mac
-}
-
-/// The unsubscribe token of a patient.
-pub fn token(secret: &Secret, patient: Uuid) -> String {
-    let tag = mac(secret, &patient).finalize().into_bytes();
-    let mut raw = Vec::with_capacity(TOKEN_LEN);
-    raw.push(TOKEN_VERSION);
-    raw.extend_from_slice(patient.as_bytes());
-    raw.extend_from_slice(&tag[..MAC_LEN]);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
-
-/// The patient a token names, when it is one of ours (checked in constant time).
-pub fn verify(secret: &Secret, token: &str) -> Option<Uuid> {
-    if token.len() > 64 {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token.trim())
-        .ok()?;
-    if raw.len() != TOKEN_LEN || raw[0] != TOKEN_VERSION {
-        return None;
-    }
-    let patient = Uuid::from_slice(&raw[1..17]).ok()?;
-    mac(secret, &patient)
-        .verify_truncated_left(&raw[17..])
-        .ok()
-        .map(|()| patient)
-}
-
-/// The unsubscribe link of a patient, or the setting that is missing to make one.
-pub fn unsubscribe_url(settings: &Settings, patient: Uuid) -> Result<String, &'static str> {
-    let base = settings
-        .public_callback_base
-        .as_ref()
-        .ok_or("PUBLIC_CALLBACK_BASE")?;
-    let secret = settings
-        .unsubscribe_secret
-        .as_ref()
-        .ok_or("UNSUBSCRIBE_SECRET")?;
-    Ok(format!(
-        "{}{UNSUBSCRIBE_PATH}?t={}",
-        base.as_str().trim_end_matches('/'),
-        token(secret, patient)
-    ))
-}
-
-/// The opt-out of an advertising email when no one-click link can be made: a reply to the
-/// practice's mailbox (`EMAIL_REPLY_TO`, else `EMAIL_FROM`), which RFC 2369 allows in
-/// `List-Unsubscribe` and every mail client opens.
-pub fn reply_unsubscribe(settings: &Settings) -> String {
-    let mailbox = settings
-        .email
-        .reply_to
-        .as_deref()
-        .unwrap_or(&settings.email.from);
-    let address = mailbox
-        .rsplit_once('<')
-        .and_then(|(_, rest)| rest.split_once('>'))
-        .map_or(mailbox, |(inner, _)| inner)
-        .trim();
-    format!("mailto:{address}?subject=Abmelden")
-}
+mod link;
+pub use link::{is_marketing, reply_unsubscribe, token, unsubscribe_url, verify, UNSUBSCRIBE_PATH};
 
 /// The form an address is suppressed under: an email trimmed and lower-cased (mailboxes are
 /// case-insensitive in practice, and erring towards "suppressed" is the safe side), a phone
@@ -211,7 +127,7 @@ pub async fn gate(
     batch: &Batch,
     stage: Stage,
     b: &DueBooking,
-    out: &mut Outgoing,
+    out: &mut Message,
     dry_run: bool,
     report: &mut StageReport,
 ) -> bool {
@@ -375,56 +291,4 @@ async fn error(j: &Journey, dry_run: bool, stage: Stage, booking_id: Option<Uuid
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn secret() -> Secret {
-        Secret::new("0123456789abcdef0123456789abcdef")
-    }
-
-    #[test]
-    fn a_token_names_its_patient_and_nothing_else_verifies() {
-        let p = Uuid::new_v4();
-        let t = token(&secret(), p);
-        assert_eq!(t.len(), 44, "{t}");
-        assert_eq!(verify(&secret(), &t), Some(p));
-        let other = Secret::new("another secret of enough length, 32+");
-        assert_eq!(verify(&other, &t), None);
-        let mut forged = t.clone().into_bytes();
-        forged[30] = if forged[30] == b'A' { b'B' } else { b'A' };
-        assert_eq!(verify(&secret(), &String::from_utf8(forged).unwrap()), None);
-        assert_eq!(verify(&secret(), "garbage!"), None);
-        assert_eq!(verify(&secret(), ""), None);
-        assert_eq!(verify(&secret(), &t[..40]), None);
-    }
-
-    #[test]
-    fn only_the_three_advertising_messages_carry_an_opt_out() {
-        let marketing: Vec<_> = MessageKind::ALL
-            .into_iter()
-            .filter(|k| is_marketing(*k))
-            .collect();
-        assert_eq!(
-            marketing,
-            [
-                MessageKind::IntroFollowup,
-                MessageKind::SessionFollowup,
-                MessageKind::CancellationRecovery
-            ]
-        );
-    }
-
-    #[test]
-    fn addresses_are_suppressed_in_one_form() {
-        assert_eq!(
-            normalise(Channel::Email, " Jonas.Weber@Example.DE ").unwrap(),
-            "jonas.weber@example.de"
-        );
-        assert_eq!(
-            normalise(Channel::Sms, "+49 151 1234-5678").unwrap(),
-            "+4915112345678"
-        );
-        assert!(normalise(Channel::Sms, "0151 12345678").is_err());
-        assert!(normalise(Channel::Email, "temp_123@x.de").is_err());
-    }
-}
+mod tests;

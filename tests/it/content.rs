@@ -224,8 +224,7 @@ async fn journey(db: &TestDb, tr: &Transports) -> journeyctl::stages::Journey {
         templates: Arc::new(
             journeyctl::templates::Templates::load(None, settings.timezone).unwrap(),
         ),
-        mailer: Some(journeyctl::notify::email::Mailer::from_settings(&settings.email).unwrap()),
-        sms: None,
+        senders: journeyctl::notify::Senders::from_settings(&settings, false).unwrap(),
         clock: journeyctl::clock::Clock::fixed(at(NOW) + Duration::hours(1)),
         run_id: Uuid::new_v4(),
         application_name,

@@ -12,8 +12,7 @@ use journeyctl::clock::Clock;
 use journeyctl::config::Settings;
 use journeyctl::domain::quiet_hours::QuietHours;
 use journeyctl::domain::{Counter, Counters, Stage};
-use journeyctl::notify::email::Mailer;
-use journeyctl::notify::sms::SmsSender;
+use journeyctl::notify::Senders;
 use journeyctl::stages::{run_stage, Journey, StageOptions};
 use journeyctl::templates::Templates;
 
@@ -113,8 +112,7 @@ async fn sim() -> Sim {
         db: journeyctl::db::connect_as(&journeyctl::secret::Secret::new(&db.url), 16, &app)
             .await
             .unwrap(),
-        mailer: Some(Mailer::from_settings(&settings.email).unwrap()),
-        sms: settings.sms.as_ref().map(SmsSender::from_settings),
+        senders: Senders::from_settings(&settings, false).unwrap(),
         templates: Arc::new(Templates::load(None, settings.timezone).unwrap()),
         settings: Arc::new(settings),
         clock: Clock::fixed(Utc::now()),

@@ -615,8 +615,7 @@ async fn a_suppressed_address_gets_no_cancellation_notice_either() {
         templates: Arc::new(
             journeyctl::templates::Templates::load(None, settings.timezone).unwrap(),
         ),
-        mailer: Some(journeyctl::notify::email::Mailer::from_settings(&settings.email).unwrap()),
-        sms: None,
+        senders: journeyctl::notify::Senders::from_settings(&settings, false).unwrap(),
         clock: journeyctl::clock::Clock::fixed(at(NOW) + Duration::minutes(5)),
         run_id: uuid::Uuid::new_v4(),
         application_name: app,

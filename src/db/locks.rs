@@ -1,0 +1,47 @@
+//! Advisory locks of stage runs: one session lock per stage, so two runs of the same stage
+//! never overlap (the second one finds it held and does nothing). The lock lives as long as
+//! the connection that took it stays checked out; [`unlock_stage`] releases it.
+
+use crate::domain::Stage;
+
+/// Advisory lock namespace of stage runs (first key of `pg_try_advisory_lock(int, int)`).
+const STAGE_LOCK_NS: i32 = 0x4a43_0001;
+
+/// Tries to take `stage`'s lock on this connection: `true` when this session holds it now.
+pub async fn try_stage_lock(
+    client: &deadpool_postgres::ClientWrapper,
+    stage: Stage,
+) -> anyhow::Result<bool> {
+    // One round trip: the lock is a constant pair, no parameters to bind.
+    let sql = format!(
+        "SELECT pg_try_advisory_lock({STAGE_LOCK_NS}, {})",
+        stage as i32
+    );
+    let got = client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("Failed to try the {stage} lock: {e}"))?
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
+            _ => None,
+        })
+        .unwrap_or(false);
+    Ok(got)
+}
+
+/// Releases `stage`'s lock taken on this connection by [`try_stage_lock`].
+pub async fn unlock_stage(
+    client: &deadpool_postgres::ClientWrapper,
+    stage: Stage,
+) -> anyhow::Result<()> {
+    let sql = format!(
+        "SELECT pg_advisory_unlock({STAGE_LOCK_NS}, {})",
+        stage as i32
+    );
+    client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("Failed to release the {stage} lock: {e}"))?;
+    Ok(())
+}

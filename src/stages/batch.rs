@@ -1,0 +1,226 @@
+//! Delivering a page's messages, up to `concurrency` at once. Claims go to the ledger in
+//! batches (one statement per batch, committed before any message of the batch is sent; the
+//! next batch is claimed while this one sends), outcomes are recorded in batches too. Once the
+//! run is asked to stop (deadline, signal), messages not yet started are not sent: their
+//! claims are given back (no row: they stay due for the next run, counted `retry_scheduled`),
+//! and those in flight get the run's drain bound to finish; the ones still unanswered then are
+//! declared `in_doubt` by this run, not left `sending`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use uuid::Uuid;
+
+use super::batch_claim::claim_batch;
+use super::deliver::{deliver_guarded, Delivery, DeliveryResult, Mode, Tally};
+use super::journey::{Journey, Pass};
+use super::report::{count_error, record_error, ErrorAt, StageReport};
+use crate::db::ledger;
+use crate::domain::{Counter, Stage};
+
+/// Messages claimed together (one statement) and recorded together (one statement): large
+/// enough to spare round trips, small enough that a failed statement concerns few messages.
+pub(crate) const CLAIM_BATCH: usize = 64;
+
+pub(crate) type Client = deadpool_postgres::ClientWrapper;
+/// The batch's claimed ids not handed to a provider yet (given back at the end).
+pub(crate) type Unsent = Mutex<HashSet<Uuid>>;
+
+/// Delivers `deliveries` as the module doc says; returns what each of them did.
+pub(crate) async fn deliver_all(
+    j: &Journey,
+    pass: Pass,
+    deliveries: Vec<Delivery>,
+    report: &mut StageReport,
+) -> Vec<Tally> {
+    let total = deliveries.len();
+    let stage = pass.stage;
+    // Patient-exclusive claims (cancellation recovery) take a lock per patient, and a
+    // confirmation is claimed only while its booking is still active, judged right before it
+    // is sent: those stages claim one message at a time.
+    let batched = !pass.dry_run
+        && !matches!(
+            stage,
+            Stage::CancellationRecovery | Stage::ConfirmationRecovery
+        )
+        && total > 0;
+    let client = match batched {
+        true => match j.db.client().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let why = format!("{e:#}");
+                count_error(j, report, false, ErrorAt::stage(stage), &why).await;
+                return Vec::new();
+            }
+        },
+        false => None,
+    };
+    let unsent: Arc<Unsent> = Arc::default();
+    let at_once = pass.concurrency.max(1);
+    let stream = match &client {
+        Some(client) => batched_stream(j, stage, client, deliveries, &unsent, at_once),
+        None => {
+            let mode = move || match pass.dry_run {
+                true => Mode::DryRun,
+                false => Mode::Single,
+            };
+            futures::stream::iter(deliveries)
+                .map(move |d| deliver_guarded(j, stage, d, mode()))
+                .buffer_unordered(at_once)
+                .boxed()
+        }
+    };
+    let (results, cut_short) = drive(j, stage, client.as_deref(), stream).await;
+    if let Some(c) = &client {
+        give_back(j, stage, c, &unsent, report).await;
+    }
+    if cut_short && !pass.dry_run {
+        count_cut_short(j, stage, total - results.len(), report).await;
+    }
+    results
+}
+
+/// The batched deliveries: claimed `CLAIM_BATCH` at a time on `client`, then delivered,
+/// `at_once` at a time.
+fn batched_stream<'a>(
+    j: &'a Journey,
+    stage: Stage,
+    client: &'a Client,
+    deliveries: Vec<Delivery>,
+    unsent: &'a Unsent,
+    at_once: usize,
+) -> BoxStream<'a, DeliveryResult> {
+    let mut batches = Vec::new();
+    let mut deliveries = deliveries.into_iter().peekable();
+    while deliveries.peek().is_some() {
+        batches.push(deliveries.by_ref().take(CLAIM_BATCH).collect::<Vec<_>>());
+    }
+    futures::stream::iter(batches)
+        .then(move |batch| claim_batch(j, client, batch, unsent))
+        .flat_map(futures::stream::iter)
+        .map(move |(d, claim)| {
+            let mode = match claim {
+                Some(claim) => Mode::Batched { claim, unsent },
+                None => Mode::Single,
+            };
+            deliver_guarded(j, stage, d, mode)
+        })
+        .buffer_unordered(at_once)
+        .boxed()
+}
+
+/// Runs the deliveries until all are done or the run's drain bound passes (`true`: cut
+/// short). Outcomes of batched deliveries are recorded `CLAIM_BATCH` at a time on `client`.
+async fn drive(
+    j: &Journey,
+    stage: Stage,
+    client: Option<&Client>,
+    mut stream: BoxStream<'_, DeliveryResult>,
+) -> (Vec<Tally>, bool) {
+    let mut results = Vec::new();
+    let mut pending: Vec<DeliveryResult> = Vec::new();
+    let mut cut_short = false;
+    let drain = j.control.drain_expired();
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            biased;
+            next = stream.next() => match next {
+                Some(d) if d.outcome.is_some() => {
+                    pending.push(d);
+                    if pending.len() >= CLAIM_BATCH {
+                        if let Some(c) = client {
+                            record_pending(j, stage, c, &mut pending, &mut results).await;
+                        }
+                    }
+                }
+                Some(d) => results.push(d.tally),
+                None => break,
+            },
+            () = &mut drain => {
+                cut_short = true;
+                break;
+            }
+        }
+    }
+    drop(stream);
+    if let Some(c) = client {
+        record_pending(j, stage, c, &mut pending, &mut results).await;
+    }
+    (results, cut_short)
+}
+
+/// Claimed in a batch but never handed to a provider: given back (no row left).
+async fn give_back(
+    j: &Journey,
+    stage: Stage,
+    client: &Client,
+    unsent: &Unsent,
+    report: &mut StageReport,
+) {
+    let ids: Vec<Uuid> = unsent
+        .lock()
+        .map(|u| u.iter().copied().collect())
+        .unwrap_or_default();
+    if let Err(e) = ledger::release_unsent(client, j.run_id, &ids).await {
+        count_error(j, report, false, ErrorAt::stage(stage), &format!("{e:#}")).await;
+    }
+}
+
+/// A run cut short by its drain bound: the sends still unanswered are declared `in_doubt`
+/// by this run; the `unfinished` deliveries never started are left for the next run.
+async fn count_cut_short(j: &Journey, stage: Stage, unfinished: usize, report: &mut StageReport) {
+    let abandoned = match ledger::abandon_in_flight(&j.db, j.run_id, stage.ledger_stage()).await {
+        Ok(n) => n,
+        Err(e) => {
+            count_error(j, report, false, ErrorAt::stage(stage), &format!("{e:#}")).await;
+            0
+        }
+    };
+    if abandoned > 0 {
+        log::error!(
+            "{stage}: {abandoned} send(s) got no answer within the drain bound of {} s: in doubt; see `journeyctl status`",
+            j.control.drain().as_secs()
+        );
+        report.counters.add(Counter::InDoubt, abandoned);
+        report.failures += abandoned;
+    }
+    report.counters.add(
+        Counter::RetryScheduled,
+        (unfinished as u64).saturating_sub(abandoned),
+    );
+}
+
+/// Records the outcomes waiting in `pending` in one statement and moves their tallies to
+/// `results`. When the statement fails, each of them is an error: its row stays `sending`
+/// and becomes `in_doubt`, never resent blindly.
+async fn record_pending(
+    j: &Journey,
+    stage: Stage,
+    client: &Client,
+    pending: &mut Vec<DeliveryResult>,
+    results: &mut Vec<Tally>,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut batch = std::mem::take(pending);
+    let outcomes: Vec<ledger::OwnedOutcome> =
+        batch.iter_mut().filter_map(|d| d.outcome.take()).collect();
+    match ledger::record_batch(client, &outcomes, j.clock.now()).await {
+        Ok(()) => results.extend(batch.into_iter().map(|d| d.tally)),
+        Err(e) => {
+            for (d, o) in batch.into_iter().zip(&outcomes) {
+                let why = format!(
+                    "{e:#}; delivery {} will be declared in doubt",
+                    o.delivery_id
+                );
+                let at = ErrorAt::booking(stage, d.booking_id, Some(d.channel));
+                record_error(j, false, at, &why).await;
+                results.push(Tally::default().fail(Counter::Errors));
+            }
+        }
+    }
+}

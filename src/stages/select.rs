@@ -1,0 +1,146 @@
+//! A stage run over its window: take the stage lock (`db::locks`), tidy the ledger (abandoned
+//! claims, walk-ins, expired retries), then select the due bookings page by page and hand each
+//! page to [`super::process`]. Memory stays bounded by one page.
+
+use chrono::{DateTime, Utc};
+
+use super::confirmation::Trigger;
+use super::journey::{Journey, Pass, StageOptions};
+use super::report::{count_error, ErrorAt, StageReport};
+use crate::db::{bookings, ledger, locks};
+use crate::domain::{Counter, Stage};
+
+/// Runs one stage over its window, on one connection: it takes the stage lock (a session
+/// lock, so the connection stays checked out for the stage) and does the stage's own queries,
+/// so a run with nothing due opens no second connection.
+pub async fn run_stage(
+    j: &Journey,
+    stage: Stage,
+    opts: &StageOptions,
+) -> anyhow::Result<StageReport> {
+    let mut report = StageReport::new(stage.as_str());
+    let live = j.db.client().await?;
+    if !opts.lock {
+        return run_locked(j, stage, opts, &live, &mut report)
+            .await
+            .map(|()| report);
+    }
+    if !locks::try_stage_lock(&live, stage).await? {
+        log::info!("{stage}: another run holds the stage lock; nothing to do");
+        report.skipped_locked = true;
+        return Ok(report);
+    }
+    let result = run_locked(j, stage, opts, &live, &mut report).await;
+    if let Err(e) = locks::unlock_stage(&live, stage).await {
+        log::warn!("{stage}: failed to release the stage lock: {e:#}");
+    }
+    result.map(|()| report)
+}
+
+async fn run_locked(
+    j: &Journey,
+    stage: Stage,
+    opts: &StageOptions,
+    live: &deadpool_postgres::ClientWrapper,
+    report: &mut StageReport,
+) -> anyhow::Result<()> {
+    let now = j.clock.now();
+    let (from, to) = (now + opts.window.0, now + opts.window.1);
+    if !opts.dry_run {
+        tidy(j, stage, live, (now, from), report).await;
+    }
+    let Some(total) = select_pages(j, stage, opts, live, (from, to), report).await else {
+        return Ok(());
+    };
+    log::info!(
+        "{stage}: {total} booking(s) due between {} and {}",
+        from.format("%Y-%m-%d %H:%M"),
+        to.format("%Y-%m-%d %H:%M")
+    );
+    Ok(())
+}
+
+/// Before selecting: claims a dead run left `sending` become `in_doubt`, walk-in bookings
+/// whose person now exists get their patient, and retries this window would never select
+/// again end visibly as `expired`. `at` is (now, the window's start).
+async fn tidy(
+    j: &Journey,
+    stage: Stage,
+    live: &deadpool_postgres::ClientWrapper,
+    at: (DateTime<Utc>, DateTime<Utc>),
+    report: &mut StageReport,
+) {
+    let here = ErrorAt::stage(stage);
+    match ledger::promote_abandoned_on(live, stage.ledger_stage()).await {
+        Ok(0) => {}
+        Ok(n) => {
+            report.counters.add(Counter::InDoubt, n);
+            log::warn!("{stage}: {n} delivery(ies) left in 'sending' by a dead run are now in_doubt; see `journeyctl status`");
+        }
+        Err(e) => count_error(j, report, false, here, &format!("{e:#}")).await,
+    }
+    // Walk-in bookings whose person now exists get their patient before selecting, so
+    // every stage (followups included) sees the row. One statement for all of them.
+    match bookings::link_walk_ins_on(live).await {
+        Ok(0) => {}
+        Ok(n) => log::info!("{stage}: linked {n} walk-in booking(s) to their people rows"),
+        Err(e) => count_error(j, report, false, here, &format!("{e:#}")).await,
+    }
+    // Retries no run of this window would select again end visibly, not silently.
+    match ledger::expire_closed_on(live, stage, at.0, at.1).await {
+        Ok(0) => {}
+        Ok(n) => {
+            report.counters.add(Counter::Expired, n);
+            report.failures += n;
+            log::warn!("{stage}: {n} delivery(ies) left for retry expired: their window closed before they could be sent; see `journeyctl audit`");
+        }
+        Err(e) => count_error(j, report, false, here, &format!("{e:#}")).await,
+    }
+}
+
+/// Keyset-paginated chunks: select a page, process it (plan, claim, send, record), then the
+/// next page after the last booking of this one. Returns how many bookings were selected;
+/// `None` when a selection failed (counted and recorded).
+async fn select_pages(
+    j: &Journey,
+    stage: Stage,
+    opts: &StageOptions,
+    live: &deadpool_postgres::ClientWrapper,
+    window: (DateTime<Utc>, DateTime<Utc>),
+    report: &mut StageReport,
+) -> Option<usize> {
+    let pass = Pass {
+        stage,
+        trigger: Trigger::Recovery,
+        dry_run: opts.dry_run,
+        concurrency: opts.concurrency,
+    };
+    let now = j.clock.now();
+    let mut after = None;
+    let mut left: Option<i64> = opts.limit.map(i64::from);
+    let mut total = 0usize;
+    loop {
+        let page = left.map_or(bookings::PAGE, |l| l.min(bookings::PAGE));
+        if page <= 0 || (total > 0 && j.control.stopped().is_some()) {
+            break;
+        }
+        let selected = bookings::select_due_page(live, stage, now, window, after, page).await;
+        let (due, next) = match selected {
+            Ok(d) => d,
+            Err(e) => {
+                let why = format!("{e:#}");
+                count_error(j, report, opts.dry_run, ErrorAt::stage(stage), &why).await;
+                return None;
+            }
+        };
+        let n = due.len();
+        total += n;
+        super::process::process(j, pass, due, report).await;
+        if (n as i64) < page {
+            break;
+        }
+        after = next;
+        left = left.map(|l| l - n as i64);
+    }
+    Some(total)
+}
