@@ -13,7 +13,7 @@
 //!   resends the SMS that went out.
 //! - A row is stamped `send_started_at` (committed) before its message is handed to a
 //!   provider: a one-at-a-time claim ([`claim`]) at claim time, a batch claim ([`claim_batch`])
-//!   right before each send ([`mark_send_started`]). A batch is claimed ahead of its sends, so
+//!   right before each send ([`mark_sends_started`]; sends starting together share one statement). A batch is claimed ahead of its sends, so
 //!   an unstamped `sending` row is one no provider has seen.
 //! - A row left in `sending` is never resent automatically. When its lease has passed or no
 //!   connection of the process that claimed it is left (each process names its connections
@@ -25,7 +25,7 @@
 //! settled by `journeyctl resolve`; the message is never silently sent twice, but it may need a
 //! human to decide.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -646,27 +646,33 @@ pub async fn abandon_in_flight(db: &Db, run_id: Uuid, stage: &str) -> anyhow::Re
     .with_context(|| format!("Failed to declare this run's unanswered {stage} sends in doubt"))
 }
 
-/// Stamps a row claimed in a batch as handed to the provider, right before the send: from
-/// here on, a process that dies leaves it `in_doubt`, not given back. One prepared statement,
-/// committed on its own. `false` when the row is no longer this run's `sending` row (given
-/// back after its lease passed, claimed by another run): then it must not be sent.
-pub async fn mark_send_started(
+/// Stamps the rows of `ids` that are still this run's claims (`sending`, `run_id`) and returns
+/// the ids it stamped; an id missing from the answer is no longer this run's to send. Rows are
+/// locked in the ledger's key order, the order every claim and record locks them in, so two
+/// runs touching the same rows wait on each other instead of deadlocking.
+pub async fn mark_sends_started(
     client: &deadpool_postgres::ClientWrapper,
-    delivery_id: Uuid,
+    ids: &[Uuid],
     run_id: Uuid,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<HashSet<Uuid>> {
     let stmt = client
         .prepare_cached(
-            "UPDATE journey_deliveries SET send_started_at = now()
-              WHERE id = $1 AND status = 'sending' AND run_id = $2",
+            "WITH mine AS (
+                 SELECT id FROM journey_deliveries
+                  WHERE id = ANY($1::uuid[]) AND status = 'sending' AND run_id = $2
+                  ORDER BY booking_id, stage, channel, recipient_role
+                    FOR UPDATE)
+             UPDATE journey_deliveries d SET send_started_at = now()
+               FROM mine WHERE d.id = mine.id
+             RETURNING d.id",
         )
         .await
         .context("Failed to prepare the send-started stamp")?;
-    let n = client
-        .execute(&stmt, &[&delivery_id, &run_id])
+    let rows = client
+        .query(&stmt, &[&ids, &run_id])
         .await
-        .with_context(|| format!("Failed to stamp delivery {delivery_id} as being sent"))?;
-    Ok(n == 1)
+        .with_context(|| format!("Failed to stamp {} delivery(ies) as being sent", ids.len()))?;
+    Ok(rows.iter().map(|r| r.get::<_, Uuid>(0)).collect())
 }
 
 /// One message of a batch claim ([`claim_batch`]).
@@ -682,7 +688,7 @@ pub struct BatchClaim<'a> {
 /// `require_active` and the booking no longer active, [`Claim::Inactive`]. The answers are in
 /// the order of `items`. Rows are inserted in key order, so runs claiming overlapping batches
 /// at the same time wait on each other instead of deadlocking. The rows are not stamped as
-/// being sent: each is, by [`mark_send_started`], right before its own send.
+/// being sent: each is, by [`mark_sends_started`], right before its own send.
 pub async fn claim_batch(
     client: &deadpool_postgres::ClientWrapper,
     stage: &str,

@@ -17,6 +17,7 @@ use super::batch_claim::claim_batch;
 use super::deliver::{deliver_guarded, Delivery, DeliveryResult, Mode, Tally};
 use super::journey::{Journey, Pass};
 use super::report::{count_error, record_error, ErrorAt, StageReport};
+use super::stamper::Stamper;
 use crate::db::ledger;
 use crate::domain::{Counter, Stage};
 
@@ -25,8 +26,25 @@ use crate::domain::{Counter, Stage};
 pub(crate) const CLAIM_BATCH: usize = 64;
 
 pub(crate) type Client = deadpool_postgres::ClientWrapper;
-/// The batch's claimed ids not handed to a provider yet (given back at the end).
-pub(crate) type Unsent = Mutex<HashSet<Uuid>>;
+/// The sends of a batch claim: the claimed ids not handed to a provider yet (given back at
+/// the end), and the task that stamps each right before its send.
+pub(crate) struct Unsent {
+    ids: Mutex<HashSet<Uuid>>,
+    pub(crate) stamper: Stamper,
+}
+
+impl Unsent {
+    fn new(j: &Journey) -> Unsent {
+        Unsent {
+            ids: Mutex::default(),
+            stamper: Stamper::start(j.db.clone(), j.run_id),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, HashSet<Uuid>>> {
+        self.ids.lock()
+    }
+}
 
 /// Delivers `deliveries` as the module doc says; returns what each of them did.
 pub(crate) async fn deliver_all(
@@ -57,7 +75,7 @@ pub(crate) async fn deliver_all(
         },
         false => None,
     };
-    let unsent: Arc<Unsent> = Arc::default();
+    let unsent = Arc::new(Unsent::new(j));
     let at_once = pass.concurrency.max(1);
     let stream = match &client {
         Some(client) => batched_stream(j, stage, client, deliveries, &unsent, at_once),

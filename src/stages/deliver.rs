@@ -3,12 +3,10 @@
 //! driven alone (its own claim and record) or as part of a batch (`stages::batch` claims
 //! ahead and records the outcomes together); a panic inside one never takes down the batch.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-
 use futures::FutureExt;
 use uuid::Uuid;
 
+use super::batch::Unsent;
 use super::journey::Journey;
 use super::outcome::judge;
 use super::plan::Message;
@@ -104,7 +102,7 @@ pub(crate) enum Mode<'a> {
     /// `unsent` holds the batch's claimed ids not handed to a provider yet.
     Batched {
         claim: anyhow::Result<Claim>,
-        unsent: &'a Mutex<HashSet<Uuid>>,
+        unsent: &'a Unsent,
     },
 }
 
@@ -191,7 +189,7 @@ async fn deliver(j: &Journey, stage: Stage, d: Delivery, mode: Mode<'_>) -> Deli
         Err(early) => return early,
     };
     // Handed to the provider from here on: no longer the batch's to give back.
-    if let Some(Ok(mut u)) = unsent.map(Mutex::lock) {
+    if let Some(Ok(mut u)) = unsent.map(Unsent::lock) {
         u.remove(&claimed.id);
     }
     send_and_record(j, stage, d, content, claimed, unsent.is_some()).await

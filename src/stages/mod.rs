@@ -23,6 +23,7 @@ mod render;
 mod report;
 mod row;
 mod select;
+mod stamper;
 
 use chrono::Duration;
 

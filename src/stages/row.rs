@@ -2,11 +2,9 @@
 //! being sent), and its outcome recorded on its own. The batch's statements are in
 //! `stages::batch` and `stages::batch_claim`; the SQL itself is `db::ledger`.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-
 use uuid::Uuid;
 
+use super::batch::Unsent;
 use super::deliver::{Delivery, DeliveryResult, Mode, Tally};
 use super::journey::Journey;
 use super::outcome::Verdict;
@@ -72,7 +70,7 @@ pub(crate) async fn claim<'a>(
     stage: Stage,
     d: &Delivery,
     mode: Mode<'a>,
-) -> Result<(Claimed, Option<&'a Mutex<HashSet<Uuid>>>), DeliveryResult> {
+) -> Result<(Claimed, Option<&'a Unsent>), DeliveryResult> {
     let (claim, unsent) = match mode {
         Mode::Batched { claim, unsent } => (claim, Some(unsent)),
         Mode::Single | Mode::DryRun => (claim_delivery(j, d, Some(stage)).await, None),
@@ -109,8 +107,8 @@ pub(crate) async fn claim<'a>(
             return Err((tally.fail(Counter::Errors), d).into());
         }
     };
-    if unsent.is_some() {
-        if let Some(why) = stamp(j, claimed.id).await {
+    if let Some(batch) = unsent {
+        if let Some(why) = stamp(batch, claimed.id).await {
             record_error(j, false, at, &why).await;
             return Err((Tally::default().fail(Counter::Errors), d).into());
         }
@@ -122,12 +120,8 @@ pub(crate) async fn claim<'a>(
 /// provider is contacted, so a process that dies leaves in doubt only what a provider may
 /// have. Never sent unstamped: `Some(reason)` when it may not be sent, the claim staying the
 /// batch's to give back.
-async fn stamp(j: &Journey, delivery_id: Uuid) -> Option<String> {
-    let stamped = match j.db.client().await {
-        Ok(c) => ledger::mark_send_started(&c, delivery_id, j.run_id).await,
-        Err(e) => Err(e),
-    };
-    match stamped {
+async fn stamp(batch: &Unsent, delivery_id: Uuid) -> Option<String> {
+    match batch.stamper.stamp(delivery_id).await {
         Ok(true) => None,
         Ok(false) => Some(format!(
             "delivery {delivery_id} is no longer this run's claim (given back after its \
