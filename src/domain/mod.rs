@@ -18,6 +18,6 @@ pub use contact::{mask_email, mask_phone, EmailAddress, PhoneNumber};
 pub use counters::{Counter, Counters};
 pub use sms_status::SmsStatus;
 pub use stage::{
-    mark_column, BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole, Stage,
-    RECOVERY_EXCLUSIVE_PERIOD,
+    mark_column, Anchor, BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole,
+    RowFacts, Selection, Stage, StageFacts, StatusRule, CONFIRMATION_LEDGER_STAGE,
 };

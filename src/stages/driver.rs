@@ -210,7 +210,8 @@ async fn run_locked(
         if page <= 0 || (total > 0 && j.control.stopped().is_some()) {
             break;
         }
-        let selected = bookings::select_due_page(live, stage, now, (from, to), after, page).await;
+        let selected =
+            bookings::select_due_page(live, stage.facts(), now, (from, to), after, page).await;
         let (due, next) = match selected {
             Ok(d) => d,
             Err(e) => {

@@ -1,6 +1,7 @@
-//! Booking confirmation to the patient and new-booking notice to the therapist: sent right
-//! after the webhook, and by `confirmation-recovery` for whichever of the two did not go out.
-//! Both paths share the ledger stage `confirmation`, so neither can duplicate the other.
+//! `confirmation-recovery`: its facts ([`FACTS`]) and its rule. Booking confirmation to the
+//! patient and new-booking notice to the therapist: sent right after the webhook (the same rule,
+//! [`Trigger::Webhook`]), and by this stage for whichever of the two did not go out. Both paths
+//! share the ledger stage `confirmation`, so neither can duplicate the other.
 //! Test bookings get their confirmations redirected to `QA_NOTIFY_EMAIL` from the webhook
 //! only; recovery never sends for them. A booking that is not active (PENDING: the host has
 //! not accepted yet) is confirmed to nobody until it is.
@@ -11,9 +12,41 @@
 //! (booking, stage, channel, role) and the fixed role values; two QA emails would need a
 //! second role value that means nothing to anyone but the ledger.
 
+use chrono::Duration;
+
 use super::plan::{base_context, contacts, MessagePlan, Outgoing, Plan, PlanInput, Recipient};
 use crate::db::bookings::is_active_status;
-use crate::domain::{Counter, EmailAddress, MessageKind, RecipientRole};
+use crate::domain::{
+    Anchor, Counter, EmailAddress, MessageKind, RecipientRole, RowFacts, Selection, StageFacts,
+    StatusRule, CONFIRMATION_LEDGER_STAGE,
+};
+
+/// Confirmation recovery has no look-back: it takes every unconfirmed active booking whose
+/// session is still ahead and that was created before the window's end (10 minutes ago: the
+/// webhook may still be sending); the window's start only states the width the schedule
+/// proof checks the cadence against.
+pub(crate) const FACTS: StageFacts = StageFacts {
+    name: "confirmation_recovery",
+    command: "confirmation-recovery",
+    ledger_stage: CONFIRMATION_LEDGER_STAGE,
+    window: (Duration::days(-7), Duration::minutes(-10)),
+    cadence: Duration::minutes(5),
+    mark_column: "client_confirmation_sent_at",
+    therapist_mark_column: Some("therapist_notification_sent_at"),
+    patient_exclusive_period: None,
+    selection: Selection {
+        anchor: Anchor::CreatedWhileSessionAhead,
+        statuses: StatusRule::Active,
+        booking_kind: None,
+        needs_therapist: true,
+        row_facts: RowFacts::None,
+    },
+    kinds: &[
+        MessageKind::ClientConfirmation,
+        MessageKind::TherapistNotification,
+    ],
+    miss_detail: "never selected or sent",
+};
 
 /// Who asked for the confirmation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
