@@ -191,11 +191,10 @@ pub struct SettingsArgs {
     pub sms_quiet_end: Option<String>,
 }
 
+/// The stage commands, one per [`Stage`]; flattened into [`Command`], so each is a
+/// subcommand of its own (`journeyctl reminder-1h`).
 #[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Apply the sql/ migrations (creates what is missing, never drops data; safe to repeat)
-    Migrate,
-
+pub enum StageCommand {
     /// Send confirmations and therapist notices the webhook did not get out
     ConfirmationRecovery(StageArgs),
     /// Remind patients 24 hours before the session (email + SMS)
@@ -210,6 +209,31 @@ pub enum Command {
     SessionFollowup(StageArgs),
     /// Point patients whose booking was cancelled 2-4 hours ago to their other matches
     CancellationRecovery(StageArgs),
+}
+
+impl StageCommand {
+    /// The stage this command runs, with its flags. The one place a stage command is mapped to
+    /// its stage: a new variant fails to compile here until it is.
+    pub fn stage(&self) -> (Stage, &StageArgs) {
+        match self {
+            StageCommand::ConfirmationRecovery(a) => (Stage::ConfirmationRecovery, a),
+            StageCommand::Reminder24h(a) => (Stage::Reminder24h, a),
+            StageCommand::Reminder1h(a) => (Stage::Reminder1h, a),
+            StageCommand::IntroFollowup(a) => (Stage::IntroFollowup, a),
+            StageCommand::SessionFollowup(a) => (Stage::SessionFollowup, a),
+            StageCommand::CancellationRecovery(a) => (Stage::CancellationRecovery, a),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply the sql/ migrations (creates what is missing, never drops data; safe to repeat)
+    Migrate,
+
+    /// One stage of the journey (a subcommand each)
+    #[command(flatten)]
+    Stage(StageCommand),
     /// Process one Cal.com webhook body (stdin, or --file) as the listener would: verify,
     /// store, send the confirmations. For replays and for wiring into another web server
     Webhook(WebhookArgs),
@@ -481,29 +505,12 @@ pub struct PreviewArgs {
 }
 
 impl Command {
-    /// The stage a stage command runs, with its flags; `None` for every other command. No
-    /// wildcard arm on purpose: a new command must say here whether it runs a stage.
+    /// The stage a stage command runs, with its flags; `None` for every other command.
     pub fn stage_command(&self) -> Option<(Stage, &StageArgs)> {
-        match self {
-            Command::ConfirmationRecovery(a) => Some((Stage::ConfirmationRecovery, a)),
-            Command::Reminder24h(a) => Some((Stage::Reminder24h, a)),
-            Command::Reminder1h(a) => Some((Stage::Reminder1h, a)),
-            Command::IntroFollowup(a) => Some((Stage::IntroFollowup, a)),
-            Command::SessionFollowup(a) => Some((Stage::SessionFollowup, a)),
-            Command::CancellationRecovery(a) => Some((Stage::CancellationRecovery, a)),
-            Command::Migrate
-            | Command::Webhook(_)
-            | Command::Serve(_)
-            | Command::Status(_)
-            | Command::Audit(_)
-            | Command::Resolve(_)
-            | Command::Preview(_)
-            | Command::Demo(_)
-            | Command::Prune(_)
-            | Command::Followups(_)
-            | Command::Reconcile(_)
-            | Command::Suppress(_) => None,
-        }
+        let Command::Stage(c) = self else {
+            return None;
+        };
+        Some(c.stage())
     }
 
     /// The stage this command runs alone, if it is a stage command.

@@ -10,9 +10,9 @@
 pub mod bookings;
 pub mod ledger;
 pub mod migrate;
-pub mod ops;
 mod pool;
 pub mod reconcile;
+pub mod reports;
 pub mod retention;
 pub mod runs;
 pub mod sms;

@@ -17,9 +17,10 @@ use chrono::Duration;
 use super::plan::{base_context, contacts, MessagePlan, Outgoing, Plan, PlanInput, Recipient};
 use crate::db::bookings::is_active_status;
 use crate::domain::{
-    Anchor, Counter, EmailAddress, MessageKind, RecipientRole, RowFacts, Selection, StageFacts,
-    StatusRule, CONFIRMATION_LEDGER_STAGE,
+    Anchor, Channel, Counter, EmailAddress, MessageKind, RecipientRole, RowFacts, Selection,
+    StageFacts, StatusRule, CONFIRMATION_LEDGER_STAGE,
 };
+use crate::templates::MessageContext;
 
 /// Confirmation recovery has no look-back: it takes every unconfirmed active booking whose
 /// session is still ahead and that was created before the window's end (10 minutes ago: the
@@ -78,64 +79,67 @@ pub fn plan(input: &PlanInput<'_>, trigger: Trigger) -> Plan {
     if b.client_confirmation_sent_at.is_none() {
         match patient {
             None => patient_missing = true,
-            Some(p) => {
-                if let Some(email) = contacts(p).email {
-                    out.push(MessagePlan::Send(Box::new(Outgoing {
-                        role: RecipientRole::Patient,
-                        kind: MessageKind::ClientConfirmation,
-                        to: Recipient::Email(email),
-                        to_name: p.name.clone(),
-                        context: context.clone(),
-                        invite: true,
-                        carries_copy_of: None,
-                    })));
-                } else {
-                    out.push(MessagePlan::Skip {
-                        channel: crate::domain::Channel::Email,
-                        role: RecipientRole::Patient,
-                        counter: Counter::SkippedNoContact,
-                        reason: "patient has no usable email",
-                    });
-                }
-            }
+            Some(p) => out.push(invite_email(
+                (RecipientRole::Patient, MessageKind::ClientConfirmation),
+                contacts(p).email,
+                p.name.clone(),
+                context.clone(),
+                "patient has no usable email",
+            )),
         }
     }
     if b.therapist_notification_sent_at.is_none() {
-        let therapist_email = b
-            .therapist
-            .as_ref()
-            .and_then(|t| t.email.as_deref())
-            .and_then(|e| EmailAddress::parse(e).ok());
-        match therapist_email {
-            Some(email) => out.push(MessagePlan::Send(Box::new(Outgoing {
-                role: RecipientRole::Therapist,
-                kind: MessageKind::TherapistNotification,
-                to: Recipient::Email(email),
-                to_name: b.therapist.as_ref().and_then(|t| t.display_name()),
-                context,
-                invite: true,
-                carries_copy_of: None,
-            }))),
-            None => out.push(MessagePlan::Skip {
-                channel: crate::domain::Channel::Email,
-                role: RecipientRole::Therapist,
-                counter: Counter::SkippedNoContact,
-                reason: "therapist has no usable email",
-            }),
-        }
+        let therapist = b.therapist.as_ref();
+        out.push(invite_email(
+            (RecipientRole::Therapist, MessageKind::TherapistNotification),
+            therapist
+                .and_then(|t| t.email.as_deref())
+                .and_then(|e| EmailAddress::parse(e).ok()),
+            therapist.and_then(|t| t.display_name()),
+            context,
+            "therapist has no usable email",
+        ));
     }
     if patient_missing && out.iter().all(|m| !matches!(m, MessagePlan::Send(_))) {
         return Plan::skip(Counter::SkippedNoPatient, "booking has no patient row");
     }
     if patient_missing {
         out.push(MessagePlan::Skip {
-            channel: crate::domain::Channel::Email,
+            channel: Channel::Email,
             role: RecipientRole::Patient,
             counter: Counter::SkippedNoPatient,
             reason: "booking has no patient row",
         });
     }
     Plan::Messages(out)
+}
+
+/// The message `kind` to `role` by email with the calendar invite, or a counted skip (saying
+/// `no_email`) when there is no usable address: confirmations are email only.
+fn invite_email(
+    (role, kind): (RecipientRole, MessageKind),
+    email: Option<EmailAddress>,
+    to_name: Option<String>,
+    context: MessageContext,
+    no_email: &'static str,
+) -> MessagePlan {
+    match email {
+        Some(email) => MessagePlan::Send(Box::new(Outgoing {
+            role,
+            kind,
+            to: Recipient::Email(email),
+            to_name,
+            context,
+            invite: true,
+            carries_copy_of: None,
+        })),
+        None => MessagePlan::Skip {
+            channel: Channel::Email,
+            role,
+            counter: Counter::SkippedNoContact,
+            reason: no_email,
+        },
+    }
 }
 
 fn qa_plan(input: &PlanInput<'_>, qa: EmailAddress) -> Plan {
