@@ -191,38 +191,57 @@ pub struct SettingsArgs {
     pub sms_quiet_end: Option<String>,
 }
 
-/// The stage commands, one per [`Stage`]; flattened into [`Command`], so each is a
-/// subcommand of its own (`journeyctl reminder-1h`).
-#[derive(Subcommand, Debug)]
-pub enum StageCommand {
-    /// Send confirmations and therapist notices the webhook did not get out
-    ConfirmationRecovery(StageArgs),
-    /// Remind patients 24 hours before the session (email + SMS)
-    #[command(name = "reminder-24h")]
-    Reminder24h(StageArgs),
-    /// Remind patients 1 hour before the session (email + SMS)
-    #[command(name = "reminder-1h")]
-    Reminder1h(StageArgs),
-    /// Follow up intro sessions that ended 10-30 minutes ago (booking link, next free slot)
-    IntroFollowup(StageArgs),
-    /// Invite patients whose full session ended 3-5 days ago to book the next one
-    SessionFollowup(StageArgs),
-    /// Point patients whose booking was cancelled 2-4 hours ago to their other matches
-    CancellationRecovery(StageArgs),
+/// One stage command per [`Stage`], flattened into [`Command`] so each is a subcommand of its
+/// own (`journeyctl reminder-1h`), named and described by the stage's facts
+/// (`StageFacts::command`, `StageFacts::help`): a new stage gets its command from its file.
+#[derive(Debug, Clone)]
+pub struct StageCommand {
+    pub stage: Stage,
+    pub args: StageArgs,
 }
 
 impl StageCommand {
-    /// The stage this command runs, with its flags. The one place a stage command is mapped to
-    /// its stage: a new variant fails to compile here until it is.
+    /// The stage this command runs, with its flags.
     pub fn stage(&self) -> (Stage, &StageArgs) {
-        match self {
-            StageCommand::ConfirmationRecovery(a) => (Stage::ConfirmationRecovery, a),
-            StageCommand::Reminder24h(a) => (Stage::Reminder24h, a),
-            StageCommand::Reminder1h(a) => (Stage::Reminder1h, a),
-            StageCommand::IntroFollowup(a) => (Stage::IntroFollowup, a),
-            StageCommand::SessionFollowup(a) => (Stage::SessionFollowup, a),
-            StageCommand::CancellationRecovery(a) => (Stage::CancellationRecovery, a),
-        }
+        (self.stage, &self.args)
+    }
+}
+
+impl clap::FromArgMatches for StageCommand {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let (name, sub) = matches
+            .subcommand()
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
+        let stage = Stage::ALL
+            .into_iter()
+            .find(|s| s.command() == name)
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))?;
+        Ok(StageCommand {
+            stage,
+            args: StageArgs::from_arg_matches(sub)?,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = StageCommand::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Subcommand for StageCommand {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        Stage::ALL.into_iter().fold(cmd, |cmd, stage| {
+            let sub = StageArgs::augment_args(clap::Command::new(stage.command()));
+            cmd.subcommand(sub.about(stage.facts().help))
+        })
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        StageCommand::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        Stage::ALL.into_iter().any(|s| s.command() == name)
     }
 }
 

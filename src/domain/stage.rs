@@ -56,6 +56,8 @@ pub struct StageFacts {
     pub name: &'static str,
     /// The subcommand name.
     pub command: &'static str,
+    /// What the subcommand does, one line for `--help`.
+    pub help: &'static str,
     /// The value of `journey_deliveries.stage`. The webhook's confirmations and confirmation
     /// recovery share one ledger stage so that one can never duplicate the other.
     pub ledger_stage: &'static str,

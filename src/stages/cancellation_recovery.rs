@@ -16,6 +16,7 @@ pub const PATIENT_EXCLUSIVE_PERIOD: Duration = Duration::hours(72);
 pub(crate) const FACTS: StageFacts = StageFacts {
     name: "cancellation_recovery",
     command: "cancellation-recovery",
+    help: "Point patients whose booking was cancelled 2-4 hours ago to their other matches",
     ledger_stage: "cancellation_recovery",
     window: (Duration::hours(-4), Duration::hours(-2)),
     cadence: Duration::minutes(30),

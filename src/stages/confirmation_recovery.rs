@@ -29,6 +29,7 @@ use crate::templates::MessageContext;
 pub(crate) const FACTS: StageFacts = StageFacts {
     name: "confirmation_recovery",
     command: "confirmation-recovery",
+    help: "Send confirmations and therapist notices the webhook did not get out",
     ledger_stage: CONFIRMATION_LEDGER_STAGE,
     window: (Duration::days(-7), Duration::minutes(-10)),
     cadence: Duration::minutes(5),

@@ -15,6 +15,7 @@ use crate::domain::{
 pub(crate) const FACTS: StageFacts = StageFacts {
     name: "intro_followup",
     command: "intro-followup",
+    help: "Follow up intro sessions that ended 10-30 minutes ago (booking link, next free slot)",
     ledger_stage: "intro_followup",
     window: (Duration::minutes(-30), Duration::minutes(-10)),
     cadence: Duration::minutes(5),

@@ -10,9 +10,13 @@ use crate::domain::{MessageKind, StageFacts};
 /// The message this stage sends, by email and SMS.
 const KIND: MessageKind = MessageKind::Reminder1h;
 
+/// The `--help` line of its command.
+const HELP: &str = "Remind patients 1 hour before the session (email + SMS)";
+
 pub(crate) const FACTS: StageFacts = StageFacts {
     name: "reminder_1h",
     command: "reminder-1h",
+    help: HELP,
     ledger_stage: "reminder_1h",
     window: (Duration::minutes(50), Duration::minutes(70)),
     cadence: Duration::minutes(5),

@@ -10,9 +10,13 @@ use crate::domain::{MessageKind, StageFacts};
 /// The message this stage sends, by email and SMS.
 const KIND: MessageKind = MessageKind::Reminder24h;
 
+/// The `--help` line of its command.
+const HELP: &str = "Remind patients 24 hours before the session (email + SMS)";
+
 pub(crate) const FACTS: StageFacts = StageFacts {
     name: "reminder_24h",
     command: "reminder-24h",
+    help: HELP,
     ledger_stage: "reminder_24h",
     window: (Duration::hours(23), Duration::hours(25)),
     cadence: Duration::minutes(30),

@@ -14,6 +14,7 @@ use crate::domain::{
 pub(crate) const FACTS: StageFacts = StageFacts {
     name: "session_followup",
     command: "session-followup",
+    help: "Invite patients whose full session ended 3-5 days ago to book the next one",
     ledger_stage: "session_followup",
     window: (Duration::days(-5), Duration::days(-3)),
     cadence: Duration::minutes(30),
