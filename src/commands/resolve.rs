@@ -7,6 +7,7 @@ use crate::cli::GlobalArgs;
 use crate::clock::Clock;
 use crate::config;
 use crate::db::{self, reports};
+use crate::domain::DeliveryStatus;
 use crate::exit::ExitStatus;
 
 /// `resolve` settles one row in one transaction: one connection.
@@ -25,7 +26,7 @@ pub async fn resolve(
             eprintln!("resolve: no delivery {id}; `journeyctl status` lists the ones in doubt");
             Ok(ExitStatus::Failed)
         }
-        Some(d) if d.status != "in_doubt" => {
+        Some(d) if d.status != DeliveryStatus::InDoubt => {
             eprintln!(
                 "resolve: delivery {id} is '{}', not in_doubt; nothing changed",
                 d.status

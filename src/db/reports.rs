@@ -8,7 +8,9 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::Db;
-use crate::domain::{Anchor, BookingStatus, Counters, Stage, StageFacts, StatusRule};
+use crate::domain::{
+    Anchor, BookingStatus, Counters, DeliveryStatus, Stage, StageFacts, StatusRule,
+};
 
 /// One finished run of a stage (a `followups` run counts for each of its stages).
 #[derive(Clone, Debug)]
@@ -90,10 +92,16 @@ pub struct Delivery {
     pub stage: String,
     pub channel: String,
     pub recipient_role: String,
-    pub status: String,
+    #[serde(serialize_with = "status_text")]
+    pub status: DeliveryStatus,
     pub recipient: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A delivery's status as its database text (`in_doubt`), in `status --json`.
+fn status_text<S: serde::Serializer>(status: &DeliveryStatus, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(status.as_str())
 }
 
 /// Runs still open past their deadline (deadline plus drain bound, wall clock): a hung run
@@ -156,7 +164,11 @@ fn delivery(r: &tokio_postgres::Row) -> anyhow::Result<Delivery> {
         stage: r.try_get(2)?,
         channel: r.try_get(3)?,
         recipient_role: r.try_get(4)?,
-        status: r.try_get(5)?,
+        status: {
+            let text: String = r.try_get(5)?;
+            DeliveryStatus::parse(&text)
+                .ok_or_else(|| anyhow::anyhow!("unknown delivery status {text:?}"))?
+        },
         recipient: r.try_get(6)?,
         last_error: r.try_get(7)?,
         updated_at: r.try_get(8)?,
@@ -185,10 +197,15 @@ pub async fn resolve(
         .context("Failed to read the delivery")?;
     let Some(r) = row else { return Ok(None) };
     let d = delivery(&r)?;
-    if d.status != "in_doubt" {
+    if d.status != DeliveryStatus::InDoubt {
         return Ok(Some(d));
     }
-    let status = if sent { "sent" } else { "retry" };
+    let status = if sent {
+        DeliveryStatus::Sent
+    } else {
+        DeliveryStatus::Retry
+    }
+    .as_str();
     tx.execute(
         "UPDATE journey_deliveries
             SET status = $2, updated_at = now(),
