@@ -191,25 +191,68 @@ pub struct SettingsArgs {
     pub sms_quiet_end: Option<String>,
 }
 
+/// One stage command per [`Stage`], flattened into [`Command`] so each is a subcommand of its
+/// own (`journeyctl reminder-1h`), named and described by the stage's facts
+/// (`StageFacts::command`, `StageFacts::help`): a new stage gets its command from its file.
+#[derive(Debug, Clone)]
+pub struct StageCommand {
+    pub stage: Stage,
+    pub args: StageArgs,
+}
+
+impl StageCommand {
+    /// The stage this command runs, with its flags.
+    pub fn stage(&self) -> (Stage, &StageArgs) {
+        (self.stage, &self.args)
+    }
+}
+
+impl clap::FromArgMatches for StageCommand {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let (name, sub) = matches
+            .subcommand()
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::MissingSubcommand))?;
+        let stage = Stage::ALL
+            .into_iter()
+            .find(|s| s.command() == name)
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))?;
+        Ok(StageCommand {
+            stage,
+            args: StageArgs::from_arg_matches(sub)?,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = StageCommand::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Subcommand for StageCommand {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        Stage::ALL.into_iter().fold(cmd, |cmd, stage| {
+            let sub = StageArgs::augment_args(clap::Command::new(stage.command()));
+            cmd.subcommand(sub.about(stage.facts().help))
+        })
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        StageCommand::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        Stage::ALL.into_iter().any(|s| s.command() == name)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Apply the sql/ migrations (creates what is missing, never drops data; safe to repeat)
     Migrate,
 
-    /// Send confirmations and therapist notices the webhook did not get out
-    ConfirmationRecovery(StageArgs),
-    /// Remind patients 24 hours before the session (email + SMS)
-    #[command(name = "reminder-24h")]
-    Reminder24h(StageArgs),
-    /// Remind patients 1 hour before the session (email + SMS)
-    #[command(name = "reminder-1h")]
-    Reminder1h(StageArgs),
-    /// Follow up intro sessions that ended 10-30 minutes ago (booking link, next free slot)
-    IntroFollowup(StageArgs),
-    /// Invite patients whose full session ended 3-5 days ago to book the next one
-    SessionFollowup(StageArgs),
-    /// Point patients whose booking was cancelled 2-4 hours ago to their other matches
-    CancellationRecovery(StageArgs),
+    /// One stage of the journey (a subcommand each)
+    #[command(flatten)]
+    Stage(StageCommand),
     /// Process one Cal.com webhook body (stdin, or --file) as the listener would: verify,
     /// store, send the confirmations. For replays and for wiring into another web server
     Webhook(WebhookArgs),
@@ -481,29 +524,12 @@ pub struct PreviewArgs {
 }
 
 impl Command {
-    /// The stage a stage command runs, with its flags; `None` for every other command. No
-    /// wildcard arm on purpose: a new command must say here whether it runs a stage.
+    /// The stage a stage command runs, with its flags; `None` for every other command.
     pub fn stage_command(&self) -> Option<(Stage, &StageArgs)> {
-        match self {
-            Command::ConfirmationRecovery(a) => Some((Stage::ConfirmationRecovery, a)),
-            Command::Reminder24h(a) => Some((Stage::Reminder24h, a)),
-            Command::Reminder1h(a) => Some((Stage::Reminder1h, a)),
-            Command::IntroFollowup(a) => Some((Stage::IntroFollowup, a)),
-            Command::SessionFollowup(a) => Some((Stage::SessionFollowup, a)),
-            Command::CancellationRecovery(a) => Some((Stage::CancellationRecovery, a)),
-            Command::Migrate
-            | Command::Webhook(_)
-            | Command::Serve(_)
-            | Command::Status(_)
-            | Command::Audit(_)
-            | Command::Resolve(_)
-            | Command::Preview(_)
-            | Command::Demo(_)
-            | Command::Prune(_)
-            | Command::Followups(_)
-            | Command::Reconcile(_)
-            | Command::Suppress(_) => None,
-        }
+        let Command::Stage(c) = self else {
+            return None;
+        };
+        Some(c.stage())
     }
 
     /// The stage this command runs alone, if it is a stage command.

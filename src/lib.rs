@@ -98,38 +98,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     let clock = config::clock_from(cli.global.now.as_deref())?;
     let settings = config::Settings::from_args(&cli.global.settings)?;
     let g = &cli.global;
-    let single =
-        |stage: domain::Stage, a: &cli::StageArgs| -> anyhow::Result<Vec<commands::StageRun>> {
-            Ok(vec![commands::StageRun {
-                stage,
-                opts: stages::StageOptions {
-                    dry_run: a.dry_run,
-                    limit: a.limit,
-                    window: stages::resolve_window(
-                        stage,
-                        a.window_start.as_deref(),
-                        a.window_end.as_deref(),
-                    )?,
-                    lock: !a.no_lock,
-                    concurrency: a.concurrency,
-                },
-            }])
-        };
-    use domain::Stage;
     match &cli.command {
         Command::Migrate => commands::migrate(g).await,
-        Command::ConfirmationRecovery(_)
-        | Command::Reminder24h(_)
-        | Command::Reminder1h(_)
-        | Command::IntroFollowup(_)
-        | Command::SessionFollowup(_)
-        | Command::CancellationRecovery(_) => {
-            let (stage, a) = cli.command.stage_command().ok_or_else(|| {
-                anyhow::anyhow!("internal: {:?} is not mapped to a stage", cli.command)
-            })?;
-            let runs = single(stage, a)?;
-            let metrics = a.metrics_file.as_deref();
+        Command::Stage(c) => {
+            let (stage, a) = c.stage();
+            let window =
+                stages::resolve_window(stage, a.window_start.as_deref(), a.window_end.as_deref())?;
+            let runs = vec![commands::StageRun {
+                stage,
+                opts: stage_options(a.dry_run, a.limit, window, a.no_lock, a.concurrency),
+            }];
             let deadline = run_deadline(&a.run_deadline)?;
+            let metrics = a.metrics_file.as_deref();
             let cmd = commands::StageCommand {
                 name: stage.command(),
                 stages: runs,
@@ -142,15 +122,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Webhook(a) => match a.replay {
             Some(receipt) => commands::replay(g, settings, clock, receipt).await,
             None => {
-                commands::webhook(
-                    g,
-                    settings,
-                    clock,
-                    a.file.clone(),
-                    a.signature.clone(),
-                    a.no_verify,
-                )
-                .await
+                let (file, signature) = (a.file.clone(), a.signature.clone());
+                commands::webhook(g, settings, clock, file, signature, a.no_verify).await
             }
         },
         Command::Serve(a) => {
@@ -172,46 +145,71 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
             };
             commands::suppress(g, &a.address, channel, a.remove).await
         }
-        Command::Followups(a) => {
-            let selected = &a.stages;
-            let runs = Stage::ALL
-                .into_iter()
-                .filter(|s| selected.is_empty() || selected.contains(s))
-                .map(|stage| commands::StageRun {
-                    stage,
-                    opts: stages::StageOptions {
-                        dry_run: a.dry_run,
-                        limit: a.limit,
-                        window: stage.default_window(),
-                        lock: !a.no_lock,
-                        concurrency: a.concurrency,
-                    },
-                })
-                .collect();
-            // With CAL_API_KEY set, reconcile runs first (see `commands::reconcile`).
-            let reconcile = match (&settings.cal_api, a.no_reconcile) {
-                (Some(_), false) => Some(commands::ReconcileOptions::new(
-                    a.dry_run,
-                    None,
-                    calapi::MAX_TAKE,
-                )?),
-                _ => None,
-            };
-            let cmd = commands::StageCommand {
-                name: "followups",
-                stages: runs,
-                metrics_file: a.metrics_file.as_deref(),
-                deadline: run_deadline(&a.run_deadline)?,
-                reconcile,
-            };
-            commands::run_stages(g, settings, clock, cmd).await
-        }
+        Command::Followups(a) => followups(g, settings, clock, a).await,
         Command::Reconcile(a) => {
             let opts = commands::ReconcileOptions::new(a.dry_run, a.since.as_deref(), a.page_size)?;
             let deadline = run_deadline(&a.run_deadline)?;
             commands::reconcile(g, settings, clock, opts, deadline).await
         }
     }
+}
+
+/// The options of one stage run from its flags.
+fn stage_options(
+    dry_run: bool,
+    limit: Option<u32>,
+    window: (chrono::Duration, chrono::Duration),
+    no_lock: bool,
+    concurrency: usize,
+) -> stages::StageOptions {
+    stages::StageOptions {
+        dry_run,
+        limit,
+        window,
+        lock: !no_lock,
+        concurrency,
+    }
+}
+
+/// `journeyctl followups`: every selected stage in order with its default window, after
+/// reconcile when CAL_API_KEY is set (see `commands::reconcile`).
+async fn followups(
+    g: &GlobalArgs,
+    settings: config::Settings,
+    clock: clock::Clock,
+    a: &cli::FollowupsArgs,
+) -> anyhow::Result<ExitStatus> {
+    let selected = &a.stages;
+    let runs = domain::Stage::ALL
+        .into_iter()
+        .filter(|s| selected.is_empty() || selected.contains(s))
+        .map(|stage| commands::StageRun {
+            stage,
+            opts: stage_options(
+                a.dry_run,
+                a.limit,
+                stage.default_window(),
+                a.no_lock,
+                a.concurrency,
+            ),
+        })
+        .collect();
+    let reconcile = match (&settings.cal_api, a.no_reconcile) {
+        (Some(_), false) => Some(commands::ReconcileOptions::new(
+            a.dry_run,
+            None,
+            calapi::MAX_TAKE,
+        )?),
+        _ => None,
+    };
+    let cmd = commands::StageCommand {
+        name: "followups",
+        stages: runs,
+        metrics_file: a.metrics_file.as_deref(),
+        deadline: run_deadline(&a.run_deadline)?,
+        reconcile,
+    };
+    commands::run_stages(g, settings, clock, cmd).await
 }
 
 /// `--run-deadline`: a positive duration.

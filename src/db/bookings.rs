@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Db;
-use crate::domain::{BookingStatus, Stage};
+use crate::domain::{Anchor, BookingStatus, RowFacts, Stage, StageFacts, StatusRule};
 
-/// Bookings that will take place (SPEC §1): see [`BookingStatus::is_active`]. PENDING is not
+/// Bookings that will take place: see [`BookingStatus::is_active`]. PENDING is not
 /// active: the host has not accepted, so nobody is confirmed, notified or reminded yet.
 fn active(alias: &str) -> String {
     BookingStatus::sql_is_active(alias)
@@ -133,35 +133,66 @@ impl std::fmt::Debug for PatientRow {
     }
 }
 
-/// The selection column and extra predicate of each stage (SPEC §1) over the booking alias
-/// `a`, without [`has_work`]. The window bounds are `$2..=$3`, the run's instant `$1`.
-fn stage_window(stage: Stage, a: &str) -> String {
-    match stage {
-        // No look-back on created_at: any unconfirmed active booking whose session is still
-        // ahead is caught (the partial index on start_time serves it). Only the window's end
-        // applies ("created more than 10 minutes ago": the webhook may still be sending).
-        Stage::ConfirmationRecovery => format!(
-            "({a}.client_confirmation_sent_at IS NULL OR {a}.therapist_notification_sent_at IS NULL) \
-             AND {a}.start_time > $1 AND {a}.created_at <= $3 AND $2 IS NOT NULL \
-             AND {a}.therapist_id IS NOT NULL AND {}",
-            active(a)
-        ),
-        Stage::Reminder24h | Stage::Reminder1h => {
-            format!("{a}.start_time BETWEEN $2 AND $3 AND {}", active(a))
-        }
-        Stage::IntroFollowup => format!(
-            "{a}.booking_kind = 'intro' AND {a}.end_time BETWEEN $2 AND $3 AND {}",
-            BookingStatus::sql_not_fell_through(a)
-        ),
-        Stage::SessionFollowup => format!(
-            "{a}.booking_kind = 'full_session' AND {a}.end_time BETWEEN $2 AND $3 AND {}",
-            BookingStatus::sql_not_fell_through(a)
-        ),
-        Stage::CancellationRecovery => format!(
-            "{a}.cancelled_at IS NOT NULL AND {a}.cancelled_at BETWEEN $2 AND $3 AND {}",
-            BookingStatus::Cancelled.sql_is(a)
-        ),
+/// The selection of a stage over the booking alias `a`, without [`has_work`]: its booking
+/// kind, the sides not yet marked (a stage with two mark columns), the window on its anchor
+/// (bounds `$2..=$3`, the run's instant `$1`), the therapist and the statuses. Names and kinds
+/// come from the stage's facts as literals, never from data, so the partial indexes of
+/// `V6__speed.sql` match; times are bound parameters.
+fn stage_window(facts: &StageFacts, a: &str) -> String {
+    let sel = &facts.selection;
+    let mut terms = Vec::new();
+    if let Some(kind) = sel.booking_kind {
+        terms.push(format!("{a}.booking_kind = '{}'", kind.as_str()));
     }
+    if let Some(therapist_mark) = facts.therapist_mark_column {
+        let mark = facts.mark_column;
+        terms.push(format!(
+            "({a}.{mark} IS NULL OR {a}.{therapist_mark} IS NULL)"
+        ));
+    }
+    terms.push(anchor_window(sel.anchor, a));
+    if sel.needs_therapist {
+        terms.push(format!("{a}.therapist_id IS NOT NULL"));
+    }
+    terms.push(statuses(sel.statuses, a));
+    terms.join(" AND ")
+}
+
+/// The window on the stage's anchor.
+fn anchor_window(anchor: Anchor, a: &str) -> String {
+    match anchor {
+        // No look-back on created_at: any unconfirmed booking whose session is still ahead is
+        // caught. Only the window's end applies ("created more than 10 minutes ago": the
+        // webhook may still be sending).
+        Anchor::CreatedWhileSessionAhead => {
+            format!("{a}.start_time > $1 AND {a}.created_at <= $3 AND $2 IS NOT NULL")
+        }
+        Anchor::StartTime => format!("{a}.start_time BETWEEN $2 AND $3"),
+        Anchor::EndTime => format!("{a}.end_time BETWEEN $2 AND $3"),
+        Anchor::CancelledAt => {
+            format!("{a}.cancelled_at IS NOT NULL AND {a}.cancelled_at BETWEEN $2 AND $3")
+        }
+    }
+}
+
+/// The statuses a stage is due for, over the booking alias `a`.
+pub(crate) fn statuses(rule: StatusRule, a: &str) -> String {
+    match rule {
+        StatusRule::Active => active(a),
+        StatusRule::NotFellThrough => BookingStatus::sql_not_fell_through(a),
+        StatusRule::Cancelled => BookingStatus::Cancelled.sql_is(a),
+    }
+}
+
+/// The booking column a stage's window is placed on, over the alias `a`.
+pub(crate) fn anchor_column(anchor: Anchor, a: &str) -> String {
+    let column = match anchor {
+        Anchor::CreatedWhileSessionAhead => "created_at",
+        Anchor::StartTime => "start_time",
+        Anchor::EndTime => "end_time",
+        Anchor::CancelledAt => "cancelled_at",
+    };
+    format!("{a}.{column}")
 }
 
 /// Whether a booking still has work for a stage, so handled bookings never fill `--limit`:
@@ -171,19 +202,20 @@ fn stage_window(stage: Stage, a: &str) -> String {
 /// reason, in doubt, or being sent by another run). Skips that a later run must re-evaluate
 /// (no free slots) are not recorded, so those bookings stay selected.
 pub fn has_work(stage: Stage) -> String {
-    format!("({} OR {})", retry_of(stage, "b"), undecided_of(stage, "b"))
+    let facts = stage.facts();
+    format!("({} OR {})", retry_of(facts, "b"), undecided_of(facts, "b"))
 }
 
 /// A `retry` row of the stage for booking `a`.
-fn retry_of(stage: Stage, a: &str) -> String {
-    ledger_rows(stage, a, &format!("w.status = 'retry' AND {}", HELD_DUE))
+fn retry_of(facts: &StageFacts, a: &str) -> String {
+    ledger_rows(facts, a, &format!("w.status = 'retry' AND {}", HELD_DUE))
 }
 
 /// A `retry` row held by quiet hours (`not_before` ahead) is decided until its time comes.
 const HELD_DUE: &str = "(w.not_before IS NULL OR w.not_before <= $1)";
 
-fn ledger_rows(stage: Stage, a: &str, filter: &str) -> String {
-    let ledger = stage.ledger_stage();
+fn ledger_rows(facts: &StageFacts, a: &str, filter: &str) -> String {
+    let ledger = facts.ledger_stage;
     format!(
         "EXISTS (SELECT 1 FROM journey_deliveries w WHERE w.booking_id = {a}.id \
          AND w.stage = '{ledger}' AND {filter})"
@@ -193,12 +225,12 @@ fn ledger_rows(stage: Stage, a: &str, filter: &str) -> String {
 /// The stage not yet done for a recipient of booking `a`: its mark is NULL and the ledger has
 /// decided nothing for it. Every arm starts with a mark being NULL, so the partial indexes of
 /// `V6__speed.sql` serve it and bookings already handled are not read.
-fn undecided_of(stage: Stage, a: &str) -> String {
+fn undecided_of(facts: &StageFacts, a: &str) -> String {
     let undecided = |mark: &str, roles: &str| {
         format!(
             "({a}.{mark} IS NULL AND NOT {})",
             ledger_rows(
-                stage,
+                facts,
                 a,
                 &format!(
                     "(w.status <> 'retry' OR w.not_before > $1) AND w.recipient_role IN ({roles})"
@@ -206,24 +238,15 @@ fn undecided_of(stage: Stage, a: &str) -> String {
             )
         )
     };
-    match stage {
+    match facts.therapist_mark_column {
         // Two recipients, each with its own mark. A test booking's one QA email carries both
-        // (see `stages::confirmation`), so a `qa` row decides both sides.
-        Stage::ConfirmationRecovery => format!(
+        // (see `stages::confirmation_recovery`), so a `qa` row decides both sides.
+        Some(therapist_mark) => format!(
             "({} OR {})",
-            undecided("client_confirmation_sent_at", "'patient', 'qa'"),
-            undecided("therapist_notification_sent_at", "'therapist', 'qa'"),
+            undecided(facts.mark_column, "'patient', 'qa'"),
+            undecided(therapist_mark, "'therapist', 'qa'"),
         ),
-        _ => undecided(stage.mark_column(), "'patient', 'therapist', 'qa'"),
-    }
-}
-
-fn order_column(stage: Stage) -> &'static str {
-    match stage {
-        Stage::ConfirmationRecovery => "b.created_at",
-        Stage::Reminder24h | Stage::Reminder1h => "b.start_time",
-        Stage::IntroFollowup | Stage::SessionFollowup => "b.end_time",
-        Stage::CancellationRecovery => "b.cancelled_at",
+        None => undecided(facts.mark_column, "'patient', 'therapist', 'qa'"),
     }
 }
 
@@ -233,24 +256,25 @@ pub const PAGE: i64 = 500;
 
 /// When a booking's window for a stage has closed for good, as a predicate over `b`
 /// (`$1` the run's instant, `$2` the window's earlier edge): no run with this window selects
-/// it again. Confirmation recovery has no look-back: it closes when the session starts.
+/// it again. A stage without look-back closes when the session starts.
 pub fn window_closed(stage: Stage) -> String {
-    match stage {
-        Stage::ConfirmationRecovery => "b.start_time <= $1::timestamptz".to_string(),
-        other => format!("{} < $2::timestamptz", order_column(other)),
+    match stage.facts().selection.anchor {
+        Anchor::CreatedWhileSessionAhead => "b.start_time <= $1::timestamptz".to_string(),
+        other => format!("{} < $2::timestamptz", anchor_column(other, "b")),
     }
 }
 
 /// The selection query of a stage (its first page); public so tests can EXPLAIN it.
 /// Parameters: `$1` the run's instant, `$2..$3` the window, `$4` the limit.
 pub fn due_query(stage: Stage) -> String {
-    query_with(stage, &page_predicate(stage, false))
+    let facts = stage.facts();
+    query_with(facts, &page_predicate(facts, false))
 }
 
 /// The query of a page after a keyset cursor: `$5` the last booking's id, `$6` its value of
 /// the stage's order column.
-fn due_page_query(stage: Stage) -> String {
-    query_with(stage, &page_predicate(stage, true))
+fn due_page_query(facts: &StageFacts) -> String {
+    query_with(facts, &page_predicate(facts, true))
 }
 
 /// The bookings of a page, found as the union of two ordered, limited index scans: bookings
@@ -258,12 +282,13 @@ fn due_page_query(stage: Stage) -> String {
 /// and bookings with a `retry` row of the stage (through the ledger's partial index on retry
 /// rows). Each arm yields its own first `$4` rows after the cursor, so the first `$4` of their
 /// union are exactly the first `$4` of all due bookings; rows already handled are not read.
-fn page_predicate(stage: Stage, after_cursor: bool) -> String {
-    let key = order_column(stage).replace("b.", "c.");
-    let window = stage_window(stage, "c");
-    let mark_null = match stage {
-        Stage::ConfirmationRecovery => String::new(),
-        other => format!("c.{} IS NULL AND ", other.mark_column()),
+fn page_predicate(facts: &StageFacts, after_cursor: bool) -> String {
+    let key = anchor_column(facts.selection.anchor, "c");
+    let window = stage_window(facts, "c");
+    // A stage with two marks selects on "either is NULL", in its window.
+    let mark_null = match facts.therapist_mark_column {
+        Some(_) => String::new(),
+        None => format!("c.{} IS NULL AND ", facts.mark_column),
     };
     // A row comparison, so the index scan starts right after the cursor even among many
     // bookings with the same key. Only after a cursor: on the first page PostgreSQL would
@@ -284,17 +309,17 @@ fn page_predicate(stage: Stage, after_cursor: bool) -> String {
                              WHERE w.stage = '{ledger}' AND w.status = 'retry' AND {HELD_DUE})
                AND {window} AND {after}
              ORDER BY {key}, c.id LIMIT $4){held})",
-        held = held_arm(stage, &key, &after),
-        undecided = undecided_of(stage, "c"),
-        ledger = stage.ledger_stage(),
+        held = held_arm(facts, &key, &after),
+        undecided = undecided_of(facts, "c"),
+        ledger = facts.ledger_stage,
     )
 }
 
-/// Reminders only: SMS held by quiet hours whose time has come, even once the booking has left
-/// the window (a 1 h reminder for 08:30 goes at 08:00), while the session is still ahead;
-/// `ledger::expire_closed` ends those that come too late. A third ordered, limited arm.
-fn held_arm(stage: Stage, key: &str, after: &str) -> String {
-    if !matches!(stage, Stage::Reminder24h | Stage::Reminder1h) {
+/// Stages that send SMS: SMS held by quiet hours whose time has come, even once the booking
+/// has left the window (a 1 h reminder for 08:30 goes at 08:00), while the session is still
+/// ahead; `ledger::expire_closed` ends those that come too late. A third ordered, limited arm.
+fn held_arm(facts: &StageFacts, key: &str, after: &str) -> String {
+    if !facts.sends_sms() {
         return String::new();
     }
     format!(
@@ -306,25 +331,74 @@ fn held_arm(stage: Stage, key: &str, after: &str) -> String {
                                AND w.not_before IS NOT NULL AND w.not_before <= $1)
                AND c.start_time > $1 AND {active} AND {after}
              ORDER BY {key}, c.id LIMIT $4)",
-        ledger = stage.ledger_stage(),
+        ledger = facts.ledger_stage,
         active = active("c"),
+    )
+}
+
+/// The facts about the patient's other bookings and matches the stage's rules need, as the
+/// columns `future_full, future_any, other_future, other_matched, recently_recovered` (false
+/// and 0 where the stage does not need them).
+fn row_facts(facts: &StageFacts) -> [String; 5] {
+    let off = || ["false", "false", "false", "0", "false"].map(String::from);
+    match facts.selection.row_facts {
+        RowFacts::None => off(),
+        RowFacts::RebookedWithTherapist => {
+            let mut out = off();
+            out[0] = future_with_therapist("AND o.booking_kind = 'full_session'");
+            out[1] = future_with_therapist("");
+            out
+        }
+        RowFacts::RecoveryHistory => [
+            "false".to_string(),
+            "false".to_string(),
+            format!(
+                "EXISTS (SELECT 1 FROM cal_bookings o WHERE o.patient_id = b.patient_id \
+                 AND o.id <> b.id AND ({completed} \
+                 OR ({other_active} AND (o.start_time > $1 OR o.end_time < $1))))",
+                completed = BookingStatus::Completed.sql_is("o"),
+                other_active = active("o"),
+            ),
+            "(SELECT count(DISTINCT om.therapist_id) FROM matches om \
+              WHERE om.patient_id = b.patient_id AND om.therapist_id IS NOT NULL \
+              AND om.therapist_id IS DISTINCT FROM b.therapist_id \
+              AND coalesce(lower(om.status), '') NOT IN ('declined', 'failed', 'rejected'))"
+                .to_string(),
+            recently_sent(facts),
+        ],
+    }
+}
+
+/// Another future, active booking of this patient with this therapist (of a kind).
+fn future_with_therapist(kind_filter: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM cal_bookings o WHERE o.patient_id = b.patient_id \
+         AND o.therapist_id = b.therapist_id AND o.id <> b.id AND o.start_time > $1 \
+         {kind_filter} AND {})",
+        active("o")
+    )
+}
+
+/// A message of this stage to the patient, for another booking, inside the stage's
+/// per-patient period, or one being sent or in doubt (`false` for a stage without a period).
+fn recently_sent(facts: &StageFacts) -> String {
+    let Some(period) = facts.patient_exclusive_period else {
+        return "false".to_string();
+    };
+    format!(
+        "EXISTS (SELECT 1 FROM journey_deliveries d WHERE d.patient_id = b.patient_id \
+     AND d.stage = '{ledger}' AND d.booking_id <> b.id \
+     AND ((d.status = 'sent' AND d.sent_at > $1 - interval '{hours} hours') \
+          OR d.status IN ('sending', 'in_doubt')))",
+        ledger = facts.ledger_stage,
+        hours = period.num_hours(),
     )
 }
 
 /// The selection query with another predicate; parameters are typed explicitly, since not
 /// every stage's query uses all of them.
-fn query_with(stage: Stage, predicate: &str) -> String {
-    let followup = matches!(stage, Stage::IntroFollowup | Stage::SessionFollowup);
-    let recovery = stage == Stage::CancellationRecovery;
-    let other_active = active("o");
-    let future_with_therapist = |kind_filter: &str| {
-        format!(
-            "EXISTS (SELECT 1 FROM cal_bookings o WHERE o.patient_id = b.patient_id \
-             AND o.therapist_id = b.therapist_id AND o.id <> b.id AND o.start_time > $1 \
-             {kind_filter} AND {other_active})"
-        )
-    };
-    let flag = |on: bool, expr: String| if on { expr } else { "false".to_string() };
+fn query_with(facts: &StageFacts, predicate: &str) -> String {
+    let [future_full, future_any, other_future, other_matched, recent] = row_facts(facts);
     format!(
         "SELECT b.id, b.cal_uid, b.status, coalesce(b.is_test, false), b.start_time, b.end_time,
                 b.booking_kind, b.video_url, b.location, b.ical_sequence, b.patient_id,
@@ -350,40 +424,8 @@ fn query_with(stage: Stage, predicate: &str) -> String {
          WHERE $1 IS NOT NULL AND {predicate}
          ORDER BY {order}, b.id
          LIMIT $4",
-        mark = stage.mark_column(),
-        future_full = flag(
-            followup,
-            future_with_therapist("AND o.booking_kind = 'full_session'")
-        ),
-        future_any = flag(followup, future_with_therapist("")),
-        other_future = flag(
-            recovery,
-            format!(
-                "EXISTS (SELECT 1 FROM cal_bookings o WHERE o.patient_id = b.patient_id \
-                 AND o.id <> b.id AND ({completed} \
-                 OR ({other_active} AND (o.start_time > $1 OR o.end_time < $1))))",
-                completed = BookingStatus::Completed.sql_is("o"),
-            )
-        ),
-        other_matched = if recovery {
-            "(SELECT count(DISTINCT om.therapist_id) FROM matches om \
-              WHERE om.patient_id = b.patient_id AND om.therapist_id IS NOT NULL \
-              AND om.therapist_id IS DISTINCT FROM b.therapist_id \
-              AND coalesce(lower(om.status), '') NOT IN ('declined', 'failed', 'rejected'))"
-        } else {
-            "0"
-        },
-        recent = flag(
-            recovery,
-            format!(
-                "EXISTS (SELECT 1 FROM journey_deliveries d WHERE d.patient_id = b.patient_id \
-             AND d.stage = 'cancellation_recovery' AND d.booking_id <> b.id \
-             AND ((d.status = 'sent' AND d.sent_at > $1 - interval '{} hours') \
-                  OR d.status IN ('sending', 'in_doubt')))",
-                crate::domain::RECOVERY_EXCLUSIVE_PERIOD.num_hours()
-            )
-        ),
-        order = order_column(stage),
+        mark = facts.mark_column,
+        order = anchor_column(facts.selection.anchor, "b"),
     )
     .replace("$1", "$1::timestamptz")
     .replace("$2", "$2::timestamptz")
@@ -393,17 +435,18 @@ fn query_with(stage: Stage, predicate: &str) -> String {
 }
 
 /// One page of the bookings a stage must look at, as of `now`, within `[from, to]` on the
-/// stage's column, after the keyset cursor `after` (the last booking of the previous page:
-/// its order key and id), at most `limit`. A prepared statement on the run's connection.
+/// stage's anchor column, after the keyset cursor `after` (the last booking of the previous
+/// page: its order key and id), at most `limit`. One round trip on the run's connection.
 pub async fn select_due_page(
     client: &deadpool_postgres::ClientWrapper,
-    stage: Stage,
+    facts: &StageFacts,
     now: DateTime<Utc>,
     (from, to): (DateTime<Utc>, DateTime<Utc>),
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> anyhow::Result<(Vec<DueBooking>, Option<(DateTime<Utc>, Uuid)>)> {
     use tokio_postgres::types::Type;
+    let stage = facts.name;
     // One round trip, planned for this page's values (nothing prepared beforehand).
     let window = [
         (
@@ -415,12 +458,15 @@ pub async fn select_due_page(
         (&limit, Type::INT8),
     ];
     let rows = match &after {
-        None => client.query_typed(&due_query(stage), &window).await,
+        None => {
+            let sql = query_with(facts, &page_predicate(facts, false));
+            client.query_typed(&sql, &window).await
+        }
         Some((key, id)) => {
             let mut params = window.to_vec();
             params.push((id, Type::UUID));
             params.push((key, Type::TIMESTAMPTZ));
-            client.query_typed(&due_page_query(stage), &params).await
+            client.query_typed(&due_page_query(facts), &params).await
         }
     }
     .with_context(|| format!("Failed to select due bookings for {stage}"))?;
@@ -492,7 +538,7 @@ pub async fn select_one(
 ) -> anyhow::Result<Option<DueBooking>> {
     // $2/$3 (the window) are unused here but must appear to get a type.
     let sql = query_with(
-        Stage::ConfirmationRecovery,
+        Stage::ConfirmationRecovery.facts(),
         "b.id = $5 AND $2 IS NOT NULL AND $3 IS NOT NULL",
     );
     let client = db.client().await?;

@@ -24,7 +24,7 @@ pub use event::{EventKind, EventLevel};
 pub use ledger_stage::LedgerStage;
 pub use sms_status::SmsStatus;
 pub use stage::{
-    mark_column, BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole, Stage,
-    RECOVERY_EXCLUSIVE_PERIOD,
+    mark_column, Anchor, BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole,
+    RowFacts, Selection, Stage, StageFacts, StatusRule, CONFIRMATION_LEDGER_STAGE,
 };
 pub use webhook_outcome::WebhookOutcome;

@@ -1,12 +1,17 @@
-//! The journey's stages and the facts that belong to each: its names (report id, subcommand,
-//! ledger stage), its window, its cadence, the booking column that marks it done and the
-//! cancellation recovery's per-patient period. `audit`, `status`, the selection and the
-//! schedule proof read them from here; see docs/ARCHITECTURE.md. Also the small enums every
-//! delivery is described by (channel, recipient role, delivery status, message kind).
+//! The journey's stages and the types that describe one: [`StageFacts`] (its names, window,
+//! cadence, mark columns, per-patient period, message kinds) and [`Selection`] (which bookings
+//! it looks at, as a value the `db` layer turns into SQL). The values themselves live one per
+//! stage in `src/stages/<stage>.rs` and are found by `Stage::facts` (in `stages`); `audit`,
+//! `status`, the selection and the schedule proof read them there. See docs/ARCHITECTURE.md.
+//! Also the small enums every delivery is described by (channel, recipient role, delivery
+//! status, message kind).
 
 use std::fmt;
 
-/// A stage of the journey as an operator runs it (one subcommand each).
+use chrono::Duration;
+
+/// A stage of the journey as an operator runs it (one subcommand each). Its facts are in
+/// `src/stages/<stage>.rs` (see `Stage::facts`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stage {
     ConfirmationRecovery,
@@ -28,82 +33,7 @@ impl Stage {
         Stage::CancellationRecovery,
     ];
 
-    /// The stage id used in reports, `journey_runs` and events.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::ConfirmationRecovery => "confirmation_recovery",
-            Stage::Reminder24h => "reminder_24h",
-            Stage::Reminder1h => "reminder_1h",
-            Stage::IntroFollowup => "intro_followup",
-            Stage::SessionFollowup => "session_followup",
-            Stage::CancellationRecovery => "cancellation_recovery",
-        }
-    }
-
-    /// The subcommand name.
-    pub fn command(self) -> &'static str {
-        match self {
-            Stage::ConfirmationRecovery => "confirmation-recovery",
-            Stage::Reminder24h => "reminder-24h",
-            Stage::Reminder1h => "reminder-1h",
-            Stage::IntroFollowup => "intro-followup",
-            Stage::SessionFollowup => "session-followup",
-            Stage::CancellationRecovery => "cancellation-recovery",
-        }
-    }
-
-    /// The value of `journey_deliveries.stage`. The webhook's confirmations and confirmation
-    /// recovery share one ledger stage so that one can never duplicate the other.
-    pub fn ledger_stage(self) -> &'static str {
-        match self {
-            Stage::ConfirmationRecovery => CONFIRMATION_LEDGER_STAGE,
-            other => other.as_str(),
-        }
-    }
-
-    /// Default selection window, as offsets from `now` (start, end).
-    /// Reminders look ahead at `start_time`; followups look back at `end_time`;
-    /// cancellation recovery looks back at `cancelled_at`. Confirmation recovery has no
-    /// look-back: it takes every unconfirmed booking whose session is still ahead and that was
-    /// created before the window's end (10 min ago); its start only states the width the
-    /// schedule proof checks the cadence against.
-    pub fn default_window(self) -> (chrono::Duration, chrono::Duration) {
-        use chrono::Duration as D;
-        match self {
-            Stage::ConfirmationRecovery => (D::days(-7), D::minutes(-10)),
-            Stage::Reminder24h => (D::hours(23), D::hours(25)),
-            Stage::Reminder1h => (D::minutes(50), D::minutes(70)),
-            Stage::IntroFollowup => (D::minutes(-30), D::minutes(-10)),
-            Stage::SessionFollowup => (D::days(-5), D::days(-3)),
-            Stage::CancellationRecovery => (D::hours(-4), D::hours(-2)),
-        }
-    }
-
-    /// How often the shipped schedule (crontab.example, systemd/) runs this stage. Never longer
-    /// than the window, or bookings fall between two runs.
-    pub fn cadence(self) -> chrono::Duration {
-        match self {
-            Stage::ConfirmationRecovery | Stage::Reminder1h | Stage::IntroFollowup => {
-                chrono::Duration::minutes(5)
-            }
-            Stage::Reminder24h | Stage::SessionFollowup | Stage::CancellationRecovery => {
-                chrono::Duration::minutes(30)
-            }
-        }
-    }
-
-    /// The `cal_bookings` column that marks this stage done.
-    pub fn mark_column(self) -> &'static str {
-        match self {
-            Stage::ConfirmationRecovery => "client_confirmation_sent_at",
-            Stage::Reminder24h => "reminder_24h_sent_at",
-            Stage::Reminder1h => "reminder_1h_sent_at",
-            Stage::IntroFollowup => "followup_sent_at",
-            Stage::SessionFollowup => "session_followup_sent_at",
-            Stage::CancellationRecovery => "cancellation_recovery_sent_at",
-        }
-    }
-
+    /// The stage named by its report id (`reminder_1h`) or its subcommand (`reminder-1h`).
     pub fn parse(s: &str) -> Option<Stage> {
         Stage::ALL
             .into_iter()
@@ -116,42 +46,141 @@ impl Stage {
     pub fn from_ledger_stage(s: &str) -> Option<Stage> {
         Stage::ALL.into_iter().find(|st| st.ledger_stage() == s)
     }
+}
 
+/// Everything that is true of one timed stage. Each stage file under `src/stages/` holds its
+/// one `FACTS` value; nothing else types these facts a second time.
+#[derive(Debug)]
+pub struct StageFacts {
+    /// The stage id used in reports, `journey_runs` and events.
+    pub name: &'static str,
+    /// The subcommand name.
+    pub command: &'static str,
+    /// What the subcommand does, one line for `--help`.
+    pub help: &'static str,
+    /// The value of `journey_deliveries.stage`. The webhook's confirmations and confirmation
+    /// recovery share one ledger stage so that one can never duplicate the other.
+    pub ledger_stage: &'static str,
+    /// Default selection window, as offsets from `now` (earlier, later) on the selection's
+    /// [`Anchor`]. Never narrower than [`StageFacts::cadence`].
+    pub window: (Duration, Duration),
+    /// How often the shipped schedule (crontab.example, systemd/) runs this stage. Never longer
+    /// than the window, or bookings fall between two runs.
+    pub cadence: Duration,
+    /// The `cal_bookings` column that marks this stage done (for the patient).
+    pub mark_column: &'static str,
+    /// The therapist's own mark column, when the stage writes to the therapist apart from the
+    /// patient (confirmation); `None`: a therapist's message marks [`StageFacts::mark_column`].
+    pub therapist_mark_column: Option<&'static str>,
     /// How long a patient who got this stage's message is not sent it again for another
-    /// booking: cancellation recovery goes to a patient at most once per period.
-    pub fn patient_exclusive_period(self) -> Option<chrono::Duration> {
+    /// booking (`None`: no such limit).
+    pub patient_exclusive_period: Option<Duration>,
+    /// Which bookings the stage looks at.
+    pub selection: Selection,
+    /// The messages the stage sends.
+    pub kinds: &'static [MessageKind],
+    /// What `audit` says of a booking in a closed window that has no recorded outcome.
+    pub miss_detail: &'static str,
+}
+
+impl StageFacts {
+    /// The `cal_bookings` column that a sent message to `role` sets, if any: QA copies mark
+    /// nothing; a stage with a therapist column marks the therapist apart.
+    pub fn mark_of(&self, role: RecipientRole) -> Option<&'static str> {
+        match role {
+            RecipientRole::Qa => None,
+            RecipientRole::Patient => Some(self.mark_column),
+            RecipientRole::Therapist => {
+                Some(self.therapist_mark_column.unwrap_or(self.mark_column))
+            }
+        }
+    }
+
+    /// The recipients a booking-level decision (a skip of the whole booking) is recorded for.
+    pub fn booking_roles(&self) -> &'static [RecipientRole] {
+        match self.therapist_mark_column {
+            Some(_) => &[RecipientRole::Patient, RecipientRole::Therapist],
+            None => &[RecipientRole::Patient],
+        }
+    }
+
+    /// Whether any of the stage's messages also goes out by SMS (and can be held by quiet
+    /// hours past the window).
+    pub fn sends_sms(&self) -> bool {
+        self.kinds.iter().any(|k| k.has_sms())
+    }
+}
+
+/// Which bookings a stage looks at, as a value: `db::bookings` turns it into SQL (the window
+/// bound as parameters), `db::reports::audit` into its eligibility. No SQL text here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// The booking time the window is placed on.
+    pub anchor: Anchor,
+    /// Which booking statuses are due.
+    pub statuses: StatusRule,
+    /// Only bookings of this kind (`None`: any).
+    pub booking_kind: Option<BookingKind>,
+    /// Only bookings with a therapist.
+    pub needs_therapist: bool,
+    /// The facts about the patient's other bookings the selection computes for the rules.
+    pub row_facts: RowFacts,
+}
+
+/// The booking time a stage's window is placed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anchor {
+    /// No look-back: every booking created before the window's end whose session is still
+    /// ahead (the window's start only states the width the schedule proof checks).
+    CreatedWhileSessionAhead,
+    /// `start_time`, looking ahead.
+    StartTime,
+    /// `end_time`, looking back.
+    EndTime,
+    /// `cancelled_at`, looking back.
+    CancelledAt,
+}
+
+impl Anchor {
+    /// Whether the window lies behind `now` (followups, recoveries) or ahead (reminders).
+    pub fn looks_back(self) -> bool {
         match self {
-            Stage::CancellationRecovery => Some(RECOVERY_EXCLUSIVE_PERIOD),
-            Stage::ConfirmationRecovery
-            | Stage::Reminder24h
-            | Stage::Reminder1h
-            | Stage::IntroFollowup
-            | Stage::SessionFollowup => None,
+            Anchor::StartTime => false,
+            Anchor::CreatedWhileSessionAhead | Anchor::EndTime | Anchor::CancelledAt => true,
         }
     }
 }
 
-/// Cancellation recovery's per-patient period (see [`Stage::patient_exclusive_period`]).
-pub const RECOVERY_EXCLUSIVE_PERIOD: chrono::Duration = chrono::Duration::hours(72);
+/// Which booking statuses a stage is due for (see [`super::BookingStatus`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusRule {
+    /// Will take place (PENDING is not active: the host has not accepted yet).
+    Active,
+    /// Did not fall through (took place or may have).
+    NotFellThrough,
+    /// Cancelled.
+    Cancelled,
+}
 
-/// The `cal_bookings` column that a sent message of `stage` to `role` sets, if any: the
-/// confirmation stage marks the patient's and the therapist's message apart, QA copies mark
-/// nothing, every other stage has one column for the booking.
-pub fn mark_column(stage: Stage, role: RecipientRole) -> Option<&'static str> {
-    match (stage, role) {
-        (_, RecipientRole::Qa) => None,
-        (Stage::ConfirmationRecovery, RecipientRole::Patient) => {
-            Some("client_confirmation_sent_at")
-        }
-        (Stage::ConfirmationRecovery, RecipientRole::Therapist) => {
-            Some("therapist_notification_sent_at")
-        }
-        (other, RecipientRole::Patient | RecipientRole::Therapist) => Some(other.mark_column()),
-    }
+/// Facts about a patient's other bookings and matches that the selection computes once per
+/// row, so the rules never query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowFacts {
+    None,
+    /// Another future, active booking of this patient with the same therapist.
+    RebookedWithTherapist,
+    /// Other successful bookings, other matches, a recent message of this stage.
+    RecoveryHistory,
 }
 
 /// Ledger stage of the booking confirmation and therapist notice (webhook and recovery).
 pub const CONFIRMATION_LEDGER_STAGE: &str = "confirmation";
+
+/// The `cal_bookings` column that a sent message of `stage` to `role` sets, if any (see
+/// [`StageFacts::mark_of`]).
+pub fn mark_column(stage: Stage, role: RecipientRole) -> Option<&'static str> {
+    stage.facts().mark_of(role)
+}
 
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -367,66 +396,6 @@ impl MessageKind {
             | MessageKind::Reminder24h
             | MessageKind::Reminder1h
             | MessageKind::CancellationNotice => false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_stage_is_found_by_its_names_and_its_ledger_stage() {
-        for stage in Stage::ALL {
-            assert_eq!(Stage::parse(stage.as_str()), Some(stage));
-            assert_eq!(Stage::parse(stage.command()), Some(stage));
-            assert_eq!(Stage::from_ledger_stage(stage.ledger_stage()), Some(stage));
-        }
-        assert_eq!(
-            Stage::from_ledger_stage(CONFIRMATION_LEDGER_STAGE),
-            Some(Stage::ConfirmationRecovery)
-        );
-        assert_eq!(Stage::from_ledger_stage("cancellation_notice"), None);
-    }
-
-    #[test]
-    fn the_cadence_is_never_wider_than_the_window() {
-        for stage in Stage::ALL {
-            let (start, end) = stage.default_window();
-            assert!(start < end, "{stage}");
-            assert!(stage.cadence() <= end - start, "{stage}");
-        }
-    }
-
-    #[test]
-    fn mark_columns_split_confirmation_by_role_and_skip_qa() {
-        use RecipientRole::*;
-        assert_eq!(
-            mark_column(Stage::ConfirmationRecovery, Patient),
-            Some("client_confirmation_sent_at")
-        );
-        assert_eq!(
-            mark_column(Stage::ConfirmationRecovery, Therapist),
-            Some("therapist_notification_sent_at")
-        );
-        for stage in Stage::ALL {
-            assert_eq!(mark_column(stage, Qa), None, "{stage}");
-        }
-        for stage in &Stage::ALL[1..] {
-            assert_eq!(mark_column(*stage, Patient), Some(stage.mark_column()));
-        }
-        assert_eq!(
-            mark_column(Stage::Reminder1h, Patient),
-            Some("reminder_1h_sent_at")
-        );
-    }
-
-    #[test]
-    fn only_cancellation_recovery_is_exclusive_per_patient_for_72_hours() {
-        for stage in Stage::ALL {
-            let expected =
-                (stage == Stage::CancellationRecovery).then(|| chrono::Duration::hours(72));
-            assert_eq!(stage.patient_exclusive_period(), expected, "{stage}");
         }
     }
 }

@@ -7,13 +7,12 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::confirmation::{self, Trigger};
+use super::confirmation_recovery::Origin;
 use super::plan::{Message, MessagePlan, Plan, PlanInput};
-use super::{followups, reminders};
 use crate::db::bookings::DueBooking;
 use crate::db::ledger::{DeliveryKey, LedgerRow};
 use crate::domain::Stage;
-use crate::domain::{mark_column, Channel, Counter, DeliveryStatus, MessageKind, RecipientRole};
+use crate::domain::{mark_column, Channel, Counter, DeliveryStatus, RecipientRole};
 
 /// The ledger rows earlier runs left for a page of bookings, keyed as `ledger::load` keys them.
 pub(crate) type Existing = HashMap<(Uuid, Channel, RecipientRole), LedgerRow>;
@@ -63,11 +62,11 @@ pub(crate) struct SkippedMessage {
 /// The decision of `stage` for one booking (`input`), given the ledger rows of earlier runs.
 pub(crate) fn decide(
     stage: Stage,
-    trigger: Trigger,
+    origin: Origin,
     input: &PlanInput<'_>,
     existing: &Existing,
 ) -> Decision {
-    let messages = match plan_for(stage, trigger, input) {
+    let messages = match super::plan_for(stage, origin, input) {
         Plan::Skip {
             counter,
             mark,
@@ -163,17 +162,6 @@ fn is_marked(stage: Stage, role: RecipientRole, b: &DueBooking) -> bool {
             b.therapist_notification_sent_at.is_some()
         }
         _ => b.stage_mark.is_some(),
-    }
-}
-
-fn plan_for(stage: Stage, trigger: Trigger, input: &PlanInput<'_>) -> Plan {
-    match stage {
-        Stage::ConfirmationRecovery => confirmation::plan(input, trigger),
-        Stage::Reminder24h => reminders::plan(input, MessageKind::Reminder24h),
-        Stage::Reminder1h => reminders::plan(input, MessageKind::Reminder1h),
-        Stage::IntroFollowup => followups::intro(input),
-        Stage::SessionFollowup => followups::session(input),
-        Stage::CancellationRecovery => followups::cancellation(input),
     }
 }
 

@@ -10,7 +10,7 @@
 use uuid::Uuid;
 
 use super::cancellation_notice;
-use super::confirmation::Trigger;
+use super::confirmation_recovery::Origin;
 use super::deliver::{deliver_guarded, Delivery, Mode};
 use super::journey::{Pass, WEBHOOK_CONCURRENCY};
 use super::plan::{MessagePlan, Plan, PlanInput};
@@ -30,7 +30,7 @@ pub async fn confirm_booking(j: &Journey, booking_id: Uuid) -> anyhow::Result<St
     };
     let pass = Pass {
         stage: Stage::ConfirmationRecovery,
-        trigger: Trigger::Webhook,
+        origin: Origin::Webhook,
         dry_run: false,
         concurrency: WEBHOOK_CONCURRENCY,
     };

@@ -206,3 +206,26 @@ pub(crate) fn message_skips(plan: &Plan) -> Vec<(RecipientRole, Channel, Counter
         Plan::Skip { .. } => Vec::new(),
     }
 }
+
+/// A case each rule after the session would send for: an intro for `intro`, free slots for `session`,
+/// another match for `cancellation`.
+pub(crate) fn sendable() -> Case {
+    let mut case = Case::new();
+    case.booking.booking_kind = Some("intro".into());
+    case.booking.full_slots_count = Some(3);
+    case.booking.other_matched_therapists = 2;
+    case.booking.status = Some("CANCELLED".into());
+    case
+}
+
+pub(crate) fn only_email(plan: &Plan) {
+    assert_eq!(
+        addressed(plan),
+        [(
+            RecipientRole::Patient,
+            Channel::Email,
+            PATIENT_EMAIL.to_string()
+        )],
+        "followups are email only, never SMS"
+    );
+}

@@ -1,11 +1,13 @@
-//! After the session: intro followup, session followup and cancellation recovery (windows and marks in `domain::Stage`).
-//! Pure decisions from the selected row; patient-level facts (already booked, other matches,
-//! recently recovered) were computed by the selection query.
+//! What the three stages after a session share (`intro_followup.rs`, `session_followup.rs`,
+//! `cancellation_recovery.rs` hold their facts and rules): the pre-filled booking link, and
+//! the tests of the rules they have in common (email only, never test data or walk-ins).
 
-use super::plan::{base_context, check_patient, patient_email, Plan, PlanInput};
-use crate::domain::{Counter, MessageKind};
+use super::plan::PlanInput;
 
-fn with_booking_link(
+/// Sets the context's link to book the same therapist again, pre-filled with the patient's
+/// name and email, tagged with `source`; no link without the therapist's Cal.com username or
+/// the ids.
+pub(crate) fn with_booking_link(
     input: &PlanInput<'_>,
     source: &str,
     ctx: &mut crate::templates::MessageContext,
@@ -30,95 +32,15 @@ fn with_booking_link(
     }));
 }
 
-pub fn intro(input: &PlanInput<'_>) -> Plan {
-    let patient = match check_patient(input) {
-        Ok(p) => p,
-        Err(skip) => return skip,
-    };
-    if input.booking.future_full_with_therapist {
-        return Plan::skip_and_mark(
-            Counter::SkippedAlreadyBooked,
-            "patient already booked a full session with this therapist",
-        );
-    }
-    let Some(mut ctx) = base_context(input, Some(patient)) else {
-        return Plan::skip(Counter::SkippedInactive, "booking has no start time");
-    };
-    with_booking_link(input, "intro_followup_email", &mut ctx);
-    patient_email(patient, MessageKind::IntroFollowup, ctx)
-}
-
-pub fn session(input: &PlanInput<'_>) -> Plan {
-    let patient = match check_patient(input) {
-        Ok(p) => p,
-        Err(skip) => return skip,
-    };
-    if input.booking.future_any_with_therapist {
-        return Plan::skip_and_mark(
-            Counter::SkippedAlreadyBooked,
-            "patient already has a future booking with this therapist",
-        );
-    }
-    if input.booking.full_slots_count.unwrap_or(0) <= 0 {
-        // Not decided: slots may appear later inside the window.
-        return Plan::skip_for_now(
-            Counter::SkippedNoAvailability,
-            "therapist has no free full-session slots",
-        );
-    }
-    let Some(mut ctx) = base_context(input, Some(patient)) else {
-        return Plan::skip(Counter::SkippedInactive, "booking has no start time");
-    };
-    with_booking_link(input, "session_followup_email", &mut ctx);
-    patient_email(patient, MessageKind::SessionFollowup, ctx)
-}
-
-pub fn cancellation(input: &PlanInput<'_>) -> Plan {
-    let b = input.booking;
-    if b.request_reschedule {
-        // Not a lost patient: the therapist wants a new date with them.
-        return Plan::skip_and_mark(
-            Counter::SkippedInactive,
-            "therapist asked the patient to reschedule",
-        );
-    }
-    let patient = match check_patient(input) {
-        Ok(p) => p,
-        Err(skip) => return skip,
-    };
-    if b.has_successful_booking {
-        // Recovered on their own, or an established patient who cancelled once: not lost.
-        return Plan::skip_and_mark(
-            Counter::SkippedHasSuccessfulBooking,
-            "patient has another successful booking (ahead, or a session that took place)",
-        );
-    }
-    if b.recently_recovered {
-        return Plan::skip_and_mark(
-            Counter::SkippedRecentlyRecovered,
-            "patient got a recovery email in the last 72 hours",
-        );
-    }
-    if b.other_matched_therapists <= 0 {
-        return Plan::skip_and_mark(
-            Counter::SkippedNoOtherMatches,
-            "patient has no match with another therapist",
-        );
-    }
-    let Some(mut ctx) = base_context(input, Some(patient)) else {
-        return Plan::skip(Counter::SkippedInactive, "booking has no start time");
-    };
-    ctx.other_therapists_count = Some(b.other_matched_therapists);
-    patient_email(patient, MessageKind::CancellationRecovery, ctx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Channel::Email;
-    use crate::domain::RecipientRole::Patient;
-    use crate::domain::RECOVERY_EXCLUSIVE_PERIOD;
-    use crate::stages::fixtures::{addressed, sends, skip_of, skipped, Case, PATIENT_EMAIL};
+    use crate::domain::{Counter, MessageKind};
+    use crate::stages::cancellation_recovery::plan as cancellation;
+    use crate::stages::fixtures::{only_email, sendable, sends, skip_of, skipped, Case};
+    use crate::stages::intro_followup::plan as intro;
+    use crate::stages::plan::Plan;
+    use crate::stages::session_followup::plan as session;
 
     type Rule = fn(&PlanInput<'_>) -> Plan;
     const RULES: [(&str, Rule); 3] = [
@@ -126,25 +48,6 @@ mod tests {
         ("session", session),
         ("cancellation", cancellation),
     ];
-
-    /// A case each rule would send for: an intro for `intro`, free slots for `session`,
-    /// another match for `cancellation`.
-    fn sendable() -> Case {
-        let mut case = Case::new();
-        case.booking.booking_kind = Some("intro".into());
-        case.booking.full_slots_count = Some(3);
-        case.booking.other_matched_therapists = 2;
-        case.booking.status = Some("CANCELLED".into());
-        case
-    }
-
-    fn only_email(plan: &Plan) {
-        assert_eq!(
-            addressed(plan),
-            [(Patient, Email, PATIENT_EMAIL.to_string())],
-            "followups are email only, never SMS"
-        );
-    }
 
     #[test]
     fn each_followup_is_one_email_to_the_patient_of_its_kind() {
@@ -245,96 +148,5 @@ mod tests {
                 "{name}"
             );
         }
-    }
-
-    #[test]
-    fn an_intro_whose_patient_booked_a_full_session_is_done() {
-        let mut case = sendable();
-        case.booking.future_full_with_therapist = true;
-        let (counter, mark, again, _) = skip_of(&case.decide(intro)).unwrap();
-        assert_eq!(
-            (counter, mark, again),
-            (Counter::SkippedAlreadyBooked, true, false)
-        );
-        // Another kind of future booking does not stop the intro followup.
-        let mut case = sendable();
-        case.booking.future_any_with_therapist = true;
-        only_email(&case.decide(intro));
-        // The test rule comes first.
-        let mut case = sendable();
-        case.booking.future_full_with_therapist = true;
-        case.booking.is_test = true;
-        assert_eq!(skipped(&case.decide(intro)), Counter::SkippedTest);
-    }
-
-    #[test]
-    fn a_session_followup_waits_for_free_slots_and_ends_when_the_patient_rebooked() {
-        let mut case = sendable();
-        case.booking.future_any_with_therapist = true;
-        let (counter, mark, again, _) = skip_of(&case.decide(session)).unwrap();
-        assert_eq!(
-            (counter, mark, again),
-            (Counter::SkippedAlreadyBooked, true, false)
-        );
-        for slots in [None, Some(0), Some(-1)] {
-            let mut case = sendable();
-            case.booking.full_slots_count = slots;
-            let (counter, mark, again, _) = skip_of(&case.decide(session)).unwrap();
-            assert_eq!(
-                (counter, mark, again),
-                (Counter::SkippedNoAvailability, false, true),
-                "{slots:?}: decided again by a later run inside the window"
-            );
-        }
-        // Already rebooked wins over no slots.
-        let mut case = sendable();
-        case.booking.future_any_with_therapist = true;
-        case.booking.full_slots_count = None;
-        assert_eq!(
-            skipped(&case.decide(session)),
-            Counter::SkippedAlreadyBooked
-        );
-    }
-
-    #[test]
-    fn cancellation_recovery_skips_reschedules_recovered_and_matchless_patients_in_order() {
-        let mut reschedule = sendable();
-        reschedule.booking.request_reschedule = true;
-        reschedule.booking.is_test = true;
-        let (counter, mark, ..) = skip_of(&reschedule.decide(cancellation)).unwrap();
-        assert_eq!(
-            (counter, mark),
-            (Counter::SkippedInactive, true),
-            "a reschedule request is no lost patient, checked before anything else"
-        );
-
-        let mut case = sendable();
-        case.booking.has_successful_booking = true;
-        case.booking.recently_recovered = true;
-        case.booking.other_matched_therapists = 0;
-        let order = [
-            Counter::SkippedHasSuccessfulBooking,
-            Counter::SkippedRecentlyRecovered,
-            Counter::SkippedNoOtherMatches,
-        ];
-        for expected in order {
-            let (counter, mark, again, _) = skip_of(&case.decide(cancellation)).unwrap();
-            assert_eq!((counter, mark, again), (expected, true, false));
-            match expected {
-                Counter::SkippedHasSuccessfulBooking => case.booking.has_successful_booking = false,
-                Counter::SkippedRecentlyRecovered => case.booking.recently_recovered = false,
-                _ => case.booking.other_matched_therapists = 1,
-            }
-        }
-        only_email(&case.decide(cancellation));
-    }
-
-    #[test]
-    fn the_recently_recovered_reason_names_the_recovery_period() {
-        let mut case = sendable();
-        case.booking.recently_recovered = true;
-        let (_, _, _, reason) = skip_of(&case.decide(cancellation)).unwrap();
-        let hours = format!("{} hours", RECOVERY_EXCLUSIVE_PERIOD.num_hours());
-        assert!(reason.contains(&hours), "{reason:?} vs {hours}");
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use uuid::Uuid;
 
-use super::confirmation::Trigger;
+use super::confirmation_recovery::Origin;
 use super::control::RunControl;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -49,7 +49,7 @@ pub struct StageOptions {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Pass {
     pub stage: Stage,
-    pub trigger: Trigger,
+    pub origin: Origin,
     pub dry_run: bool,
     pub concurrency: usize,
 }

@@ -121,7 +121,7 @@ impl Ctx<'_, '_> {
             now: j.clock.now(),
             sms_enabled: j.senders.enabled(Channel::Sms),
         };
-        match decide::decide(stage, self.pass.trigger, &input, existing) {
+        match decide::decide(stage, self.pass.origin, &input, existing) {
             Decision::SkipBooking {
                 counter,
                 reason,

@@ -1,9 +1,20 @@
-//! `reminder-24h` and `reminder-1h`: who is reminded, by which channels. The selection
-//! (active bookings starting inside the window) is in `db::bookings`.
+//! The rule and selection the two reminder stages share (`reminder_24h.rs`, `reminder_1h.rs`
+//! hold their facts): who is reminded, by which channels, among the active bookings starting
+//! inside the window.
 
 use super::plan::{base_context, check_recipient, patient_email_and_sms, Plan, PlanInput};
-use crate::domain::{Counter, MessageKind};
+use crate::domain::{Anchor, Counter, MessageKind, RowFacts, Selection, StatusRule};
 
+/// Active bookings whose session starts inside the window (looking ahead).
+pub(crate) const SELECTION: Selection = Selection {
+    anchor: Anchor::StartTime,
+    statuses: StatusRule::Active,
+    booking_kind: None,
+    needs_therapist: false,
+    row_facts: RowFacts::None,
+};
+
+/// The patient is reminded of `kind` by email and, where SMS is on and the number valid, SMS.
 pub fn plan(input: &PlanInput<'_>, kind: MessageKind) -> Plan {
     let patient = match check_recipient(input) {
         Ok(p) => p,
@@ -25,6 +36,20 @@ mod tests {
     };
 
     const KINDS: [MessageKind; 2] = [MessageKind::Reminder24h, MessageKind::Reminder1h];
+
+    #[test]
+    fn each_reminder_stage_sends_its_own_kind_by_email_and_sms() {
+        type Rule = fn(&PlanInput<'_>) -> Plan;
+        let stages: [(Rule, MessageKind); 2] = [
+            (crate::stages::reminder_24h::plan, MessageKind::Reminder24h),
+            (crate::stages::reminder_1h::plan, MessageKind::Reminder1h),
+        ];
+        for (rule, kind) in stages {
+            let decided = Case::new().decide(rule);
+            assert_eq!(sends(&decided).len(), 2, "{kind:?}: email and SMS");
+            assert!(sends(&decided).iter().all(|o| o.kind == kind));
+        }
+    }
 
     #[test]
     fn the_patient_is_reminded_by_email_and_sms_of_the_stages_kind() {

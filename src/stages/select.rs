@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::confirmation::Trigger;
+use super::confirmation_recovery::Origin;
 use super::journey::{Journey, Pass, StageOptions};
 use super::report::{count_error, ErrorAt, StageReport};
 use crate::db::{bookings, ledger, locks};
@@ -111,7 +111,7 @@ async fn select_pages(
 ) -> Option<usize> {
     let pass = Pass {
         stage,
-        trigger: Trigger::Recovery,
+        origin: Origin::Recovery,
         dry_run: opts.dry_run,
         concurrency: opts.concurrency,
     };
@@ -124,7 +124,8 @@ async fn select_pages(
         if page <= 0 || (total > 0 && j.control.stopped().is_some()) {
             break;
         }
-        let selected = bookings::select_due_page(live, stage, now, window, after, page).await;
+        let selected =
+            bookings::select_due_page(live, stage.facts(), now, window, after, page).await;
         let (due, next) = match selected {
             Ok(d) => d,
             Err(e) => {

@@ -11,7 +11,7 @@ fn run(case: &Case, stage: Stage, existing: &Existing) -> Decision {
     // `Case::decide` lends the inputs to a rule; the decision is taken inside it.
     let decision = RefCell::new(None);
     case.decide(|input| {
-        *decision.borrow_mut() = Some(decide(stage, Trigger::Recovery, input, existing));
+        *decision.borrow_mut() = Some(decide(stage, Origin::Recovery, input, existing));
         Plan::Messages(Vec::new())
     });
     decision.into_inner().expect("the rule ran")

@@ -1,5 +1,6 @@
-//! Queries for operators: run history and red flags (`status`), misses (`audit`), settling
-//! deliveries in doubt (`resolve`). Read-mostly; `resolve` writes one row and its booking mark.
+//! What operators read and settle: run history and red flags (`status`), misses (`audit`, whose
+//! windows and eligibility come from each stage's facts), settling deliveries in doubt
+//! (`resolve`). Read-mostly; `resolve` writes one row and its booking mark.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -7,7 +8,9 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::Db;
-use crate::domain::{BookingKind, BookingStatus, Counters, RecipientRole, Stage};
+use crate::domain::{
+    Anchor, BookingStatus, Counters, DeliveryStatus, Stage, StageFacts, StatusRule,
+};
 
 /// One finished run of a stage (a `followups` run counts for each of its stages).
 #[derive(Clone, Debug)]
@@ -89,10 +92,16 @@ pub struct Delivery {
     pub stage: String,
     pub channel: String,
     pub recipient_role: String,
-    pub status: String,
+    #[serde(serialize_with = "status_text")]
+    pub status: DeliveryStatus,
     pub recipient: Option<String>,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A delivery's status as its database text (`in_doubt`), in `status --json`.
+fn status_text<S: serde::Serializer>(status: &DeliveryStatus, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(status.as_str())
 }
 
 /// Runs still open past their deadline (deadline plus drain bound, wall clock): a hung run
@@ -155,7 +164,11 @@ fn delivery(r: &tokio_postgres::Row) -> anyhow::Result<Delivery> {
         stage: r.try_get(2)?,
         channel: r.try_get(3)?,
         recipient_role: r.try_get(4)?,
-        status: r.try_get(5)?,
+        status: {
+            let text: String = r.try_get(5)?;
+            DeliveryStatus::parse(&text)
+                .ok_or_else(|| anyhow::anyhow!("unknown delivery status {text:?}"))?
+        },
         recipient: r.try_get(6)?,
         last_error: r.try_get(7)?,
         updated_at: r.try_get(8)?,
@@ -184,10 +197,15 @@ pub async fn resolve(
         .context("Failed to read the delivery")?;
     let Some(r) = row else { return Ok(None) };
     let d = delivery(&r)?;
-    if d.status != "in_doubt" {
+    if d.status != DeliveryStatus::InDoubt {
         return Ok(Some(d));
     }
-    let status = if sent { "sent" } else { "retry" };
+    let status = if sent {
+        DeliveryStatus::Sent
+    } else {
+        DeliveryStatus::Retry
+    }
+    .as_str();
     tx.execute(
         "UPDATE journey_deliveries
             SET status = $2, updated_at = now(),
@@ -224,10 +242,12 @@ pub async fn resolve(
     Ok(Some(d))
 }
 
-/// The booking column a ledger stage and role mark (see [`crate::domain::mark_column`]).
+/// The booking column a ledger stage and role mark (see [`StageFacts::mark_of`]).
 fn mark_column(ledger_stage: &str, role: &str) -> Option<&'static str> {
     let stage = Stage::from_ledger_stage(ledger_stage)?;
-    crate::domain::mark_column(stage, RecipientRole::parse(role)?)
+    stage
+        .facts()
+        .mark_of(crate::domain::RecipientRole::parse(role)?)
 }
 
 /// A booking whose window for a stage has passed without a `sent` patient message.
@@ -251,62 +271,96 @@ impl Miss {
 }
 
 /// Audits one stage: bookings whose window closed in `[from, now]` and that should have had
-/// the stage's patient message.
+/// the stage's patient message. Which bookings, and where the window closes, come from the
+/// stage's facts (see [`audit_sql`]).
 pub async fn audit(
     db: &Db,
     stage: Stage,
     from: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Miss>> {
-    // Where the window closes, and which bookings the stage is meant for.
-    // PENDING was never accepted by the host: nothing was due for it.
-    let took_place = format!(
-        "({} OR {})",
-        BookingStatus::sql_is_active("b"),
-        BookingStatus::Completed.sql_is("b")
-    );
-    // The window's edges come from the stage (`Stage::default_window`), bound as $4 (near
-    // edge, where the window closes) and $5 (far edge, where it opens) in seconds. For every
-    // stage the window closes when `anchor - now` equals the near edge: `anchor - $4`.
+    let facts = stage.facts();
+    // The window's edges, bound in seconds: $4 the near edge (where the window closes),
+    // $5 the far edge (where it opens).
+    let (near_edge, far_edge) = facts.window;
+    let seconds = |d: chrono::Duration| d.num_seconds() as f64;
+    let types = [
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::FLOAT8,
+        Type::FLOAT8,
+    ];
+    let client = db.client().await?;
+    let statement = client
+        .prepare_typed(&audit_sql(facts), &types)
+        .await
+        .with_context(|| format!("Failed to prepare the audit of {stage}"))?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &from,
+                &now,
+                &facts.ledger_stage,
+                &seconds(near_edge),
+                &seconds(far_edge),
+            ],
+        )
+        .await
+        .with_context(|| format!("Failed to audit {stage}"))?;
+    rows.iter().map(|r| miss_of(facts, r)).collect()
+}
+
+/// Where a stage's window closes, and which bookings the stage is meant for, as SQL over `b`
+/// (`$4`/`$5` the near and far edges of the window as intervals).
+fn audit_scope(facts: &StageFacts) -> (String, String) {
     let near = "make_interval(secs => $4)";
     let far = "make_interval(secs => $5)";
-    let (closes, eligible) = match stage {
-        Stage::ConfirmationRecovery => (
+    let sel = &facts.selection;
+    let mut eligible = Vec::new();
+    if let Some(kind) = sel.booking_kind {
+        eligible.push(format!("b.booking_kind = '{}'", kind.as_str()));
+    }
+    eligible.push(match sel.statuses {
+        // PENDING was never accepted by the host: nothing was due for it. A booking that took
+        // place since was due.
+        StatusRule::Active | StatusRule::NotFellThrough => format!(
+            "({} OR {})",
+            BookingStatus::sql_is_active("b"),
+            BookingStatus::Completed.sql_is("b")
+        ),
+        // A reschedule request is no lost patient.
+        StatusRule::Cancelled => format!(
+            "{} AND NOT coalesce(b.request_reschedule, false)",
+            BookingStatus::Cancelled.sql_is("b")
+        ),
+    });
+    // For every stage with a look-back the window closes when `anchor - now` equals the near
+    // edge: `anchor - $4`.
+    let closes = match sel.anchor {
+        Anchor::CreatedWhileSessionAhead => {
             // Recovery keeps trying until the session starts; a booking made less than the
             // far edge before its session never reaches the window.
-            "b.start_time".to_string(),
-            format!("{took_place} AND b.start_time > b.created_at - {far}"),
-        ),
-        Stage::Reminder24h | Stage::Reminder1h => (
-            format!("b.start_time - {near}"),
+            eligible.push(format!("b.start_time > b.created_at - {far}"));
+            "b.start_time".to_string()
+        }
+        Anchor::StartTime => {
             // Booked after the window opened: never due.
-            format!("{took_place} AND b.created_at < b.start_time - {far}"),
-        ),
-        Stage::IntroFollowup => (
-            format!("b.end_time - {near}"),
-            format!(
-                "b.booking_kind = '{}' AND {took_place}",
-                BookingKind::Intro.as_str()
-            ),
-        ),
-        Stage::SessionFollowup => (
-            format!("b.end_time - {near}"),
-            format!(
-                "b.booking_kind = '{}' AND {took_place}",
-                BookingKind::FullSession.as_str()
-            ),
-        ),
-        Stage::CancellationRecovery => (
-            format!("b.cancelled_at - {near}"),
-            format!(
-                "{} AND NOT coalesce(b.request_reschedule, false)",
-                BookingStatus::Cancelled.sql_is("b")
-            ),
-        ),
+            eligible.push(format!("b.created_at < b.start_time - {far}"));
+            format!("b.start_time - {near}")
+        }
+        other => format!("{} - {near}", super::bookings::anchor_column(other, "b")),
     };
-    // Booking level: nothing went out to the patient. Channel level: one channel went out
-    // (the stage column is set) but another did not, and would otherwise hide behind it.
-    let sql = format!(
+    (closes, eligible.join(" AND "))
+}
+
+/// The audit query of a stage. Booking level: nothing went out to the patient. Channel level:
+/// one channel went out (the stage column is set) but another did not, and would otherwise
+/// hide behind it.
+fn audit_sql(facts: &StageFacts) -> String {
+    let (closes, eligible) = audit_scope(facts);
+    format!(
         "SELECT b.id, b.cal_uid, d.status, d.last_error, d.channel,
                 coalesce(b.is_test, false) OR coalesce(p.metadata->>'is_test', '') = 'true',
                 b.patient_id IS NOT NULL AND p.id IS NULL OR b.patient_id IS NULL,
@@ -333,73 +387,40 @@ pub async fn audit(
          WHERE {closes} BETWEEN $1 AND $2 AND {eligible}
            AND b.{mark} IS NOT NULL
          ORDER BY 9",
-        mark = stage.mark_column(),
-    );
-    let (near_edge, far_edge) = stage.default_window();
-    let seconds = |d: chrono::Duration| d.num_seconds() as f64;
-    let client = db.client().await?;
-    let statement = client
-        .prepare_typed(
-            &sql,
-            &[
-                Type::TIMESTAMPTZ,
-                Type::TIMESTAMPTZ,
-                Type::TEXT,
-                Type::FLOAT8,
-                Type::FLOAT8,
-            ],
-        )
-        .await
-        .with_context(|| format!("Failed to prepare the audit of {stage}"))?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &from,
-                &now,
-                &stage.ledger_stage(),
-                &seconds(near_edge),
-                &seconds(far_edge),
-            ],
-        )
-        .await
-        .with_context(|| format!("Failed to audit {stage}"))?;
-    let mut out = Vec::new();
-    for r in rows {
-        let status: Option<String> = r.try_get(2)?;
-        let error: Option<String> = r.try_get(3)?;
-        let channel: Option<String> = r.try_get(4)?;
-        let (is_test, no_patient, no_contact): (bool, bool, bool) =
-            (r.try_get(5)?, r.try_get(6)?, r.try_get(7)?);
-        let (outcome, detail) = match status {
-            Some(s) => (s, error),
-            None if is_test => ("test".to_string(), Some("test booking or patient".into())),
-            None if no_patient => (
-                "no_patient".to_string(),
-                Some("booking has no patient row".into()),
-            ),
-            None if no_contact => (
-                "no_contact".to_string(),
-                Some("no usable email or phone".into()),
-            ),
-            None if stage == Stage::SessionFollowup => (
-                "missed".to_string(),
-                Some(
-                    "never sent: the therapist may have had no free slots during the window".into(),
-                ),
-            ),
-            None => ("missed".to_string(), Some("never selected or sent".into())),
-        };
-        out.push(Miss {
-            booking_id: r.try_get(0)?,
-            cal_uid: r.try_get(1)?,
-            stage: stage.as_str(),
-            outcome,
-            channel,
-            detail,
-        });
-    }
-    Ok(out)
+        mark = facts.mark_column,
+    )
+}
+
+/// One row of [`audit_sql`] as a [`Miss`]: the recorded outcome, else what the booking
+/// itself explains (test data, no patient, no contact), else the stage's own word for it.
+fn miss_of(facts: &StageFacts, r: &tokio_postgres::Row) -> anyhow::Result<Miss> {
+    let status: Option<String> = r.try_get(2)?;
+    let error: Option<String> = r.try_get(3)?;
+    let (is_test, no_patient, no_contact): (bool, bool, bool) =
+        (r.try_get(5)?, r.try_get(6)?, r.try_get(7)?);
+    let (outcome, detail) = match status {
+        Some(s) => (s, error),
+        None => {
+            let (outcome, detail) = if is_test {
+                ("test", "test booking or patient")
+            } else if no_patient {
+                ("no_patient", "booking has no patient row")
+            } else if no_contact {
+                ("no_contact", "no usable email or phone")
+            } else {
+                ("missed", facts.miss_detail)
+            };
+            (outcome.to_string(), Some(detail.to_string()))
+        }
+    };
+    Ok(Miss {
+        booking_id: r.try_get(0)?,
+        cal_uid: r.try_get(1)?,
+        stage: facts.name,
+        outcome,
+        channel: r.try_get(4)?,
+        detail,
+    })
 }
 
 /// What became of the SMS of one stage that Twilio accepted (`sent`) in a period, by the
