@@ -1,7 +1,6 @@
-//! The SQL of the journey: one async fn per query, typed rows in and out. Nearly all SQL
-//! lives here; the exceptions today (the stage run's advisory lock in `stages::driver`, the
-//! demo's seeding in `commands::demo`, `serve`'s health ping in `commands::webhook`) are
-//! listed in docs/ARCHITECTURE.md and are to move here.
+//! The SQL of the journey: one async fn per query, typed rows in and out. All SQL lives here
+//! (the stage lock in `locks`, the demo's seeding in `demo`, `serve`'s health ping in
+//! `Db::ping`); strings become the `domain` enums where a row is read.
 //!
 //! Every call returns its error with context; a failed lookup is never turned into "no row".
 //! Eligibility queries compare with bound `$n::timestamptz` parameters (the run's clock), never
