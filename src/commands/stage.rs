@@ -16,7 +16,7 @@ use crate::db::{self, ledger, runs};
 use crate::domain::{Channel, Counter, Counters, Stage};
 use crate::exit::ExitStatus;
 use crate::notify::Senders;
-use crate::stages::{run_stage, Journey, RunControl, StageOptions, StageReport, StopReason};
+use crate::stages::{run_prepared, Journey, RunControl, StageOptions, StageReport, StopReason};
 use crate::templates::Templates;
 
 /// One stage with its options.
@@ -175,7 +175,9 @@ pub async fn execute_with(
             reports.push(r.as_stage());
         }
     }
-    for s in stages {
+    let runs: Vec<_> = stages.iter().map(|s| (s.stage, &s.opts)).collect();
+    let prepared = crate::stages::prepare(j, &runs).await;
+    for (i, s) in stages.iter().enumerate() {
         if let Some(why) = j.control.stopped() {
             log::warn!(
                 "{}: not started, the run is stopping ({})",
@@ -185,7 +187,8 @@ pub async fn execute_with(
             continue;
         }
         log::debug!("{}: starting", s.stage);
-        match run_stage(j, s.stage, &s.opts).await {
+        let p = prepared.as_ref().and_then(|p| p.get(i).copied());
+        match run_prepared(j, s.stage, &s.opts, p).await {
             Ok(r) => reports.push(r),
             Err(e) => {
                 log::error!("{}: {e:#}", s.stage);

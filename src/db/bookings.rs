@@ -552,18 +552,20 @@ pub async fn select_one(
 
 /// Links every walk-in booking (no patient row, an attendee email) to the newest `people` row
 /// with that email, compared case-insensitively, once one exists. One statement for all of
-/// them (a stage runs it before selecting); returns how many bookings were linked.
-pub async fn link_walk_ins(db: &Db) -> anyhow::Result<u64> {
-    let client = db.client().await?;
-    link_walk_ins_on(&client).await
-}
-
-/// [`link_walk_ins`] on a connection the caller holds; one round trip (no parameters).
+/// them (a stage runs it before selecting; a run of several stages once, in `db::tidy`);
+/// returns how many bookings were linked. One round trip (no parameters).
 pub async fn link_walk_ins_on(client: &deadpool_postgres::ClientWrapper) -> anyhow::Result<u64> {
     super::ledger::count_typed(
         client,
-        "WITH u AS (
-           UPDATE cal_bookings b
+        &format!("WITH linked AS ({LINK_WALK_INS}) SELECT count(*) FROM linked"),
+        &[],
+    )
+    .await
+    .context("Failed to link walk-in bookings to their people rows")
+}
+
+/// The statement of [`link_walk_ins_on`]: one row per linked booking.
+pub(crate) const LINK_WALK_INS: &str = "UPDATE cal_bookings b
               SET patient_id = (SELECT pp.id FROM people pp
                                  WHERE lower(pp.email) = lower(b.attendee_email)
                                  ORDER BY pp.created_at DESC NULLS LAST, pp.id LIMIT 1),
@@ -571,12 +573,43 @@ pub async fn link_walk_ins_on(client: &deadpool_postgres::ClientWrapper) -> anyh
             WHERE b.patient_id IS NULL AND b.attendee_email IS NOT NULL
               AND EXISTS (SELECT 1 FROM people pp
                            WHERE lower(pp.email) = lower(b.attendee_email))
-            RETURNING 1)
-         SELECT count(*) FROM u",
-        &[],
-    )
-    .await
-    .context("Failed to link walk-in bookings to their people rows")
+            RETURNING 1";
+
+/// Whether each stage's selection would find a booking in its window, all stages in one
+/// statement (`$1` the run's instant; per stage its window's edges). The same predicate as
+/// the selection's (only the joins that add columns are left out), so `false` means the
+/// selection would return nothing: a run with nothing due plans no selection.
+pub async fn any_due(
+    client: &deadpool_postgres::ClientWrapper,
+    now: DateTime<Utc>,
+    windows: &[(&StageFacts, DateTime<Utc>, DateTime<Utc>)],
+) -> anyhow::Result<Vec<bool>> {
+    use tokio_postgres::types::{ToSql, Type};
+    if windows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let one: i64 = 1;
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+        vec![(&now, Type::TIMESTAMPTZ), (&one, Type::INT8)];
+    let mut exists = Vec::new();
+    for (i, (facts, from, to)) in windows.iter().enumerate() {
+        let (p_from, p_to) = (3 + 2 * i, 4 + 2 * i);
+        let predicate = super::renumber(
+            &page_predicate(facts, false),
+            &[(2, p_from), (3, p_to), (4, 2)],
+        );
+        exists.push(format!(
+            "EXISTS (SELECT 1 FROM cal_bookings b WHERE {predicate})"
+        ));
+        params.push((from, Type::TIMESTAMPTZ));
+        params.push((to, Type::TIMESTAMPTZ));
+    }
+    let sql = format!("SELECT ARRAY[{}]", exists.join(",\n"));
+    let row = client
+        .query_typed_one(&sql, &params)
+        .await
+        .context("Failed to look for due bookings")?;
+    Ok(row.try_get(0)?)
 }
 
 /// The patients of the given ids. A database error is returned as such, never as "missing".

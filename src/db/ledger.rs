@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::Db;
@@ -438,51 +439,53 @@ pub fn process_application_name() -> String {
 /// Returns how many rows became `in_doubt`: the run that promotes them counts them (once; the
 /// selection does not pick such bookings again, `status` raises them until `resolve` settles
 /// them). The rows given back are not counted: they are due again, and this run's selection
-/// (which comes after) picks them up.
-pub async fn promote_abandoned(db: &Db, stage: &str) -> anyhow::Result<u64> {
-    let client = db.client().await?;
-    promote_abandoned_on(&client, stage).await
-}
-
-/// [`promote_abandoned`] on a connection the caller holds; one round trip.
+/// (which comes after) picks them up. One round trip; a run of several stages settles all of
+/// them in one statement (`db::tidy`).
 pub async fn promote_abandoned_on(
     client: &deadpool_postgres::ClientWrapper,
     stage: &str,
 ) -> anyhow::Result<u64> {
-    // Three sub-statements on disjoint rows (stamped; unstamped first claims; unstamped
-    // retries), one snapshot, one transaction.
     count_typed(
         client,
-        "WITH gone AS (
+        &format!("WITH {} SELECT count(*) FROM promoted", promote_ctes(1)),
+        &[(&vec![stage], tokio_postgres::types::Type::TEXT_ARRAY)],
+    )
+    .await
+    .with_context(|| format!("Failed to declare abandoned {stage} deliveries in doubt"))
+}
+
+/// The common table expressions of [`promote_abandoned_on`] for the ledger stages in the
+/// `text[]` parameter `$p`; `promoted` answers the stage of each row now `in_doubt`. Three
+/// sub-statements on disjoint rows (stamped; unstamped first claims; unstamped retries), one
+/// snapshot, one transaction.
+pub(crate) fn promote_ctes(p: usize) -> String {
+    format!(
+        "gone AS (
            SELECT d.id FROM journey_deliveries d
-            WHERE d.status = 'sending' AND d.stage = $1
+            WHERE d.status = 'sending' AND d.stage = ANY(${p}::text[])
               AND (d.lease_until < now()
                    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                                   WHERE a.application_name = d.claimed_by))
-         ), u AS (
+         ), promoted AS (
            UPDATE journey_deliveries d
               SET status = 'in_doubt', lease_until = NULL, claimed_by = NULL, updated_at = now(),
                   last_error = 'the run that was sending this stopped before recording the \
                                 outcome: the message may or may not have gone out'
             WHERE d.id IN (SELECT id FROM gone) AND d.status = 'sending'
               AND d.send_started_at IS NOT NULL
-            RETURNING 1
-         ), del AS (
+            RETURNING d.stage
+         ), given_up AS (
            DELETE FROM journey_deliveries d
             WHERE d.id IN (SELECT id FROM gone) AND d.status = 'sending'
               AND d.send_started_at IS NULL AND d.attempts = 1
-         ), back AS (
+         ), given_back AS (
            UPDATE journey_deliveries d
               SET status = 'retry', attempts = d.attempts - 1, lease_until = NULL,
                   claimed_by = NULL, updated_at = now()
             WHERE d.id IN (SELECT id FROM gone) AND d.status = 'sending'
               AND d.send_started_at IS NULL AND d.attempts > 1
-         )
-         SELECT count(*) FROM u",
-        &[(&stage, tokio_postgres::types::Type::TEXT)],
+         )"
     )
-    .await
-    .with_context(|| format!("Failed to declare abandoned {stage} deliveries in doubt"))
 }
 
 /// Runs `sql` (a statement answering one count) in one round trip: the parameters' types are
@@ -545,28 +548,63 @@ pub async fn record_panicked(
 
 /// Declares `expired` every `retry` row of this stage whose booking's window has closed (see
 /// [`super::bookings::window_closed`]): no run would try it again, so it must not wait
-/// silently. One statement per run; `status` raises expired rows and `audit` lists them.
-/// Returns how many rows expired.
-pub async fn expire_closed(
-    db: &Db,
-    stage: crate::domain::Stage,
-    now: DateTime<Utc>,
-    window_from: DateTime<Utc>,
-) -> anyhow::Result<u64> {
-    let client = db.client().await?;
-    expire_closed_on(&client, stage, now, window_from).await
-}
-
-/// [`expire_closed`] on a connection the caller holds; one round trip.
+/// silently; `status` raises expired rows and `audit` lists them. Returns how many rows
+/// expired. One round trip; a run of several stages expires all of theirs in one statement
+/// (`db::tidy`).
 pub async fn expire_closed_on(
     client: &deadpool_postgres::ClientWrapper,
     stage: crate::domain::Stage,
     now: DateTime<Utc>,
     window_from: DateTime<Utc>,
 ) -> anyhow::Result<u64> {
-    use tokio_postgres::types::Type;
+    let p = ExpireParams::of(stage, window_from);
     let sql = format!(
-        "WITH dropped AS (
+        "WITH {} SELECT count(*) FROM expired_0",
+        expire_ctes(stage, 0, [2, 3, 4])
+    );
+    let mut params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> =
+        vec![(&now, Type::TIMESTAMPTZ)];
+    params.extend(p.bound());
+    count_typed(client, &sql, &params)
+        .await
+        .with_context(|| format!("Failed to expire the {stage} retries whose window closed"))
+}
+
+/// The values [`expire_ctes`] binds for one stage: the window's earlier edge, the ledger stage,
+/// and the lead an SMS held by quiet hours needs (seconds).
+pub(crate) struct ExpireParams {
+    from: DateTime<Utc>,
+    ledger: &'static str,
+    held_lead: i64,
+}
+
+impl ExpireParams {
+    pub(crate) fn of(stage: crate::domain::Stage, from: DateTime<Utc>) -> ExpireParams {
+        ExpireParams {
+            from,
+            ledger: stage.ledger_stage(),
+            held_lead: crate::domain::quiet_hours::min_lead_of_stage(stage)
+                .unwrap_or_else(chrono::Duration::zero)
+                .num_seconds(),
+        }
+    }
+
+    /// The three values with their types, in the order of `expire_ctes`'s `params`.
+    pub(crate) fn bound(&self) -> [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] {
+        [
+            (&self.from, Type::TIMESTAMPTZ),
+            (&self.ledger, Type::TEXT),
+            (&self.held_lead, Type::INT8),
+        ]
+    }
+}
+
+/// The common table expressions that expire one stage's closed retries, named `dropped_{i}`
+/// and `expired_{i}` (one row per expired delivery). `$1` is the run's instant; `params` the
+/// placeholders of [`ExpireParams::bound`] (window edge, ledger stage, held lead).
+pub(crate) fn expire_ctes(stage: crate::domain::Stage, i: usize, params: [usize; 3]) -> String {
+    let sql = format!(
+        "dropped_{i} AS (
            UPDATE journey_deliveries d
               SET status = 'skipped', lease_until = NULL, updated_at = now(),
                   last_error = 'booking no longer active: the SMS held by quiet hours is not sent'
@@ -574,7 +612,7 @@ pub async fn expire_closed_on(
             WHERE d.booking_id = b.id AND d.stage = $3 AND d.status = 'retry'
               AND d.not_before IS NOT NULL AND NOT {active}
             RETURNING d.id),
-         u AS (
+         expired_{i} AS (
            UPDATE journey_deliveries d
               SET status = 'expired', lease_until = NULL, updated_at = now(),
                   last_error = 'the window closed before it could be sent' ||
@@ -583,32 +621,16 @@ pub async fn expire_closed_on(
             WHERE d.booking_id = b.id AND d.stage = $3 AND d.status = 'retry'
               AND $1::timestamptz IS NOT NULL AND $2::timestamptz IS NOT NULL
               AND {closed}
-              AND d.id NOT IN (SELECT id FROM dropped)
+              AND d.id NOT IN (SELECT id FROM dropped_{i})
               -- An SMS held by quiet hours stays open past the window while the session is
               -- still far enough ahead for it (`domain::quiet_hours::min_lead`).
               AND NOT (d.not_before IS NOT NULL
                        AND b.start_time >= $1::timestamptz + $4::bigint * interval '1 second')
-            RETURNING 1)
-         SELECT count(*) FROM u",
+            RETURNING 1)",
         closed = super::bookings::window_closed(stage),
         active = crate::domain::BookingStatus::sql_is_active("b"),
     );
-    let held_lead = crate::domain::quiet_hours::min_lead_of_stage(stage)
-        .unwrap_or_else(chrono::Duration::zero)
-        .num_seconds();
-    let ledger_stage = stage.ledger_stage();
-    count_typed(
-        client,
-        &sql,
-        &[
-            (&now, Type::TIMESTAMPTZ),
-            (&window_from, Type::TIMESTAMPTZ),
-            (&ledger_stage, Type::TEXT),
-            (&held_lead, Type::INT8),
-        ],
-    )
-    .await
-    .with_context(|| format!("Failed to expire the {stage} retries whose window closed"))
+    super::renumber(&sql, &[(2, params[0]), (3, params[1]), (4, params[2])])
 }
 
 /// Settles the rows this run still has in `sending` after its drain bound passed: those whose

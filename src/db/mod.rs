@@ -18,7 +18,48 @@ pub mod retention;
 pub mod runs;
 pub mod sms;
 pub mod suppressions;
+pub mod tidy;
 pub mod webhook;
 
 pub use pool::{connect, connect_as, Db, Unreachable};
 pub use pool::{SERVE_CONFIRM_CONNECTIONS, SERVE_CONFIRM_WORKERS, SERVE_INGEST_CONNECTIONS};
+
+/// Renumbers the placeholders of `sql` (`$2` → `$7`, …) by `map`, all at once, so a statement
+/// built for its own `$1..$n` can be one part of a larger statement with other parameters.
+/// Placeholders not in `map` stay as they are.
+pub(crate) fn renumber(sql: &str, map: &[(usize, usize)]) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            digits.push(*d);
+            chars.next();
+        }
+        let to = digits
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| map.iter().find(|(from, _)| *from == n).map(|(_, to)| *to));
+        match to {
+            Some(n) => out.push_str(&n.to_string()),
+            None => out.push_str(&digits),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renumber_maps_every_placeholder_at_once_and_keeps_the_others() {
+        let sql = "a = $1 AND b = $2::timestamptz AND c = $3 AND d = $12 AND e = '$'";
+        assert_eq!(
+            super::renumber(sql, &[(2, 3), (3, 5), (12, 2)]),
+            "a = $1 AND b = $3::timestamptz AND c = $5 AND d = $2 AND e = '$'"
+        );
+    }
+}

@@ -43,6 +43,7 @@ pub use confirmation_recovery::Origin;
 
 pub use control::{RunControl, StopReason};
 pub use driver::{run_stage, Journey, PlannedMessage, StageOptions, StageReport};
+pub(crate) use select::{prepare, run_prepared};
 
 impl Stage {
     /// Everything true of this stage, from its file. The one place a stage is mapped to its

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use super::confirmation_recovery::Origin;
 use super::journey::{Journey, Pass, StageOptions};
 use super::report::{count_error, ErrorAt, StageReport};
-use crate::db::{bookings, ledger, locks};
+use crate::db::{bookings, ledger, locks, tidy};
 use crate::domain::{Counter, Stage};
 
 /// Runs one stage over its window, on one connection: it takes the stage lock (a session
@@ -18,39 +18,72 @@ pub async fn run_stage(
     stage: Stage,
     opts: &StageOptions,
 ) -> anyhow::Result<StageReport> {
+    run_prepared(j, stage, opts, None).await
+}
+
+/// [`run_stage`] after [`prepare`]: the ledger is tidied already (its counts go to this
+/// stage's report), and a stage with nothing due selects nothing.
+pub(crate) async fn run_prepared(
+    j: &Journey,
+    stage: Stage,
+    opts: &StageOptions,
+    prepared: Option<Prepared>,
+) -> anyhow::Result<StageReport> {
     let mut report = StageReport::new(stage.as_str());
     let live = j.db.client().await?;
+    let run = Run {
+        stage,
+        opts,
+        prepared,
+    };
     if !opts.lock {
-        return run_locked(j, stage, opts, &live, &mut report)
+        return run_locked(j, &run, &live, &mut report)
             .await
             .map(|()| report);
     }
     if !locks::try_stage_lock(&live, stage).await? {
         log::info!("{stage}: another run holds the stage lock; nothing to do");
         report.skipped_locked = true;
+        // What this run's tidying settled for the stage is still this run's to count.
+        if let Some(p) = prepared {
+            count_tidied(stage, p, &mut report);
+        }
         return Ok(report);
     }
-    let result = run_locked(j, stage, opts, &live, &mut report).await;
+    let result = run_locked(j, &run, &live, &mut report).await;
     if let Err(e) = locks::unlock_stage(&live, stage).await {
         log::warn!("{stage}: failed to release the stage lock: {e:#}");
     }
     result.map(|()| report)
 }
 
+/// One stage of a run, and what [`prepare`] found for it.
+struct Run<'a> {
+    stage: Stage,
+    opts: &'a StageOptions,
+    prepared: Option<Prepared>,
+}
+
 async fn run_locked(
     j: &Journey,
-    stage: Stage,
-    opts: &StageOptions,
+    run: &Run<'_>,
     live: &deadpool_postgres::ClientWrapper,
     report: &mut StageReport,
 ) -> anyhow::Result<()> {
+    let (stage, opts) = (run.stage, run.opts);
     let now = j.clock.now();
     let (from, to) = (now + opts.window.0, now + opts.window.1);
-    if !opts.dry_run {
-        tidy(j, stage, live, (now, from), report).await;
+    match run.prepared {
+        Some(p) => count_tidied(stage, p, report),
+        None if !opts.dry_run => tidy(j, stage, live, (now, from), report).await,
+        None => {}
     }
-    let Some(total) = select_pages(j, stage, opts, live, (from, to), report).await else {
-        return Ok(());
+    let total = match run.prepared {
+        Some(Prepared { due: false, .. }) => 0,
+        _ => match select_pages(j, stage, opts, live, (from, to), report).await {
+            Some(total) => total,
+            None => return Ok(()),
+        },
     };
     log::info!(
         "{stage}: {total} booking(s) due between {} and {}",
@@ -72,11 +105,7 @@ async fn tidy(
 ) {
     let here = ErrorAt::stage(stage);
     match ledger::promote_abandoned_on(live, stage.ledger_stage()).await {
-        Ok(0) => {}
-        Ok(n) => {
-            report.counters.add(Counter::InDoubt, n);
-            log::warn!("{stage}: {n} delivery(ies) left in 'sending' by a dead run are now in_doubt; see `journeyctl status`");
-        }
+        Ok(n) => count_in_doubt(stage, n, report),
         Err(e) => count_error(j, report, false, here, &format!("{e:#}")).await,
     }
     // Walk-in bookings whose person now exists get their patient before selecting, so
@@ -88,14 +117,95 @@ async fn tidy(
     }
     // Retries no run of this window would select again end visibly, not silently.
     match ledger::expire_closed_on(live, stage, at.0, at.1).await {
-        Ok(0) => {}
-        Ok(n) => {
-            report.counters.add(Counter::Expired, n);
-            report.failures += n;
-            log::warn!("{stage}: {n} delivery(ies) left for retry expired: their window closed before they could be sent; see `journeyctl audit`");
-        }
+        Ok(n) => count_expired(stage, n, report),
         Err(e) => count_error(j, report, false, here, &format!("{e:#}")).await,
     }
+}
+
+fn count_in_doubt(stage: Stage, n: u64, report: &mut StageReport) {
+    if n > 0 {
+        report.counters.add(Counter::InDoubt, n);
+        log::warn!("{stage}: {n} delivery(ies) left in 'sending' by a dead run are now in_doubt; see `journeyctl status`");
+    }
+}
+
+fn count_expired(stage: Stage, n: u64, report: &mut StageReport) {
+    if n > 0 {
+        report.counters.add(Counter::Expired, n);
+        report.failures += n;
+        log::warn!("{stage}: {n} delivery(ies) left for retry expired: their window closed before they could be sent; see `journeyctl audit`");
+    }
+}
+
+fn count_tidied(stage: Stage, p: Prepared, report: &mut StageReport) {
+    count_in_doubt(stage, p.in_doubt, report);
+    count_expired(stage, p.expired, report);
+}
+
+/// What [`prepare`] found for one stage.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Prepared {
+    in_doubt: u64,
+    expired: u64,
+    /// The stage's selection would find a booking.
+    due: bool,
+}
+
+/// Before the stages of a run: tidies the ledger for all of them in one statement (unless a
+/// dry run), then asks in one statement which of them has anything due, so a run with nothing
+/// due costs two statements and no selection. `None` when the tidying failed (logged): each
+/// stage then tidies on its own, and counts the error if it recurs. A failed look for due
+/// bookings only means every stage selects.
+pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Option<Vec<Prepared>> {
+    let live = match j.db.client().await {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("preparing the run: {e:#}");
+            return None;
+        }
+    };
+    let now = j.clock.now();
+    let windows: Vec<_> = runs
+        .iter()
+        .map(|(s, o)| (*s, now + o.window.0, now + o.window.1))
+        .collect();
+    let mut prepared = vec![
+        Prepared {
+            due: true,
+            ..Prepared::default()
+        };
+        runs.len()
+    ];
+    if runs.iter().all(|(_, o)| !o.dry_run) {
+        let edges: Vec<_> = windows.iter().map(|(s, from, _)| (*s, *from)).collect();
+        match tidy::tidy_run(&live, now, &edges).await {
+            Ok(t) => {
+                if t.linked > 0 {
+                    log::info!(
+                        "linked {} walk-in booking(s) to their people rows",
+                        t.linked
+                    );
+                }
+                for (i, p) in prepared.iter_mut().enumerate() {
+                    p.in_doubt = t.in_doubt.get(i).copied().unwrap_or(0);
+                    p.expired = t.expired.get(i).copied().unwrap_or(0);
+                }
+            }
+            Err(e) => {
+                log::warn!("{e:#}; each stage tidies on its own");
+                return None;
+            }
+        }
+    }
+    let facts: Vec<_> = windows
+        .iter()
+        .map(|(s, from, to)| (s.facts(), *from, *to))
+        .collect();
+    match bookings::any_due(&live, now, &facts).await {
+        Ok(due) => prepared.iter_mut().zip(due).for_each(|(p, d)| p.due = d),
+        Err(e) => log::warn!("{e:#}; every stage selects"),
+    }
+    Some(prepared)
 }
 
 /// Keyset-paginated chunks: select a page, process it (plan, claim, send, record), then the

@@ -178,3 +178,52 @@ async fn more_due_bookings_than_a_page_are_each_delivered_once() {
         1100
     );
 }
+
+#[tokio::test]
+async fn followups_with_nothing_due_selects_nothing_and_tidies_the_ledger_once() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    // Every booking of the reminder window already reminded: nothing is due anywhere.
+    seed_window(&c, 20, 20).await;
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .unwrap();
+    c.query("SELECT pg_stat_statements_reset()", &[])
+        .await
+        .unwrap();
+    let outbox = tempfile::tempdir().unwrap();
+    let out = db
+        .cmd()
+        .env("EMAIL_OUTBOX_DIR", outbox.path())
+        .env("EMAIL_FROM", "Praxis <termine@example.de>")
+        .args(["--now", NOW, "followups"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let calls = |pattern: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s
+                 JOIN pg_database d ON d.oid = s.dbid
+                 WHERE d.datname = current_database() AND s.query LIKE $1",
+                &[&pattern],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    // The selection (its column list ends in `page_key`) is planned for no stage.
+    assert_eq!(calls("%AS page_key%").await, 0, "selections run");
+    // Abandoned sends, walk-ins and closed retries: one statement for the six stages.
+    assert_eq!(
+        calls("%UPDATE cal_bookings b%SET patient_id%").await,
+        1,
+        "walk-in linking statements"
+    );
+    // Six stages, each with its lock and unlock, plus the run's record: nothing per stage
+    // beyond the lock (36 statements and more when each stage tidied and selected on its own).
+    let total = crate::support::statements(&c).await;
+    assert!(total <= 20, "a run with nothing due took {total} statements");
+}
