@@ -583,7 +583,7 @@ impl ExpireParams {
         ExpireParams {
             from,
             ledger: stage.ledger_stage(),
-            held_lead: crate::domain::quiet_hours::min_lead_of_stage(stage)
+            held_lead: crate::domain::quiet_hours::min_lead_of(stage.facts())
                 .unwrap_or_else(chrono::Duration::zero)
                 .num_seconds(),
         }

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use super::{MessageKind, Stage};
+use super::{MessageKind, StageFacts};
 
 /// The nightly window in which no SMS goes out: `[start, end)` in local time, wrapping
 /// midnight when `start > end`. `start == end` means no quiet hours.
@@ -134,13 +134,9 @@ pub fn min_lead(kind: MessageKind) -> Option<Duration> {
     }
 }
 
-/// [`min_lead`] of the message a stage sends by SMS.
-pub fn min_lead_of_stage(stage: Stage) -> Option<Duration> {
-    match stage {
-        Stage::Reminder24h => min_lead(MessageKind::Reminder24h),
-        Stage::Reminder1h => min_lead(MessageKind::Reminder1h),
-        _ => None,
-    }
+/// [`min_lead`] of the messages a stage sends (its facts' kinds): the first that has one.
+pub fn min_lead_of(facts: &StageFacts) -> Option<Duration> {
+    facts.kinds.iter().find_map(|k| min_lead(*k))
 }
 
 /// Twilio's longest `ValidityPeriod` (10 hours).
