@@ -679,13 +679,14 @@ pub async fn mark_sends_started(
 ) -> anyhow::Result<HashSet<Uuid>> {
     let stmt = client
         .prepare_cached(
-            "WITH mine AS (
-                 SELECT id FROM journey_deliveries
-                  WHERE id = ANY($1::uuid[]) AND status = 'sending' AND run_id = $2
-                  ORDER BY booking_id, stage, channel, recipient_role
-                    FOR UPDATE)
-             UPDATE journey_deliveries d SET send_started_at = now()
-               FROM mine WHERE d.id = mine.id
+            // The ids are locked in key order by the inner query (an init plan), and the
+            // update finds them through the primary key: no join that could scan the table.
+            "UPDATE journey_deliveries d SET send_started_at = now()
+              WHERE d.id = ANY(ARRAY(
+                      SELECT id FROM journey_deliveries
+                       WHERE id = ANY($1::uuid[]) AND status = 'sending' AND run_id = $2
+                       ORDER BY booking_id, stage, channel, recipient_role
+                         FOR UPDATE))
              RETURNING d.id",
         )
         .await
