@@ -18,14 +18,14 @@ use crate::domain::display_name;
 
 /// A person named in an invite: an address (already validated by the caller) and a name.
 #[derive(Clone, Debug)]
-pub struct Person<'a> {
+pub(crate) struct Person<'a> {
     pub name: Option<&'a str>,
     pub email: &'a str,
 }
 
 /// What goes into one invite.
 #[derive(Clone, Debug)]
-pub struct Invite<'a> {
+pub(crate) struct Invite<'a> {
     /// The booking's calendar UID; the invite's UID is `{uid}@journeyctl`.
     pub uid: &'a str,
     /// RFC 5545 SEQUENCE: 0 for the first invite, higher for every later version.
@@ -65,13 +65,14 @@ fn cal_address(kind: &str, p: &Person<'_>) -> Option<Property> {
 
 /// The invite as iCalendar text, stamped with the current wall-clock time. Prefer
 /// [`invite_at`] with the run's clock where one is at hand.
-pub fn invite(i: &Invite) -> String {
+#[cfg(test)]
+pub(crate) fn invite(i: &Invite) -> String {
     invite_at(i, Utc::now())
 }
 
 /// The invite as iCalendar text with DTSTAMP = `stamp` (the run's "now"), which makes the
 /// output a pure function of its inputs.
-pub fn invite_at(i: &Invite, stamp: DateTime<Utc>) -> String {
+pub(crate) fn invite_at(i: &Invite, stamp: DateTime<Utc>) -> String {
     // Every value from data is one line: the crate escapes LF in TEXT values but not CR, and
     // UID and URL values not at all.
     let uid: String = i

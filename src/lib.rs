@@ -4,25 +4,25 @@
 //! [`ExitStatus`]. Modules depend inward: cli/config → stages/webhook → db/notify/templates →
 //! domain.
 
-pub mod calapi;
+pub(crate) mod calapi;
 pub mod cli;
 pub mod clock;
 mod commands;
 pub mod config;
 pub mod db;
 pub mod domain;
-pub mod exit;
-pub mod ics;
-pub mod links;
-pub mod metrics;
+pub(crate) mod exit;
+pub(crate) mod ics;
+pub(crate) mod links;
+pub(crate) mod metrics;
 pub mod notify;
-pub mod output;
+pub(crate) mod output;
 pub mod pgtemp;
-pub mod preview;
+pub(crate) mod preview;
 pub mod secret;
 pub mod stages;
 pub mod templates;
-pub mod tls;
+pub(crate) mod tls;
 pub mod webhook;
 
 use std::io::Write;

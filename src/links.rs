@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 /// What a booking link carries: the therapist's booking page and what it is pre-filled with.
 #[derive(Clone, Copy, Debug)]
-pub struct BookingLink<'a> {
+pub(crate) struct BookingLink<'a> {
     /// Cal.com's origin (`CAL_ORIGIN`), e.g. `https://cal.com`.
     pub cal_origin: &'a str,
     /// The therapist's Cal.com user name: the first path segment of the page.
@@ -34,7 +34,7 @@ pub struct BookingLink<'a> {
 /// keys keep their literal brackets, which is how Cal.com reads booking metadata from the
 /// query. Absent or empty optional values leave their parameter out, so Cal.com does not
 /// pre-fill an empty name.
-pub fn booking_link(link: &BookingLink<'_>) -> String {
+pub(crate) fn booking_link(link: &BookingLink<'_>) -> String {
     let BookingLink {
         cal_origin,
         cal_username,
@@ -74,7 +74,7 @@ pub fn booking_link(link: &BookingLink<'_>) -> String {
 }
 
 /// The patient's match page: `{public_base_url}/matches/{secure_uuid}`.
-pub fn match_link(public_base_url: &str, secure_uuid: Uuid) -> String {
+pub(crate) fn match_link(public_base_url: &str, secure_uuid: Uuid) -> String {
     format!(
         "{}/matches/{secure_uuid}",
         public_base_url.trim_end_matches('/')

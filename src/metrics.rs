@@ -13,7 +13,7 @@ use crate::domain::Counters;
 use crate::exit::ExitStatus;
 
 /// The exposition text of one run: `stages` are the run's stage ids with their counters.
-pub fn render(
+pub(crate) fn render(
     command: &str,
     now: DateTime<Utc>,
     dry_run: bool,
@@ -53,7 +53,7 @@ pub fn render(
     out
 }
 
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

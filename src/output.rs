@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static CLOSED: AtomicBool = AtomicBool::new(false);
 
 /// Writes one line to stdout (what `println!` does, without its panic on a closed pipe).
-pub fn line(args: fmt::Arguments<'_>) {
+pub(crate) fn line(args: fmt::Arguments<'_>) {
     if CLOSED.load(Ordering::Relaxed) {
         return;
     }

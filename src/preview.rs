@@ -113,7 +113,7 @@ fn booking_kind_label(kind: BookingKind) -> &'static str {
 /// Renders every variant into `dir` (created if needed) as `{stem}.html`, `{stem}.txt` and,
 /// for kinds with SMS, `{stem}.sms.txt`, plus `index.html` linking them with their subjects.
 /// Returns the written paths, index last. A template that fails stops the preview.
-pub fn write_preview(templates: &Templates, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn write_preview(templates: &Templates, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     fs::create_dir_all(dir)
         .with_context(|| format!("Failed to create preview directory {}", dir.display()))?;
     let mut written = Vec::new();

@@ -27,7 +27,7 @@ use crate::webhook::Trigger;
 /// intermediate step of a cancelled booking that was moved here first, see `plan`);
 /// `reschedule_uid` is the booking it replaces; `event_at` becomes the envelope's `createdAt`,
 /// the time the lifecycle table orders events by (`None`: unknown, never stale).
-pub fn body(
+pub(crate) fn body(
     b: &ApiBooking,
     trigger: &Trigger,
     status: ApiStatus,

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 /// A booking's status as API v2 names it (lower case).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApiStatus {
+pub(crate) enum ApiStatus {
     Accepted,
     Pending,
     Cancelled,
@@ -40,7 +40,7 @@ impl ApiStatus {
     }
 
     /// The status text Cal.com's webhooks carry for it (`payload.status`).
-    pub fn webhook_name(self) -> &'static str {
+    pub(crate) fn webhook_name(self) -> &'static str {
         match self {
             ApiStatus::Accepted => "ACCEPTED",
             ApiStatus::Pending => "PENDING",
@@ -53,7 +53,7 @@ impl ApiStatus {
 /// One booking of the API, with the facts reconcile decides on read out and the whole object
 /// kept for the adapter.
 #[derive(Clone)]
-pub struct ApiBooking {
+pub(crate) struct ApiBooking {
     pub uid: String,
     pub status: ApiStatus,
     pub start: Option<DateTime<Utc>>,
@@ -84,7 +84,7 @@ impl fmt::Debug for ApiBooking {
 
 impl ApiBooking {
     /// When Cal.com last changed the booking: `updatedAt`, else `createdAt`.
-    pub fn changed_at(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn changed_at(&self) -> Option<DateTime<Utc>> {
         self.updated_at.or(self.created_at)
     }
 }
@@ -93,12 +93,12 @@ impl ApiBooking {
 /// a value from the body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct ShapeError(pub String);
+pub(crate) struct ShapeError(pub String);
 
 /// One page: its usable bookings, the items that were not (one line each, no personal data),
 /// and whether another page follows.
 #[derive(Debug)]
-pub struct Page {
+pub(crate) struct Page {
     pub bookings: Vec<ApiBooking>,
     pub unusable: Vec<String>,
     pub has_next_page: bool,
@@ -107,7 +107,7 @@ pub struct Page {
 }
 
 /// Reads one page body. A body that is not JSON, or not in the 2024-08-13 shape, is an error.
-pub fn parse_page(body: &[u8]) -> Result<Page, ShapeError> {
+pub(crate) fn parse_page(body: &[u8]) -> Result<Page, ShapeError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ShapeError(format!("the answer is not valid JSON ({e})")))?;
     let Value::Object(root) = value else {

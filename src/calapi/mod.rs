@@ -15,24 +15,24 @@
 //! Submodules: [`booking`] (the page shape), [`ratelimit`], [`as_webhook`] (an API booking as
 //! the webhook body Cal.com would have sent), [`plan`] (what to apply, given the database).
 
-pub mod as_webhook;
-pub mod booking;
-pub mod plan;
-pub mod ratelimit;
+pub(crate) mod as_webhook;
+pub(crate) mod booking;
+pub(crate) mod plan;
+pub(crate) mod ratelimit;
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-pub use booking::{ApiBooking, ApiStatus, Page};
+pub(crate) use booking::{ApiBooking, Page};
 use ratelimit::RateLimiter;
 
-pub use crate::config::CalApiSettings as ApiSettings;
+pub(crate) use crate::config::CalApiSettings as ApiSettings;
 
 /// The response shape reconcile reads; sent on every request.
-pub const API_VERSION: &str = "2024-08-13";
+pub(crate) const API_VERSION: &str = "2024-08-13";
 /// Cal.com's largest page.
-pub const MAX_TAKE: u32 = 250;
+pub(crate) const MAX_TAKE: u32 = 250;
 /// 429s answered for one page before the run gives up on it.
 const MAX_RATE_LIMITED: u32 = 5;
 /// The largest answer read (250 bookings are a few hundred KiB).
@@ -42,7 +42,7 @@ const MAX_PAGES: u32 = 10_000;
 
 /// Why a run could not read the API.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("Cal.com API at {base} cannot be reached: {reason}")]
     Unreachable { base: String, reason: String },
     #[error("Cal.com API at {base} did not answer within {timeout:?} (CAL_API_TIMEOUT)")]
@@ -78,7 +78,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Our own setting is wrong (exit 2), not the API unavailable (exit 1).
-    pub fn is_config(&self) -> bool {
+    pub(crate) fn is_config(&self) -> bool {
         matches!(self, ApiError::Refused { .. })
     }
 }
@@ -86,13 +86,13 @@ impl ApiError {
 /// The two sweeps of a run: `updatedAt` may be null, so bookings never changed are only found
 /// by their creation time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sweep {
+pub(crate) enum Sweep {
     Created,
     Updated,
 }
 
 impl Sweep {
-    pub const BOTH: [Sweep; 2] = [Sweep::Created, Sweep::Updated];
+    pub(crate) const BOTH: [Sweep; 2] = [Sweep::Created, Sweep::Updated];
 
     /// Filter and order of the sweep. Newest first: a booking created or changed while the
     /// sweep pages moves to the front, so later pages repeat an item instead of skipping one;
@@ -104,7 +104,7 @@ impl Sweep {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Sweep::Created => "created",
             Sweep::Updated => "updated",
@@ -120,7 +120,7 @@ struct Answer {
 }
 
 /// A client for one run: paces its requests and counts them.
-pub struct CalApi {
+pub(crate) struct CalApi {
     settings: ApiSettings,
     agent: ureq::Agent,
     limiter: RateLimiter,
@@ -142,7 +142,7 @@ const STOP_POLL: Duration = Duration::from_millis(200);
 
 impl CalApi {
     /// `stop` is asked while waiting: true ends the wait with [`ApiError::Stopped`].
-    pub fn new(
+    pub(crate) fn new(
         settings: ApiSettings,
         deadline: Instant,
         stop: impl Fn() -> bool + Send + Sync + 'static,
@@ -175,7 +175,7 @@ impl CalApi {
 
     /// Every booking created (or updated) after `since`, all pages. Items that cannot be read
     /// are returned as lines for the caller to count and log.
-    pub async fn sweep(
+    pub(crate) async fn sweep(
         &mut self,
         sweep: Sweep,
         since: DateTime<Utc>,
@@ -216,7 +216,7 @@ impl CalApi {
 
     /// One booking by its uid (a successor the sweeps did not return); `None` when the API
     /// does not show it to this key.
-    pub async fn booking(&mut self, uid: &str) -> Result<Option<ApiBooking>, ApiError> {
+    pub(crate) async fn booking(&mut self, uid: &str) -> Result<Option<ApiBooking>, ApiError> {
         let query = vec![
             ("bookingUid".to_string(), uid.to_string()),
             ("take".to_string(), "1".to_string()),

@@ -36,12 +36,12 @@ use crate::domain::BookingStatus;
 use crate::webhook::Trigger;
 
 /// What the database holds of one `cal_uid` (a row of `db::reconcile`, read there).
-pub use crate::db::reconcile::Stored;
+pub(crate) use crate::db::reconcile::Stored;
 
 /// Why a step is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Change {
+pub(crate) enum Change {
     /// The database does not know the booking.
     New,
     /// Its status differs.
@@ -54,7 +54,7 @@ pub enum Change {
 
 /// One webhook body to apply.
 #[derive(Clone, Debug)]
-pub struct Step {
+pub(crate) struct Step {
     pub cal_uid: String,
     pub trigger: Trigger,
     pub change: Change,
@@ -64,7 +64,7 @@ pub struct Step {
 }
 
 /// The steps for `bookings`, in the order to apply them.
-pub fn plan(bookings: &[ApiBooking], stored: &HashMap<String, Stored>) -> Vec<Step> {
+pub(crate) fn plan(bookings: &[ApiBooking], stored: &HashMap<String, Stored>) -> Vec<Step> {
     let mut ordered: Vec<&ApiBooking> = bookings.iter().collect();
     ordered.sort_by(|a, b| {
         (a.created_at.is_none(), a.created_at, &a.uid).cmp(&(
@@ -164,7 +164,7 @@ fn stored_status(s: &Stored) -> Option<BookingStatus> {
 
 /// How the database differs from the API for `b` itself; `None`: it shows the booking as the
 /// API does (a moved-away booking: retired to its successor).
-pub fn difference(b: &ApiBooking, stored: Option<&Stored>) -> Option<Change> {
+pub(crate) fn difference(b: &ApiBooking, stored: Option<&Stored>) -> Option<Change> {
     let Some(s) = stored else {
         return Some(Change::New);
     };
@@ -197,7 +197,7 @@ pub fn difference(b: &ApiBooking, stored: Option<&Stored>) -> Option<Change> {
 /// The successors (`rescheduledToUid`) named by moved-away bookings that are not retired yet
 /// and that the sweeps did not return: the caller fetches them, so their reschedule can retire
 /// the old uid.
-pub fn missing_successors(
+pub(crate) fn missing_successors(
     bookings: &[ApiBooking],
     stored: &HashMap<String, Stored>,
 ) -> Vec<String> {

@@ -14,17 +14,17 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Cal.com's default limit for API keys.
-pub const LIMIT: usize = 120;
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const LIMIT: usize = 120;
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
 /// How long to wait after a 429 that names no reset.
-pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The longest wait any header can ask for: a reset further away is read as a wrong header,
 /// and the caller's deadline bounds it anyway.
 const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limit: usize,
     window: Duration,
     sent: VecDeque<Instant>,
@@ -38,7 +38,7 @@ impl Default for RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(limit: usize, window: Duration) -> RateLimiter {
+    pub(crate) fn new(limit: usize, window: Duration) -> RateLimiter {
         RateLimiter {
             limit: limit.max(1),
             window,
@@ -48,7 +48,7 @@ impl RateLimiter {
     }
 
     /// How long to wait at `now` before the next request may go out.
-    pub fn delay(&mut self, now: Instant) -> Duration {
+    pub(crate) fn delay(&mut self, now: Instant) -> Duration {
         while self
             .sent
             .front()
@@ -69,17 +69,18 @@ impl RateLimiter {
     }
 
     /// A request went out at `at`.
-    pub fn record(&mut self, at: Instant) {
+    pub(crate) fn record(&mut self, at: Instant) {
         self.sent.push_back(at);
     }
 
     /// Nothing may go out before `until` (a 429, or no requests remaining).
-    pub fn block_until(&mut self, until: Instant) {
+    pub(crate) fn block_until(&mut self, until: Instant) {
         self.blocked_until = Some(self.blocked_until.map_or(until, |b| b.max(until)));
     }
 
     /// Requests sent in the window ending at `now`.
-    pub fn in_window(&mut self, now: Instant) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_window(&mut self, now: Instant) -> usize {
         let _ = self.delay(now);
         self.sent.len()
     }
@@ -89,7 +90,7 @@ impl RateLimiter {
 /// seconds since the epoch). `rate_limited` is true for a 429: then the answer is always some
 /// wait, [`DEFAULT_BACKOFF`] when no header names one. For other answers, a wait is asked only
 /// by a `X-RateLimit-Remaining*` of 0 together with a reset.
-pub fn wait_from_headers<'a>(
+pub(crate) fn wait_from_headers<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     now_unix: i64,
     rate_limited: bool,

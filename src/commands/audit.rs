@@ -14,7 +14,7 @@ use crate::domain::Stage;
 use crate::exit::ExitStatus;
 
 /// `journeyctl audit [--days N]`
-pub async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<ExitStatus> {
+pub(crate) async fn audit(g: &GlobalArgs, clock: Clock, days: u32) -> anyhow::Result<ExitStatus> {
     if days == 0 || i64::from(days) > config::MAX_OFFSET_DAYS {
         return Err(ConfigError::new(format!(
             "--days {days} is out of range: give 1 to {}",

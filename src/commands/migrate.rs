@@ -6,7 +6,7 @@ use crate::exit::ExitStatus;
 use crate::{config, db};
 
 /// `journeyctl migrate`
-pub async fn migrate(g: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub(crate) async fn migrate(g: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let url = config::database_url(g)?;
     let db = db::connect(&url, 1).await?;
     let applied = db::migrate::run(&db).await?;

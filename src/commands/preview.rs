@@ -8,7 +8,7 @@ use crate::config::{ConfigError, Settings};
 use crate::exit::ExitStatus;
 use crate::templates::Templates;
 
-pub fn preview(settings: &Settings, out: &Path) -> anyhow::Result<ExitStatus> {
+pub(crate) fn preview(settings: &Settings, out: &Path) -> anyhow::Result<ExitStatus> {
     let templates = Templates::load(settings.templates_dir.as_deref(), settings.timezone)
         .map_err(|e| ConfigError::new(format!("templates cannot be loaded: {e:#}")))?;
     let written = crate::preview::write_preview(&templates, out)?;

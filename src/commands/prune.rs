@@ -10,7 +10,11 @@ use crate::db;
 use crate::exit::ExitStatus;
 
 /// `journeyctl prune [--retention DUR]`
-pub async fn prune(g: &GlobalArgs, clock: Clock, retention: &str) -> anyhow::Result<ExitStatus> {
+pub(crate) async fn prune(
+    g: &GlobalArgs,
+    clock: Clock,
+    retention: &str,
+) -> anyhow::Result<ExitStatus> {
     let keep = parse_offset("--retention", retention)?.abs();
     if keep < Duration::days(1) {
         return Err(ConfigError::new(format!(

@@ -40,14 +40,14 @@ use crate::stages::{Journey, RunControl, StageReport};
 use crate::webhook::apply::{handle, public_message, Handled, Verification};
 
 /// The command name, and the stage name its report carries inside `followups`.
-pub const NAME: &str = "reconcile";
+pub(super) const NAME: &str = "reconcile";
 /// How far back the first run reads.
-pub const FIRST_RUN: chrono::Duration = chrono::Duration::days(7);
+pub(super) const FIRST_RUN: chrono::Duration = chrono::Duration::days(7);
 /// How much of the last successful run's period each run reads again (a booking changed while
 /// that run paged, or with a clock slightly off, is read again).
-pub const OVERLAP: chrono::Duration = chrono::Duration::minutes(10);
+pub(super) const OVERLAP: chrono::Duration = chrono::Duration::minutes(10);
 /// The schedule's cadence; `status` warns after 2 and turns critical after 6 without success.
-pub const CADENCE: chrono::Duration = chrono::Duration::minutes(5);
+pub(super) const CADENCE: chrono::Duration = chrono::Duration::minutes(5);
 
 /// Connections of `journeyctl reconcile`: the lock's own (held for the run), the applies (one
 /// at a time), and a confirmation's two messages claimed and recorded side by side.
@@ -55,7 +55,7 @@ const RECONCILE_CONNECTIONS: usize = 4;
 
 /// Options of one reconcile.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     pub dry_run: bool,
     /// `--since`: read this far back instead of from the last successful run.
     pub since: Option<chrono::Duration>,
@@ -63,7 +63,11 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn new(dry_run: bool, since: Option<&str>, page_size: u32) -> Result<Options, ConfigError> {
+    pub(crate) fn new(
+        dry_run: bool,
+        since: Option<&str>,
+        page_size: u32,
+    ) -> Result<Options, ConfigError> {
         let since = match since {
             Some(raw) => {
                 let d = crate::config::parse_offset("--since", raw)?.abs();
@@ -90,7 +94,7 @@ impl Options {
 
 /// One applied (or, dry, planned) step, without personal data.
 #[derive(Clone, Debug, Serialize)]
-pub struct Applied {
+pub(super) struct Applied {
     pub cal_uid: String,
     pub trigger: String,
     pub change: Change,
@@ -101,7 +105,7 @@ pub struct Applied {
 
 /// What one reconcile did.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Report {
+pub(super) struct Report {
     pub since: Option<DateTime<Utc>>,
     pub requests: u32,
     pub rate_limited: u32,
@@ -129,7 +133,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn failed(&self) -> bool {
+    pub(super) fn failed(&self) -> bool {
         self.error.is_some()
             || self.failed > 0
             || self.send_failures > 0
@@ -137,7 +141,7 @@ impl Report {
     }
 
     /// The report as one stage of a `followups` run.
-    pub fn as_stage(&self) -> StageReport {
+    pub(super) fn as_stage(&self) -> StageReport {
         let mut r = StageReport::new(NAME);
         r.counters = self.counters.clone();
         r.failures = self.send_failures + self.failed as u64 + u64::from(self.error.is_some());
@@ -148,7 +152,7 @@ impl Report {
 
 /// Runs one reconcile with the run's journey. `budget_end`: no rate-limit wait may end after
 /// it. Never fails: every problem is in the report (and, unless dry, recorded).
-pub async fn reconcile(j: &Journey, opts: &Options, budget_end: Instant) -> Report {
+pub(super) async fn reconcile(j: &Journey, opts: &Options, budget_end: Instant) -> Report {
     let mut report = Report::default();
     let Some(api) = j.settings.cal_api.clone() else {
         report.error = Some("CAL_API_KEY is not set".into());
@@ -554,7 +558,7 @@ async fn error_event(j: &Journey, why: &str) {
 }
 
 /// `journeyctl reconcile [--dry-run] [--since DUR]`
-pub async fn run(
+pub(crate) async fn run(
     g: &GlobalArgs,
     settings: Settings,
     clock: Clock,

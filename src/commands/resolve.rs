@@ -14,7 +14,7 @@ use crate::exit::ExitStatus;
 const RESOLVE_CONNECTIONS: usize = 1;
 
 /// `journeyctl resolve ID --as sent|retry`
-pub async fn resolve(
+pub(crate) async fn resolve(
     g: &GlobalArgs,
     clock: Clock,
     id: Uuid,

@@ -20,13 +20,13 @@ use crate::stages::{run_prepared, Journey, RunControl, StageOptions, StageReport
 use crate::templates::Templates;
 
 /// One stage with its options.
-pub struct StageRun {
+pub(crate) struct StageRun {
     pub stage: Stage,
     pub opts: StageOptions,
 }
 
 /// Builds what every sending command needs: pool, templates, transports.
-pub async fn journey(
+pub(crate) async fn journey(
     g: &GlobalArgs,
     settings: Settings,
     clock: Clock,
@@ -66,7 +66,7 @@ pub async fn journey(
 }
 
 /// How long in-flight sends may take once a run is told to stop (`stages::control`).
-pub const DRAIN: std::time::Duration = crate::stages::control::DEFAULT_DRAIN;
+pub(super) const DRAIN: std::time::Duration = crate::stages::control::DEFAULT_DRAIN;
 
 /// Sends at once when no stage names its own (a run with no stages): the CLI's default.
 const DEFAULT_CONCURRENCY: usize = 8;
@@ -77,7 +77,7 @@ const EXTRA_CONNECTIONS: usize = 2;
 
 /// One stage command as the operator asked for it: its name (`reminder-24h`, `followups`),
 /// the stages it runs, and the run's limits and extras.
-pub struct StageCommand<'a> {
+pub(crate) struct StageCommand<'a> {
     pub name: &'a str,
     pub stages: Vec<StageRun>,
     pub metrics_file: Option<&'a std::path::Path>,
@@ -88,7 +88,7 @@ pub struct StageCommand<'a> {
 }
 
 /// Runs the given stages as one run named `cmd.name`, and prints the report.
-pub async fn run(
+pub(crate) async fn run(
     g: &GlobalArgs,
     settings: Settings,
     clock: Clock,
@@ -147,7 +147,7 @@ pub async fn run(
 
 /// Runs the stages in order with `j` and records the run (unless dry). A failing stage does
 /// not stop the next; the status is the worst of them.
-pub async fn execute(
+pub(super) async fn execute(
     j: &Journey,
     command: &str,
     stages: &[StageRun],
@@ -157,7 +157,7 @@ pub async fn execute(
 
 /// [`execute`], with `reconcile` first when given (`followups` with CAL_API_KEY set), so no
 /// stage sends on a booking whose cancellation or reschedule webhook was lost.
-pub async fn execute_with(
+pub(super) async fn execute_with(
     j: &Journey,
     command: &str,
     stages: &[StageRun],

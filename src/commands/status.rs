@@ -107,7 +107,11 @@ fn stage_flags(
 }
 
 /// `journeyctl status [--since DUR]`
-pub async fn status(g: &GlobalArgs, clock: Clock, since: &str) -> anyhow::Result<ExitStatus> {
+pub(crate) async fn status(
+    g: &GlobalArgs,
+    clock: Clock,
+    since: &str,
+) -> anyhow::Result<ExitStatus> {
     let period = parse_offset("--since", since)?.abs();
     let now = clock.now();
     let db = db::connect(&config::database_url(g)?, OPERATOR_CONNECTIONS).await?;

@@ -12,7 +12,7 @@ use crate::exit::ExitStatus;
 use crate::stages::optout;
 
 /// `journeyctl suppress ADDRESS --channel email|sms [--remove]`
-pub async fn suppress(
+pub(crate) async fn suppress(
     g: &GlobalArgs,
     address: &str,
     channel: Channel,

@@ -33,7 +33,7 @@ struct StatusState {
 }
 
 /// The route with its own state, to be merged into `serve`'s router.
-pub fn router(j: &Journey) -> Router {
+pub(super) fn router(j: &Journey) -> Router {
     let auth_token = match &j.settings.sms {
         Some(SmsTransport::Twilio(t)) => Some(t.auth_token.clone()),
         _ => None,

@@ -32,7 +32,7 @@ struct Unsubscribe {
 }
 
 /// The endpoint's routes, with their own state, for `serve` to merge into its router.
-pub fn router<S: Clone + Send + Sync + 'static>(j: &Journey) -> Router<S> {
+pub(super) fn router<S: Clone + Send + Sync + 'static>(j: &Journey) -> Router<S> {
     let secret = j.settings.unsubscribe_secret.clone();
     if secret.is_none() {
         log::warn!(

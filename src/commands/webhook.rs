@@ -109,7 +109,7 @@ impl AfterCommit {
 const ONE_BODY_CONNECTIONS: usize = 3;
 
 /// `journeyctl webhook [--file F] [--signature HEX] [--no-verify]`
-pub async fn webhook(
+pub(crate) async fn webhook(
     g: &GlobalArgs,
     settings: Settings,
     clock: Clock,
@@ -154,7 +154,7 @@ pub async fn webhook(
 
 /// `journeyctl webhook --replay RECEIPT_ID`: re-applies a stored body, then sends what it
 /// makes due, exactly as when it arrived.
-pub async fn replay(
+pub(crate) async fn replay(
     g: &GlobalArgs,
     settings: Settings,
     clock: Clock,
@@ -306,7 +306,7 @@ fn drain_bound(raw: &str) -> Result<Duration, ConfigError> {
 /// flight keeps its `sending` row and is declared in doubt (never resent blindly). The
 /// process exits 0 either way, well before systemd's TimeoutStopSec would SIGKILL it in the
 /// middle of everything.
-pub async fn serve(
+pub(crate) async fn serve(
     g: &GlobalArgs,
     settings: Settings,
     clock: Clock,

@@ -12,7 +12,7 @@ use super::Db;
 use crate::domain::{Channel, DeliveryStatus, RecipientRole};
 
 /// A therapist row of the demo's seed.
-pub struct NewTherapist<'a> {
+pub(crate) struct NewTherapist<'a> {
     pub id: Uuid,
     pub first_name: &'a str,
     pub last_name: &'a str,
@@ -27,7 +27,7 @@ pub struct NewTherapist<'a> {
 }
 
 /// A person (patient) row of the demo's seed.
-pub struct NewPerson<'a> {
+pub(crate) struct NewPerson<'a> {
     pub id: Uuid,
     pub name: &'a str,
     pub email: Option<&'a str>,
@@ -35,7 +35,7 @@ pub struct NewPerson<'a> {
 }
 
 /// Everything the demo seeds before its first webhook.
-pub struct Seed<'a> {
+pub(crate) struct Seed<'a> {
     pub therapists: Vec<NewTherapist<'a>>,
     pub people: Vec<NewPerson<'a>>,
     /// Proposed matches: (patient, therapist).
@@ -48,7 +48,7 @@ pub struct Seed<'a> {
 
 /// `CREATE DATABASE name` on the server `admin` is connected to. `name` is made by the demo
 /// (letters, digits, underscores), never taken from input.
-pub async fn create_database(admin: &Db, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_database(admin: &Db, name: &str) -> anyhow::Result<()> {
     admin
         .client()
         .await?
@@ -58,7 +58,7 @@ pub async fn create_database(admin: &Db, name: &str) -> anyhow::Result<()> {
 }
 
 /// Inserts the seed: therapists, people, their matches, and the slot cache.
-pub async fn seed(db: &Db, seed: &Seed<'_>) -> anyhow::Result<()> {
+pub(crate) async fn seed(db: &Db, seed: &Seed<'_>) -> anyhow::Result<()> {
     let c = db.client().await?;
     for t in &seed.therapists {
         c.execute(
@@ -108,7 +108,7 @@ pub async fn seed(db: &Db, seed: &Seed<'_>) -> anyhow::Result<()> {
 
 /// What the booking site's hourly refresh does: therapists with free slots show the day after
 /// tomorrow at 09:00 (UTC) as their next one, cached at `now`.
-pub async fn refresh_slot_cache(db: &Db, now: DateTime<Utc>) -> anyhow::Result<()> {
+pub(crate) async fn refresh_slot_cache(db: &Db, now: DateTime<Utc>) -> anyhow::Result<()> {
     db.client()
         .await?
         .execute(
@@ -123,7 +123,7 @@ pub async fn refresh_slot_cache(db: &Db, now: DateTime<Utc>) -> anyhow::Result<(
 }
 
 /// One line of the demo's closing timeline: a ledger row with its booking and recipient.
-pub struct TimelineRow {
+pub(crate) struct TimelineRow {
     pub sent_at: Option<DateTime<Utc>>,
     /// The ledger's stage name, as stored.
     pub stage: String,
@@ -141,7 +141,7 @@ pub struct TimelineRow {
 }
 
 /// Every ledger row, in the order it happened.
-pub async fn timeline(db: &Db) -> anyhow::Result<Vec<TimelineRow>> {
+pub(crate) async fn timeline(db: &Db) -> anyhow::Result<Vec<TimelineRow>> {
     let rows = db
         .client()
         .await?
@@ -179,7 +179,7 @@ pub async fn timeline(db: &Db) -> anyhow::Result<Vec<TimelineRow>> {
 }
 
 /// Ledger rows counted by channel and status, ordered by their database text.
-pub async fn ledger_counts(db: &Db) -> anyhow::Result<Vec<(Channel, DeliveryStatus, i64)>> {
+pub(crate) async fn ledger_counts(db: &Db) -> anyhow::Result<Vec<(Channel, DeliveryStatus, i64)>> {
     let rows = db
         .client()
         .await?
@@ -201,7 +201,7 @@ pub async fn ledger_counts(db: &Db) -> anyhow::Result<Vec<(Channel, DeliveryStat
 }
 
 /// How many runs `command` recorded.
-pub async fn count_runs(db: &Db, command: &str) -> anyhow::Result<i64> {
+pub(crate) async fn count_runs(db: &Db, command: &str) -> anyhow::Result<i64> {
     let row = db
         .client()
         .await?

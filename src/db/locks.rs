@@ -8,7 +8,7 @@ use crate::domain::Stage;
 const STAGE_LOCK_NS: i32 = 0x4a43_0001;
 
 /// Tries to take `stage`'s lock on this connection: `true` when this session holds it now.
-pub async fn try_stage_lock(
+pub(crate) async fn try_stage_lock(
     client: &deadpool_postgres::ClientWrapper,
     stage: Stage,
 ) -> anyhow::Result<bool> {
@@ -31,7 +31,7 @@ pub async fn try_stage_lock(
 }
 
 /// Releases `stage`'s lock taken on this connection by [`try_stage_lock`].
-pub async fn unlock_stage(
+pub(crate) async fn unlock_stage(
     client: &deadpool_postgres::ClientWrapper,
     stage: Stage,
 ) -> anyhow::Result<()> {

@@ -16,11 +16,11 @@ const MIGRATE_LOCK: i64 = 0x6a72_6e79_6d69_6772;
 
 /// What a migrate run did.
 #[derive(Debug, Default)]
-pub struct Applied {
+pub(crate) struct Applied {
     pub applied: Vec<String>,
 }
 
-pub async fn run(db: &Db) -> anyhow::Result<Applied> {
+pub(crate) async fn run(db: &Db) -> anyhow::Result<Applied> {
     let mut client = db.client().await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])

@@ -7,19 +7,19 @@
 //! with `now()`.
 
 pub mod bookings;
-pub mod demo;
+pub(crate) mod demo;
 pub mod ledger;
-pub mod locks;
-pub mod migrate;
+pub(crate) mod locks;
+pub(crate) mod migrate;
 mod pool;
-pub mod reconcile;
-pub mod reports;
-pub mod retention;
-pub mod runs;
-pub mod sms;
-pub mod suppressions;
-pub mod tidy;
-pub mod webhook;
+pub(crate) mod reconcile;
+pub(crate) mod reports;
+pub(crate) mod retention;
+pub(crate) mod runs;
+pub(crate) mod sms;
+pub(crate) mod suppressions;
+pub(crate) mod tidy;
+pub(crate) mod webhook;
 
 pub use pool::{connect, connect_as, Db, Unreachable};
 pub use pool::{SERVE_CONFIRM_CONNECTIONS, SERVE_CONFIRM_WORKERS, SERVE_INGEST_CONNECTIONS};

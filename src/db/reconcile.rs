@@ -19,7 +19,7 @@ const RECONCILE_LOCK: (i32, i32) = (0x4a52_0013, 0);
 
 /// Takes the reconcile lock on a connection of its own, which the caller keeps for the run;
 /// `None` when another run holds it.
-pub async fn try_lock(db: &Db) -> anyhow::Result<Option<deadpool_postgres::Object>> {
+pub(crate) async fn try_lock(db: &Db) -> anyhow::Result<Option<deadpool_postgres::Object>> {
     let client = db.client().await?;
     let got: bool = client
         .query_one(
@@ -32,7 +32,7 @@ pub async fn try_lock(db: &Db) -> anyhow::Result<Option<deadpool_postgres::Objec
     Ok(got.then_some(client))
 }
 
-pub async fn unlock(client: &deadpool_postgres::Object) -> anyhow::Result<()> {
+pub(crate) async fn unlock(client: &deadpool_postgres::Object) -> anyhow::Result<()> {
     client
         .execute(
             "SELECT pg_advisory_unlock($1, $2)",
@@ -44,7 +44,7 @@ pub async fn unlock(client: &deadpool_postgres::Object) -> anyhow::Result<()> {
 }
 
 /// The instant (`now`) of the newest succeeded run.
-pub async fn last_success(db: &Db) -> anyhow::Result<Option<DateTime<Utc>>> {
+pub(crate) async fn last_success(db: &Db) -> anyhow::Result<Option<DateTime<Utc>>> {
     db.client()
         .await?
         .query_one(
@@ -57,7 +57,7 @@ pub async fn last_success(db: &Db) -> anyhow::Result<Option<DateTime<Utc>>> {
         .map_err(Into::into)
 }
 
-pub async fn start(
+pub(crate) async fn start(
     db: &Db,
     id: Uuid,
     run_id: Uuid,
@@ -76,7 +76,7 @@ pub async fn start(
 }
 
 /// How a run ended.
-pub struct Finish<'a> {
+pub(crate) struct Finish<'a> {
     pub succeeded: bool,
     pub requests: u32,
     pub fetched: usize,
@@ -85,7 +85,7 @@ pub struct Finish<'a> {
     pub error: Option<&'a str>,
 }
 
-pub async fn finish(db: &Db, id: Uuid, f: &Finish<'_>) -> anyhow::Result<()> {
+pub(crate) async fn finish(db: &Db, id: Uuid, f: &Finish<'_>) -> anyhow::Result<()> {
     let outcome = if f.succeeded { "succeeded" } else { "failed" };
     db.client()
         .await?
@@ -112,7 +112,7 @@ pub async fn finish(db: &Db, id: Uuid, f: &Finish<'_>) -> anyhow::Result<()> {
 /// What the database holds of one `cal_uid`, for reconcile's comparison with the API
 /// (`calapi::plan`). The status is the stored text (another program may write lower case).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stored {
+pub(crate) struct Stored {
     pub status: Option<String>,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
@@ -120,7 +120,7 @@ pub struct Stored {
 }
 
 /// What the database holds of these uids (absent ones are not in the map).
-pub async fn stored(db: &Db, uids: &[String]) -> anyhow::Result<HashMap<String, Stored>> {
+pub(crate) async fn stored(db: &Db, uids: &[String]) -> anyhow::Result<HashMap<String, Stored>> {
     let rows = db
         .client()
         .await?
@@ -147,7 +147,7 @@ pub async fn stored(db: &Db, uids: &[String]) -> anyhow::Result<HashMap<String, 
 }
 
 /// One applied change, for [`record_change`].
-pub struct Change<'a> {
+pub(crate) struct Change<'a> {
     pub reconcile_id: Uuid,
     pub cal_uid: &'a str,
     pub receipt_id: Option<Uuid>,
@@ -158,7 +158,7 @@ pub struct Change<'a> {
 }
 
 /// Records a change reconcile applied and marks its receipt as the API's, together.
-pub async fn record_change(db: &Db, c: &Change<'_>) -> anyhow::Result<()> {
+pub(crate) async fn record_change(db: &Db, c: &Change<'_>) -> anyhow::Result<()> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
     if let Some(receipt) = c.receipt_id {
@@ -192,7 +192,11 @@ pub async fn record_change(db: &Db, c: &Change<'_>) -> anyhow::Result<()> {
 
 /// Of these bookings, the ones a confirmation is still for: active, session ahead of `now`
 /// (a booking found after its session never gets a confirmation).
-pub async fn confirmable(db: &Db, ids: &[Uuid], now: DateTime<Utc>) -> anyhow::Result<Vec<Uuid>> {
+pub(crate) async fn confirmable(
+    db: &Db,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Uuid>> {
     let sql = format!(
         "SELECT id FROM cal_bookings b
          WHERE id = ANY($1) AND {} AND b.start_time > $2 ORDER BY b.start_time",
@@ -209,7 +213,7 @@ pub async fn confirmable(db: &Db, ids: &[Uuid], now: DateTime<Utc>) -> anyhow::R
 
 /// What `status` shows of reconcile.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Health {
+pub(crate) struct Health {
     /// No run was ever recorded: reconcile is not set up (no CAL_API_KEY).
     pub never_ran: bool,
     pub last_success: Option<DateTime<Utc>>,
@@ -223,7 +227,7 @@ pub struct Health {
     pub changes_in_period: i64,
 }
 
-pub async fn health(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Health> {
+pub(crate) async fn health(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Health> {
     let row = db
         .client()
         .await?
@@ -256,7 +260,7 @@ pub async fn health(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Health> {
 
 /// A booking that came in (or changed) through reconcile: its webhook was lost.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Reconciled {
+pub(crate) struct Reconciled {
     pub booking_id: Option<Uuid>,
     pub cal_uid: String,
     pub trigger: String,
@@ -266,7 +270,7 @@ pub struct Reconciled {
 }
 
 /// Changes reconcile applied in `[from, to]`, oldest first.
-pub async fn changes(
+pub(crate) async fn changes(
     db: &Db,
     from: DateTime<Utc>,
     to: DateTime<Utc>,

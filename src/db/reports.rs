@@ -14,22 +14,18 @@ use crate::domain::{
 
 /// One finished run of a stage (a `followups` run counts for each of its stages).
 #[derive(Clone, Debug)]
-pub struct StageRun {
+pub(crate) struct StageRun {
     pub stage: Stage,
-    pub run_id: Uuid,
-    pub now: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub exit_status: i32,
     pub counters: Counters,
 }
 
 /// Finished runs since `since` (by their `now`), newest first, split per stage.
-pub async fn stage_runs(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Vec<StageRun>> {
+pub(crate) async fn stage_runs(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Vec<StageRun>> {
     let rows = db
         .client()
         .await?
         .query(
-            "SELECT r.id, r.now, r.finished_at, coalesce(r.exit_status, 0), s->>'stage', s->'counters'
+            "SELECT s->>'stage', s->'counters'
              FROM journey_runs r, jsonb_array_elements(r.stages) s
              WHERE r.finished_at IS NOT NULL AND r.now >= $1
                AND NOT coalesce((s->>'skipped_locked')::boolean, false)
@@ -40,17 +36,13 @@ pub async fn stage_runs(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Vec<Sta
         .context("Failed to read journey_runs")?;
     let mut out = Vec::new();
     for r in rows {
-        let name: Option<String> = r.try_get(4)?;
+        let name: Option<String> = r.try_get(0)?;
         let Some(stage) = name.as_deref().and_then(Stage::parse) else {
             continue;
         };
-        let counters: Option<serde_json::Value> = r.try_get(5)?;
+        let counters: Option<serde_json::Value> = r.try_get(1)?;
         out.push(StageRun {
             stage,
-            run_id: r.try_get(0)?,
-            now: r.try_get(1)?,
-            finished_at: r.try_get(2)?,
-            exit_status: r.try_get(3)?,
             counters: counters
                 .as_ref()
                 .map(Counters::from_json)
@@ -61,7 +53,7 @@ pub async fn stage_runs(db: &Db, since: DateTime<Utc>) -> anyhow::Result<Vec<Sta
 }
 
 /// The newest finished run of each stage, whenever it was.
-pub async fn last_finished(db: &Db) -> anyhow::Result<Vec<(Stage, DateTime<Utc>)>> {
+pub(crate) async fn last_finished(db: &Db) -> anyhow::Result<Vec<(Stage, DateTime<Utc>)>> {
     let rows = db
         .client()
         .await?
@@ -86,7 +78,7 @@ pub async fn last_finished(db: &Db) -> anyhow::Result<Vec<(Stage, DateTime<Utc>)
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub id: Uuid,
     pub booking_id: Uuid,
     pub stage: String,
@@ -106,7 +98,7 @@ fn status_text<S: serde::Serializer>(status: &DeliveryStatus, s: S) -> Result<S:
 
 /// Runs still open past their deadline (deadline plus drain bound, wall clock): a hung run
 /// holding its stage's lock. `(command, started_at)`.
-pub async fn overdue_runs(db: &Db) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+pub(crate) async fn overdue_runs(db: &Db) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
     let rows = db
         .client()
         .await?
@@ -123,7 +115,7 @@ pub async fn overdue_runs(db: &Db) -> anyhow::Result<Vec<(String, DateTime<Utc>)
 }
 
 /// `expired` deliveries per (stage, channel): messages whose window closed unsent.
-pub async fn expired(db: &Db) -> anyhow::Result<Vec<(String, String, i64)>> {
+pub(crate) async fn expired(db: &Db) -> anyhow::Result<Vec<(String, String, i64)>> {
     let rows = db
         .client()
         .await?
@@ -140,7 +132,7 @@ pub async fn expired(db: &Db) -> anyhow::Result<Vec<(String, String, i64)>> {
 }
 
 /// Deliveries left `in_doubt`.
-pub async fn in_doubt(db: &Db) -> anyhow::Result<Vec<Delivery>> {
+pub(crate) async fn in_doubt(db: &Db) -> anyhow::Result<Vec<Delivery>> {
     let rows = db
         .client()
         .await?
@@ -178,7 +170,7 @@ fn delivery(r: &tokio_postgres::Row) -> anyhow::Result<Delivery> {
 /// Settles an `in_doubt` delivery: `sent` (the message did go out; the booking's stage is
 /// marked) or `retry` (a later run sends it again while the window is open). Returns the row
 /// as it was, or `None` when no such delivery is in doubt.
-pub async fn resolve(
+pub(crate) async fn resolve(
     db: &Db,
     id: Uuid,
     sent: bool,
@@ -252,7 +244,7 @@ fn mark_column(ledger_stage: &str, role: &str) -> Option<&'static str> {
 
 /// A booking whose window for a stage has passed without a `sent` patient message.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct Miss {
+pub(crate) struct Miss {
     pub booking_id: Uuid,
     pub cal_uid: String,
     pub stage: &'static str,
@@ -265,7 +257,7 @@ pub struct Miss {
 }
 
 impl Miss {
-    pub fn unexplained(&self) -> bool {
+    pub(crate) fn unexplained(&self) -> bool {
         self.outcome == "missed"
     }
 }
@@ -273,7 +265,7 @@ impl Miss {
 /// Audits one stage: bookings whose window closed in `[from, now]` and that should have had
 /// the stage's patient message. Which bookings, and where the window closes, come from the
 /// stage's facts (see [`audit_sql`]).
-pub async fn audit(
+pub(crate) async fn audit(
     db: &Db,
     stage: Stage,
     from: DateTime<Utc>,
@@ -426,7 +418,7 @@ fn miss_of(facts: &StageFacts, r: &tokio_postgres::Row) -> anyhow::Result<Miss> 
 /// What became of the SMS of one stage that Twilio accepted (`sent`) in a period, by the
 /// status its callbacks reported.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct SmsFate {
+pub(crate) struct SmsFate {
     pub stage: String,
     pub delivered: i64,
     /// Final without delivery: undelivered, failed or canceled.
@@ -458,7 +450,7 @@ async fn sent_sms(
 }
 
 /// [`SmsFate`] per stage for SMS sent in `[since, now]`.
-pub async fn sms_fates(
+pub(crate) async fn sms_fates(
     db: &Db,
     since: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -495,7 +487,7 @@ pub async fn sms_fates(
 
 /// An SMS Twilio accepted but could not deliver, with its error code.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct UndeliveredSms {
+pub(crate) struct UndeliveredSms {
     pub delivery_id: Uuid,
     pub booking_id: Uuid,
     pub stage: String,
@@ -506,7 +498,7 @@ pub struct UndeliveredSms {
 }
 
 /// SMS sent in `[since, now]` whose final status is not `delivered`.
-pub async fn undelivered_sms(
+pub(crate) async fn undelivered_sms(
     db: &Db,
     since: DateTime<Utc>,
     now: DateTime<Utc>,

@@ -12,7 +12,7 @@ use super::Db;
 const PRUNE_BATCH: i64 = 5_000;
 
 /// Removes the bodies of receipts received before `before`. Returns how many were removed.
-pub async fn prune_receipt_bodies(db: &Db, before: DateTime<Utc>) -> anyhow::Result<u64> {
+pub(crate) async fn prune_receipt_bodies(db: &Db, before: DateTime<Utc>) -> anyhow::Result<u64> {
     let client = db.client().await?;
     let statement = client
         .prepare(

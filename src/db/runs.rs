@@ -10,7 +10,7 @@ use crate::domain::{EventKind, EventLevel};
 use tokio_postgres::types::Type;
 
 /// What a run records when it starts.
-pub struct RunStart<'a> {
+pub(crate) struct RunStart<'a> {
     pub run_id: Uuid,
     pub command: &'a str,
     pub now: DateTime<Utc>,
@@ -21,7 +21,7 @@ pub struct RunStart<'a> {
     pub deadline: Option<std::time::Duration>,
 }
 
-pub async fn start(db: &Db, r: &RunStart<'_>) -> anyhow::Result<()> {
+pub(crate) async fn start(db: &Db, r: &RunStart<'_>) -> anyhow::Result<()> {
     let run_id = r.run_id;
     let deadline_s = r.deadline.map(|d| d.as_secs_f64());
     // Typed parameters: one round trip, nothing prepared (a run writes this once).
@@ -45,7 +45,7 @@ pub async fn start(db: &Db, r: &RunStart<'_>) -> anyhow::Result<()> {
 }
 
 /// Closes the run row and writes the `cal_booking_followups_completed` event, together.
-pub async fn finish(
+pub(crate) async fn finish(
     db: &Db,
     run_id: Uuid,
     stages: &serde_json::Value,
@@ -90,7 +90,7 @@ pub async fn finish(
 }
 
 /// One event row on its own (errors outside a delivery, webhook receipts).
-pub async fn event(
+pub(crate) async fn event(
     db: &Db,
     kind: EventKind,
     level: EventLevel,
@@ -108,7 +108,7 @@ pub async fn event(
 }
 
 /// An `error` event on its own (a failure outside a delivery: a run, a webhook, a sweep).
-pub async fn error_event(db: &Db, properties: &serde_json::Value) -> anyhow::Result<()> {
+pub(crate) async fn error_event(db: &Db, properties: &serde_json::Value) -> anyhow::Result<()> {
     event(db, EventKind::Error, EventKind::Error.level(), properties).await
 }
 
@@ -117,7 +117,7 @@ pub async fn error_event(db: &Db, properties: &serde_json::Value) -> anyhow::Res
 /// started over a day ago. They end `abandoned` with exit status 2 and a note in `totals`;
 /// their deliveries are judged by the ledger (`sending` rows become `in_doubt`). Returns how
 /// many.
-pub async fn close_dangling(db: &Db, own_run: Uuid) -> anyhow::Result<u64> {
+pub(crate) async fn close_dangling(db: &Db, own_run: Uuid) -> anyhow::Result<u64> {
     let client = db.client().await?;
     super::ledger::count_typed(
         &client,
@@ -142,6 +142,6 @@ pub async fn close_dangling(db: &Db, own_run: Uuid) -> anyhow::Result<u64> {
 }
 
 /// Whether the database answers at all (after a failed write: lost, or another error?).
-pub async fn reachable(db: &Db) -> bool {
+pub(crate) async fn reachable(db: &Db) -> bool {
     db.ping().await
 }

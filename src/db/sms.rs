@@ -16,7 +16,7 @@ use super::Db;
 use crate::domain::SmsStatus;
 
 /// What quiet hours decided for one SMS.
-pub enum Hold<'a> {
+pub(crate) enum Hold<'a> {
     /// Send it from `until` on.
     Defer {
         until: DateTime<Utc>,
@@ -28,7 +28,7 @@ pub enum Hold<'a> {
 
 /// Writes the decision: a new row, or the message's `retry` row updated. Returns whether a
 /// row was written (false: another run holds the message in another state).
-pub async fn hold(
+pub(crate) async fn hold(
     db: &Db,
     key: &DeliveryKey,
     patient_id: Option<Uuid>,
@@ -77,7 +77,7 @@ pub async fn hold(
 
 /// What recording a status callback did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Recorded {
+pub(crate) enum Recorded {
     /// The row now carries this status.
     Updated,
     /// The row already had a final status or a later one: nothing changed.
@@ -89,7 +89,7 @@ pub enum Recorded {
 /// Records a verified status callback on its delivery, monotonically: a status replaces the
 /// recorded one only if it ranks at least as high and the recorded one is not final. One
 /// statement, so two callbacks racing each other cannot move a row back.
-pub async fn record_status(
+pub(crate) async fn record_status(
     db: &Db,
     delivery_id: Uuid,
     status: SmsStatus,

@@ -11,10 +11,10 @@ use super::Db;
 use crate::domain::Channel;
 
 /// Addresses asked about per statement: keeps the parameter arrays of one query bounded.
-pub const CHUNK: usize = 1_000;
+pub(crate) const CHUNK: usize = 1_000;
 
 /// Suppresses `address` on `channel`. Returns whether it was new (false: already suppressed).
-pub async fn add(
+pub(crate) async fn add(
     db: &Db,
     channel: Channel,
     address: &str,
@@ -35,7 +35,7 @@ pub async fn add(
 }
 
 /// Lifts the suppression of `address` on `channel`. Returns whether there was one.
-pub async fn remove(db: &Db, channel: Channel, address: &str) -> anyhow::Result<bool> {
+pub(crate) async fn remove(db: &Db, channel: Channel, address: &str) -> anyhow::Result<bool> {
     let client = db.client().await?;
     let n = client
         .execute(
@@ -48,7 +48,7 @@ pub async fn remove(db: &Db, channel: Channel, address: &str) -> anyhow::Result<
 }
 
 /// Which of these `(channel, address)` pairs are suppressed: one query per [`CHUNK`] pairs.
-pub async fn which_of(
+pub(crate) async fn which_of(
     db: &Db,
     candidates: &[(Channel, String)],
 ) -> anyhow::Result<HashSet<(Channel, String)>> {

@@ -13,7 +13,7 @@ use crate::domain::Stage;
 
 /// What the statement did, per stage in the order asked.
 #[derive(Debug, Default)]
-pub struct Tidied {
+pub(crate) struct Tidied {
     /// Walk-in bookings linked to their people rows.
     pub linked: u64,
     /// Deliveries of a dead run now `in_doubt`, per stage.
@@ -23,7 +23,7 @@ pub struct Tidied {
 }
 
 /// Tidies the ledger for `stages` (each with its window's earlier edge) as of `now`.
-pub async fn tidy_run(
+pub(crate) async fn tidy_run(
     client: &deadpool_postgres::ClientWrapper,
     now: DateTime<Utc>,
     stages: &[(Stage, DateTime<Utc>)],

@@ -19,7 +19,7 @@ use crate::domain::{
 /// A booking row as one webhook event describes it. `None` means "the event does not say";
 /// the upsert keeps the stored value then (an event never writes NULL over a known value).
 #[derive(Debug, Default)]
-pub struct BookingUpsert<'a> {
+pub(crate) struct BookingUpsert<'a> {
     pub cal_uid: &'a str,
     pub trigger: &'a str,
     pub organizer_username: Option<&'a str>,
@@ -54,7 +54,7 @@ pub struct BookingUpsert<'a> {
     pub now: DateTime<Utc>,
 }
 
-pub struct Upserted {
+pub(crate) struct Upserted {
     pub id: Uuid,
     pub status: Option<String>,
 }
@@ -65,7 +65,7 @@ const BOOKING_LOCK_NS: i32 = 0x4a43_0010;
 
 /// A booking's lifecycle facts, read under `FOR UPDATE`.
 #[derive(Debug, Default)]
-pub struct Locked {
+pub(crate) struct Locked {
     /// No row for this uid yet: the event is the first heard of the booking.
     pub new: bool,
     /// `None`: NULL (pre-inserted by the booking site). Text this program does not know is
@@ -97,7 +97,7 @@ fn read_status(text: Option<String>) -> Option<Result<BookingStatus, UnknownStat
 /// decides on, so two events for one booking are decided one after the other, each on the
 /// other's result. A uid without a row yet is covered by a transaction-scoped advisory lock on
 /// the uid: a second event for the same new booking waits, then finds the first one's row.
-pub async fn lock_booking(tx: &Transaction<'_>, cal_uid: &str) -> anyhow::Result<Locked> {
+pub(crate) async fn lock_booking(tx: &Transaction<'_>, cal_uid: &str) -> anyhow::Result<Locked> {
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[&BOOKING_LOCK_NS, &cal_uid],
@@ -166,7 +166,7 @@ const UPSERT_SQL: &str = "INSERT INTO cal_bookings AS b
 
 /// Merges one booking by `cal_uid`: every field the event names, and never NULL over a known
 /// value. The status is written as given (the caller decided it on the locked row).
-pub async fn upsert_booking(
+pub(crate) async fn upsert_booking(
     tx: &Transaction<'_>,
     u: &BookingUpsert<'_>,
 ) -> anyhow::Result<Upserted> {
@@ -221,7 +221,7 @@ fn upsert_params<'p>(u: &'p BookingUpsert<'_>) -> Vec<Param<'p>> {
 
 /// [`upsert_booking`] and [`settle_receipt`] as `applied` in one statement (the webhook's last
 /// write before its commit).
-pub async fn upsert_booking_and_settle(
+pub(crate) async fn upsert_booking_and_settle(
     tx: &Transaction<'_>,
     u: &BookingUpsert<'_>,
     receipt: Uuid,
@@ -267,7 +267,7 @@ pub async fn upsert_booking_and_settle(
 
 /// What a rescheduled booking carries over to its new uid.
 #[derive(Debug, Default)]
-pub struct CarriedOver {
+pub(crate) struct CarriedOver {
     pub patient_id: Option<Uuid>,
     pub therapist_id: Option<Uuid>,
     pub booking_kind: Option<String>,
@@ -276,7 +276,10 @@ pub struct CarriedOver {
 }
 
 /// Reads what the old booking knew, for the new uid of a reschedule.
-pub async fn carried_over(tx: &Transaction<'_>, old_uid: &str) -> anyhow::Result<CarriedOver> {
+pub(crate) async fn carried_over(
+    tx: &Transaction<'_>,
+    old_uid: &str,
+) -> anyhow::Result<CarriedOver> {
     let row = tx
         .query_opt(
             "SELECT patient_id, therapist_id, booking_kind, match_id, coalesce(is_test, false)
@@ -297,7 +300,7 @@ pub async fn carried_over(tx: &Transaction<'_>, old_uid: &str) -> anyhow::Result
     })
 }
 
-pub struct TherapistRef {
+pub(crate) struct TherapistRef {
     pub id: Uuid,
     pub intro_event_type: Option<i32>,
     pub full_event_type: Option<i32>,
@@ -324,7 +327,7 @@ fn receipt_event_level(error_param: &str) -> String {
 /// What the receipt's body led to, and its `cal_webhook_received` event (no personal data).
 /// `applied` and `acknowledged` are never downgraded: replaying an applied receipt leaves it
 /// applied.
-pub async fn settle_receipt(
+pub(crate) async fn settle_receipt(
     tx: &Transaction<'_>,
     id: Uuid,
     outcome: WebhookOutcome,
@@ -359,14 +362,17 @@ pub async fn settle_receipt(
 }
 
 /// A stored receipt, for `journeyctl webhook --replay`.
-pub struct StoredReceipt {
+pub(crate) struct StoredReceipt {
     pub body_sha256: String,
     pub outcome: String,
     /// `None` once `prune` removed it.
     pub body: Option<String>,
 }
 
-pub async fn load_receipt(db: &super::Db, id: Uuid) -> anyhow::Result<Option<StoredReceipt>> {
+pub(crate) async fn load_receipt(
+    db: &super::Db,
+    id: Uuid,
+) -> anyhow::Result<Option<StoredReceipt>> {
     let client = db.client().await?;
     let row = client
         .query_opt(
@@ -385,7 +391,7 @@ pub async fn load_receipt(db: &super::Db, id: Uuid) -> anyhow::Result<Option<Sto
     .transpose()
 }
 
-pub struct Receipt<'a> {
+pub(crate) struct Receipt<'a> {
     pub trigger: Option<&'a str>,
     pub cal_uid: Option<&'a str>,
     pub body_sha256: &'a str,
@@ -396,7 +402,7 @@ pub struct Receipt<'a> {
 }
 
 /// Records a received body and its `cal_webhook_received` event (no personal data).
-pub async fn record_receipt(tx: &Transaction<'_>, r: &Receipt<'_>) -> anyhow::Result<Uuid> {
+pub(crate) async fn record_receipt(tx: &Transaction<'_>, r: &Receipt<'_>) -> anyhow::Result<Uuid> {
     let sql = format!(
         "WITH rec AS (
                INSERT INTO cal_webhook_receipts
@@ -445,7 +451,7 @@ pub async fn record_receipt(tx: &Transaction<'_>, r: &Receipt<'_>) -> anyhow::Re
 /// Stores a verified body as a `received` receipt, committed on its own, unless the same bytes
 /// were already applied or acknowledged: then nothing is stored and `None` is returned (a
 /// redelivery). One statement for the duplicate check and the insert.
-pub async fn open_receipt_unless_seen(
+pub(crate) async fn open_receipt_unless_seen(
     db: &super::Db,
     trigger: Option<&str>,
     cal_uid: Option<&str>,
@@ -482,7 +488,7 @@ pub async fn open_receipt_unless_seen(
 
 /// What an event names, to be resolved in one read.
 #[derive(Debug, Default)]
-pub struct Lookup<'a> {
+pub(crate) struct Lookup<'a> {
     pub body_sha256: &'a str,
     pub organizer_username: Option<&'a str>,
     pub therapist_id: Option<Uuid>,
@@ -496,7 +502,7 @@ pub struct Lookup<'a> {
 }
 
 /// Everything the apply decides on, read after the locks were taken.
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// These bytes were applied or acknowledged by another receipt meanwhile.
     pub duplicate: bool,
     /// Organizer username, else the booking link's therapist id.
@@ -558,7 +564,10 @@ fn resolve_sql() -> String {
 /// previous holder of a lock committed (a second event for the same new booking finds the
 /// first one's row). Lock order: the body's, then the
 /// booking's (as [`lock_booking`] takes it).
-pub async fn lock_and_resolve(tx: &Transaction<'_>, q: &Lookup<'_>) -> anyhow::Result<Resolved> {
+pub(crate) async fn lock_and_resolve(
+    tx: &Transaction<'_>,
+    q: &Lookup<'_>,
+) -> anyhow::Result<Resolved> {
     static READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(resolve_sql);
     let locks = tx
         .prepare_cached(LOCKS_SQL)
@@ -628,7 +637,7 @@ fn resolved_of(r: &tokio_postgres::Row, cal_uid: Option<&str>) -> anyhow::Result
 /// (`false`). The committed bookings are the queue: what a stopped or killed `serve` left is
 /// picked up here by the next one (and after 10 minutes by `confirmation-recovery`); the
 /// delivery ledger keeps every message to one send however many ask.
-pub async fn owed_after_commit(
+pub(crate) async fn owed_after_commit(
     db: &super::Db,
     now: DateTime<Utc>,
     since: DateTime<Utc>,

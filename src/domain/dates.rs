@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 /// Whether `start` falls on the calendar day after `now`'s, both in `tz`.
-pub fn is_tomorrow(now: DateTime<Utc>, start: DateTime<Utc>, tz: Tz) -> bool {
+pub(crate) fn is_tomorrow(now: DateTime<Utc>, start: DateTime<Utc>, tz: Tz) -> bool {
     let today = now.with_timezone(&tz).date_naive();
     let day = start.with_timezone(&tz).date_naive();
     today.succ_opt() == Some(day)

@@ -8,12 +8,12 @@
 //! is nothing but control characters becomes empty, and the caller leaves it out.
 
 /// Longest name kept, in characters. Longer names are cut (at a character boundary).
-pub const MAX_CHARS: usize = 80;
+pub(crate) const MAX_CHARS: usize = 80;
 
 /// Whether `c` must never appear in a name: control characters (Cc), format characters that
 /// are invisible or reorder text (bidi embeddings, overrides and isolates, zero-width
 /// characters, the byte-order mark, soft hyphen), and the line and paragraph separators.
-pub fn is_forbidden(c: char) -> bool {
+pub(crate) fn is_forbidden(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -31,7 +31,7 @@ pub fn is_forbidden(c: char) -> bool {
 /// One line of printable text: every forbidden character becomes a space, runs of whitespace
 /// become one space, and the ends are trimmed. Not bounded in length (subjects use it as a
 /// last line of defence; names go through [`sanitize`]).
-pub fn single_line(raw: &str) -> String {
+pub(crate) fn single_line(raw: &str) -> String {
     raw.chars()
         .map(|c| if is_forbidden(c) { ' ' } else { c })
         .collect::<String>()
@@ -42,7 +42,7 @@ pub fn single_line(raw: &str) -> String {
 
 /// A display name safe for headers, invites and SMS: [`single_line`], at most [`MAX_CHARS`]
 /// characters.
-pub fn sanitize(raw: &str) -> String {
+pub(crate) fn sanitize(raw: &str) -> String {
     let line = single_line(raw);
     if line.chars().count() <= MAX_CHARS {
         return line;
@@ -55,7 +55,7 @@ pub fn sanitize(raw: &str) -> String {
 }
 
 /// [`sanitize`] for an optional name; `None` when nothing printable is left.
-pub fn sanitize_opt(raw: Option<&str>) -> Option<String> {
+pub(crate) fn sanitize_opt(raw: Option<&str>) -> Option<String> {
     raw.map(sanitize).filter(|n| !n.is_empty())
 }
 

@@ -7,8 +7,8 @@
 mod booking_status;
 mod contact;
 mod counters;
-pub mod dates;
-pub mod display_name;
+pub(crate) mod dates;
+pub(crate) mod display_name;
 mod event;
 pub mod gsm7;
 mod ledger_stage;

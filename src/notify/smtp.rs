@@ -32,7 +32,7 @@ use crate::secret::Secret;
 
 /// How the connection is protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Security {
+pub(super) enum Security {
     /// `smtps://`: TLS from the first byte.
     Wrapper,
     /// `smtp://…?tls=required`: STARTTLS or fail.
@@ -45,7 +45,7 @@ pub enum Security {
 }
 
 /// Where and how to connect. Built once per process from `SMTP_URL`.
-pub struct Relay {
+pub(super) struct Relay {
     pub host: String,
     pub port: u16,
     pub security: Security,
@@ -63,7 +63,7 @@ pub struct Relay {
 /// the setting; the machine's store is best effort (a missing or partly unreadable store
 /// leaves the other roots). Reading the store costs tens of milliseconds, so a relay that
 /// never speaks TLS (`system_store` false) skips it.
-pub fn tls_config(
+pub(super) fn tls_config(
     ca_file: Option<&Path>,
     system_store: bool,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -124,24 +124,24 @@ fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<usize, 
 
 /// One reply of the relay: its code and the text of all its lines.
 #[derive(Debug)]
-pub struct Reply {
+pub(super) struct Reply {
     pub code: u16,
     pub lines: Vec<String>,
 }
 
 impl Reply {
     /// `451 4.3.0 try again later` (all lines joined, addresses masked).
-    pub fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         scrub(&format!("{} {}", self.code, self.lines.join(" ")))
     }
-    pub fn is_permanent(&self) -> bool {
+    pub(super) fn is_permanent(&self) -> bool {
         self.code >= 500
     }
 }
 
 /// Why a step failed.
 #[derive(Debug)]
-pub enum Failure {
+pub(super) enum Failure {
     /// No answer (or no progress writing) within the deadline.
     Timeout { step: &'static str },
     /// The connection failed: refused, reset, closed, TLS, unreadable reply.
@@ -167,12 +167,12 @@ pub enum Failure {
 
 impl Failure {
     /// Whether the relay answered (so the connection still speaks SMTP).
-    pub fn peer_answered(&self) -> bool {
+    pub(super) fn peer_answered(&self) -> bool {
         matches!(self, Failure::Refused { .. })
     }
 
     /// For a reason string: names the step, never the password or an address.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         match self {
             Failure::Timeout { step } => format!("{step}: the relay did not answer in time"),
             Failure::Io { step, reason } => format!("{step}: {}", scrub(reason)),
@@ -220,7 +220,7 @@ impl Failure {
 
     /// The setting an operator has to fix when this failure is our configuration rather
     /// than the message or the relay's mood; `None` for everything worth retrying as it is.
-    pub fn misconfigured_setting(&self) -> Option<&'static str> {
+    pub(super) fn misconfigured_setting(&self) -> Option<&'static str> {
         match self {
             Failure::AuthRejected { .. }
             | Failure::NoAuthMechanism { .. }
@@ -238,7 +238,7 @@ impl Failure {
 
 /// A failed transaction: before or after the final `.` was written.
 #[derive(Debug)]
-pub enum TxError {
+pub(super) enum TxError {
     /// The relay cannot have accepted the message.
     BeforeDot(Failure),
     /// The whole message went out; the relay's verdict is unknown unless it answered.
@@ -255,7 +255,7 @@ const MAX_LINE: u64 = 4096;
 const BODY_CHUNK: usize = 64 * 1024;
 
 /// One SMTP session, after greeting, EHLO, STARTTLS and AUTH.
-pub struct Connection {
+pub(super) struct Connection {
     io: BufReader<Box<dyn Io>>,
     timeout: Duration,
     extensions: Vec<String>,
@@ -279,7 +279,7 @@ async fn within<T>(
 
 /// Connects, reads the greeting, says EHLO, upgrades to TLS and authenticates as `relay`
 /// asks: every step within `relay.timeout`.
-pub async fn connect(relay: &Relay) -> Result<Connection, Failure> {
+pub(super) async fn connect(relay: &Relay) -> Result<Connection, Failure> {
     let tcp = within(
         relay.timeout,
         "connect",
@@ -366,7 +366,7 @@ fn certificate_error(e: &std::io::Error) -> Option<rustls::CertificateError> {
 
 impl Connection {
     /// Since when this connection has been waiting in the pool.
-    pub fn idle_for(&self) -> Duration {
+    pub(super) fn idle_for(&self) -> Duration {
         self.last_used.elapsed()
     }
 
@@ -476,17 +476,17 @@ impl Connection {
     }
 
     /// Checks that a pooled connection still answers.
-    pub async fn noop(&mut self) -> Result<(), Failure> {
+    pub(super) async fn noop(&mut self) -> Result<(), Failure> {
         self.command("NOOP", "NOOP").await.map(|_| ())
     }
 
     /// Forgets a failed transaction so the connection can be reused.
-    pub async fn reset(&mut self) -> Result<(), Failure> {
+    pub(super) async fn reset(&mut self) -> Result<(), Failure> {
         self.command("RSET", "RSET").await.map(|_| ())
     }
 
     /// Ends the session politely. Only for a relay that is still answering.
-    pub async fn quit(mut self) {
+    pub(super) async fn quit(mut self) {
         if let Err(e) = self.command("QUIT", "QUIT").await {
             log::debug!("QUIT: {}", e.describe());
         }
@@ -494,7 +494,7 @@ impl Connection {
 
     /// One message: MAIL, RCPT for each recipient, DATA, the dot-stuffed body and the final
     /// `.`; returns the relay's reply to it.
-    pub async fn transaction(
+    pub(super) async fn transaction(
         &mut self,
         from: Option<&str>,
         to: &[String],

@@ -12,12 +12,12 @@ use super::plan::{base_context, Message, MessagePlan, Plan, PlanInput, Recipient
 use crate::domain::{BookingStatus, Counter, EmailAddress, MessageKind, RecipientRole};
 
 /// `journey_deliveries.stage` of the cancellation notice.
-pub const LEDGER_STAGE: &str = "cancellation_notice";
+pub(crate) const LEDGER_STAGE: &str = "cancellation_notice";
 
 /// Who gets the notice: the patient of a cancelled, non-test booking whose confirmation (with
 /// its invite) went out, at their usable email (the people row's, else, for a walk-in
 /// attendee without one, the payload's).
-pub fn plan(input: &PlanInput<'_>) -> Plan {
+pub(crate) fn plan(input: &PlanInput<'_>) -> Plan {
     let b = input.booking;
     let cancelled = b
         .status

@@ -10,7 +10,7 @@ use crate::domain::{Anchor, Counter, MessageKind, RowFacts, Selection, StageFact
 
 /// A patient gets at most one recovery email per this period, whichever booking it is for
 /// (a patient cancelling several sessions at once is written to once).
-pub const PATIENT_EXCLUSIVE_PERIOD: Duration = Duration::hours(72);
+pub(crate) const PATIENT_EXCLUSIVE_PERIOD: Duration = Duration::hours(72);
 
 /// Bookings cancelled 2 to 4 hours ago.
 pub(crate) const FACTS: StageFacts = StageFacts {

@@ -58,7 +58,7 @@ pub enum Origin {
     Recovery,
 }
 
-pub fn plan(input: &PlanInput<'_>, origin: Origin) -> Plan {
+pub(crate) fn plan(input: &PlanInput<'_>, origin: Origin) -> Plan {
     let b = input.booking;
     if !is_active_status(b.status.as_deref()) {
         // Not decided: the host's acceptance makes it active, and then both go out.

@@ -17,7 +17,7 @@ use crate::domain::Channel;
 /// How long in-flight sends may take once a run is told to stop (deadline, SIGTERM, SIGINT):
 /// well inside systemd's stop timeout, and with the default deadline inside the 5-minute
 /// unit's `TimeoutStartSec`. The stage commands' `commands::stage::DRAIN`.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_DRAIN: Duration = Duration::from_secs(20);
 
 /// Why a run stopped claiming before its work was done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +161,9 @@ impl RunControl {
 /// Requests a stop on SIGTERM and SIGINT, for as long as the returned task runs. A second
 /// signal (an impatient operator pressing Ctrl-C again) exits at once, with 143/130: rows
 /// still `sending` then become `in_doubt` on the next run, as after a kill.
-pub fn listen_for_signals(control: RunControl) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub(crate) fn listen_for_signals(
+    control: RunControl,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -181,7 +183,7 @@ pub fn listen_for_signals(control: RunControl) -> anyhow::Result<tokio::task::Jo
 }
 
 /// Requests a stop with [`StopReason::Deadline`] after `after`.
-pub fn arm_deadline(control: RunControl, after: Duration) -> tokio::task::JoinHandle<()> {
+pub(crate) fn arm_deadline(control: RunControl, after: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::time::sleep(after).await;
         control.request_stop(StopReason::Deadline);

@@ -22,7 +22,7 @@ use crate::notify::sms::SmsOptions;
 
 /// What the gate decided for one message.
 #[derive(Debug)]
-pub enum Gate {
+pub(crate) enum Gate {
     /// Claim and send it now.
     Send,
     /// Not now, counted under this counter (recorded in the ledger unless a dry run).
@@ -32,7 +32,7 @@ pub enum Gate {
 }
 
 /// Applies quiet hours to one message of booking `b`, judged at the run's instant `now`.
-pub async fn quiet_hours(
+pub(crate) async fn quiet_hours(
     j: &Journey,
     stage: Stage,
     b: &DueBooking,
@@ -100,7 +100,7 @@ async fn record_hold(
 /// What an SMS asks of Twilio: the status callback of its delivery (when
 /// `PUBLIC_CALLBACK_BASE` is set) and, for reminders, a validity period that ends 5 minutes
 /// before the session.
-pub fn sms_options(j: &Journey, out: &Message, delivery_id: Uuid) -> SmsOptions {
+pub(crate) fn sms_options(j: &Journey, out: &Message, delivery_id: Uuid) -> SmsOptions {
     SmsOptions {
         status_callback: j
             .settings

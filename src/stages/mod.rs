@@ -6,31 +6,31 @@
 
 mod batch;
 mod batch_claim;
-pub mod cancellation_notice;
-pub mod cancellation_recovery;
-pub mod confirmation_recovery;
-pub mod control;
+pub(crate) mod cancellation_notice;
+pub(crate) mod cancellation_recovery;
+pub(crate) mod confirmation_recovery;
+pub(crate) mod control;
 mod decide;
 mod deliver;
 pub mod driver;
 #[cfg(test)]
 mod fixtures;
-pub mod followups;
-pub mod gate;
-pub mod intro_followup;
+pub(crate) mod followups;
+pub(crate) mod gate;
+pub(crate) mod intro_followup;
 mod journey;
-pub mod optout;
+pub(crate) mod optout;
 mod outcome;
-pub mod plan;
+pub(crate) mod plan;
 mod process;
-pub mod reminder_1h;
-pub mod reminder_24h;
-pub mod reminders;
+pub(crate) mod reminder_1h;
+pub(crate) mod reminder_24h;
+pub(crate) mod reminders;
 mod render;
 mod report;
 mod row;
 mod select;
-pub mod session_followup;
+pub(crate) mod session_followup;
 mod stamper;
 
 use chrono::Duration;

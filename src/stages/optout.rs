@@ -40,12 +40,12 @@ use crate::domain::{Channel, Counter, EmailAddress, PhoneNumber, Stage};
 use crate::notify::SendOutcome;
 
 mod link;
-pub use link::{is_marketing, reply_unsubscribe, token, unsubscribe_url, verify, UNSUBSCRIBE_PATH};
+pub(crate) use link::{is_marketing, reply_unsubscribe, unsubscribe_url, verify, UNSUBSCRIBE_PATH};
 
 /// The form an address is suppressed under: an email trimmed and lower-cased (mailboxes are
 /// case-insensitive in practice, and erring towards "suppressed" is the safe side), a phone
 /// number in E.164.
-pub fn normalise(channel: Channel, raw: &str) -> Result<String, &'static str> {
+pub(crate) fn normalise(channel: Channel, raw: &str) -> Result<String, &'static str> {
     match channel {
         Channel::Email => EmailAddress::parse(raw).map(|e| e.as_str().to_lowercase()),
         Channel::Sms => PhoneNumber::parse(raw).map(|p| p.as_str().to_string()),
@@ -60,7 +60,7 @@ fn key_of(to: &Recipient) -> (Channel, String) {
 }
 
 /// The suppressions that concern one batch of due bookings, looked up once.
-pub struct Batch {
+pub(crate) struct Batch {
     suppressed: Result<HashSet<(Channel, String)>, String>,
     /// The missing setting was reported once in this batch.
     fallback_reported: AtomicBool,
@@ -70,7 +70,7 @@ impl Batch {
     /// Looks up every address the batch's messages could go to (patients, walk-in attendees,
     /// therapists, the QA mailbox), in one query per chunk. A failed lookup is kept: every message of the batch
     /// then counts an error instead of being sent to someone who may have opted out.
-    pub async fn load(
+    pub(crate) async fn load(
         j: &Journey,
         due: &[DueBooking],
         patients: &Result<HashMap<Uuid, PatientRow>, String>,
@@ -122,7 +122,7 @@ impl Batch {
 /// dealt with here (counted; not to be claimed): its recipient is suppressed, the suppression
 /// lookup failed, or it is advertising that cannot carry its opt-out. An advertising email
 /// that may go gets its unsubscribe link here.
-pub async fn gate(
+pub(crate) async fn gate(
     j: &Journey,
     batch: &Batch,
     stage: Stage,
@@ -217,7 +217,7 @@ async fn skip(
 /// [`gate`] for one message outside a stage's batch (the webhook's cancellation notice):
 /// looks its recipient up on its own. Returns `true` when it must not be sent (suppressed,
 /// recorded under `key`; or the lookup failed, counted as an error).
-pub async fn suppressed_one(
+pub(crate) async fn suppressed_one(
     j: &Journey,
     stage: Stage,
     key: &DeliveryKey,
@@ -243,7 +243,7 @@ pub async fn suppressed_one(
 
 /// After a send: a number Twilio refused for good is suppressed. Returns `false` when that
 /// could not be written (logged, `error` event written; the caller counts the error).
-pub async fn after_send(
+pub(crate) async fn after_send(
     j: &Journey,
     stage: Stage,
     booking_id: Uuid,

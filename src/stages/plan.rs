@@ -16,11 +16,11 @@ use crate::db::bookings::{DueBooking, PatientRow};
 use crate::domain::{
     BookingKind, Channel, Counter, EmailAddress, MessageKind, PhoneNumber, RecipientRole,
 };
-pub use crate::notify::Recipient;
+pub(crate) use crate::notify::Recipient;
 use crate::templates::MessageContext;
 
 /// Everything a rule may look at.
-pub struct PlanInput<'a> {
+pub(crate) struct PlanInput<'a> {
     pub booking: &'a DueBooking,
     pub patient: Option<&'a PatientRow>,
     /// A booking without a patient row: its attendee as the payload named them (walk-in).
@@ -32,7 +32,7 @@ pub struct PlanInput<'a> {
 
 /// One message to send.
 #[derive(Clone, Debug)]
-pub struct Message {
+pub(crate) struct Message {
     pub role: RecipientRole,
     pub kind: MessageKind,
     pub to: Recipient,
@@ -47,7 +47,7 @@ pub struct Message {
 
 /// One message of a booking: sent, or skipped with its counted reason.
 #[derive(Clone, Debug)]
-pub enum MessagePlan {
+pub(crate) enum MessagePlan {
     Send(Box<Message>),
     Skip {
         channel: Channel,
@@ -59,7 +59,7 @@ pub enum MessagePlan {
 
 /// A stage's decision for one booking.
 #[derive(Clone, Debug)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// Nothing is sent, counted under `counter`. Unless `again`, the decision is recorded in
     /// the ledger, so the booking is counted once and not selected again; `mark` also closes
     /// the stage column. With `again` nothing is recorded and a later run decides anew.
@@ -74,7 +74,7 @@ pub enum Plan {
 
 impl Plan {
     /// Decided: recorded, counted once, not marked.
-    pub fn skip(counter: Counter, reason: &'static str) -> Plan {
+    pub(crate) fn skip(counter: Counter, reason: &'static str) -> Plan {
         Plan::Skip {
             counter,
             mark: false,
@@ -83,7 +83,7 @@ impl Plan {
         }
     }
     /// Decided, and the stage is done for this booking (its column is set).
-    pub fn skip_and_mark(counter: Counter, reason: &'static str) -> Plan {
+    pub(crate) fn skip_and_mark(counter: Counter, reason: &'static str) -> Plan {
         Plan::Skip {
             counter,
             mark: true,
@@ -92,7 +92,7 @@ impl Plan {
         }
     }
     /// Not now: a later run inside the window decides again (nothing recorded).
-    pub fn skip_for_now(counter: Counter, reason: &'static str) -> Plan {
+    pub(crate) fn skip_for_now(counter: Counter, reason: &'static str) -> Plan {
         Plan::Skip {
             counter,
             mark: false,
@@ -103,18 +103,18 @@ impl Plan {
 }
 
 /// A patient's usable contacts.
-pub struct Contacts {
+pub(crate) struct Contacts {
     pub email: Option<EmailAddress>,
     pub phone: PhoneContact,
 }
 
-pub enum PhoneContact {
+pub(crate) enum PhoneContact {
     None,
     Valid(PhoneNumber),
     Invalid,
 }
 
-pub fn contacts(p: &PatientRow) -> Contacts {
+pub(crate) fn contacts(p: &PatientRow) -> Contacts {
     let email = p.email.as_deref().and_then(|e| EmailAddress::parse(e).ok());
     let phone = match p.phone_number.as_deref().map(str::trim) {
         None | Some("") => PhoneContact::None,
@@ -128,7 +128,7 @@ pub fn contacts(p: &PatientRow) -> Contacts {
 
 /// The shared first rules: test data is never sent to, a booking without its patient row is
 /// counted, not guessed.
-pub fn check_patient<'a>(input: &PlanInput<'a>) -> Result<&'a PatientRow, Plan> {
+pub(crate) fn check_patient<'a>(input: &PlanInput<'a>) -> Result<&'a PatientRow, Plan> {
     if input.booking.is_test {
         return Err(Plan::skip(Counter::SkippedTest, "test booking"));
     }
@@ -146,22 +146,25 @@ pub fn check_patient<'a>(input: &PlanInput<'a>) -> Result<&'a PatientRow, Plan> 
 
 /// Like [`check_patient`], but a walk-in attendee (no patient row, contact from the payload)
 /// also counts: confirmations and reminders reach them (README, "How a booking's status is decided").
-pub fn check_recipient<'a>(input: &PlanInput<'a>) -> Result<&'a PatientRow, Plan> {
+pub(crate) fn check_recipient<'a>(input: &PlanInput<'a>) -> Result<&'a PatientRow, Plan> {
     match (input.patient, input.attendee) {
         (None, Some(attendee)) if !input.booking.is_test => Ok(attendee),
         _ => check_patient(input),
     }
 }
 
-pub const THERAPIST_FALLBACK_NAME: &str = "Ihre Therapeutin bzw. Ihr Therapeut";
+pub(crate) const THERAPIST_FALLBACK_NAME: &str = "Ihre Therapeutin bzw. Ihr Therapeut";
 
 /// How old the slot cache may be before its "next free slot" is not shown.
-pub fn slot_cache_max_age() -> Duration {
+pub(crate) fn slot_cache_max_age() -> Duration {
     Duration::hours(6)
 }
 
 /// The template context shared by every message of a booking.
-pub fn base_context(input: &PlanInput<'_>, patient: Option<&PatientRow>) -> Option<MessageContext> {
+pub(crate) fn base_context(
+    input: &PlanInput<'_>,
+    patient: Option<&PatientRow>,
+) -> Option<MessageContext> {
     let b = input.booking;
     let start = b.start_time?;
     let end = b.end_time.unwrap_or(start + Duration::minutes(50));
@@ -213,7 +216,7 @@ pub fn base_context(input: &PlanInput<'_>, patient: Option<&PatientRow>) -> Opti
 
 /// Email plus SMS (when enabled) to the patient, or the counted reason why not (no usable
 /// contact, a phone number that is not E.164).
-pub fn patient_email_and_sms(
+pub(crate) fn patient_email_and_sms(
     input: &PlanInput<'_>,
     patient: &PatientRow,
     kind: MessageKind,
@@ -267,7 +270,11 @@ pub fn patient_email_and_sms(
 }
 
 /// Email only to the patient (followups and recovery).
-pub fn patient_email(patient: &PatientRow, kind: MessageKind, context: MessageContext) -> Plan {
+pub(crate) fn patient_email(
+    patient: &PatientRow,
+    kind: MessageKind,
+    context: MessageContext,
+) -> Plan {
     match contacts(patient).email {
         Some(email) => Plan::Messages(vec![MessagePlan::Send(Box::new(Message {
             role: RecipientRole::Patient,

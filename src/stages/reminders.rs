@@ -15,7 +15,7 @@ pub(crate) const SELECTION: Selection = Selection {
 };
 
 /// The patient is reminded of `kind` by email and, where SMS is on and the number valid, SMS.
-pub fn plan(input: &PlanInput<'_>, kind: MessageKind) -> Plan {
+pub(crate) fn plan(input: &PlanInput<'_>, kind: MessageKind) -> Plan {
     let patient = match check_recipient(input) {
         Ok(p) => p,
         Err(skip) => return skip,

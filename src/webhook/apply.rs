@@ -35,11 +35,11 @@ use crate::domain::{
 use crate::secret::Secret;
 
 /// Bodies larger than this are refused with 413 (Cal.com's bodies are a few KiB).
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// What happened to one body.
 #[derive(Clone, Debug)]
-pub struct Handled {
+pub(crate) struct Handled {
     pub http_status: u16,
     pub outcome: WebhookOutcome,
     pub message: String,
@@ -90,13 +90,13 @@ impl Handled {
 }
 
 /// How to check the signature.
-pub enum Verification<'a> {
+pub(crate) enum Verification<'a> {
     Required(Option<&'a Secret>),
     /// `journeyctl webhook --no-verify`, for replays of recorded bodies.
     Skipped,
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     db: &Db,
     verification: Verification<'_>,
     body: &[u8],
@@ -178,7 +178,7 @@ fn why_refused(e: VerifyError) -> &'static str {
 
 /// Why `journeyctl webhook --replay` cannot re-apply a receipt (exit 2).
 #[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
+pub(crate) enum ReplayError {
     #[error("no webhook receipt {0} (see cal_webhook_receipts.id)")]
     NotFound(Uuid),
     #[error(
@@ -190,7 +190,7 @@ pub enum ReplayError {
 /// Re-applies a stored body: the signature was verified when it arrived. Applied or
 /// acknowledged bodies (this receipt's or the same bytes received again) are a `duplicate`,
 /// so replaying twice has one effect.
-pub async fn replay(db: &Db, receipt: Uuid, now: DateTime<Utc>) -> anyhow::Result<Handled> {
+pub(crate) async fn replay(db: &Db, receipt: Uuid, now: DateTime<Utc>) -> anyhow::Result<Handled> {
     let stored = sql::load_receipt(db, receipt)
         .await?
         .ok_or(ReplayError::NotFound(receipt))?;
@@ -385,7 +385,7 @@ fn decide(
 /// An error's text for HTTP clients, stdout, logs and events. A PostgreSQL error is reduced
 /// to its SQLSTATE and message: its DETAIL ("Failing row contains (…)") and, for data
 /// exceptions (class 22), its message quote row values, i.e. patient data.
-pub fn public_message(e: &anyhow::Error) -> String {
+pub(crate) fn public_message(e: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
         if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() {

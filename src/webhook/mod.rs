@@ -8,9 +8,9 @@
 //! caller and sends nothing. The HTTP listener is `commands::webhook` (`serve`). The path of a
 //! body is drawn in docs/ARCHITECTURE.md.
 
-pub mod apply;
-pub mod parse;
-pub mod twilio_status;
+pub(crate) mod apply;
+pub(crate) mod parse;
+pub(crate) mod twilio_status;
 pub mod verify;
 
 pub use parse::{parse, Attendee, CalEvent, KhMetadata, ParseError, Trigger};
@@ -22,7 +22,7 @@ pub use verify::{sign, verify_signature, VerifyError, SIGNATURE_HEADER};
 pub(crate) mod fixtures {
     use std::collections::HashMap;
 
-    pub const SECRET: &str = "whsec_journeyctl_test_0001";
+    pub(crate) const SECRET: &str = "whsec_journeyctl_test_0001";
 
     macro_rules! fixture {
         ($file:literal) => {
@@ -34,18 +34,18 @@ pub(crate) mod fixtures {
         };
     }
 
-    pub const BOOKING_CREATED_INTRO: &[u8] = fixture!("booking_created_intro.json");
-    pub const BOOKING_CREATED_FULL: &[u8] = fixture!("booking_created_full.json");
-    pub const BOOKING_RESCHEDULED: &[u8] = fixture!("booking_rescheduled.json");
-    pub const BOOKING_CANCELLED: &[u8] = fixture!("booking_cancelled.json");
-    pub const BOOKING_CANCELLED_REQUEST_RESCHEDULE: &[u8] =
+    pub(crate) const BOOKING_CREATED_INTRO: &[u8] = fixture!("booking_created_intro.json");
+    pub(crate) const BOOKING_CREATED_FULL: &[u8] = fixture!("booking_created_full.json");
+    pub(crate) const BOOKING_RESCHEDULED: &[u8] = fixture!("booking_rescheduled.json");
+    pub(crate) const BOOKING_CANCELLED: &[u8] = fixture!("booking_cancelled.json");
+    pub(crate) const BOOKING_CANCELLED_REQUEST_RESCHEDULE: &[u8] =
         fixture!("booking_cancelled_request_reschedule.json");
-    pub const MEETING_ENDED_FLAT: &[u8] = fixture!("meeting_ended_flat.json");
-    pub const BOOKING_NO_SHOW_UPDATED: &[u8] = fixture!("booking_no_show_updated.json");
-    pub const PING: &[u8] = fixture!("ping.json");
-    pub const UNKNOWN_TRIGGER: &[u8] = fixture!("unknown_trigger.json");
+    pub(crate) const MEETING_ENDED_FLAT: &[u8] = fixture!("meeting_ended_flat.json");
+    pub(crate) const BOOKING_NO_SHOW_UPDATED: &[u8] = fixture!("booking_no_show_updated.json");
+    pub(crate) const PING: &[u8] = fixture!("ping.json");
+    pub(crate) const UNKNOWN_TRIGGER: &[u8] = fixture!("unknown_trigger.json");
 
-    pub const ALL: [(&str, &[u8]); 9] = [
+    pub(crate) const ALL: [(&str, &[u8]); 9] = [
         ("booking_created_intro.json", BOOKING_CREATED_INTRO),
         ("booking_created_full.json", BOOKING_CREATED_FULL),
         ("booking_rescheduled.json", BOOKING_RESCHEDULED),
@@ -61,7 +61,7 @@ pub(crate) mod fixtures {
     ];
 
     /// `signatures.txt`: one `file hex` pair per line.
-    pub fn signatures() -> HashMap<&'static str, String> {
+    pub(crate) fn signatures() -> HashMap<&'static str, String> {
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/cal/signatures.txt"

@@ -11,14 +11,14 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
-pub use crate::domain::SmsStatus;
+pub(crate) use crate::domain::SmsStatus;
 
 /// The header Twilio signs its requests with.
-pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "x-twilio-signature";
 
 /// Why a callback was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum StatusError {
+pub(crate) enum StatusError {
     #[error("no X-Twilio-Signature header")]
     MissingSignature,
     #[error("the X-Twilio-Signature does not match")]
@@ -32,15 +32,16 @@ pub enum StatusError {
 }
 
 /// The form parameters of a callback, in the order they came.
-pub type Params = Vec<(String, String)>;
+pub(crate) type Params = Vec<(String, String)>;
 
 /// Decodes an `application/x-www-form-urlencoded` body.
-pub fn parse_form(body: &[u8]) -> Params {
+pub(crate) fn parse_form(body: &[u8]) -> Params {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
 /// The base64 HMAC-SHA1 signature Twilio sends for `url` and `params`.
-pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+#[cfg(test)]
+pub(crate) fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
     let mac = mac_over(auth_token, url, params);
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
@@ -59,7 +60,7 @@ fn mac_over(auth_token: &str, url: &str, params: &[(String, String)]) -> Hmac<Sh
 }
 
 /// Checks `signature` (the header's value) for `url` and `params`, in constant time.
-pub fn verify(
+pub(crate) fn verify(
     auth_token: &str,
     url: &str,
     params: &[(String, String)],
@@ -79,7 +80,7 @@ pub fn verify(
 
 /// One verified callback.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StatusCallback {
+pub(crate) struct StatusCallback {
     pub delivery_id: uuid::Uuid,
     /// `MessageSid`.
     pub message_sid: Option<String>,
@@ -92,7 +93,7 @@ pub struct StatusCallback {
 
 /// Reads a callback whose signature was verified: the delivery id from the query, the
 /// status from the form.
-pub fn read(
+pub(crate) fn read(
     query: Option<&str>,
     params: &[(String, String)],
 ) -> Result<StatusCallback, StatusError> {

@@ -1,6 +1,8 @@
 //! The one integration test binary: every test talks to a real PostgreSQL (see `harness`),
 //! real SMTP and HTTP peers, and the compiled `journeyctl` binary.
 
+#![allow(unreachable_pub)] // the test crate's helpers are private to it
+
 mod batch_claims;
 mod content;
 mod coverage;

@@ -225,5 +225,8 @@ async fn followups_with_nothing_due_selects_nothing_and_tidies_the_ledger_once()
     // Six stages, each with its lock and unlock, plus the run's record: nothing per stage
     // beyond the lock (36 statements and more when each stage tidied and selected on its own).
     let total = crate::support::statements(&c).await;
-    assert!(total <= 20, "a run with nothing due took {total} statements");
+    assert!(
+        total <= 20,
+        "a run with nothing due took {total} statements"
+    );
 }

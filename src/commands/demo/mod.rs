@@ -39,7 +39,7 @@ const ADMIN_CONNECTIONS: usize = 1;
 const RUN_CONNECTIONS: usize = 10;
 
 /// `journeyctl demo [--out DIR]`
-pub async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitStatus> {
+pub(crate) async fn demo(g: &GlobalArgs, out: Option<PathBuf>) -> anyhow::Result<ExitStatus> {
     let dir = output_dir(out)?;
     // Thousands of simulated runs: keep their per-run lines out of the way of the progress.
     if !g.quiet && g.verbose == 0 {

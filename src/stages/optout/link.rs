@@ -11,7 +11,7 @@ use crate::domain::MessageKind;
 use crate::secret::Secret;
 
 /// The path `serve` answers unsubscribe links on (README, "Opt-outs").
-pub const UNSUBSCRIBE_PATH: &str = "/api/public/unsubscribe";
+pub(crate) const UNSUBSCRIBE_PATH: &str = "/api/public/unsubscribe";
 
 const TOKEN_VERSION: u8 = 1;
 const TOKEN_DOMAIN: &[u8] = b"journeyctl/unsubscribe";
@@ -19,7 +19,7 @@ const MAC_LEN: usize = 16;
 const TOKEN_LEN: usize = 1 + 16 + MAC_LEN;
 
 /// The messages that advertise (a new booking) and so carry an opt-out.
-pub fn is_marketing(kind: MessageKind) -> bool {
+pub(crate) fn is_marketing(kind: MessageKind) -> bool {
     kind.advertises()
 }
 
@@ -33,7 +33,7 @@ fn mac(secret: &Secret, patient: &Uuid) -> Hmac<Sha256> {
 }
 
 /// The unsubscribe token of a patient.
-pub fn token(secret: &Secret, patient: Uuid) -> String {
+pub(crate) fn token(secret: &Secret, patient: Uuid) -> String {
     let tag = mac(secret, &patient).finalize().into_bytes();
     let mut raw = Vec::with_capacity(TOKEN_LEN);
     raw.push(TOKEN_VERSION);
@@ -43,7 +43,7 @@ pub fn token(secret: &Secret, patient: Uuid) -> String {
 }
 
 /// The patient a token names, when it is one of ours (checked in constant time).
-pub fn verify(secret: &Secret, token: &str) -> Option<Uuid> {
+pub(crate) fn verify(secret: &Secret, token: &str) -> Option<Uuid> {
     if token.len() > 64 {
         return None;
     }
@@ -61,7 +61,7 @@ pub fn verify(secret: &Secret, token: &str) -> Option<Uuid> {
 }
 
 /// The unsubscribe link of a patient, or the setting that is missing to make one.
-pub fn unsubscribe_url(settings: &Settings, patient: Uuid) -> Result<String, &'static str> {
+pub(crate) fn unsubscribe_url(settings: &Settings, patient: Uuid) -> Result<String, &'static str> {
     let base = settings
         .public_callback_base
         .as_ref()
@@ -80,7 +80,7 @@ pub fn unsubscribe_url(settings: &Settings, patient: Uuid) -> Result<String, &'s
 /// The opt-out of an advertising email when no one-click link can be made: a reply to the
 /// practice's mailbox (`EMAIL_REPLY_TO`, else `EMAIL_FROM`), which RFC 2369 allows in
 /// `List-Unsubscribe` and every mail client opens.
-pub fn reply_unsubscribe(settings: &Settings) -> String {
+pub(crate) fn reply_unsubscribe(settings: &Settings) -> String {
     let mailbox = settings
         .email
         .reply_to

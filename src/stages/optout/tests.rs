@@ -1,5 +1,6 @@
 //! Unit tests of `stages::optout` (no PostgreSQL).
 
+use super::link::token;
 use super::*;
 use crate::domain::MessageKind;
 use crate::secret::Secret;
