@@ -105,12 +105,8 @@ async fn the_claims_and_outcomes_of_a_chunk_are_one_statement_each() {
     );
 }
 
-#[tokio::test]
-async fn a_run_with_nothing_due_opens_one_connection() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    seed_window(&c, 3, 3).await;
-    let before = sessions(&c).await;
+/// `followups` at `NOW`, email to an outbox; it must succeed.
+async fn run_followups(db: &TestDb) {
     let outbox = tempfile::tempdir().unwrap();
     let out = db
         .cmd()
@@ -120,6 +116,15 @@ async fn a_run_with_nothing_due_opens_one_connection() {
         .run()
         .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn a_run_with_nothing_due_opens_one_connection() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    seed_window(&c, 3, 3).await;
+    let before = sessions(&c).await;
+    run_followups(&db).await;
     // A session is counted once its backend has ended: wait for the run's to end.
     let mut waited = 0;
     loop {
@@ -191,15 +196,7 @@ async fn followups_with_nothing_due_selects_nothing_and_tidies_the_ledger_once()
     c.query("SELECT pg_stat_statements_reset()", &[])
         .await
         .unwrap();
-    let outbox = tempfile::tempdir().unwrap();
-    let out = db
-        .cmd()
-        .env("EMAIL_OUTBOX_DIR", outbox.path())
-        .env("EMAIL_FROM", "Praxis <termine@example.de>")
-        .args(["--now", NOW, "followups"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    run_followups(&db).await;
     let calls = |pattern: &'static str| {
         let c = &c;
         async move {
