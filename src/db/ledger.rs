@@ -33,7 +33,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::Db;
-use crate::domain::{Channel, DeliveryStatus, EventKind, EventLevel, RecipientRole};
+use crate::domain::{Channel, DeliveryStatus, EventKind, EventLevel, LedgerStage, RecipientRole};
 
 /// A claim's lease, in minutes: how long a row may stay in `sending` before another run may
 /// declare it in doubt, even if the claiming run still looks alive. Far above one send (SMTP and
@@ -44,7 +44,7 @@ const CLAIM_LEASE_MINUTES: u32 = 15;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DeliveryKey {
     pub booking_id: Uuid,
-    pub stage: &'static str,
+    pub stage: LedgerStage,
     pub channel: Channel,
     pub role: RecipientRole,
 }
@@ -150,7 +150,7 @@ pub async fn claim(db: &Db, req: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
         &id,
         &req.key.booking_id,
         &req.patient_id,
-        &req.key.stage,
+        &req.key.stage.as_str(),
         &channel,
         &role,
         &req.run_id,
@@ -209,7 +209,7 @@ async fn patient_has_other(
              WHERE patient_id = $1 AND stage = $2 AND booking_id <> $3
                AND (status IN ('sending', 'in_doubt') OR (status = 'sent' AND sent_at > $4))
              LIMIT 1",
-            &[&patient, &key.stage, &key.booking_id, &since],
+            &[&patient, &key.stage.as_str(), &key.booking_id, &since],
         )
         .await
         .context("Failed to check the patient's earlier messages")?;
@@ -409,7 +409,7 @@ pub async fn record_skip(
             &[
                 &key.booking_id,
                 &patient_id,
-                &key.stage,
+                &key.stage.as_str(),
                 &key.channel.as_str(),
                 &key.role.as_str(),
                 &run_id,
@@ -526,7 +526,7 @@ pub async fn record_panicked(
              SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ev)",
             &[
                 &key.booking_id,
-                &key.stage,
+                &key.stage.as_str(),
                 &key.channel.as_str(),
                 &key.role.as_str(),
                 &run_id,

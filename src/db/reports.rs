@@ -294,7 +294,7 @@ pub(crate) async fn audit(
             &[
                 &from,
                 &now,
-                &facts.ledger_stage,
+                &facts.ledger_stage.as_str(),
                 &seconds(near_edge),
                 &seconds(far_edge),
             ],

@@ -55,7 +55,7 @@ pub(crate) async fn hold(
             &[
                 &key.booking_id,
                 &patient_id,
-                &key.stage,
+                &key.stage.as_str(),
                 &key.channel.as_str(),
                 &key.role.as_str(),
                 &status,

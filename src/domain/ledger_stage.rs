@@ -56,6 +56,12 @@ impl fmt::Display for LedgerStage {
     }
 }
 
+impl serde::Serialize for LedgerStage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

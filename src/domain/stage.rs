@@ -10,6 +10,8 @@ use std::fmt;
 
 use chrono::Duration;
 
+use super::LedgerStage;
+
 /// A stage of the journey as an operator runs it (one subcommand each). Its facts are in
 /// `src/stages/<stage>.rs` (see `Stage::facts`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,7 +62,7 @@ pub struct StageFacts {
     pub help: &'static str,
     /// The value of `journey_deliveries.stage`. The webhook's confirmations and confirmation
     /// recovery share one ledger stage so that one can never duplicate the other.
-    pub ledger_stage: &'static str,
+    pub ledger_stage: LedgerStage,
     /// Default selection window, as offsets from `now` (earlier, later) on the selection's
     /// [`Anchor`]. Never narrower than [`StageFacts::cadence`].
     pub window: (Duration, Duration),

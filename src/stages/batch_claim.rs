@@ -85,12 +85,12 @@ async fn claim_by_channel(
             };
             ledger::claim_batch(
                 conn,
-                ledger_stage,
+                ledger_stage.as_str(),
                 &items,
                 j.run_id,
                 &j.application_name,
                 &j.message_id_domain,
-                ledger_stage == Stage::ConfirmationRecovery.ledger_stage(),
+                ledger_stage == Stage::ConfirmationRecovery.ledger(),
             )
             .await
         }

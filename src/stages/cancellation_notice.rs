@@ -9,10 +9,12 @@
 //! driver claims, renders, sends and records.
 
 use super::plan::{base_context, Message, MessagePlan, Plan, PlanInput, Recipient};
-use crate::domain::{BookingStatus, Counter, EmailAddress, MessageKind, RecipientRole};
+use crate::domain::{
+    BookingStatus, Counter, EmailAddress, LedgerStage, MessageKind, RecipientRole,
+};
 
 /// `journey_deliveries.stage` of the cancellation notice.
-pub(crate) const LEDGER_STAGE: &str = "cancellation_notice";
+pub(crate) const LEDGER_STAGE: LedgerStage = LedgerStage::CancellationNotice;
 
 /// Who gets the notice: the patient of a cancelled, non-test booking whose confirmation (with
 /// its invite) went out, at their usable email (the people row's, else, for a walk-in

@@ -6,7 +6,9 @@
 use chrono::Duration;
 
 use super::plan::{base_context, check_patient, patient_email, Plan, PlanInput};
-use crate::domain::{Anchor, Counter, MessageKind, RowFacts, Selection, StageFacts, StatusRule};
+use crate::domain::{
+    Anchor, Counter, LedgerStage, MessageKind, RowFacts, Selection, StageFacts, StatusRule,
+};
 
 /// A patient gets at most one recovery email per this period, whichever booking it is for
 /// (a patient cancelling several sessions at once is written to once).
@@ -17,7 +19,7 @@ pub(crate) const FACTS: StageFacts = StageFacts {
     name: "cancellation_recovery",
     command: "cancellation-recovery",
     help: "Point patients whose booking was cancelled 2-4 hours ago to their other matches",
-    ledger_stage: "cancellation_recovery",
+    ledger_stage: LedgerStage::CancellationRecovery,
     window: (Duration::hours(-4), Duration::hours(-2)),
     cadence: Duration::minutes(30),
     mark_column: "cancellation_recovery_sent_at",

@@ -17,8 +17,8 @@ use chrono::Duration;
 use super::plan::{base_context, contacts, Message, MessagePlan, Plan, PlanInput, Recipient};
 use crate::db::bookings::is_active_status;
 use crate::domain::{
-    Anchor, Channel, Counter, EmailAddress, MessageKind, RecipientRole, RowFacts, Selection,
-    StageFacts, StatusRule, CONFIRMATION_LEDGER_STAGE,
+    Anchor, Channel, Counter, EmailAddress, LedgerStage, MessageKind, RecipientRole, RowFacts,
+    Selection, StageFacts, StatusRule,
 };
 use crate::templates::MessageContext;
 
@@ -30,7 +30,7 @@ pub(crate) const FACTS: StageFacts = StageFacts {
     name: "confirmation_recovery",
     command: "confirmation-recovery",
     help: "Send confirmations and therapist notices the webhook did not get out",
-    ledger_stage: CONFIRMATION_LEDGER_STAGE,
+    ledger_stage: LedgerStage::Confirmation,
     window: (Duration::days(-7), Duration::minutes(-10)),
     cadence: Duration::minutes(5),
     mark_column: "client_confirmation_sent_at",

@@ -145,7 +145,7 @@ pub(crate) fn delivery_key(
 ) -> DeliveryKey {
     DeliveryKey {
         booking_id: b.id,
-        stage: stage.ledger_stage(),
+        stage: stage.ledger(),
         channel,
         role,
     }

@@ -43,7 +43,7 @@ pub async fn confirm_booking(j: &Journey, booking_id: Uuid) -> anyhow::Result<St
 /// rule is `cancellation_notice::plan`; the delivery goes through the ledger under its own
 /// stage, so a second call (a repeated webhook, a retry) never sends it twice.
 pub async fn notify_cancellation(j: &Journey, booking_id: Uuid) -> anyhow::Result<StageReport> {
-    let mut report = StageReport::new(cancellation_notice::LEDGER_STAGE);
+    let mut report = StageReport::new(cancellation_notice::LEDGER_STAGE.as_str());
     let now = j.clock.now();
     let Some(b) = bookings::select_one(&j.db, booking_id, now).await? else {
         anyhow::bail!("booking {booking_id} vanished before its cancellation notice");

@@ -84,7 +84,7 @@ async fn record_hold(
 ) -> anyhow::Result<()> {
     let key = DeliveryKey {
         booking_id: b.id,
-        stage: stage.ledger_stage(),
+        stage: stage.ledger(),
         channel: Channel::Sms,
         role: out.role,
     };

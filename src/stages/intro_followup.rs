@@ -8,7 +8,8 @@ use chrono::Duration;
 use super::followups;
 use super::plan::{base_context, check_patient, patient_email, Plan, PlanInput};
 use crate::domain::{
-    Anchor, BookingKind, Counter, MessageKind, RowFacts, Selection, StageFacts, StatusRule,
+    Anchor, BookingKind, Counter, LedgerStage, MessageKind, RowFacts, Selection, StageFacts,
+    StatusRule,
 };
 
 /// Intros that ended 10 to 30 minutes ago and did not fall through.
@@ -16,7 +17,7 @@ pub(crate) const FACTS: StageFacts = StageFacts {
     name: "intro_followup",
     command: "intro-followup",
     help: "Follow up intro sessions that ended 10-30 minutes ago (booking link, next free slot)",
-    ledger_stage: "intro_followup",
+    ledger_stage: LedgerStage::IntroFollowup,
     window: (Duration::minutes(-30), Duration::minutes(-10)),
     cadence: Duration::minutes(5),
     mark_column: "followup_sent_at",

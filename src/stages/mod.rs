@@ -36,7 +36,7 @@ mod stamper;
 use chrono::Duration;
 
 use crate::config::{parse_offset, ConfigError};
-use crate::domain::{Stage, StageFacts};
+use crate::domain::{LedgerStage, Stage, StageFacts};
 use plan::{Plan, PlanInput};
 
 pub use confirmation_recovery::Origin;
@@ -71,6 +71,11 @@ impl Stage {
 
     /// The value of `journey_deliveries.stage` (see [`StageFacts::ledger_stage`]).
     pub fn ledger_stage(self) -> &'static str {
+        self.facts().ledger_stage.as_str()
+    }
+
+    /// [`Stage::ledger_stage`] as the enum, for row structs.
+    pub fn ledger(self) -> LedgerStage {
         self.facts().ledger_stage
     }
 

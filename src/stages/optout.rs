@@ -145,7 +145,7 @@ pub(crate) async fn gate(
     if suppressed {
         let key = DeliveryKey {
             booking_id: b.id,
-            stage: stage.ledger_stage(),
+            stage: stage.ledger(),
             channel,
             role: out.role,
         };

@@ -5,7 +5,7 @@ use chrono::Duration;
 
 use super::plan::{Plan, PlanInput};
 use super::reminders;
-use crate::domain::{MessageKind, StageFacts};
+use crate::domain::{LedgerStage, MessageKind, StageFacts};
 
 /// The message this stage sends, by email and SMS.
 const KIND: MessageKind = MessageKind::Reminder1h;
@@ -17,7 +17,7 @@ pub(crate) const FACTS: StageFacts = StageFacts {
     name: "reminder_1h",
     command: "reminder-1h",
     help: HELP,
-    ledger_stage: "reminder_1h",
+    ledger_stage: LedgerStage::Reminder1h,
     window: (Duration::minutes(50), Duration::minutes(70)),
     cadence: Duration::minutes(5),
     mark_column: "reminder_1h_sent_at",

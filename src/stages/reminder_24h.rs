@@ -5,7 +5,7 @@ use chrono::Duration;
 
 use super::plan::{Plan, PlanInput};
 use super::reminders;
-use crate::domain::{MessageKind, StageFacts};
+use crate::domain::{LedgerStage, MessageKind, StageFacts};
 
 /// The message this stage sends, by email and SMS.
 const KIND: MessageKind = MessageKind::Reminder24h;
@@ -17,7 +17,7 @@ pub(crate) const FACTS: StageFacts = StageFacts {
     name: "reminder_24h",
     command: "reminder-24h",
     help: HELP,
-    ledger_stage: "reminder_24h",
+    ledger_stage: LedgerStage::Reminder24h,
     window: (Duration::hours(23), Duration::hours(25)),
     cadence: Duration::minutes(30),
     mark_column: "reminder_24h_sent_at",

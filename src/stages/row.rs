@@ -191,8 +191,7 @@ async fn claim_delivery(j: &Journey, d: &Delivery, stage: Option<Stage>) -> anyh
             patient_exclusive_since: stage
                 .and_then(Stage::patient_exclusive_period)
                 .map(|p| j.clock.now() - p),
-            require_active: stage.is_some()
-                && d.key.stage == Stage::ConfirmationRecovery.ledger_stage(),
+            require_active: stage.is_some() && d.key.stage == Stage::ConfirmationRecovery.ledger(),
         },
     )
     .await

@@ -7,7 +7,8 @@ use chrono::Duration;
 use super::followups;
 use super::plan::{base_context, check_patient, patient_email, Plan, PlanInput};
 use crate::domain::{
-    Anchor, BookingKind, Counter, MessageKind, RowFacts, Selection, StageFacts, StatusRule,
+    Anchor, BookingKind, Counter, LedgerStage, MessageKind, RowFacts, Selection, StageFacts,
+    StatusRule,
 };
 
 /// Full sessions that ended 3 to 5 days ago and did not fall through.
@@ -15,7 +16,7 @@ pub(crate) const FACTS: StageFacts = StageFacts {
     name: "session_followup",
     command: "session-followup",
     help: "Invite patients whose full session ended 3-5 days ago to book the next one",
-    ledger_stage: "session_followup",
+    ledger_stage: LedgerStage::SessionFollowup,
     window: (Duration::days(-5), Duration::days(-3)),
     cadence: Duration::minutes(30),
     mark_column: "session_followup_sent_at",

@@ -101,7 +101,7 @@ fn a_rule_skip_is_recorded_once_under_its_key() {
     let s = &m.skipped[0];
     assert_eq!(
         (s.key.channel, s.key.role, s.key.stage),
-        (Sms, Patient, "reminder_24h")
+        (Sms, Patient, crate::domain::LedgerStage::Reminder24h)
     );
     assert_eq!(s.counter, Counter::SkippedInvalidPhone);
 
