@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::confirmation_recovery::Origin;
 use super::journey::{Journey, Pass, StageOptions};
-use super::report::{count_error, ErrorAt, StageReport};
+use super::report::{count_error, record_error, ErrorAt, StageReport};
 use crate::db::{bookings, ledger, locks, tidy};
 use crate::domain::{Counter, Stage};
 
@@ -73,10 +73,11 @@ async fn run_locked(
     let (stage, opts) = (run.stage, run.opts);
     let now = j.clock.now();
     let (from, to) = (now + opts.window.0, now + opts.window.1);
-    match run.prepared {
-        Some(p) => count_tidied(stage, p, report),
-        None if !opts.dry_run => tidy(j, stage, live, (now, from), report).await,
-        None => {}
+    if let Some(p) = run.prepared {
+        count_tidied(stage, p, report);
+    }
+    if !opts.dry_run && !run.prepared.is_some_and(|p| p.tidied) {
+        tidy(j, stage, live, (now, from), report).await;
     }
     let total = match run.prepared {
         Some(Prepared { due: false, .. }) => 0,
@@ -138,6 +139,9 @@ fn count_expired(stage: Stage, n: u64, report: &mut StageReport) {
 }
 
 fn count_tidied(stage: Stage, p: Prepared, report: &mut StageReport) {
+    if p.error {
+        report.error();
+    }
     count_in_doubt(stage, p.in_doubt, report);
     count_expired(stage, p.expired, report);
 }
@@ -145,26 +149,27 @@ fn count_tidied(stage: Stage, p: Prepared, report: &mut StageReport) {
 /// What [`prepare`] found for one stage.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Prepared {
+    /// The run's tidying covered this stage (its counts are these).
+    tidied: bool,
     in_doubt: u64,
     expired: u64,
     /// The stage's selection would find a booking.
     due: bool,
+    /// Preparing failed (recorded already): counted on this stage's report.
+    error: bool,
 }
 
 /// Before the stages of a run: tidies the ledger for all of them in one statement (unless a
 /// dry run), then asks in one statement which of them has anything due, so a run with nothing
-/// due costs two statements and no selection. `None` when the tidying failed (logged): each
-/// stage then tidies on its own, and counts the error if it recurs. A failed look for due
-/// bookings only means every stage selects.
+/// due costs two statements and no selection. A failure of either is recorded and counted (on
+/// the first stage) and loses nothing: without the tidying each stage tidies on its own, and
+/// without the answer every stage selects. `None` without a connection (each stage then
+/// fails to get one and counts that).
 pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Option<Vec<Prepared>> {
-    let live = match j.db.client().await {
-        Ok(c) => c,
-        Err(e) => {
-            log::warn!("preparing the run: {e:#}");
-            return None;
-        }
-    };
+    let (first, _) = runs.first()?;
+    let live = j.db.client().await.ok()?;
     let now = j.clock.now();
+    let dry_run = runs.iter().any(|(_, o)| o.dry_run);
     let windows: Vec<_> = runs
         .iter()
         .map(|(s, o)| (*s, now + o.window.0, now + o.window.1))
@@ -176,7 +181,8 @@ pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Opt
         };
         runs.len()
     ];
-    if runs.iter().all(|(_, o)| !o.dry_run) {
+    let mut failed = None;
+    if !dry_run {
         let edges: Vec<_> = windows.iter().map(|(s, from, _)| (*s, *from)).collect();
         match tidy::tidy_run(&live, now, &edges).await {
             Ok(t) => {
@@ -187,14 +193,12 @@ pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Opt
                     );
                 }
                 for (i, p) in prepared.iter_mut().enumerate() {
+                    p.tidied = true;
                     p.in_doubt = t.in_doubt.get(i).copied().unwrap_or(0);
                     p.expired = t.expired.get(i).copied().unwrap_or(0);
                 }
             }
-            Err(e) => {
-                log::warn!("{e:#}; each stage tidies on its own");
-                return None;
-            }
+            Err(e) => failed = Some(format!("{e:#}; each stage tidies on its own")),
         }
     }
     let facts: Vec<_> = windows
@@ -203,7 +207,11 @@ pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Opt
         .collect();
     match bookings::any_due(&live, now, &facts).await {
         Ok(due) => prepared.iter_mut().zip(due).for_each(|(p, d)| p.due = d),
-        Err(e) => log::warn!("{e:#}; every stage selects"),
+        Err(e) => failed = Some(format!("{e:#}; every stage selects")),
+    }
+    if let Some(why) = failed {
+        record_error(j, dry_run, ErrorAt::stage(*first), &why).await;
+        prepared[0].error = true;
     }
     Some(prepared)
 }
