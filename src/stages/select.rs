@@ -76,7 +76,7 @@ async fn run_locked(
     if let Some(p) = run.prepared {
         count_tidied(stage, p, report);
     }
-    if !opts.dry_run && !run.prepared.is_some_and(|p| p.tidied) {
+    if !opts.dry_run && run.prepared.is_none() {
         tidy(j, stage, live, (now, from), report).await;
     }
     let total = match run.prepared {
@@ -149,8 +149,6 @@ fn count_tidied(stage: Stage, p: Prepared, report: &mut StageReport) {
 /// What [`prepare`] found for one stage.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Prepared {
-    /// The run's tidying covered this stage (its counts are these).
-    tidied: bool,
     in_doubt: u64,
     expired: u64,
     /// The stage's selection would find a booking.
@@ -161,10 +159,10 @@ pub(crate) struct Prepared {
 
 /// Before the stages of a run: tidies the ledger for all of them in one statement (unless a
 /// dry run), then asks in one statement which of them has anything due, so a run with nothing
-/// due costs two statements and no selection. A failure of either is recorded and counted (on
-/// the first stage) and loses nothing: without the tidying each stage tidies on its own, and
-/// without the answer every stage selects. `None` without a connection (each stage then
-/// fails to get one and counts that).
+/// due costs two statements and no selection. A failure of either is recorded and counted once
+/// (on the first stage) and loses nothing: the tidying is left to the next run, and without
+/// the answer every stage selects. `None` without a connection (each stage then fails to get
+/// one and counts that, and tidies on its own).
 pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Option<Vec<Prepared>> {
     let (first, _) = runs.first()?;
     let live = j.db.client().await.ok()?;
@@ -193,12 +191,13 @@ pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Opt
                     );
                 }
                 for (i, p) in prepared.iter_mut().enumerate() {
-                    p.tidied = true;
                     p.in_doubt = t.in_doubt.get(i).copied().unwrap_or(0);
                     p.expired = t.expired.get(i).copied().unwrap_or(0);
                 }
             }
-            Err(e) => failed = Some(format!("{e:#}; each stage tidies on its own")),
+            // Counted once, here; the next run tidies (nothing waits on it: the selection
+            // never picks a row in `sending`, `in_doubt` or a closed window).
+            Err(e) => failed = Some(format!("{e:#}; the next run tidies")),
         }
     }
     let facts: Vec<_> = windows
