@@ -25,6 +25,6 @@ pub use ledger_stage::LedgerStage;
 pub use sms_status::SmsStatus;
 pub use stage::{
     mark_column, Anchor, BookingKind, Channel, DeliveryStatus, MessageKind, RecipientRole,
-    RowFacts, Selection, Stage, StageFacts, StatusRule, CONFIRMATION_LEDGER_STAGE,
+    RowFacts, Selection, Stage, StageFacts, StatusRule,
 };
 pub use webhook_outcome::WebhookOutcome;

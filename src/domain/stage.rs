@@ -175,9 +175,6 @@ pub enum RowFacts {
     RecoveryHistory,
 }
 
-/// Ledger stage of the booking confirmation and therapist notice (webhook and recovery).
-pub const CONFIRMATION_LEDGER_STAGE: &str = "confirmation";
-
 /// The `cal_bookings` column that a sent message of `stage` to `role` sets, if any (see
 /// [`StageFacts::mark_of`]).
 pub fn mark_column(stage: Stage, role: RecipientRole) -> Option<&'static str> {

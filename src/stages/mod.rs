@@ -171,10 +171,13 @@ mod tests {
             assert_eq!(Stage::from_ledger_stage(stage.ledger_stage()), Some(stage));
         }
         assert_eq!(
-            Stage::from_ledger_stage(crate::domain::CONFIRMATION_LEDGER_STAGE),
+            Stage::from_ledger_stage(crate::domain::LedgerStage::Confirmation.as_str()),
             Some(Stage::ConfirmationRecovery)
         );
-        assert_eq!(Stage::from_ledger_stage("cancellation_notice"), None);
+        assert_eq!(
+            Stage::from_ledger_stage(crate::domain::LedgerStage::CancellationNotice.as_str()),
+            None
+        );
     }
 
     #[test]
