@@ -677,10 +677,13 @@ pub async fn mark_sends_started(
     ids: &[Uuid],
     run_id: Uuid,
 ) -> anyhow::Result<HashSet<Uuid>> {
-    let stmt = client
-        .prepare_cached(
-            // The ids are locked in key order by the inner query (an init plan), and the
-            // update finds them through the primary key: no join that could scan the table.
+    use tokio_postgres::types::Type;
+    // Planned for each call (one round trip, nothing prepared): a plan cached while the
+    // ledger was small would keep scanning the whole table as it grows within the run.
+    // The ids are locked in key order by the inner query (an init plan), and the update
+    // finds them through the primary key: no join that could scan the table.
+    let rows = client
+        .query_typed(
             "UPDATE journey_deliveries d SET send_started_at = now()
               WHERE d.id = ANY(ARRAY(
                       SELECT id FROM journey_deliveries
@@ -688,11 +691,8 @@ pub async fn mark_sends_started(
                        ORDER BY booking_id, stage, channel, recipient_role
                          FOR UPDATE))
              RETURNING d.id",
+            &[(&ids, Type::UUID_ARRAY), (&run_id, Type::UUID)],
         )
-        .await
-        .context("Failed to prepare the send-started stamp")?;
-    let rows = client
-        .query(&stmt, &[&ids, &run_id])
         .await
         .with_context(|| format!("Failed to stamp {} delivery(ies) as being sent", ids.len()))?;
     Ok(rows.iter().map(|r| r.get::<_, Uuid>(0)).collect())
@@ -726,25 +726,23 @@ pub async fn claim_batch(
     }
     let n = items.len();
     let a = BatchArrays::of(items, message_id_domain);
-    let stmt = client
-        .prepare_cached(&claim_batch_sql())
-        .await
-        .with_context(|| format!("Failed to prepare the {stage} batch claim"))?;
+    use tokio_postgres::types::Type;
+    // Planned for each batch (one round trip, nothing prepared): see `mark_sends_started`.
     let rows = client
-        .query(
-            &stmt,
+        .query_typed(
+            &claim_batch_sql(),
             &[
-                &a.ids,
-                &a.bookings,
-                &a.patients,
-                &a.channels,
-                &a.roles,
-                &a.masked,
-                &a.message_ids,
-                &stage,
-                &run_id,
-                &claimed_by,
-                &require_active,
+                (&a.ids, Type::UUID_ARRAY),
+                (&a.bookings, Type::UUID_ARRAY),
+                (&a.patients, Type::UUID_ARRAY),
+                (&a.channels, Type::TEXT_ARRAY),
+                (&a.roles, Type::TEXT_ARRAY),
+                (&a.masked, Type::TEXT_ARRAY),
+                (&a.message_ids, Type::TEXT_ARRAY),
+                (&stage, Type::TEXT),
+                (&run_id, Type::UUID),
+                (&claimed_by, Type::TEXT),
+                (&require_active, Type::BOOL),
             ],
         )
         .await
@@ -906,20 +904,28 @@ pub async fn record_batch(
     let ev_levels: Vec<Option<&str>> = events.iter().map(|e| e.map(|e| e.level.as_str())).collect();
     let ev_props: Vec<Option<&serde_json::Value>> =
         events.iter().map(|e| e.map(|e| &e.properties)).collect();
-    let stmt = client
-        .prepare_cached(&record_batch_sql(&cols))
-        .await
-        .context("Failed to prepare the batch record")?;
-    let recorded: i64 = client
-        .query_one(
-            &stmt,
+    use tokio_postgres::types::Type;
+    // Planned for each batch (one round trip, nothing prepared): see `mark_sends_started`.
+    let rows = client
+        .query_typed(
+            &record_batch_sql(&cols),
             &[
-                &ids, &statuses, &providers, &errors, &mark_cols, &ev_types, &ev_levels, &ev_props,
-                &now,
+                (&ids, Type::UUID_ARRAY),
+                (&statuses, Type::TEXT_ARRAY),
+                (&providers, Type::TEXT_ARRAY),
+                (&errors, Type::TEXT_ARRAY),
+                (&mark_cols, Type::TEXT_ARRAY),
+                (&ev_types, Type::TEXT_ARRAY),
+                (&ev_levels, Type::TEXT_ARRAY),
+                (&ev_props, Type::JSONB_ARRAY),
+                (&now, Type::TIMESTAMPTZ),
             ],
         )
         .await
-        .with_context(|| format!("Failed to record the outcomes of {n} deliveries"))?
+        .with_context(|| format!("Failed to record the outcomes of {n} deliveries"))?;
+    let recorded: i64 = rows
+        .first()
+        .context("the batch record answered no row")?
         .try_get(0)?;
     anyhow::ensure!(
         recorded == n as i64,

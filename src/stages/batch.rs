@@ -9,7 +9,9 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::FutureExt;
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -130,7 +132,8 @@ fn batched_stream<'a>(
 }
 
 /// Runs the deliveries until all are done or the run's drain bound passes (`true`: cut
-/// short). Outcomes of batched deliveries are recorded `CLAIM_BATCH` at a time on `client`.
+/// short). Outcomes of batched deliveries are recorded `CLAIM_BATCH` or more at a time on
+/// `client`, one record in flight at once, while the next messages keep being sent.
 async fn drive(
     j: &Journey,
     stage: Stage,
@@ -139,21 +142,25 @@ async fn drive(
 ) -> (Vec<Tally>, bool) {
     let mut results = Vec::new();
     let mut pending: Vec<DeliveryResult> = Vec::new();
+    let mut recording: Option<BoxFuture<'_, Vec<Tally>>> = None;
     let mut cut_short = false;
     let drain = j.control.drain_expired();
     tokio::pin!(drain);
     loop {
+        if let (None, Some(c)) = (&recording, client) {
+            if pending.len() >= CLAIM_BATCH {
+                let batch = std::mem::take(&mut pending);
+                recording = Some(record_outcomes(j, stage, c, batch).boxed());
+            }
+        }
         tokio::select! {
             biased;
+            tallies = async { recording.as_mut().expect("guarded").await }, if recording.is_some() => {
+                results.extend(tallies);
+                recording = None;
+            }
             next = stream.next() => match next {
-                Some(d) if d.outcome.is_some() => {
-                    pending.push(d);
-                    if pending.len() >= CLAIM_BATCH {
-                        if let Some(c) = client {
-                            record_pending(j, stage, c, &mut pending, &mut results).await;
-                        }
-                    }
-                }
+                Some(d) if d.outcome.is_some() => pending.push(d),
                 Some(d) => results.push(d.tally),
                 None => break,
             },
@@ -164,8 +171,11 @@ async fn drive(
         }
     }
     drop(stream);
+    if let Some(r) = recording {
+        results.extend(r.await);
+    }
     if let Some(c) = client {
-        record_pending(j, stage, c, &mut pending, &mut results).await;
+        results.extend(record_outcomes(j, stage, c, pending).await);
     }
     (results, cut_short)
 }
@@ -211,25 +221,24 @@ async fn count_cut_short(j: &Journey, stage: Stage, unfinished: usize, report: &
     );
 }
 
-/// Records the outcomes waiting in `pending` in one statement and moves their tallies to
-/// `results`. When the statement fails, each of them is an error: its row stays `sending`
-/// and becomes `in_doubt`, never resent blindly.
-async fn record_pending(
+/// Records the outcomes of `batch` in one statement and answers their tallies. When the
+/// statement fails, each of them is an error: its row stays `sending` and becomes `in_doubt`,
+/// never resent blindly.
+async fn record_outcomes(
     j: &Journey,
     stage: Stage,
     client: &Client,
-    pending: &mut Vec<DeliveryResult>,
-    results: &mut Vec<Tally>,
-) {
-    if pending.is_empty() {
-        return;
+    mut batch: Vec<DeliveryResult>,
+) -> Vec<Tally> {
+    if batch.is_empty() {
+        return Vec::new();
     }
-    let mut batch = std::mem::take(pending);
     let outcomes: Vec<ledger::OwnedOutcome> =
         batch.iter_mut().filter_map(|d| d.outcome.take()).collect();
     match ledger::record_batch(client, &outcomes, j.clock.now()).await {
-        Ok(()) => results.extend(batch.into_iter().map(|d| d.tally)),
+        Ok(()) => batch.into_iter().map(|d| d.tally).collect(),
         Err(e) => {
+            let mut results = Vec::with_capacity(batch.len());
             for (d, o) in batch.into_iter().zip(&outcomes) {
                 let why = format!(
                     "{e:#}; delivery {} will be declared in doubt",
@@ -239,6 +248,7 @@ async fn record_pending(
                 record_error(j, false, at, &why).await;
                 results.push(Tally::default().fail(Counter::Errors));
             }
+            results
         }
     }
 }
