@@ -575,41 +575,95 @@ pub(crate) const LINK_WALK_INS: &str = "UPDATE cal_bookings b
                            WHERE lower(pp.email) = lower(b.attendee_email))
             RETURNING 1";
 
-/// Whether each stage's selection would find a booking in its window, all stages in one
-/// statement (`$1` the run's instant; per stage its window's edges). The same predicate as
-/// the selection's (only the joins that add columns are left out), so `false` means the
-/// selection would return nothing: a run with nothing due plans no selection.
-pub async fn any_due(
+/// What a run finds before its stages select ([`survey`]).
+#[derive(Debug)]
+pub struct Survey {
+    /// Per stage, in the order asked: whether its selection may find a booking.
+    pub due: Vec<bool>,
+    /// Whether tidying may change anything: a claim in `sending` or a `retry` row of one of
+    /// the stages, or a walk-in booking whose person now exists.
+    pub tidy: bool,
+}
+
+/// Whether each stage's selection may find a booking in its window, and whether the run has
+/// anything to tidy, all in one statement planned in about a millisecond (`$1` the run's
+/// instant, `$2` the stages' ledger names; per stage its window's edges). Per stage: a
+/// booking in its window whose mark is not set (through the selection's own partial index),
+/// or any `retry` row of the stage (then the stage selects and its own arms decide). `false` means the selection would return nothing: a run with nothing due plans no
+/// selection, and one with nothing to tidy plans no tidying. A stage may be answered `true`
+/// and then select nothing; never the other way round.
+pub async fn survey(
     client: &deadpool_postgres::ClientWrapper,
     now: DateTime<Utc>,
     windows: &[(&StageFacts, DateTime<Utc>, DateTime<Utc>)],
-) -> anyhow::Result<Vec<bool>> {
+) -> anyhow::Result<Survey> {
     use tokio_postgres::types::{ToSql, Type};
     if windows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Survey {
+            due: Vec::new(),
+            tidy: false,
+        });
     }
-    let one: i64 = 1;
+    let ledgers: Vec<&str> = windows
+        .iter()
+        .map(|(f, _, _)| f.ledger_stage.as_str())
+        .collect();
     let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
-        vec![(&now, Type::TIMESTAMPTZ), (&one, Type::INT8)];
+        vec![(&now, Type::TIMESTAMPTZ), (&ledgers, Type::TEXT_ARRAY)];
     let mut exists = Vec::new();
     for (i, (facts, from, to)) in windows.iter().enumerate() {
         let (p_from, p_to) = (3 + 2 * i, 4 + 2 * i);
-        let predicate = super::renumber(
-            &page_predicate(facts, false),
-            &[(2, p_from), (3, p_to), (4, 2)],
-        );
+        let predicate = super::renumber(&undone_predicate(facts), &[(2, p_from), (3, p_to)]);
         exists.push(format!(
-            "EXISTS (SELECT 1 FROM cal_bookings b WHERE {predicate})"
+            "EXISTS (SELECT 1 FROM cal_bookings c WHERE {predicate})"
         ));
         params.push((from, Type::TIMESTAMPTZ));
         params.push((to, Type::TIMESTAMPTZ));
     }
-    let sql = format!("SELECT ARRAY[{}]", exists.join(",\n"));
+    let sql = format!(
+        "SELECT ARRAY[{exists}],
+                ARRAY(SELECT s FROM unnest($2::text[]) s
+                       WHERE EXISTS (SELECT 1 FROM journey_deliveries w
+                                      WHERE w.stage = s AND w.status = 'retry')),
+                EXISTS (SELECT 1 FROM journey_deliveries w
+                         WHERE w.status = 'sending' AND w.stage = ANY($2::text[]))
+                OR EXISTS (SELECT 1 FROM cal_bookings b
+                            WHERE b.patient_id IS NULL AND b.attendee_email IS NOT NULL
+                              AND EXISTS (SELECT 1 FROM people pp
+                                           WHERE lower(pp.email) = lower(b.attendee_email)))",
+        exists = exists.join(",\n"),
+    );
     let row = client
         .query_typed_one(&sql, &params)
         .await
         .context("Failed to look for due bookings")?;
-    Ok(row.try_get(0)?)
+    let undone: Vec<bool> = row.try_get(0)?;
+    let retrying: Vec<String> = row.try_get(1)?;
+    let has_retry: Vec<bool> = ledgers
+        .iter()
+        .map(|l| retrying.iter().any(|r| r == l))
+        .collect();
+    Ok(Survey {
+        due: undone
+            .iter()
+            .zip(&has_retry)
+            .map(|(u, r)| *u || *r)
+            .collect(),
+        tidy: row.try_get(2)? || !retrying.is_empty(),
+    })
+}
+
+/// The first arm of [`page_predicate`] as a condition on `c`, unordered and without its look
+/// into the ledger: a booking in the stage's window whose mark is not set (`$1` now, `$2`/`$3`
+/// the window). A superset of the arm (a booking the ledger already decided is answered `true`
+/// and then not selected), planned without a second table: a fresh connection plans it in
+/// about a millisecond.
+fn undone_predicate(facts: &StageFacts) -> String {
+    let mark_null = match facts.therapist_mark_column {
+        Some(_) => String::new(),
+        None => format!("c.{} IS NULL AND ", facts.mark_column),
+    };
+    format!("{mark_null}{}", stage_window(facts, "c"))
 }
 
 /// The patients of the given ids. A database error is returned as such, never as "missing".

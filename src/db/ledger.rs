@@ -464,7 +464,7 @@ pub(crate) fn promote_ctes(p: usize) -> String {
            SELECT d.id FROM journey_deliveries d
             WHERE d.status = 'sending' AND d.stage = ANY(${p}::text[])
               AND (d.lease_until < now()
-                   OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                   OR NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) a
                                   WHERE a.application_name = d.claimed_by))
          ), promoted AS (
            UPDATE journey_deliveries d

@@ -30,6 +30,32 @@ pub(crate) async fn try_stage_lock(
     Ok(got)
 }
 
+/// For a stage with nothing due: takes `stage`'s lock and releases it at once, in one
+/// statement. `true` when it was free (this session held it for that moment), `false` when
+/// another run holds it.
+pub(crate) async fn probe_stage_lock(
+    client: &deadpool_postgres::ClientWrapper,
+    stage: Stage,
+) -> anyhow::Result<bool> {
+    // CASE evaluates in order: the lock is released only when this statement took it.
+    let sql = format!(
+        "SELECT CASE WHEN pg_try_advisory_lock({STAGE_LOCK_NS}, {k})
+                     THEN pg_advisory_unlock({STAGE_LOCK_NS}, {k}) ELSE false END",
+        k = stage as i32
+    );
+    let free = client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("Failed to try the {stage} lock: {e}"))?
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
+            _ => None,
+        })
+        .unwrap_or(false);
+    Ok(free)
+}
+
 /// Releases `stage`'s lock taken on this connection by [`try_stage_lock`].
 pub(crate) async fn unlock_stage(
     client: &deadpool_postgres::ClientWrapper,

@@ -130,7 +130,7 @@ pub(crate) async fn close_dangling(db: &Db, own_run: Uuid) -> anyhow::Result<u64
               WHERE r.finished_at IS NULL AND r.id <> $1
                 AND CASE WHEN r.application_name IS NULL
                          THEN r.started_at < now() - interval '1 day'
-                         ELSE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                         ELSE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) a
                                           WHERE a.application_name = r.application_name)
                     END
              RETURNING 1)

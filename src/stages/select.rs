@@ -41,7 +41,14 @@ pub(crate) async fn run_prepared(
             .await
             .map(|()| report);
     }
-    if !locks::try_stage_lock(&live, stage).await? {
+    // Nothing due: the lock is only checked (taken and released in one statement), so a
+    // run of a stage another run holds still reports itself skipped.
+    let nothing_due = matches!(prepared, Some(Prepared { due: false, .. }));
+    let free = match nothing_due {
+        true => locks::probe_stage_lock(&live, stage).await?,
+        false => locks::try_stage_lock(&live, stage).await?,
+    };
+    if !free {
         log::info!("{stage}: another run holds the stage lock; nothing to do");
         report.skipped_locked = true;
         // What this run's tidying settled for the stage is still this run's to count.
@@ -51,6 +58,9 @@ pub(crate) async fn run_prepared(
         return Ok(report);
     }
     let result = run_locked(j, &run, &live, &mut report).await;
+    if nothing_due {
+        return result.map(|()| report);
+    }
     if let Err(e) = locks::unlock_stage(&live, stage).await {
         log::warn!("{stage}: failed to release the stage lock: {e:#}");
     }
@@ -157,12 +167,14 @@ pub(crate) struct Prepared {
     error: bool,
 }
 
-/// Before the stages of a run: tidies the ledger for all of them in one statement (unless a
-/// dry run), then asks in one statement which of them has anything due, so a run with nothing
-/// due costs two statements and no selection. A failure of either is recorded and counted once
-/// (on the first stage) and loses nothing: the tidying is left to the next run, and without
-/// the answer every stage selects. `None` without a connection (each stage then fails to get
-/// one and counts that, and tidies on its own).
+/// Before the stages of a run: asks in one cheap statement which stages have anything due
+/// and whether anything needs tidying (`bookings::survey`); only then tidies the ledger for
+/// all of them in one statement (unless a dry run) and asks again, since tidying can give a
+/// claim back for retry. A run with nothing to do costs one statement. A failure is recorded
+/// and counted once (on the first stage) and loses nothing: without the survey's answer the
+/// run tidies and every stage selects; a failed tidying is left to the next run. `None`
+/// without a connection (each stage then fails to get one and counts that, and tidies on its
+/// own).
 pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Option<Vec<Prepared>> {
     let (first, _) = runs.first()?;
     let live = j.db.client().await.ok()?;
@@ -172,6 +184,10 @@ pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Opt
         .iter()
         .map(|(s, o)| (*s, now + o.window.0, now + o.window.1))
         .collect();
+    let facts: Vec<_> = windows
+        .iter()
+        .map(|(s, from, to)| (s.facts(), *from, *to))
+        .collect();
     let mut prepared = vec![
         Prepared {
             due: true,
@@ -180,7 +196,8 @@ pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Opt
         runs.len()
     ];
     let mut failed = None;
-    if !dry_run {
+    let mut survey = bookings::survey(&live, now, &facts).await;
+    if !dry_run && survey.as_ref().map_or(true, |s| s.tidy) {
         let edges: Vec<_> = windows.iter().map(|(s, from, _)| (*s, *from)).collect();
         match tidy::tidy_run(&live, now, &edges).await {
             Ok(t) => {
@@ -199,13 +216,12 @@ pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Opt
             // never picks a row in `sending`, `in_doubt` or a closed window).
             Err(e) => failed = Some(format!("{e:#}; the next run tidies")),
         }
+        if survey.is_ok() {
+            survey = bookings::survey(&live, now, &facts).await;
+        }
     }
-    let facts: Vec<_> = windows
-        .iter()
-        .map(|(s, from, to)| (s.facts(), *from, *to))
-        .collect();
-    match bookings::any_due(&live, now, &facts).await {
-        Ok(due) => prepared.iter_mut().zip(due).for_each(|(p, d)| p.due = d),
+    match survey {
+        Ok(s) => prepared.iter_mut().zip(s.due).for_each(|(p, d)| p.due = d),
         Err(e) => failed = Some(format!("{e:#}; every stage selects")),
     }
     if let Some(why) = failed {
