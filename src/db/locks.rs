@@ -12,22 +12,11 @@ pub(crate) async fn try_stage_lock(
     client: &deadpool_postgres::ClientWrapper,
     stage: Stage,
 ) -> anyhow::Result<bool> {
-    // One round trip: the lock is a constant pair, no parameters to bind.
     let sql = format!(
         "SELECT pg_try_advisory_lock({STAGE_LOCK_NS}, {})",
         stage as i32
     );
-    let got = client
-        .simple_query(&sql)
-        .await
-        .map_err(|e| anyhow::anyhow!("Failed to try the {stage} lock: {e}"))?
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
-            _ => None,
-        })
-        .unwrap_or(false);
-    Ok(got)
+    ask(client, &sql, stage).await
 }
 
 /// For a stage with nothing due: takes `stage`'s lock and releases it at once, in one
@@ -43,8 +32,18 @@ pub(crate) async fn probe_stage_lock(
                      THEN pg_advisory_unlock({STAGE_LOCK_NS}, {k}) ELSE false END",
         k = stage as i32
     );
-    let free = client
-        .simple_query(&sql)
+    ask(client, &sql, stage).await
+}
+
+/// Runs a lock statement answering one boolean, in one round trip: the lock is a constant
+/// pair, no parameters to bind.
+async fn ask(
+    client: &deadpool_postgres::ClientWrapper,
+    sql: &str,
+    stage: Stage,
+) -> anyhow::Result<bool> {
+    let answer = client
+        .simple_query(sql)
         .await
         .map_err(|e| anyhow::anyhow!("Failed to try the {stage} lock: {e}"))?
         .iter()
@@ -53,7 +52,7 @@ pub(crate) async fn probe_stage_lock(
             _ => None,
         })
         .unwrap_or(false);
-    Ok(free)
+    Ok(answer)
 }
 
 /// Releases `stage`'s lock taken on this connection by [`try_stage_lock`].
