@@ -589,9 +589,10 @@ pub struct Survey {
 /// anything to tidy, all in one statement planned in about a millisecond (`$1` the run's
 /// instant, `$2` the stages' ledger names; per stage its window's edges). Per stage: a
 /// booking in its window whose mark is not set (through the selection's own partial index),
-/// or any `retry` row of the stage (then the stage selects and its own arms decide). `false` means the selection would return nothing: a run with nothing due plans no
-/// selection, and one with nothing to tidy plans no tidying. A stage may be answered `true`
-/// and then select nothing; never the other way round.
+/// or any `retry` row of the stage (then the stage selects and its own arms decide). `false`
+/// means the selection would return nothing: a run with nothing due plans no selection, and
+/// one with nothing to tidy plans no tidying. A stage may be answered `true` and then select
+/// nothing; never the other way round.
 pub async fn survey(
     client: &deadpool_postgres::ClientWrapper,
     now: DateTime<Utc>,

@@ -155,7 +155,12 @@ async fn drive(
         }
         tokio::select! {
             biased;
-            tallies = async { recording.as_mut().expect("guarded").await }, if recording.is_some() => {
+            tallies = async {
+                match recording.as_mut() {
+                    Some(r) => r.await,
+                    None => std::future::pending().await,
+                }
+            }, if recording.is_some() => {
                 results.extend(tallies);
                 recording = None;
             }
