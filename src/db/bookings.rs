@@ -564,16 +564,28 @@ pub async fn link_walk_ins_on(client: &deadpool_postgres::ClientWrapper) -> anyh
     .context("Failed to link walk-in bookings to their people rows")
 }
 
+/// A walk-in booking `b` whose person now exists: what [`LINK_WALK_INS`] links and what
+/// [`survey`] looks for (a macro, so both constants are built from the one text).
+macro_rules! linkable_walk_in {
+    () => {
+        "b.patient_id IS NULL AND b.attendee_email IS NOT NULL
+              AND EXISTS (SELECT 1 FROM people pp
+                           WHERE lower(pp.email) = lower(b.attendee_email))"
+    };
+}
+
 /// The statement of [`link_walk_ins_on`]: one row per linked booking.
-pub(crate) const LINK_WALK_INS: &str = "UPDATE cal_bookings b
+pub(crate) const LINK_WALK_INS: &str = concat!(
+    "UPDATE cal_bookings b
               SET patient_id = (SELECT pp.id FROM people pp
                                  WHERE lower(pp.email) = lower(b.attendee_email)
                                  ORDER BY pp.created_at DESC NULLS LAST, pp.id LIMIT 1),
                   updated_at = now()
-            WHERE b.patient_id IS NULL AND b.attendee_email IS NOT NULL
-              AND EXISTS (SELECT 1 FROM people pp
-                           WHERE lower(pp.email) = lower(b.attendee_email))
-            RETURNING 1";
+            WHERE ",
+    linkable_walk_in!(),
+    "
+            RETURNING 1"
+);
 
 /// What a run finds before its stages select ([`survey`]).
 #[derive(Debug)]
@@ -628,11 +640,9 @@ pub async fn survey(
                                       WHERE w.stage = s AND w.status = 'retry')),
                 EXISTS (SELECT 1 FROM journey_deliveries w
                          WHERE w.status = 'sending' AND w.stage = ANY($2::text[]))
-                OR EXISTS (SELECT 1 FROM cal_bookings b
-                            WHERE b.patient_id IS NULL AND b.attendee_email IS NOT NULL
-                              AND EXISTS (SELECT 1 FROM people pp
-                                           WHERE lower(pp.email) = lower(b.attendee_email)))",
+                OR EXISTS (SELECT 1 FROM cal_bookings b WHERE {walk_in})",
         exists = exists.join(",\n"),
+        walk_in = linkable_walk_in!(),
     );
     let row = client
         .query_typed_one(&sql, &params)
