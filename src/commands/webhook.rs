@@ -43,13 +43,7 @@ async fn confirm(j: &Journey, booking_id: Uuid) -> bool {
         Ok(report) => {
             log::info!(
                 "confirmation of booking {booking_id}: {}",
-                report
-                    .counters
-                    .iter()
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(c, n)| format!("{}={n}", c.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                report_counters(&report)
             );
             !report.failed()
         }
@@ -490,16 +484,24 @@ async fn owed_at_start(
     }
 }
 
-/// Bookings confirmed at once while webhooks are being answered: confirmations cost far more
-/// (rendering, the ledger, SMTP) than storing a booking, and on a small host they would take
-/// the CPU that the answers need. They are committed, so they can wait; once no webhook is in
-/// flight, [`SERVE_CONFIRM_WORKERS`](crate::db::SERVE_CONFIRM_WORKERS) run at once.
-const CONFIRM_WORKERS_UNDER_LOAD: usize = 2;
+/// Pages of confirmations sent at once while webhooks are being answered: confirmations cost
+/// far more (rendering, the ledger, SMTP) than storing a booking, and on a small host they
+/// would take the CPU that the answers need. They are committed, so they can wait; once no
+/// webhook is in flight, [`SERVE_CONFIRM_PAGES`](crate::db::SERVE_CONFIRM_PAGES) run at once.
+const CONFIRM_PAGES_UNDER_LOAD: usize = 1;
 
-/// Sends the confirmations and cancellation notices queued by `receive`, at most
-/// [`SERVE_CONFIRM_WORKERS`](crate::db::SERVE_CONFIRM_WORKERS) bookings at once
-/// ([`CONFIRM_WORKERS_UNDER_LOAD`] while webhooks are in flight). Aborting it (the drain
-/// deadline) aborts the sends in flight and drops the queue.
+/// Bookings confirmed together as one page: what is queued when a page starts, up to this
+/// many (2 messages each: 64, one batch record). One query loads them, and their claims and
+/// outcomes share statements, so a burst of webhooks costs a few statements per page, not
+/// per message.
+const CONFIRM_PAGE: usize = 32;
+
+/// Sends the confirmations and cancellation notices queued by `receive`: what is queued when
+/// a page starts, up to [`CONFIRM_PAGE`] bookings, goes out as one page, at most
+/// [`SERVE_CONFIRM_PAGES`](crate::db::SERVE_CONFIRM_PAGES) pages at once
+/// ([`CONFIRM_PAGES_UNDER_LOAD`] while webhooks are in flight). A lone webhook's booking is a
+/// page of one and goes at once. Aborting it (the drain deadline) aborts the sends in flight
+/// and drops the queue.
 async fn confirmation_worker(
     journey: Journey,
     fixed_now: bool,
@@ -509,32 +511,80 @@ async fn confirmation_worker(
 ) {
     let limit = || {
         if webhooks_in_flight.load(Ordering::SeqCst) > 0 {
-            CONFIRM_WORKERS_UNDER_LOAD
+            CONFIRM_PAGES_UNDER_LOAD
         } else {
-            crate::db::SERVE_CONFIRM_WORKERS
+            crate::db::SERVE_CONFIRM_PAGES
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
-    while let Some(job) = rx.recv().await {
+    let mut jobs = Vec::with_capacity(CONFIRM_PAGE);
+    while rx.recv_many(&mut jobs, CONFIRM_PAGE).await > 0 {
         let mut jj = journey.clone();
         if !fixed_now {
-            // Each confirmation is judged at its own arrival, not at start-up.
+            // Each page is judged at its own start, not at start-up.
             jj.clock = Clock::system();
         }
+        let page = std::mem::replace(&mut jobs, Vec::with_capacity(CONFIRM_PAGE));
         let pending = pending.clone();
         tasks.spawn(async move {
-            let ok = match job {
-                AfterCommit::Confirm(id) => confirm(&jj, id).await,
-                AfterCommit::NotifyCancelled(id) => notify_cancelled(&jj, id).await,
-            };
-            pending.fetch_sub(1, Ordering::SeqCst);
-            ok
+            let n = page.len();
+            send_page(&jj, page).await;
+            pending.fetch_sub(n, Ordering::SeqCst);
         });
         while tasks.len() >= limit() {
             let _ = tasks.join_next().await;
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// One page of the worker: the confirmations together, then the cancellation notices (few:
+/// one each). Failures are logged and counted in the ledger; `confirmation-recovery` (and the
+/// next `serve`) finish what fails here.
+async fn send_page(j: &Journey, page: Vec<AfterCommit>) {
+    let mut confirm = Vec::new();
+    let mut notify = Vec::new();
+    for job in page {
+        match job {
+            AfterCommit::Confirm(id) if !confirm.contains(&id) => confirm.push(id),
+            AfterCommit::Confirm(_) => {}
+            AfterCommit::NotifyCancelled(id) => notify.push(id),
+        }
+    }
+    if !confirm.is_empty() {
+        let sends = crate::db::SERVE_CONFIRM_SENDS;
+        match crate::stages::driver::confirm_bookings(j, &confirm, sends).await {
+            Ok((report, missing)) => {
+                for id in missing {
+                    log::error!("booking {id} vanished before its confirmation");
+                }
+                log::info!(
+                    "confirmation of {} booking(s): {}",
+                    confirm.len(),
+                    report_counters(&report)
+                );
+            }
+            Err(e) => log::error!(
+                "confirmation of {} booking(s): {}; confirmation-recovery sends them",
+                confirm.len(),
+                public_message(&e)
+            ),
+        }
+    }
+    for id in notify {
+        notify_cancelled(j, id).await;
+    }
+}
+
+/// A report's non-zero counters, `name=n` each, for a log line.
+fn report_counters(report: &crate::stages::StageReport) -> String {
+    report
+        .counters
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(c, n)| format!("{}={n}", c.as_str()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn shutdown_signal() {

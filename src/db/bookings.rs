@@ -529,25 +529,47 @@ fn map_row(r: &tokio_postgres::Row) -> anyhow::Result<DueBooking> {
     })
 }
 
-/// One booking by id, with the same facts as confirmation recovery sees (for the webhook's
-/// immediate confirmation). `None` when no such booking exists.
+/// Bookings by id, with the same facts as confirmation recovery sees (the webhook's
+/// confirmations, any number of bookings in one round trip, planned for these ids). Ids with
+/// no booking are left out; the order is the stage's (created, id).
+pub async fn select_many(
+    db: &Db,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<DueBooking>> {
+    use tokio_postgres::types::Type;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // $2..$4 (the window and the limit) are unused here; their types are given below.
+    // `query_with` casts `$5` to a uuid (a page's cursor); here it is the array of ids.
+    let sql = query_with(Stage::ConfirmationRecovery.facts(), "b.id = ANY($5)")
+        .replace("ANY($5::uuid)", "ANY($5::uuid[])");
+    let limit = ids.len() as i64;
+    let client = db.client().await?;
+    let rows = client
+        .query_typed(
+            &sql,
+            &[
+                (&now, Type::TIMESTAMPTZ),
+                (&now, Type::TIMESTAMPTZ),
+                (&now, Type::TIMESTAMPTZ),
+                (&limit, Type::INT8),
+                (&ids, Type::UUID_ARRAY),
+            ],
+        )
+        .await
+        .with_context(|| format!("Failed to load {} booking(s) to confirm", ids.len()))?;
+    rows.iter().map(map_row).collect()
+}
+
+/// One booking by id ([`select_many`] of one). `None` when no such booking exists.
 pub async fn select_one(
     db: &Db,
     id: Uuid,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Option<DueBooking>> {
-    // $2/$3 (the window) are unused here but must appear to get a type.
-    let sql = query_with(
-        Stage::ConfirmationRecovery.facts(),
-        "b.id = $5 AND $2 IS NOT NULL AND $3 IS NOT NULL",
-    );
-    let client = db.client().await?;
-    let one: i64 = 1;
-    let row = client
-        .query_opt(&sql, &[&now, &now, &now, &one, &id])
-        .await
-        .with_context(|| format!("Failed to load booking {id}"))?;
-    row.as_ref().map(map_row).transpose()
+    Ok(select_many(db, &[id], now).await?.into_iter().next())
 }
 
 /// Links every walk-in booking (no patient row, an attendee email) to the newest `people` row

@@ -22,7 +22,9 @@ pub(crate) mod tidy;
 pub(crate) mod webhook;
 
 pub use pool::{connect, connect_as, Db, Unreachable};
-pub use pool::{SERVE_CONFIRM_CONNECTIONS, SERVE_CONFIRM_WORKERS, SERVE_INGEST_CONNECTIONS};
+pub use pool::{
+    SERVE_CONFIRM_CONNECTIONS, SERVE_CONFIRM_PAGES, SERVE_CONFIRM_SENDS, SERVE_INGEST_CONNECTIONS,
+};
 
 /// Renumbers the placeholders of `sql` (`$2` → `$7`, …) by `map`, all at once, so a statement
 /// built for its own `$1..$n` can be one part of a larger statement with other parameters.

@@ -42,13 +42,16 @@ impl std::fmt::Debug for Db {
 /// (well under a millisecond each); more than a handful only queue inside PostgreSQL on a
 /// small host, fewer make requests wait for a connection.
 pub const SERVE_INGEST_CONNECTIONS: usize = 8;
-/// `serve`: bookings whose confirmations are sent at once, each as one task; the sends wait
-/// on SMTP far more than on the database.
-pub const SERVE_CONFIRM_WORKERS: usize = 16;
-/// `serve`: connections of the confirmation workers. One booking's confirmation uses up to
-/// two at once (its two messages are claimed and recorded side by side); plus `/healthz` and
-/// the start-up scan.
-pub const SERVE_CONFIRM_CONNECTIONS: usize = 2 * SERVE_CONFIRM_WORKERS + 2;
+/// `serve`: pages of bookings whose confirmations are sent at once (each page one task: its
+/// bookings loaded in one query, their messages claimed and recorded in batches).
+pub const SERVE_CONFIRM_PAGES: usize = 4;
+/// `serve`: sends at once within one page of confirmations; the sends wait on SMTP far more
+/// than on the database.
+pub const SERVE_CONFIRM_SENDS: usize = 8;
+/// `serve`: connections of the confirmation pages. A page holds one for its claims and
+/// records and briefly one more for its lookups, its send-started stamps or a second
+/// channel's claim; plus `/healthz` and the start-up scan.
+pub const SERVE_CONFIRM_CONNECTIONS: usize = 3 * SERVE_CONFIRM_PAGES + 2;
 
 /// Connect timeout unless the URL sets one: an unreachable server fails fast instead of
 /// hanging a cron slot.

@@ -57,15 +57,9 @@ pub(crate) async fn deliver_all(
 ) -> Vec<Tally> {
     let total = deliveries.len();
     let stage = pass.stage;
-    // Patient-exclusive claims (cancellation recovery) take a lock per patient, and a
-    // confirmation is claimed only while its booking is still active, judged right before it
-    // is sent: those stages claim one message at a time.
-    let batched = !pass.dry_run
-        && !matches!(
-            stage,
-            Stage::CancellationRecovery | Stage::ConfirmationRecovery
-        )
-        && total > 0;
+    // Patient-exclusive claims (cancellation recovery) take a lock per patient: one message
+    // at a time.
+    let batched = !pass.dry_run && stage != Stage::CancellationRecovery && total > 0;
     let client = match batched {
         true => match j.db.client().await {
             Ok(c) => Some(c),
@@ -79,8 +73,15 @@ pub(crate) async fn deliver_all(
     };
     let unsent = Arc::new(Unsent::new(j));
     let at_once = pass.concurrency.max(1);
+    // A confirmation is claimed only while its booking is still active (the claim checks):
+    // no more are claimed at once than go out at once, so a claimed confirmation waits at
+    // most behind the sends in flight, and with one at a time not at all.
+    let claim_size = match stage {
+        Stage::ConfirmationRecovery => at_once.min(CLAIM_BATCH),
+        _ => CLAIM_BATCH,
+    };
     let stream = match &client {
-        Some(client) => batched_stream(j, stage, client, deliveries, &unsent, at_once),
+        Some(client) => batched_stream(j, stage, client, deliveries, &unsent, at_once, claim_size),
         None => {
             let mode = move || match pass.dry_run {
                 true => Mode::DryRun,
@@ -102,7 +103,7 @@ pub(crate) async fn deliver_all(
     results
 }
 
-/// The batched deliveries: claimed `CLAIM_BATCH` at a time on `client`, then delivered,
+/// The batched deliveries: claimed `claim_size` at a time on `client`, then delivered,
 /// `at_once` at a time.
 fn batched_stream<'a>(
     j: &'a Journey,
@@ -111,11 +112,12 @@ fn batched_stream<'a>(
     deliveries: Vec<Delivery>,
     unsent: &'a Unsent,
     at_once: usize,
+    claim_size: usize,
 ) -> BoxStream<'a, DeliveryResult> {
     let mut batches = Vec::new();
     let mut deliveries = deliveries.into_iter().peekable();
     while deliveries.peek().is_some() {
-        batches.push(deliveries.by_ref().take(CLAIM_BATCH).collect::<Vec<_>>());
+        batches.push(deliveries.by_ref().take(claim_size).collect::<Vec<_>>());
     }
     futures::stream::iter(batches)
         .then(move |batch| claim_batch(j, client, batch, unsent))

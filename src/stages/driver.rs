@@ -24,18 +24,38 @@ pub use super::select::run_stage;
 
 /// Sends the confirmation and therapist notice of one booking now (the webhook's path).
 pub async fn confirm_booking(j: &Journey, booking_id: Uuid) -> anyhow::Result<StageReport> {
-    let mut report = StageReport::new(Stage::ConfirmationRecovery.ledger_stage());
-    let Some(b) = bookings::select_one(&j.db, booking_id, j.clock.now()).await? else {
+    let (report, missing) = confirm_bookings(j, &[booking_id], WEBHOOK_CONCURRENCY).await?;
+    if !missing.is_empty() {
         anyhow::bail!("booking {booking_id} vanished before its confirmation");
-    };
+    }
+    Ok(report)
+}
+
+/// Sends the confirmations and therapist notices of the bookings `ids` now, as one page
+/// (`serve`'s path for the bookings its webhooks committed): one query loads them, claims and
+/// outcomes go to the ledger in batches across bookings, `concurrency` sends at once.
+/// Answers the report and the ids no booking has (any more).
+pub async fn confirm_bookings(
+    j: &Journey,
+    ids: &[Uuid],
+    concurrency: usize,
+) -> anyhow::Result<(StageReport, Vec<Uuid>)> {
+    let mut report = StageReport::new(Stage::ConfirmationRecovery.ledger_stage());
+    let due = bookings::select_many(&j.db, ids, j.clock.now()).await?;
+    let found: std::collections::HashSet<Uuid> = due.iter().map(|b| b.id).collect();
+    let missing = ids
+        .iter()
+        .copied()
+        .filter(|id| !found.contains(id))
+        .collect();
     let pass = Pass {
         stage: Stage::ConfirmationRecovery,
         origin: Origin::Webhook,
         dry_run: false,
-        concurrency: WEBHOOK_CONCURRENCY,
+        concurrency,
     };
-    super::process::process(j, pass, vec![b], &mut report).await;
-    Ok(report)
+    super::process::process(j, pass, due, &mut report).await;
+    Ok((report, missing))
 }
 
 /// Sends the cancellation notice (with the invite's `METHOD:CANCEL`) of one booking whose
