@@ -16,7 +16,8 @@
 //!
 //! Run: `bench/webhooks [N] [--repeat R]` or `cargo bench --bench webhook_load -- [N] [--repeat R]`
 //! (needs initdb/pg_ctl like the tests). Confirmations go to `EMAIL_OUTBOX_DIR` (files), or to
-//! `BENCH_SMTP_URL` when set (e.g. postfix's smtp-sink).
+//! `BENCH_SMTP_URL` when set (e.g. postfix's smtp-sink). `BENCH_TOP=K` also prints, per run,
+//! the K statements that took PostgreSQL the most time (planning tracked too).
 
 use std::time::{Duration, Instant};
 
@@ -68,16 +69,21 @@ fn machine_busy() -> f64 {
     busy / clock_ticks()
 }
 
-/// Seconds of CPU this process (the generator) has used, from /proc/self/stat.
+/// Seconds of CPU this process (the generator) has used.
 fn own_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name's closing parenthesis; utime and stime are 14 and 15.
+    cpu_of("self")
+}
+
+/// Seconds of CPU process `pid` ("self": this one) has used, all its threads, from
+/// /proc/PID/stat (0 when it cannot be read). The fields after the command name's closing
+/// parenthesis start at the state (field 3), so utime and stime (fields 14 and 15) are the
+/// 12th and 13th of them.
+fn cpu_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / clock_ticks()
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / clock_ticks()
 }
 
 fn clock_ticks() -> f64 {
@@ -212,6 +218,31 @@ async fn statements(c: &tokio_postgres::Client) -> i64 {
     .await
 }
 
+/// With `BENCH_TOP=K`: the K statements of the run that took PostgreSQL the most time,
+/// planning and executing (wall-clock inside PostgreSQL, so inflated on a saturated machine).
+async fn print_top(c: &tokio_postgres::Client, k: i64) -> anyhow::Result<()> {
+    let rows = c
+        .query(
+            "SELECT /* bench-own */ calls, total_plan_time, total_exec_time,
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
+               FROM pg_stat_statements
+              WHERE query NOT LIKE '%bench-own%' AND query NOT ILIKE '%pg_stat_statements%'
+              ORDER BY total_plan_time + total_exec_time DESC LIMIT $1",
+            &[&k],
+        )
+        .await?;
+    println!(
+        "  {:>7} {:>9} {:>9}  statement",
+        "calls", "plan ms", "exec ms"
+    );
+    for r in rows {
+        let (calls, plan, exec, q): (i64, f64, f64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        println!("  {calls:>7} {plan:>9.0} {exec:>9.0}  {q}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--trivial-server") {
@@ -254,6 +285,14 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
              VALUES ('Bench', 'Therapist', 'bench@praxis.example', 'bench-therapist', 2)",
         )
         .await?;
+    let top: Option<i64> = std::env::var("BENCH_TOP").ok().and_then(|t| t.parse().ok());
+    if top.is_some() {
+        // Planning is tracked only when asked: it costs a little on every statement.
+        client
+            .batch_execute("ALTER SYSTEM SET pg_stat_statements.track_planning = on")
+            .await?;
+        client.batch_execute("SELECT pg_reload_conf()").await?;
+    }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(IN_FLIGHT)
         .build()?;
@@ -277,6 +316,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     let mut per_booking = Vec::new();
     let mut per_webhook = Vec::new();
     let mut cpu_ms = Vec::new();
+    let mut serve_ms = Vec::new();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!(
         "webhooks: {n} signed BOOKING_CREATED bodies, {IN_FLIGHT} in flight, {repeat} alternated \
@@ -324,20 +364,25 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         let prefix = format!("bench-ours{run}-%");
         let started = Instant::now();
         let cpu_at_start = (machine_busy(), own_cpu());
+        let serve_pid = serve.id().expect("serve pid");
+        let serve_at_start = cpu_of(&serve_pid.to_string());
         let o = load(
             &http,
             &format!("{base}/api/public/cal/webhook"),
             signed("BOOKING_CREATED", &format!("ours{run}"), n),
         )
         .await;
-        // Until every booking of this run has both confirmations.
-        let confirmed_sql = format!(
+        // Until every booking of this run has both confirmations: all are stored (each was
+        // answered 200), so until none of them misses one. Asked through the partial index
+        // of unconfirmed bookings, so that the polling costs PostgreSQL next to nothing (its
+        // CPU counts against serve's).
+        let unconfirmed_sql = format!(
             "SELECT /* bench-own */ count(*) FROM cal_bookings WHERE cal_uid LIKE '{prefix}'
-               AND client_confirmation_sent_at IS NOT NULL
-               AND therapist_notification_sent_at IS NOT NULL"
+               AND (client_confirmation_sent_at IS NULL
+                    OR therapist_notification_sent_at IS NULL)"
         );
         let give_up = Instant::now() + Duration::from_secs(600);
-        while scalar(&client, &confirmed_sql).await < n as i64 {
+        while scalar(&client, &unconfirmed_sql).await > 0 {
             anyhow::ensure!(
                 Instant::now() < give_up,
                 "confirmations missing after 10 min"
@@ -346,7 +391,11 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         }
         let all_confirmed = started.elapsed();
         cpu_ms.push(others_cpu(cpu_at_start) * 1e3 / n as f64);
+        serve_ms.push((cpu_of(&serve_pid.to_string()) - serve_at_start) * 1e3 / n as f64);
         let stmts = statements(&client).await;
+        if let Some(k) = top {
+            print_top(&client, k).await?;
+        }
         ours_rate.push(o.rate(n));
         ours_p50.push(o.p50.as_secs_f64() * 1e3);
         ours_p99.push(o.p99.as_secs_f64() * 1e3);
@@ -391,7 +440,8 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         println!(
             "  run {}: trivial {:.0}/s p50 {:.1} ms p99 {:.1} ms | serve {:.0}/s p50 {:.1} ms \
              p99 {:.1} ms, all {n} confirmed after {:.2} s ({:.0} bookings/s), {:.1} statements \
-             per confirmed booking, {:.1} per webhook, {:.2} ms CPU per confirmed booking",
+             per confirmed booking, {:.1} per webhook, {:.2} ms CPU per confirmed booking ({:.2} ms \
+             of it serve's own)",
             run + 1,
             b.rate(n),
             b.p50.as_secs_f64() * 1e3,
@@ -404,6 +454,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             per_booking.last().unwrap(),
             per_webhook.last().unwrap(),
             cpu_ms.last().unwrap(),
+            serve_ms.last().unwrap(),
         );
     }
     let _ = trivial.kill().await;
@@ -447,7 +498,9 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     let per = median(cpu_ms);
     println!(
         "  CPU per confirmed booking (serve + PostgreSQL + sink, all processes but the \
-         generator): {per:.2} ms; {cores} cores cap bookings/s at {:.0}",
+         generator): {per:.2} ms, of it serve's own {:.2} ms; {cores} cores cap bookings/s at \
+         {:.0}",
+        median(serve_ms),
         cores * 1e3 / per
     );
     drop(cluster);
