@@ -25,7 +25,7 @@
 //! settled by `journeyctl resolve`; the message is never silently sent twice, but it may need a
 //! human to decide.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -668,34 +668,71 @@ pub async fn abandon_in_flight(db: &Db, run_id: Uuid, stage: &str) -> anyhow::Re
     .with_context(|| format!("Failed to declare this run's unanswered {stage} sends in doubt"))
 }
 
-/// Stamps the rows of `ids` that are still this run's claims (`sending`, `run_id`) and returns
-/// the ids it stamped; an id missing from the answer is no longer this run's to send. Rows are
-/// locked in the ledger's key order, the order every claim and record locks them in, so two
-/// runs touching the same rows wait on each other instead of deadlocking.
+/// What [`mark_sends_started`] answers for one id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// Stamped and committed: to be sent now.
+    Stamped,
+    /// Still this run's claim, but its booking is no longer active (asked with
+    /// `require_active`): not to be sent; the claim is given back with the batch's unsent.
+    Inactive,
+}
+
+/// Stamps the rows of `ids` that are still this run's claims (`sending`, `run_id`), with
+/// `require_active` only those whose booking is still active, and answers per id what it did;
+/// an id missing from the answer is no longer this run's to send. Rows are locked in the
+/// ledger's key order, the order every claim and record locks them in, so two runs touching
+/// the same rows wait on each other instead of deadlocking.
 pub async fn mark_sends_started(
     client: &deadpool_postgres::ClientWrapper,
     ids: &[Uuid],
     run_id: Uuid,
-) -> anyhow::Result<HashSet<Uuid>> {
+    require_active: bool,
+) -> anyhow::Result<HashMap<Uuid, Stamp>> {
     use tokio_postgres::types::Type;
     // Planned for each call (one round trip, nothing prepared): a plan cached while the
     // ledger was small would keep scanning the whole table as it grows within the run.
     // The ids are locked in key order by the inner query (an init plan), and the update
-    // finds them through the primary key: no join that could scan the table.
+    // finds them through the primary key: no join that could scan the table. The second arm
+    // (only with `require_active`) names this run's claims the update left alone: their
+    // booking is no longer active. It reads the rows as they were before the update.
     let rows = client
         .query_typed(
-            "UPDATE journey_deliveries d SET send_started_at = now()
-              WHERE d.id = ANY(ARRAY(
-                      SELECT id FROM journey_deliveries
-                       WHERE id = ANY($1::uuid[]) AND status = 'sending' AND run_id = $2
-                       ORDER BY booking_id, stage, channel, recipient_role
-                         FOR UPDATE))
-             RETURNING d.id",
-            &[(&ids, Type::UUID_ARRAY), (&run_id, Type::UUID)],
+            &format!(
+                "WITH st AS (
+                   UPDATE journey_deliveries d SET send_started_at = now()
+                    WHERE d.id = ANY(ARRAY(
+                            SELECT id FROM journey_deliveries
+                             WHERE id = ANY($1::uuid[]) AND status = 'sending' AND run_id = $2
+                             ORDER BY booking_id, stage, channel, recipient_role
+                               FOR UPDATE))
+                      AND (NOT $3 OR EXISTS (SELECT 1 FROM cal_bookings b
+                                              WHERE b.id = d.booking_id AND {active}))
+                   RETURNING d.id)
+                 SELECT id, true FROM st
+                 UNION ALL
+                 SELECT k.id, false FROM journey_deliveries k
+                  WHERE $3 AND k.id = ANY($1::uuid[]) AND k.status = 'sending'
+                    AND k.run_id = $2 AND k.id NOT IN (SELECT id FROM st)",
+                active = crate::domain::BookingStatus::sql_is_active("b"),
+            ),
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&run_id, Type::UUID),
+                (&require_active, Type::BOOL),
+            ],
         )
         .await
         .with_context(|| format!("Failed to stamp {} delivery(ies) as being sent", ids.len()))?;
-    Ok(rows.iter().map(|r| r.get::<_, Uuid>(0)).collect())
+    rows.iter()
+        .map(|r| {
+            let stamp = match r.try_get::<_, bool>(1)? {
+                true => Stamp::Stamped,
+                false => Stamp::Inactive,
+            };
+            Ok((r.try_get::<_, Uuid>(0)?, stamp))
+        })
+        .collect()
 }
 
 /// One message of a batch claim ([`claim_batch`]).

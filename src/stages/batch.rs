@@ -36,10 +36,10 @@ pub(crate) struct Unsent {
 }
 
 impl Unsent {
-    fn new(j: &Journey) -> Unsent {
+    fn new(j: &Journey, stage: Stage) -> Unsent {
         Unsent {
             ids: Mutex::default(),
-            stamper: Stamper::start(j.db.clone(), j.run_id),
+            stamper: Stamper::start(j.db.clone(), j.run_id, requires_active(stage.ledger())),
         }
     }
 
@@ -71,17 +71,10 @@ pub(crate) async fn deliver_all(
         },
         false => None,
     };
-    let unsent = Arc::new(Unsent::new(j));
+    let unsent = Arc::new(Unsent::new(j, stage));
     let at_once = pass.concurrency.max(1);
-    // A confirmation is claimed only while its booking is still active (the claim checks):
-    // no more are claimed at once than go out at once, so a claimed confirmation waits at
-    // most behind the sends in flight, and with one at a time not at all.
-    let claim_size = match stage {
-        Stage::ConfirmationRecovery => at_once.min(CLAIM_BATCH),
-        _ => CLAIM_BATCH,
-    };
     let stream = match &client {
-        Some(client) => batched_stream(j, stage, client, deliveries, &unsent, at_once, claim_size),
+        Some(client) => batched_stream(j, stage, client, deliveries, &unsent, at_once),
         None => {
             let mode = move || match pass.dry_run {
                 true => Mode::DryRun,
@@ -103,7 +96,14 @@ pub(crate) async fn deliver_all(
     results
 }
 
-/// The batched deliveries: claimed `claim_size` at a time on `client`, then delivered,
+/// Whether a ledger stage's messages go out only while their booking is active: a
+/// confirmation (checked when claimed, and again by the send-started stamp right before it
+/// is sent).
+pub(crate) fn requires_active(stage: crate::domain::LedgerStage) -> bool {
+    stage == Stage::ConfirmationRecovery.ledger()
+}
+
+/// The batched deliveries: claimed `CLAIM_BATCH` at a time on `client`, then delivered,
 /// `at_once` at a time.
 fn batched_stream<'a>(
     j: &'a Journey,
@@ -112,12 +112,11 @@ fn batched_stream<'a>(
     deliveries: Vec<Delivery>,
     unsent: &'a Unsent,
     at_once: usize,
-    claim_size: usize,
 ) -> BoxStream<'a, DeliveryResult> {
     let mut batches = Vec::new();
     let mut deliveries = deliveries.into_iter().peekable();
     while deliveries.peek().is_some() {
-        batches.push(deliveries.by_ref().take(claim_size).collect::<Vec<_>>());
+        batches.push(deliveries.by_ref().take(CLAIM_BATCH).collect::<Vec<_>>());
     }
     futures::stream::iter(batches)
         .then(move |batch| claim_batch(j, client, batch, unsent))

@@ -6,7 +6,7 @@ use super::batch::{Client, Unsent};
 use super::deliver::Delivery;
 use super::journey::Journey;
 use crate::db::ledger::{self, Claim};
-use crate::domain::{Channel, Stage};
+use crate::domain::Channel;
 
 /// A batch's deliveries, each with its claim's answer (`None`: not claimed).
 type ClaimedBatch = Vec<(Delivery, Option<anyhow::Result<Claim>>)>;
@@ -90,7 +90,7 @@ async fn claim_by_channel(
                 j.run_id,
                 &j.application_name,
                 &j.message_id_domain,
-                ledger_stage == Stage::ConfirmationRecovery.ledger(),
+                super::batch::requires_active(ledger_stage),
             )
             .await
         }

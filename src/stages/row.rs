@@ -9,7 +9,7 @@ use super::deliver::{Delivery, DeliveryResult, Mode, Tally};
 use super::journey::Journey;
 use super::outcome::Verdict;
 use super::report::{record_error, ErrorAt};
-use crate::db::ledger::{self, Claim, ClaimRequest, OwnedOutcome};
+use crate::db::ledger::{self, Claim, ClaimRequest, OwnedOutcome, Stamp};
 use crate::domain::{Counter, DeliveryStatus, Stage};
 
 /// A claimed delivery: its row, the Message-ID it goes out with, and which attempt this is.
@@ -108,9 +108,15 @@ pub(crate) async fn claim<'a>(
         }
     };
     if let Some(batch) = unsent {
-        if let Some(why) = stamp(batch, claimed.id).await {
-            record_error(j, false, at, &why).await;
-            return Err((Tally::default().fail(Counter::Errors), d).into());
+        match stamp(batch, claimed.id).await {
+            Ok(()) => {}
+            // Cancelled (or otherwise no longer active) since its batch was claimed: the
+            // claim stays the batch's to give back.
+            Err(None) => return Err((tally.count(Counter::SkippedInactive), d).into()),
+            Err(Some(why)) => {
+                record_error(j, false, at, &why).await;
+                return Err((Tally::default().fail(Counter::Errors), d).into());
+            }
         }
     }
     Ok((claimed, unsent))
@@ -118,16 +124,20 @@ pub(crate) async fn claim<'a>(
 
 /// Stamps a delivery claimed ahead in a batch (and commits it) as being sent before the
 /// provider is contacted, so a process that dies leaves in doubt only what a provider may
-/// have. Never sent unstamped: `Some(reason)` when it may not be sent, the claim staying the
-/// batch's to give back.
-async fn stamp(batch: &Unsent, delivery_id: Uuid) -> Option<String> {
+/// have. Never sent unstamped: `Err` when it may not be sent, the claim staying the batch's to
+/// give back: `Err(None)` when its booking is no longer active (confirmations),
+/// `Err(Some(reason))` otherwise.
+async fn stamp(batch: &Unsent, delivery_id: Uuid) -> Result<(), Option<String>> {
     match batch.stamper.stamp(delivery_id).await {
-        Ok(true) => None,
-        Ok(false) => Some(format!(
+        Ok(Some(Stamp::Stamped)) => Ok(()),
+        Ok(Some(Stamp::Inactive)) => Err(None),
+        Ok(None) => Err(Some(format!(
             "delivery {delivery_id} is no longer this run's claim (given back after its \
              lease passed, or taken by another run): not sent by this run"
-        )),
-        Err(e) => Some(format!("{e:#}; not sent, given back for the next run")),
+        ))),
+        Err(e) => Err(Some(format!(
+            "{e:#}; not sent, given back for the next run"
+        ))),
     }
 }
 
@@ -191,7 +201,7 @@ async fn claim_delivery(j: &Journey, d: &Delivery, stage: Option<Stage>) -> anyh
             patient_exclusive_since: stage
                 .and_then(Stage::patient_exclusive_period)
                 .map(|p| j.clock.now() - p),
-            require_active: stage.is_some() && d.key.stage == Stage::ConfirmationRecovery.ledger(),
+            require_active: stage.is_some() && super::batch::requires_active(d.key.stage),
         },
     )
     .await
