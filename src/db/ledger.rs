@@ -693,27 +693,22 @@ pub async fn mark_sends_started(
     // Planned for each call (one round trip, nothing prepared): a plan cached while the
     // ledger was small would keep scanning the whole table as it grows within the run.
     // The ids are locked in key order by the inner query (an init plan), and the update
-    // finds them through the primary key: no join that could scan the table. The second arm
-    // (only with `require_active`) names this run's claims the update left alone: their
-    // booking is no longer active. It reads the rows as they were before the update.
+    // finds them through the primary key: no join that could scan the table. A claim whose
+    // booking is no longer active keeps no stamp (NULL since its claim) and answers `false`.
     let rows = client
         .query_typed(
             &format!(
-                "WITH st AS (
-                   UPDATE journey_deliveries d SET send_started_at = now()
-                    WHERE d.id = ANY(ARRAY(
-                            SELECT id FROM journey_deliveries
-                             WHERE id = ANY($1::uuid[]) AND status = 'sending' AND run_id = $2
-                             ORDER BY booking_id, stage, channel, recipient_role
-                               FOR UPDATE))
-                      AND (NOT $3 OR EXISTS (SELECT 1 FROM cal_bookings b
-                                              WHERE b.id = d.booking_id AND {active}))
-                   RETURNING d.id)
-                 SELECT id, true FROM st
-                 UNION ALL
-                 SELECT k.id, false FROM journey_deliveries k
-                  WHERE $3 AND k.id = ANY($1::uuid[]) AND k.status = 'sending'
-                    AND k.run_id = $2 AND k.id NOT IN (SELECT id FROM st)",
+                "UPDATE journey_deliveries d
+                    SET send_started_at = CASE
+                          WHEN NOT $3 OR EXISTS (SELECT 1 FROM cal_bookings b
+                                                  WHERE b.id = d.booking_id AND {active})
+                          THEN now() END
+                  WHERE d.id = ANY(ARRAY(
+                          SELECT id FROM journey_deliveries
+                           WHERE id = ANY($1::uuid[]) AND status = 'sending' AND run_id = $2
+                           ORDER BY booking_id, stage, channel, recipient_role
+                             FOR UPDATE))
+                 RETURNING d.id, d.send_started_at IS NOT NULL",
                 active = crate::domain::BookingStatus::sql_is_active("b"),
             ),
             &[
