@@ -98,8 +98,9 @@ impl AfterCommit {
     }
 }
 
-/// Connections of `journeyctl webhook` (one body): the apply's transaction, and the
-/// confirmation's two messages claimed and recorded side by side.
+/// Connections of `journeyctl webhook` (one body): the apply's transaction, then the
+/// confirmation's: its two messages claimed and recorded on one, their send-started stamps on
+/// another.
 const ONE_BODY_CONNECTIONS: usize = 3;
 
 /// `journeyctl webhook [--file F] [--signature HEX] [--no-verify]`
