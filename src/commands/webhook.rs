@@ -492,10 +492,10 @@ async fn owed_at_start(
 const CONFIRM_PAGES_UNDER_LOAD: usize = 1;
 
 /// Bookings confirmed together as one page: what is queued when a page starts, up to this
-/// many (2 messages each: 64, one batch record). One query loads them, and their claims and
-/// outcomes share statements, so a burst of webhooks costs a few statements per page, not
-/// per message.
-const CONFIRM_PAGE: usize = 32;
+/// many (2 messages each: one batch claim and one batch record). One query loads them, and
+/// their claims and outcomes share statements, so a burst of webhooks costs a few statements
+/// per page, not per message.
+const CONFIRM_PAGE: usize = crate::stages::CLAIM_BATCH / 2;
 
 /// Sends the confirmations and cancellation notices queued by `receive`: what is queued when
 /// a page starts, up to [`CONFIRM_PAGE`] bookings, goes out as one page, at most

@@ -49,8 +49,8 @@ pub const SERVE_CONFIRM_PAGES: usize = 4;
 /// than on the database.
 pub const SERVE_CONFIRM_SENDS: usize = 8;
 /// `serve`: connections of the confirmation pages. A page holds one for its claims and
-/// records and briefly one more for its lookups, its send-started stamps or a second
-/// channel's claim; plus `/healthz` and the start-up scan.
+/// records and briefly others for its lookups and its send-started stamps (confirmations are
+/// email only: no second channel's claim); plus `/healthz` and the start-up scan.
 pub const SERVE_CONFIRM_CONNECTIONS: usize = 3 * SERVE_CONFIRM_PAGES + 2;
 
 /// Connect timeout unless the URL sets one: an unreachable server fails fast instead of

@@ -41,6 +41,7 @@ use plan::{Plan, PlanInput};
 
 pub use confirmation_recovery::Origin;
 
+pub(crate) use batch::CLAIM_BATCH;
 pub use control::{RunControl, StopReason};
 pub use driver::{run_stage, Journey, PlannedMessage, StageOptions, StageReport};
 pub(crate) use select::{prepare, run_prepared};

@@ -109,11 +109,11 @@ pub(crate) async fn claim<'a>(
     };
     if let Some(batch) = unsent {
         match stamp(batch, claimed.id).await {
-            Ok(()) => {}
+            Ok(Stamp::Stamped) => {}
             // Cancelled (or otherwise no longer active) since its batch was claimed: the
             // claim stays the batch's to give back.
-            Err(None) => return Err((tally.count(Counter::SkippedInactive), d).into()),
-            Err(Some(why)) => {
+            Ok(Stamp::Inactive) => return Err((tally.count(Counter::SkippedInactive), d).into()),
+            Err(why) => {
                 record_error(j, false, at, &why).await;
                 return Err((Tally::default().fail(Counter::Errors), d).into());
             }
@@ -124,20 +124,17 @@ pub(crate) async fn claim<'a>(
 
 /// Stamps a delivery claimed ahead in a batch (and commits it) as being sent before the
 /// provider is contacted, so a process that dies leaves in doubt only what a provider may
-/// have. Never sent unstamped: `Err` when it may not be sent, the claim staying the batch's to
-/// give back: `Err(None)` when its booking is no longer active (confirmations),
-/// `Err(Some(reason))` otherwise.
-async fn stamp(batch: &Unsent, delivery_id: Uuid) -> Result<(), Option<String>> {
+/// have. Never sent unstamped: only `Ok(Stamp::Stamped)` may be sent; `Ok(Stamp::Inactive)`
+/// (a confirmation whose booking is no longer active) and `Err(reason)` leave the claim the
+/// batch's to give back.
+async fn stamp(batch: &Unsent, delivery_id: Uuid) -> Result<Stamp, String> {
     match batch.stamper.stamp(delivery_id).await {
-        Ok(Some(Stamp::Stamped)) => Ok(()),
-        Ok(Some(Stamp::Inactive)) => Err(None),
-        Ok(None) => Err(Some(format!(
+        Ok(Some(stamp)) => Ok(stamp),
+        Ok(None) => Err(format!(
             "delivery {delivery_id} is no longer this run's claim (given back after its \
              lease passed, or taken by another run): not sent by this run"
-        ))),
-        Err(e) => Err(Some(format!(
-            "{e:#}; not sent, given back for the next run"
-        ))),
+        )),
+        Err(e) => Err(format!("{e:#}; not sent, given back for the next run")),
     }
 }
 
