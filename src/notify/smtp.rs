@@ -1,5 +1,6 @@
 //! Our own small SMTP client: one TCP socket we connect ourselves (TCP_NODELAY), optional
-//! implicit TLS or STARTTLS on it, AUTH PLAIN/LOGIN, and MAIL/RCPT/DATA with dot-stuffing.
+//! implicit TLS or STARTTLS on it, AUTH PLAIN/LOGIN, and MAIL/RCPT/DATA with dot-stuffing (the envelope pipelined when the relay
+//! offers PIPELINING).
 //!
 //! Every step has the relay's deadline (`SMTP_URL`'s `timeout=`, default 30 s): the TCP
 //! connect, the TLS handshake, the greeting, EHLO, STARTTLS, AUTH, NOOP, each command of a
@@ -260,6 +261,9 @@ pub(super) struct Connection {
     timeout: Duration,
     extensions: Vec<String>,
     last_used: Instant,
+    /// Out of step with the relay (a pipelined reply never came, or the relay opened DATA
+    /// after refusing part of the envelope): never reused, not even for RSET.
+    out_of_step: bool,
 }
 
 async fn within<T>(
@@ -300,6 +304,7 @@ pub(super) async fn connect(relay: &Relay) -> Result<Connection, Failure> {
         timeout: relay.timeout,
         extensions: Vec::new(),
         last_used: Instant::now(),
+        out_of_step: false,
     };
     conn.expect_reply("greeting").await?;
     conn.ehlo().await?;
@@ -482,6 +487,12 @@ impl Connection {
 
     /// Forgets a failed transaction so the connection can be reused.
     pub(super) async fn reset(&mut self) -> Result<(), Failure> {
+        if self.out_of_step {
+            return Err(Failure::Io {
+                step: "RSET",
+                reason: "the session is out of step with the relay".into(),
+            });
+        }
         self.command("RSET", "RSET").await.map(|_| ())
     }
 
@@ -501,15 +512,19 @@ impl Connection {
         message: &[u8],
     ) -> Result<Reply, TxError> {
         let before = TxError::BeforeDot;
-        self.command("MAIL FROM", &format!("MAIL FROM:<{}>", from.unwrap_or("")))
-            .await
-            .map_err(before)?;
-        for rcpt in to {
-            self.command("RCPT TO", &format!("RCPT TO:<{rcpt}>"))
+        if self.offers("PIPELINING") {
+            self.envelope_pipelined(from, to).await.map_err(before)?;
+        } else {
+            self.command("MAIL FROM", &format!("MAIL FROM:<{}>", from.unwrap_or("")))
                 .await
                 .map_err(before)?;
+            for rcpt in to {
+                self.command("RCPT TO", &format!("RCPT TO:<{rcpt}>"))
+                    .await
+                    .map_err(before)?;
+            }
+            self.command("DATA", "DATA").await.map_err(before)?;
         }
-        self.command("DATA", "DATA").await.map_err(before)?;
         let body = dot_stuffed(message);
         for chunk in body.chunks(BODY_CHUNK) {
             self.write("message body", chunk).await.map_err(before)?;
@@ -521,6 +536,44 @@ impl Connection {
             .map_err(TxError::AfterDot)?;
         self.last_used = Instant::now();
         Ok(reply)
+    }
+
+    /// The envelope as RFC 2920 allows when the relay offers PIPELINING: MAIL, each RCPT and
+    /// DATA in one write, then their replies in order. One round trip instead of two or more
+    /// per message. Every reply is read, so the session stays in step; the first refusal is
+    /// the answer. A relay that opens DATA although it refused part of the envelope gets no
+    /// body (ending DATA would deliver to the recipients it accepted): the session is marked
+    /// out of step and dropped by the caller.
+    async fn envelope_pipelined(
+        &mut self,
+        from: Option<&str>,
+        to: &[String],
+    ) -> Result<(), Failure> {
+        let mut lines = format!("MAIL FROM:<{}>\r\n", from.unwrap_or(""));
+        for rcpt in to {
+            lines.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+        }
+        lines.push_str("DATA\r\n");
+        self.write("MAIL FROM", lines.as_bytes()).await?;
+        let steps = std::iter::once("MAIL FROM")
+            .chain(to.iter().map(|_| "RCPT TO"))
+            .chain(std::iter::once("DATA"));
+        let mut refused = None;
+        for step in steps {
+            let reply = match self.read_reply(step).await {
+                Ok(reply) => reply,
+                Err(lost) => {
+                    self.out_of_step = true;
+                    return Err(refused.unwrap_or(lost));
+                }
+            };
+            match (reply.code >= 400, &refused) {
+                (true, None) => refused = Some(Failure::Refused { step, reply }),
+                (false, Some(_)) if step == "DATA" => self.out_of_step = true,
+                _ => {}
+            }
+        }
+        refused.map_or(Ok(()), Err)
     }
 }
 

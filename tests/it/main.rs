@@ -25,6 +25,7 @@ mod run_faults;
 mod seed;
 mod sms_status;
 mod smtp_faults;
+mod smtp_pipelining;
 mod smtp_tls;
 mod speed;
 mod speed_ingest;

@@ -39,6 +39,11 @@ enum Stall {
     AfterDot,
     /// Answers everything, but AUTH with 535.
     RefuseAuth,
+    /// Offers PIPELINING and answers every RCPT with 450, the DATA behind it with 503.
+    RefuseRcptPipelined,
+    /// Offers PIPELINING, answers every RCPT with 450, and still opens DATA (354): a broken
+    /// relay, where a body (or a bare final `.`) would go to whoever it did accept.
+    DataAfterRefusedRcpt,
 }
 
 struct ScriptedRelay {
@@ -117,11 +122,18 @@ async fn session(stream: TcpStream, stall: Stall, log: Arc<Mutex<Vec<String>>>) 
         };
     }
     say!("220 relay.test ESMTP\r\n");
+    let pipelining = matches!(
+        stall,
+        Stall::RefuseRcptPipelined | Stall::DataAfterRefusedRcpt
+    );
     while let Ok(Some(line)) = lines.next_line().await {
         log.lock().unwrap().push(line.clone());
         let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
         match verb.as_str() {
             "EHLO" | "HELO" if stall == Stall::Ehlo => return go_silent(lines, log).await,
+            "EHLO" | "HELO" if pipelining => {
+                say!("250-relay.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            }
             "EHLO" | "HELO" => {
                 say!("250-relay.test\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n")
             }
@@ -133,7 +145,11 @@ async fn session(stream: TcpStream, stall: Stall, log: Arc<Mutex<Vec<String>>>) 
             "AUTH" => say!("535 5.7.8 Error: authentication failed\r\n"),
             "MAIL" | "RSET" | "NOOP" => say!("250 2.0.0 Ok\r\n"),
             "RCPT" if stall == Stall::Rcpt => return go_silent(lines, log).await,
+            "RCPT" if pipelining => say!("450 4.2.1 Mailbox busy, try again later\r\n"),
             "RCPT" => say!("250 2.1.5 Ok\r\n"),
+            "DATA" if stall == Stall::RefuseRcptPipelined => {
+                say!("503 5.5.1 Error: no valid recipients\r\n")
+            }
             "DATA" => {
                 say!("354 End data with <CR><LF>.<CR><LF>\r\n");
                 if stall == Stall::Body {
@@ -328,4 +344,75 @@ async fn a_relay_refusing_our_credentials_keeps_the_reminder_retryable_and_never
             "the password is in {what}: {text}"
         );
     }
+}
+
+/// Due reminders for `n` patients, sent at `concurrency` through `relay`: every row `retry`
+/// with the relay's reason for its RCPT.
+async fn refused_at_rcpt(relay: &ScriptedRelay, n: i32, concurrency: &str) {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    crate::support::due_for_reminder_24h(&c, NOW, n, false).await;
+    let mut cli = db.cmd();
+    cli.env("SMTP_URL", relay.url())
+        .env("EMAIL_FROM", "Praxisteam <termine@praxis.example>")
+        .env("PUBLIC_BASE_URL", "https://therapie.example")
+        .args([
+            "--now",
+            NOW,
+            "--json",
+            "reminder-24h",
+            "--concurrency",
+            concurrency,
+        ]);
+    let out = tokio::time::timeout(Duration::from_secs(60), cli.run())
+        .await
+        .expect("reminder-24h hung");
+    assert_eq!(out.code, 1, "deliveries failed: {}", out.stderr);
+    assert_eq!(out.json()["stages"][0]["counters"]["retry_scheduled"], n);
+    let rows = c
+        .query("SELECT status, last_error FROM journey_deliveries", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), n as usize);
+    for r in rows {
+        let (status, error): (String, String) = (r.get(0), r.get(1));
+        assert_eq!(status, "retry");
+        assert!(
+            error.contains("RCPT TO: 450 4.2.1"),
+            "each message refused at its own RCPT, not at a reply left over: {error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_inside_a_pipelined_envelope_leaves_the_reminders_retryable_and_the_sessions_in_step(
+) {
+    let relay = ScriptedRelay::start(Stall::RefuseRcptPipelined);
+    refused_at_rcpt(&relay, 12, "2").await;
+    let received = relay.received();
+    assert!(!received.iter().any(|l| l == "."), "a body was sent");
+    // Every reply of a pipelined envelope is read before the next command, so each refusal
+    // is followed by RSET on the same session: two sessions carry all twelve.
+    let sessions = received.iter().filter(|l| l.starts_with("EHLO")).count();
+    assert!(
+        sessions <= 2,
+        "{sessions} sessions for 12 messages at 2 at once"
+    );
+    assert_eq!(received.iter().filter(|l| *l == "RSET").count(), 12);
+}
+
+#[tokio::test]
+async fn a_relay_opening_data_after_refusing_the_recipient_gets_no_body_and_loses_the_session() {
+    let relay = ScriptedRelay::start(Stall::DataAfterRefusedRcpt);
+    refused_at_rcpt(&relay, 3, "1").await;
+    let received = relay.received();
+    assert!(
+        !received
+            .iter()
+            .any(|l| l == "." || l.starts_with("Subject")),
+        "a body or a final dot went to a relay that had refused the recipient: {received:?}"
+    );
+    // The session is out of step (inside DATA): dropped, never reset.
+    assert!(!received.iter().any(|l| l == "RSET"), "{received:?}");
+    assert_eq!(received.iter().filter(|l| l.starts_with("EHLO")).count(), 3);
 }
