@@ -19,7 +19,7 @@ use lettre::message::{Attachment as LettreAttachment, Mailbox, MultiPart, Single
 use lettre::Message;
 
 use super::smtp::{self, Connection, Failure, Relay, Security, TxError};
-use super::{scrub, SendOutcome};
+use super::{scrub, Gate, SendOutcome};
 use crate::config::{ConfigError, EmailSettings, EmailTransport};
 use crate::domain::{display_name, EmailAddress};
 use crate::secret::Secret;
@@ -272,46 +272,74 @@ impl Mailer {
     }
 
     pub async fn send(&self, msg: &OutgoingEmail) -> SendOutcome {
+        let sent = self.send_gated(msg, super::open_gate()).await;
+        // An open gate holds nothing back; were it to, nothing went out.
+        sent.unwrap_or_else(|| SendOutcome::Transient {
+            reason: "not handed to the relay: held back".into(),
+        })
+    }
+
+    /// [`Mailer::send`], handing the message over only once `gate` allows (`None`: it did
+    /// not, and the relay cannot have the message).
+    pub async fn send_gated(&self, msg: &OutgoingEmail, gate: Gate) -> Option<SendOutcome> {
         let message = match self.build(msg) {
             Ok(m) => m,
-            Err(reason) => return SendOutcome::Permanent { reason },
+            Err(reason) => return Some(SendOutcome::Permanent { reason }),
         };
         match &*self.transport {
-            Transport::Outbox { dir } => {
-                write_eml(dir, &msg.message_id, &message.formatted()).await
-            }
+            Transport::Outbox { dir } => match gate.await {
+                true => Some(write_eml(dir, &msg.message_id, &message.formatted()).await),
+                false => None,
+            },
             Transport::Smtp { relay, idle } => {
                 let envelope = message.envelope();
                 let from = envelope.from().map(|a| a.to_string());
                 let to: Vec<String> = envelope.to().iter().map(|a| a.to_string()).collect();
-                send_smtp(relay, idle, from.as_deref(), &to, &message.formatted()).await
+                send_smtp(
+                    relay,
+                    idle,
+                    from.as_deref(),
+                    &to,
+                    &message.formatted(),
+                    gate,
+                )
+                .await
             }
         }
     }
 }
 
-/// One message over a pooled or new connection. A reused connection that turns out to be
-/// closed before MAIL was answered is replaced once: nothing was sent on it.
+/// One message over a pooled or new connection, the body written only once `gate` allows
+/// (`None`: it did not). A reused connection that turns out to be closed before MAIL was
+/// answered is replaced once: nothing was sent on it.
 async fn send_smtp(
     relay: &Relay,
     idle: &Mutex<Vec<Connection>>,
     from: Option<&str>,
     to: &[String],
     raw: &[u8],
-) -> SendOutcome {
+    gate: Gate,
+) -> Option<SendOutcome> {
     let mut pooled = checkout(idle).await;
+    let mut gate = Some(gate);
     loop {
         let reused = pooled.is_some();
         let mut conn = match pooled.take() {
             Some(c) => c,
             None => match smtp::connect(relay).await {
                 Ok(c) => c,
-                Err(f) => return connect_failed(relay, &f),
+                Err(f) => return Some(connect_failed(relay, &f)),
             },
         };
-        let result = conn.transaction(from, to, raw).await;
+        let result = conn.transaction(from, to, raw, &mut gate).await;
         match &result {
             Err(TxError::BeforeDot(f)) if reused && stale(f) => continue,
+            Err(TxError::Held) => {
+                if conn.reset().await.is_ok() {
+                    checkin(idle, conn);
+                }
+                return None;
+            }
             Ok(_) => checkin(idle, conn),
             Err(TxError::BeforeDot(f) | TxError::AfterDot(f)) if f.peer_answered() => {
                 // The relay is alive and said no: forget the transaction, keep the session.
@@ -322,7 +350,7 @@ async fn send_smtp(
             // A relay that stopped answering gets no QUIT: the socket is just dropped.
             Err(_) => drop(conn),
         }
-        return outcome(result);
+        return Some(outcome(result));
     }
 }
 
@@ -389,6 +417,10 @@ fn outcome(result: Result<smtp::Reply, TxError>) -> SendOutcome {
             provider_id: reply.lines.join(" ").split_whitespace().last().map(scrub),
         },
         Err(TxError::BeforeDot(f)) => refusal(&f),
+        // `send_smtp` answers a held message itself; nothing went out.
+        Err(TxError::Held) => SendOutcome::Transient {
+            reason: "not handed to the relay: held back by the caller".into(),
+        },
         Err(TxError::AfterDot(f)) if f.peer_answered() => refusal(&f),
         Err(TxError::AfterDot(f)) => SendOutcome::Ambiguous {
             reason: format!(

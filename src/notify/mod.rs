@@ -101,8 +101,9 @@ impl Senders {
         self.email.as_ref().map(Mailer::sender_address)
     }
 
-    /// Sends `msg` to `to` through the channel of `to`.
-    pub async fn send(&self, to: &Recipient, msg: Rendered) -> SendOutcome {
+    /// Sends `msg` to `to` through the channel of `to`, once `gate` allows: `None` when it
+    /// said no, and nothing was handed over.
+    pub async fn send(&self, to: &Recipient, msg: Rendered, gate: Gate) -> Option<SendOutcome> {
         match (to, &self.email, &self.sms) {
             (Recipient::Email(to), Some(mailer), _) => {
                 let email = OutgoingEmail {
@@ -115,14 +116,28 @@ impl Senders {
                     message_id: msg.message_id,
                     list_unsubscribe: msg.list_unsubscribe,
                 };
-                mailer.send(&email).await
+                mailer.send_gated(&email, gate).await
             }
-            (Recipient::Sms(to), _, Some(sms)) => sms.send_with(to, &msg.text, &msg.sms).await,
-            _ => SendOutcome::Permanent {
-                reason: format!("no {} transport configured", to.channel()),
+            (Recipient::Sms(to), _, Some(sms)) => match gate.await {
+                true => Some(sms.send_with(to, &msg.text, &msg.sms).await),
+                false => None,
             },
+            _ => Some(SendOutcome::Permanent {
+                reason: format!("no {} transport configured", to.channel()),
+            }),
         }
     }
+}
+
+/// What a send waits for right before the provider can have the message: `true`, hand it
+/// over; `false`, do not. A sender does all it can before awaiting it (for SMTP: the
+/// connection and the envelope, up to the relay's 354), so whatever the caller has to commit
+/// first (a batch's send-started stamp) commits while the relay answers.
+pub type Gate = futures::future::BoxFuture<'static, bool>;
+
+/// A gate that is already open.
+pub fn open_gate() -> Gate {
+    Box::pin(std::future::ready(true))
 }
 
 /// What a provider made of one message.

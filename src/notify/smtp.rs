@@ -28,7 +28,7 @@ use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::scrub;
+use super::{scrub, Gate};
 use crate::secret::Secret;
 
 /// How the connection is protected.
@@ -244,6 +244,8 @@ pub(super) enum TxError {
     BeforeDot(Failure),
     /// The whole message went out; the relay's verdict is unknown unless it answered.
     AfterDot(Failure),
+    /// The caller's gate said no before the body: the relay cannot have the message.
+    Held,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -504,16 +506,33 @@ impl Connection {
     }
 
     /// One message: MAIL, RCPT for each recipient, DATA, the dot-stuffed body and the final
-    /// `.`; returns the relay's reply to it.
+    /// `.`; returns the relay's reply to it. `gate` (taken when awaited) is awaited before
+    /// the body (pipelined: after the relay's 354; else before DATA): when it says no,
+    /// [`TxError::Held`], and a session left inside DATA is marked out of step.
     pub(super) async fn transaction(
         &mut self,
         from: Option<&str>,
         to: &[String],
         message: &[u8],
+        gate: &mut Option<Gate>,
     ) -> Result<Reply, TxError> {
         let before = TxError::BeforeDot;
+        let open = |gate: &mut Option<Gate>| {
+            let gate = gate.take();
+            async move {
+                match gate {
+                    Some(g) => g.await,
+                    None => true,
+                }
+            }
+        };
         if self.offers("PIPELINING") {
             self.envelope_pipelined(from, to).await.map_err(before)?;
+            if !open(gate).await {
+                // Inside DATA: only the final `.` ends it, and that would send the message.
+                self.out_of_step = true;
+                return Err(TxError::Held);
+            }
         } else {
             self.command("MAIL FROM", &format!("MAIL FROM:<{}>", from.unwrap_or("")))
                 .await
@@ -522,6 +541,9 @@ impl Connection {
                 self.command("RCPT TO", &format!("RCPT TO:<{rcpt}>"))
                     .await
                     .map_err(before)?;
+            }
+            if !open(gate).await {
+                return Err(TxError::Held);
             }
             self.command("DATA", "DATA").await.map_err(before)?;
         }
@@ -598,7 +620,97 @@ fn dot_stuffed(message: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::dot_stuffed;
+    use super::*;
+
+    /// A relay on a local socket that offers PIPELINING and accepts everything; once the
+    /// client goes away it answers with every line it received after DATA.
+    async fn relay_after_data() -> (Relay, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"220 relay.test\r\n").await.unwrap();
+            let mut after_data = Vec::new();
+            let mut in_data = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply: &[u8] = match line.get(..4).unwrap_or("") {
+                    _ if in_data && line == "." => {
+                        in_data = false;
+                        after_data.push(line);
+                        b"250 queued as 4QX1\r\n"
+                    }
+                    _ if in_data => {
+                        after_data.push(line);
+                        continue;
+                    }
+                    "EHLO" => b"250-relay.test\r\n250 PIPELINING\r\n",
+                    "DATA" => {
+                        in_data = true;
+                        b"354 go ahead\r\n"
+                    }
+                    _ => b"250 ok\r\n",
+                };
+                write.write_all(reply).await.unwrap();
+            }
+            after_data
+        });
+        let relay = Relay {
+            host: "127.0.0.1".into(),
+            port,
+            security: Security::None,
+            credentials: None,
+            timeout: Duration::from_secs(5),
+            tls: tls_config(None, false).unwrap(),
+        };
+        (relay, peer)
+    }
+
+    #[tokio::test]
+    async fn a_gate_that_says_no_after_the_pipelined_envelope_sends_no_body_and_spoils_the_session()
+    {
+        let (relay, peer) = relay_after_data().await;
+        let mut conn = connect(&relay).await.unwrap();
+        let mut gate: Option<Gate> = Some(Box::pin(std::future::ready(false)));
+        let to = ["patient@example.de".to_string()];
+        let result = conn
+            .transaction(
+                Some("praxis@example.de"),
+                &to,
+                b"Subject: x\r\n\r\nText\r\n",
+                &mut gate,
+            )
+            .await;
+        assert!(matches!(result, Err(TxError::Held)), "{result:?}");
+        // Inside DATA only the final `.` gets out, and it would send the message: no RSET.
+        assert!(conn.reset().await.is_err());
+        drop(conn);
+        assert_eq!(
+            peer.await.unwrap(),
+            Vec::<String>::new(),
+            "the relay got a body"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gate_that_says_yes_lets_the_body_and_the_final_dot_out() {
+        let (relay, peer) = relay_after_data().await;
+        let mut conn = connect(&relay).await.unwrap();
+        let mut gate: Option<Gate> = Some(Box::pin(std::future::ready(true)));
+        let to = ["patient@example.de".to_string()];
+        let sent = conn
+            .transaction(
+                Some("praxis@example.de"),
+                &to,
+                b"Subject: x\r\n\r\nText\r\n",
+                &mut gate,
+            )
+            .await;
+        assert!(sent.is_ok(), "{sent:?}");
+        drop(conn);
+        assert_eq!(peer.await.unwrap(), ["Subject: x", "", "Text", "."]);
+    }
 
     #[test]
     fn lines_starting_with_a_dot_are_doubled_and_the_body_ends_with_the_final_dot() {

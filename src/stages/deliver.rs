@@ -12,7 +12,8 @@ use super::outcome::judge;
 use super::plan::Message;
 use super::render::{self, Content};
 use super::report::{error_row, PlannedMessage};
-use super::row::{claim, owned_outcome, record, render_failed, Claimed};
+use super::row::{claim, held_back, owned_outcome, record, render_failed, Claimed};
+use super::stamper::PendingStamp;
 use crate::db::bookings::DueBooking;
 use crate::db::ledger::{self, Claim, DeliveryKey, OwnedOutcome};
 use crate::domain::{Channel, Counter, Counters, Stage};
@@ -184,26 +185,30 @@ async fn deliver(j: &Journey, stage: Stage, d: Delivery, mode: Mode<'_>) -> Deli
         );
         return (Tally::default().count(Counter::RetryScheduled), &d).into();
     }
-    let (claimed, unsent) = match claim(j, stage, &d, mode).await {
+    let (claimed, stamp) = match claim(j, stage, &d, mode).await {
         Ok(c) => c,
         Err(early) => return early,
     };
-    // Handed to the provider from here on: no longer the batch's to give back.
-    if let Some(Ok(mut u)) = unsent.map(Unsent::lock) {
-        u.remove(&claimed.id);
+    // Handed to the provider from here on: no longer the batch's to give back (unless its
+    // stamp says no, see `held_back`).
+    if let Some((batch, _)) = &stamp {
+        if let Ok(mut u) = batch.lock() {
+            u.remove(&claimed.id);
+        }
     }
-    send_and_record(j, stage, d, content, claimed, unsent.is_some()).await
+    send_and_record(j, stage, d, content, claimed, stamp).await
 }
 
 /// Sends a claimed delivery through its channel's sender and records what came of it (or,
-/// `batched`, hands the outcome back for the batch to record).
+/// batched, hands the outcome back for the batch to record). A batch's delivery is handed to
+/// the provider only once its `stamp` is committed.
 async fn send_and_record(
     j: &Journey,
     stage: Stage,
     d: Delivery,
     content: Content,
     claimed: Claimed,
-    batched: bool,
+    stamp: Option<(&Unsent, PendingStamp)>,
 ) -> DeliveryResult {
     let channel = d.key.channel;
     let Claimed {
@@ -211,8 +216,20 @@ async fn send_and_record(
         message_id,
         attempt,
     } = claimed;
+    let batched = stamp.is_some();
     let rendered = render::for_provider(j, &d, content, message_id, id);
-    let outcome = j.senders.send(&d.message.to, rendered).await;
+    let gate = match &stamp {
+        Some((_, pending)) => pending.gate(),
+        None => crate::notify::open_gate(),
+    };
+    let outcome = match (j.senders.send(&d.message.to, rendered, gate).await, stamp) {
+        (Some(outcome), _) => outcome,
+        (None, Some((batch, pending))) => return held_back(j, stage, &d, id, batch, pending).await,
+        // An open gate holds nothing back; were it to, nothing went out: try again later.
+        (None, None) => SendOutcome::Transient {
+            reason: "not handed to the provider: held back".into(),
+        },
+    };
     if let SendOutcome::Misconfigured { setting, .. } = &outcome {
         // Every further message of the channel would meet the same refusal.
         j.control.stop_channel(channel, setting);

@@ -9,6 +9,7 @@ use super::deliver::{Delivery, DeliveryResult, Mode, Tally};
 use super::journey::Journey;
 use super::outcome::Verdict;
 use super::report::{record_error, ErrorAt};
+use super::stamper::PendingStamp;
 use crate::db::ledger::{self, Claim, ClaimRequest, OwnedOutcome, Stamp};
 use crate::domain::{Counter, DeliveryStatus, Stage};
 
@@ -63,14 +64,15 @@ pub(crate) async fn render_failed(
     }
 }
 
-/// Claims the delivery (or takes the batch's claim and stamps it as being sent). `Err` is the
-/// delivery's result when it goes no further; `Ok` carries the batch's `unsent` when batched.
+/// Claims the delivery (or takes the batch's claim and asks for its send-started stamp).
+/// `Err` is the delivery's result when it goes no further; `Ok` carries, when batched, the
+/// batch's `unsent` and the pending stamp the send must wait for before handing it over.
 pub(crate) async fn claim<'a>(
     j: &Journey,
     stage: Stage,
     d: &Delivery,
     mode: Mode<'a>,
-) -> Result<(Claimed, Option<&'a Unsent>), DeliveryResult> {
+) -> Result<(Claimed, Option<(&'a Unsent, PendingStamp)>), DeliveryResult> {
     let (claim, unsent) = match mode {
         Mode::Batched { claim, unsent } => (claim, Some(unsent)),
         Mode::Single | Mode::DryRun => (claim_delivery(j, d, Some(stage)).await, None),
@@ -107,35 +109,37 @@ pub(crate) async fn claim<'a>(
             return Err((tally.fail(Counter::Errors), d).into());
         }
     };
-    if let Some(batch) = unsent {
-        match stamp(batch, claimed.id).await {
-            Ok(Stamp::Stamped) => {}
-            // Cancelled (or otherwise no longer active) since its batch was claimed: the
-            // claim stays the batch's to give back.
-            Ok(Stamp::Inactive) => return Err((tally.count(Counter::SkippedInactive), d).into()),
-            Err(why) => {
-                record_error(j, false, at, &why).await;
-                return Err((Tally::default().fail(Counter::Errors), d).into());
-            }
-        }
-    }
-    Ok((claimed, unsent))
+    // A batch's claim is stamped right before its send: asked for now, committed while the
+    // send gets ready (see `notify::Gate`).
+    let stamp = unsent.map(|batch| (batch, batch.stamper.request(claimed.id)));
+    Ok((claimed, stamp))
 }
 
-/// Stamps a delivery claimed ahead in a batch (and commits it) as being sent before the
-/// provider is contacted, so a process that dies leaves in doubt only what a provider may
-/// have. Never sent unstamped: only `Ok(Stamp::Stamped)` may be sent; `Ok(Stamp::Inactive)`
-/// (a confirmation whose booking is no longer active) and `Err(reason)` leave the claim the
-/// batch's to give back.
-async fn stamp(batch: &Unsent, delivery_id: Uuid) -> Result<Stamp, String> {
-    match batch.stamper.stamp(delivery_id).await {
-        Ok(Some(stamp)) => Ok(stamp),
-        Ok(None) => Err(format!(
-            "delivery {delivery_id} is no longer this run's claim (given back after its \
-             lease passed, or taken by another run): not sent by this run"
-        )),
-        Err(e) => Err(format!("{e:#}; not sent, given back for the next run")),
+/// A delivery claimed ahead in a batch whose stamp said no while its send waited for it:
+/// nothing was handed to the provider, and the claim is the batch's to give back again.
+/// `Stamp::Inactive` (a confirmation whose booking is no longer active) is skipped; a stamp
+/// that failed is an error.
+pub(crate) async fn held_back(
+    j: &Journey,
+    stage: Stage,
+    d: &Delivery,
+    delivery_id: Uuid,
+    batch: &Unsent,
+    stamp: PendingStamp,
+) -> DeliveryResult {
+    if let Ok(mut u) = batch.lock() {
+        u.insert(delivery_id);
     }
+    let why = match stamp.answer().await {
+        Ok(Stamp::Inactive) => return (Tally::default().count(Counter::SkippedInactive), d).into(),
+        Ok(Stamp::Stamped) => format!(
+            "delivery {delivery_id} was held back although stamped; given back for the next run"
+        ),
+        Err(why) => why,
+    };
+    let at = ErrorAt::booking(stage, d.booking_id, Some(d.key.channel));
+    record_error(j, false, at, &why).await;
+    (Tally::default().fail(Counter::Errors), d).into()
 }
 
 pub(crate) fn owned_outcome(delivery_id: Uuid, d: &Delivery, v: Verdict) -> OwnedOutcome {

@@ -1,7 +1,10 @@
 //! Groups the send-started stamps of a batch's concurrent sends into few statements.
 //!
-//! Every send of a batch claim waits for its row's stamp to commit before the provider is
-//! contacted (see `db/ledger.rs`). One task per batch takes the stamp requests: while a
+//! Every send of a batch claim waits for its row's stamp to commit before the provider can
+//! have the message (see `db/ledger.rs`). The send asks for its stamp as it starts and, while
+//! the stamp commits, does what it can short of handing the message over: for SMTP the
+//! connection and the envelope, up to the relay's 354 (`notify::Gate`). One task per batch
+//! takes the stamp requests: while a
 //! stamping statement is in flight, the requests that arrive queue up and go together in the
 //! next one. A message is only ever stamped when its own send asked for it, so a run killed
 //! mid-batch leaves no stamp on a message that was not about to be sent. A confirmation is
@@ -10,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use futures::future::{BoxFuture, Shared};
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -22,7 +27,7 @@ const MAX_PER_STATEMENT: usize = 256;
 
 type Reply = oneshot::Sender<Result<Option<Stamp>, String>>;
 
-/// The handle sends use to ask for their stamp. The stamping task ends when the last handle
+/// The handle sends use to ask for their stamp ([`Stamper::request`]). The stamping task ends when the last handle
 /// is dropped.
 #[derive(Clone)]
 pub(crate) struct Stamper {
@@ -38,20 +43,51 @@ impl Stamper {
         Stamper { requests }
     }
 
-    /// Stamps one delivery as being sent, committed when this returns
-    /// `Ok(Some(Stamp::Stamped))`. `Ok(Some(Stamp::Inactive))`: its booking is no longer
-    /// active, not to be sent. `Ok(None)`: the row is no longer this run's claim (given back
-    /// or taken by another run): not to be sent.
-    pub(crate) async fn stamp(&self, delivery_id: Uuid) -> anyhow::Result<Option<Stamp>> {
+    /// Asks for one delivery's stamp now; the answer comes later ([`PendingStamp`]), so the
+    /// send can prepare everything short of handing the message over while the stamp commits.
+    pub(crate) fn request(&self, delivery_id: Uuid) -> PendingStamp {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send((delivery_id, reply))
-            .map_err(|_| anyhow::anyhow!("the send-started stamping task has stopped"))?;
-        match answer.await {
-            Ok(Ok(stamped)) => Ok(stamped),
-            Ok(Err(e)) => Err(anyhow::anyhow!(e)),
-            Err(_) => anyhow::bail!("the send-started stamping task has stopped"),
-        }
+        let asked = self.requests.send((delivery_id, reply)).is_ok();
+        let answer = async move {
+            let stopped = || "the send-started stamping task has stopped".to_string();
+            if !asked {
+                return Err(stopped());
+            }
+            match answer.await {
+                Ok(Ok(Some(stamp))) => Ok(stamp),
+                Ok(Ok(None)) => Err(format!(
+                    "delivery {delivery_id} is no longer this run's claim (given back after its \
+                     lease passed, or taken by another run): not sent by this run"
+                )),
+                Ok(Err(e)) => Err(format!("{e}; not sent, given back for the next run")),
+                Err(_) => Err(format!(
+                    "{}; not sent, given back for the next run",
+                    stopped()
+                )),
+            }
+        };
+        PendingStamp(answer.boxed().shared())
+    }
+}
+
+/// A requested stamp. Its answer: `Ok(Stamp::Stamped)`, committed: the message may be handed
+/// over; `Ok(Stamp::Inactive)`: its booking is no longer active, not to be sent; `Err(why)`:
+/// not stamped (the row is no longer this run's claim, or the statement failed), not to be
+/// sent. Cloned, every clone gets the same answer.
+#[derive(Clone)]
+pub(crate) struct PendingStamp(Shared<BoxFuture<'static, Result<Stamp, String>>>);
+
+impl PendingStamp {
+    /// The answer, once the stamp's statement is done.
+    pub(crate) async fn answer(self) -> Result<Stamp, String> {
+        self.0.await
+    }
+
+    /// What a sender waits for right before the provider can have the message: `true` once
+    /// the stamp is committed.
+    pub(crate) fn gate(&self) -> crate::notify::Gate {
+        let answer = self.0.clone();
+        async move { matches!(answer.await, Ok(Stamp::Stamped)) }.boxed()
     }
 }
 
