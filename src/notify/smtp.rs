@@ -667,47 +667,45 @@ mod tests {
         (relay, peer)
     }
 
+    /// One message through [`relay_after_data`] with a gate already decided: the
+    /// transaction's result, the session, and what the relay got after DATA.
+    async fn through_gate(
+        open: bool,
+    ) -> (
+        Result<Reply, TxError>,
+        Connection,
+        tokio::task::JoinHandle<Vec<String>>,
+    ) {
+        let (relay, peer) = relay_after_data().await;
+        let mut conn = connect(&relay).await.unwrap();
+        let mut gate: Option<Gate> = Some(Box::pin(std::future::ready(open)));
+        let to = ["patient@example.de".to_string()];
+        let message = b"Subject: x\r\n\r\nText\r\n";
+        let result = conn
+            .transaction(Some("praxis@example.de"), &to, message, &mut gate)
+            .await;
+        (result, conn, peer)
+    }
+
     #[tokio::test]
     async fn a_gate_that_says_no_after_the_pipelined_envelope_sends_no_body_and_spoils_the_session()
     {
-        let (relay, peer) = relay_after_data().await;
-        let mut conn = connect(&relay).await.unwrap();
-        let mut gate: Option<Gate> = Some(Box::pin(std::future::ready(false)));
-        let to = ["patient@example.de".to_string()];
-        let result = conn
-            .transaction(
-                Some("praxis@example.de"),
-                &to,
-                b"Subject: x\r\n\r\nText\r\n",
-                &mut gate,
-            )
-            .await;
+        let (result, mut conn, peer) = through_gate(false).await;
         assert!(matches!(result, Err(TxError::Held)), "{result:?}");
         // Inside DATA only the final `.` gets out, and it would send the message: no RSET.
         assert!(conn.reset().await.is_err());
         drop(conn);
-        assert_eq!(
-            peer.await.unwrap(),
-            Vec::<String>::new(),
-            "the relay got a body"
+        let after_data = peer.await.unwrap();
+        assert!(
+            after_data.is_empty(),
+            "the relay got a body: {after_data:?}"
         );
     }
 
     #[tokio::test]
     async fn a_gate_that_says_yes_lets_the_body_and_the_final_dot_out() {
-        let (relay, peer) = relay_after_data().await;
-        let mut conn = connect(&relay).await.unwrap();
-        let mut gate: Option<Gate> = Some(Box::pin(std::future::ready(true)));
-        let to = ["patient@example.de".to_string()];
-        let sent = conn
-            .transaction(
-                Some("praxis@example.de"),
-                &to,
-                b"Subject: x\r\n\r\nText\r\n",
-                &mut gate,
-            )
-            .await;
-        assert!(sent.is_ok(), "{sent:?}");
+        let (result, conn, peer) = through_gate(true).await;
+        assert!(result.is_ok(), "{result:?}");
         drop(conn);
         assert_eq!(peer.await.unwrap(), ["Subject: x", "", "Text", "."]);
     }

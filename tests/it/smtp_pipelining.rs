@@ -118,18 +118,6 @@ async fn reminder_24h(db: &TestDb, sink: &Sink, concurrency: &str) -> CliOutput 
         .await
 }
 
-async fn ledger(c: &tokio_postgres::Client) -> Vec<(String, String)> {
-    c.query(
-        "SELECT status, coalesce(last_error, '') FROM journey_deliveries ORDER BY id",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
-}
-
 #[tokio::test]
 async fn a_relay_offering_pipelining_gets_every_reminder_once_with_its_own_recipient() {
     let db = TestDb::migrated().await;
@@ -146,7 +134,15 @@ async fn a_relay_offering_pipelining_gets_every_reminder_once_with_its_own_recip
         .collect();
     want.sort();
     assert_eq!(got, want, "each patient's reminder once, to that patient");
-    assert!(ledger(&c).await.iter().all(|(status, _)| status == "sent"));
+    let sent: i64 = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'sent') FROM journey_deliveries",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sent, 30);
     // Four connections carry the 30 messages (one more session is `Sink::start`'s probe).
     assert!(sink.sessions().await <= 5, "sessions were not reused");
 }
