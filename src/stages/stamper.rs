@@ -4,9 +4,8 @@
 //! have the message (see `db/ledger.rs`). The send asks for its stamp as it starts and, while
 //! the stamp commits, does what it can short of handing the message over: for SMTP the
 //! connection and the envelope, up to the relay's 354 (`notify::Gate`). One task per batch
-//! takes the stamp requests: while a
-//! stamping statement is in flight, the requests that arrive queue up and go together in the
-//! next one. A message is only ever stamped when its own send asked for it, so a run killed
+//! takes the stamp requests: while a stamping statement is in flight, the requests that
+//! arrive queue up and go together in the next one. A message is only ever stamped when its own send asked for it, so a run killed
 //! mid-batch leaves no stamp on a message that was not about to be sent. A confirmation is
 //! stamped only while its booking is still active: judged right before it is sent, however
 //! long ago its batch was claimed.
@@ -27,8 +26,8 @@ const MAX_PER_STATEMENT: usize = 256;
 
 type Reply = oneshot::Sender<Result<Option<Stamp>, String>>;
 
-/// The handle sends use to ask for their stamp ([`Stamper::request`]). The stamping task ends when the last handle
-/// is dropped.
+/// The handle sends use to ask for their stamp ([`Stamper::request`]). The stamping task
+/// ends when the last handle is dropped.
 #[derive(Clone)]
 pub(crate) struct Stamper {
     requests: mpsc::UnboundedSender<(Uuid, Reply)>,
