@@ -273,10 +273,8 @@ impl Mailer {
 
     pub async fn send(&self, msg: &OutgoingEmail) -> SendOutcome {
         let sent = self.send_gated(msg, super::open_gate()).await;
-        // An open gate holds nothing back; were it to, nothing went out.
-        sent.unwrap_or_else(|| SendOutcome::Transient {
-            reason: "not handed to the relay: held back".into(),
-        })
+        // An open gate holds nothing back.
+        sent.unwrap_or_else(held_back)
     }
 
     /// [`Mailer::send`], handing the message over only once `gate` allows (`None`: it did
@@ -417,10 +415,8 @@ fn outcome(result: Result<smtp::Reply, TxError>) -> SendOutcome {
             provider_id: reply.lines.join(" ").split_whitespace().last().map(scrub),
         },
         Err(TxError::BeforeDot(f)) => refusal(&f),
-        // `send_smtp` answers a held message itself; nothing went out.
-        Err(TxError::Held) => SendOutcome::Transient {
-            reason: "not handed to the relay: held back by the caller".into(),
-        },
+        // `send_smtp` answers a held message itself.
+        Err(TxError::Held) => held_back(),
         Err(TxError::AfterDot(f)) if f.peer_answered() => refusal(&f),
         Err(TxError::AfterDot(f)) => SendOutcome::Ambiguous {
             reason: format!(
@@ -428,6 +424,14 @@ fn outcome(result: Result<smtp::Reply, TxError>) -> SendOutcome {
                 f.describe()
             ),
         },
+    }
+}
+
+/// A message the gate held back, where an outcome is needed anyway: nothing went out, so it
+/// is tried again later.
+fn held_back() -> SendOutcome {
+    SendOutcome::Transient {
+        reason: "not handed to the relay: held back before the body".into(),
     }
 }
 
