@@ -1,6 +1,6 @@
 //! Our own small SMTP client: one TCP socket we connect ourselves (TCP_NODELAY), optional
-//! implicit TLS or STARTTLS on it, AUTH PLAIN/LOGIN, and MAIL/RCPT/DATA with dot-stuffing (the envelope pipelined when the relay
-//! offers PIPELINING).
+//! implicit TLS or STARTTLS on it, AUTH PLAIN/LOGIN, and MAIL/RCPT/DATA with dot-stuffing
+//! (the envelope pipelined when the relay offers PIPELINING).
 //!
 //! Every step has the relay's deadline (`SMTP_URL`'s `timeout=`, default 30 s): the TCP
 //! connect, the TLS handshake, the greeting, EHLO, STARTTLS, AUTH, NOOP, each command of a
@@ -517,18 +517,9 @@ impl Connection {
         gate: &mut Option<Gate>,
     ) -> Result<Reply, TxError> {
         let before = TxError::BeforeDot;
-        let open = |gate: &mut Option<Gate>| {
-            let gate = gate.take();
-            async move {
-                match gate {
-                    Some(g) => g.await,
-                    None => true,
-                }
-            }
-        };
         if self.offers("PIPELINING") {
             self.envelope_pipelined(from, to).await.map_err(before)?;
-            if !open(gate).await {
+            if !passes(gate).await {
                 // Inside DATA: only the final `.` ends it, and that would send the message.
                 self.out_of_step = true;
                 return Err(TxError::Held);
@@ -542,7 +533,7 @@ impl Connection {
                     .await
                     .map_err(before)?;
             }
-            if !open(gate).await {
+            if !passes(gate).await {
                 return Err(TxError::Held);
             }
             self.command("DATA", "DATA").await.map_err(before)?;
@@ -576,6 +567,8 @@ impl Connection {
             lines.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
         }
         lines.push_str("DATA\r\n");
+        // Named for its first command: a pooled session the relay closed fails here, and the
+        // caller retries that on a new one (`email::stale`).
         self.write("MAIL FROM", lines.as_bytes()).await?;
         let steps = std::iter::once("MAIL FROM")
             .chain(to.iter().map(|_| "RCPT TO"))
@@ -596,6 +589,15 @@ impl Connection {
             }
         }
         refused.map_or(Ok(()), Err)
+    }
+}
+
+/// Waits for `gate` and answers whether it lets the message out. A gate is awaited once:
+/// one already taken had let it out (a no ends the transaction).
+async fn passes(gate: &mut Option<Gate>) -> bool {
+    match gate.take() {
+        Some(gate) => gate.await,
+        None => true,
     }
 }
 

@@ -5,10 +5,10 @@
 //! the stamp commits, does what it can short of handing the message over: for SMTP the
 //! connection and the envelope, up to the relay's 354 (`notify::Gate`). One task per batch
 //! takes the stamp requests: while a stamping statement is in flight, the requests that
-//! arrive queue up and go together in the next one. A message is only ever stamped when its own send asked for it, so a run killed
-//! mid-batch leaves no stamp on a message that was not about to be sent. A confirmation is
-//! stamped only while its booking is still active: judged right before it is sent, however
-//! long ago its batch was claimed.
+//! arrive queue up and go together in the next one. A message is only ever stamped when its
+//! own send asked for it, so a run killed mid-batch leaves no stamp on a message that was not
+//! about to be sent. A confirmation is stamped only while its booking is still active: judged
+//! right before it is sent, however long ago its batch was claimed.
 
 use std::collections::HashMap;
 
@@ -46,24 +46,21 @@ impl Stamper {
     /// send can prepare everything short of handing the message over while the stamp commits.
     pub(crate) fn request(&self, delivery_id: Uuid) -> PendingStamp {
         let (reply, answer) = oneshot::channel();
-        let asked = self.requests.send((delivery_id, reply)).is_ok();
+        // Refused when the task has stopped: `reply` is dropped with it, and the answer says so.
+        let _ = self.requests.send((delivery_id, reply));
         let answer = async move {
-            let stopped = || "the send-started stamping task has stopped".to_string();
-            if !asked {
-                return Err(stopped());
-            }
-            match answer.await {
-                Ok(Ok(Some(stamp))) => Ok(stamp),
-                Ok(Ok(None)) => Err(format!(
-                    "delivery {delivery_id} is no longer this run's claim (given back after its \
-                     lease passed, or taken by another run): not sent by this run"
-                )),
-                Ok(Err(e)) => Err(format!("{e}; not sent, given back for the next run")),
-                Err(_) => Err(format!(
-                    "{}; not sent, given back for the next run",
-                    stopped()
-                )),
-            }
+            let why = match answer.await {
+                Ok(Ok(Some(stamp))) => return Ok(stamp),
+                Ok(Ok(None)) => {
+                    return Err(format!(
+                        "delivery {delivery_id} is no longer this run's claim (given back after \
+                         its lease passed, or taken by another run): not sent by this run"
+                    ))
+                }
+                Ok(Err(e)) => e,
+                Err(_) => "the send-started stamping task has stopped".to_string(),
+            };
+            Err(format!("{why}; not sent, given back for the next run"))
         };
         PendingStamp(answer.boxed().shared())
     }
