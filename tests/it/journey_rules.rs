@@ -290,11 +290,7 @@ async fn an_email_refused_by_an_unreachable_relay_is_sent_alone_by_the_next_run(
         .insert(&c)
         .await;
     // A port nobody listens on: bind one, learn it, close it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = crate::support::free_port();
     let first = tr
         .apply(db.cmd())
         .env("SMTP_URL", format!("smtp://127.0.0.1:{closed}"))

@@ -94,11 +94,7 @@ async fn migrate_upgrades_a_smaller_existing_schema_without_losing_rows() {
 
 #[tokio::test]
 async fn an_unreachable_database_exits_2_with_a_clear_message() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     // Nothing listens on a port we just released.
     let out = Cli::new()
         .args([

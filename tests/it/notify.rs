@@ -147,11 +147,7 @@ async fn a_connection_lost_after_the_body_is_ambiguous() {
 
 #[tokio::test]
 async fn a_refused_connection_is_transient() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let outcome = mailer(&format!("smtp://127.0.0.1:{port}"))
         .send(&email())
         .await;

@@ -23,11 +23,7 @@ struct Sink {
 impl Sink {
     /// Starts smtp-sink.
     async fn start() -> Sink {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::free_port();
         let dumps = tempfile::tempdir().unwrap();
         let mut cmd = tokio::process::Command::new(smtp_sink());
         // As root smtp-sink insists on dropping to another user, who must be able to write

@@ -52,16 +52,21 @@ pub async fn spawn_serve(cli: Cli) -> (tokio::process::Child, String) {
     spawn_serve_with(cli, &[]).await
 }
 
+/// A local port nobody listens on right now: bound, learnt and released.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// [`spawn_serve`] with more arguments of `serve` after `--listen`.
 pub async fn spawn_serve_with(
     mut cli: Cli,
     serve_args: &[&str],
 ) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     cli.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(serve_args);
     let child = cli.spawn();

@@ -309,11 +309,7 @@ async fn serve_answers_on_http_with_the_right_status_codes() {
     let db = TestDb::migrated().await;
     let _c = seed_marketplace(&db).await;
     let tr = Transports::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let mut cli = tr.apply(db.cmd());
     cli.env("CAL_WEBHOOK_SECRET", SECRET).args([
         "--now",
