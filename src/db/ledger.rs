@@ -13,7 +13,7 @@
 //!   resends the SMS that went out.
 //! - A row is stamped `send_started_at` (committed) before its message is handed to a
 //!   provider: a one-at-a-time claim ([`claim`]) at claim time, a batch claim ([`claim_batch`])
-//!   right before each send ([`mark_sends_started`]; sends starting together share one statement). A batch is claimed ahead of its sends, so
+//!   right before each send ([`StampSession::stamp`]; sends starting together share one statement). A batch is claimed ahead of its sends, so
 //!   an unstamped `sending` row is one no provider has seen.
 //! - A row left in `sending` is never resent automatically. When its lease has passed or no
 //!   connection of the process that claimed it is left (each process names its connections
@@ -668,7 +668,7 @@ pub async fn abandon_in_flight(db: &Db, run_id: Uuid, stage: &str) -> anyhow::Re
     .with_context(|| format!("Failed to declare this run's unanswered {stage} sends in doubt"))
 }
 
-/// What [`mark_sends_started`] answers for one id.
+/// What [`StampSession::stamp`] answers for one id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stamp {
     /// Stamped and committed: to be sent now.
@@ -678,26 +678,62 @@ pub enum Stamp {
     Inactive,
 }
 
-/// Stamps the rows of `ids` that are still this run's claims (`sending`, `run_id`), with
-/// `require_active` only those whose booking is still active, and answers per id what it did;
-/// an id missing from the answer is no longer this run's to send. Rows are locked in the
-/// ledger's key order, the order every claim and record locks them in, so two runs touching
-/// the same rows wait on each other instead of deadlocking.
-pub async fn mark_sends_started(
-    client: &deadpool_postgres::ClientWrapper,
-    ids: &[Uuid],
-    run_id: Uuid,
-    require_active: bool,
-) -> anyhow::Result<HashMap<Uuid, Stamp>> {
-    use tokio_postgres::types::Type;
-    // Planned for each call (one round trip, nothing prepared): a plan cached while the
-    // ledger was small would keep scanning the whole table as it grows within the run.
-    // The ids are locked in key order by the inner query (an init plan), and the update
-    // finds them through the primary key: no join that could scan the table. A claim whose
-    // booking is no longer active keeps no stamp (NULL since its claim) and answers `false`.
-    let rows = client
-        .query_typed(
-            &format!(
+/// The connection a batch's stamps are written on ([`StampSession::stamp`]), held for the
+/// batch's life.
+///
+/// The stamp is the statement a batch runs most often (one per few messages), so it is
+/// prepared once and always runs on its one cached plan (`plan_cache_mode =
+/// force_generic_plan`): no parsing or planning per statement. That plan is made once,
+/// possibly while the ledger is nearly empty, and kept while it grows; on a small table the
+/// planner would rightly pick a sequential scan, which would then read the whole ledger at
+/// every stamp. So this connection also runs with `enable_seqscan` off: the plan finds the
+/// rows through the primary key, whatever the ledger's size when it was made. The settings
+/// are the connection's own: [`StampSession::finish`] resets them before the connection goes
+/// back to the pool, and a session dropped without that (a failed reset, a run cut short)
+/// takes its connection out of the pool and closes it.
+pub struct StampSession {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl StampSession {
+    pub async fn open(db: &Db) -> anyhow::Result<StampSession> {
+        let client = db.client().await?;
+        let session = StampSession {
+            client: Some(client),
+        };
+        session
+            .conn()
+            .batch_execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
+            .await
+            .context("Failed to prepare the send-started stamps' connection")?;
+        Ok(session)
+    }
+
+    fn conn(&self) -> &deadpool_postgres::Object {
+        self.client
+            .as_ref()
+            .expect("a stamp session holds its connection until finished or dropped")
+    }
+
+    /// Stamps the rows of `ids` that are still this run's claims (`sending`, `run_id`), with
+    /// `require_active` only those whose booking is still active, and answers per id what it
+    /// did; an id missing from the answer is no longer this run's to send. Rows are locked in
+    /// the ledger's key order, the order every claim and record locks them in, so two runs
+    /// touching the same rows wait on each other instead of deadlocking.
+    pub async fn stamp(
+        &self,
+        ids: &[Uuid],
+        run_id: Uuid,
+        require_active: bool,
+    ) -> anyhow::Result<HashMap<Uuid, Stamp>> {
+        // The ids are locked in key order by the inner query (an init plan), and the update
+        // finds them through the primary key. `status = 'sending'` is the same test
+        // as `status = 'sending'` (the column is never NULL) in a form no index answers: a plan
+        // made while no row was `sending` would otherwise read every open row of the ledger
+        // through `journey_deliveries_open_idx` instead of looking the ids up. A claim whose
+        // booking is no longer active keeps no stamp (NULL since its claim) and answers `false`.
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
                 "UPDATE journey_deliveries d
                     SET send_started_at = CASE
                           WHEN NOT $3 OR EXISTS (SELECT 1 FROM cal_bookings b
@@ -705,29 +741,61 @@ pub async fn mark_sends_started(
                           THEN now() END
                   WHERE d.id = ANY(ARRAY(
                           SELECT id FROM journey_deliveries
-                           WHERE id = ANY($1::uuid[]) AND status = 'sending' AND run_id = $2
+                           WHERE id = ANY($1::uuid[]) AND (status = 'sending') IS TRUE
+                             AND run_id = $2
                            ORDER BY booking_id, stage, channel, recipient_role
                              FOR UPDATE))
                  RETURNING d.id, d.send_started_at IS NOT NULL",
                 active = crate::domain::BookingStatus::sql_is_active("b"),
-            ),
-            &[
-                (&ids, Type::UUID_ARRAY),
-                (&run_id, Type::UUID),
-                (&require_active, Type::BOOL),
-            ],
-        )
-        .await
-        .with_context(|| format!("Failed to stamp {} delivery(ies) as being sent", ids.len()))?;
-    rows.iter()
-        .map(|r| {
-            let stamp = match r.try_get::<_, bool>(1)? {
-                true => Stamp::Stamped,
-                false => Stamp::Inactive,
-            };
-            Ok((r.try_get::<_, Uuid>(0)?, stamp))
-        })
-        .collect()
+            )
+        });
+        let failed = || format!("Failed to stamp {} delivery(ies) as being sent", ids.len());
+        let conn = self.conn();
+        let stmt = conn
+            .prepare_typed_cached(&SQL, &[Type::UUID_ARRAY, Type::UUID, Type::BOOL])
+            .await
+            .with_context(failed)?;
+        let rows = conn
+            .query(&stmt, &[&ids, &run_id, &require_active])
+            .await
+            .with_context(failed)?;
+        rows.iter()
+            .map(|r| {
+                let stamp = match r.try_get::<_, bool>(1)? {
+                    true => Stamp::Stamped,
+                    false => Stamp::Inactive,
+                };
+                Ok((r.try_get::<_, Uuid>(0)?, stamp))
+            })
+            .collect()
+    }
+
+    /// Gives the connection back to the pool with its planner settings reset.
+    pub async fn finish(mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        match client
+            .batch_execute("RESET enable_seqscan; RESET plan_cache_mode")
+            .await
+        {
+            Ok(()) => drop(client),
+            Err(e) => {
+                log::debug!("the stamps' connection is closed, not pooled: {e}");
+                drop(deadpool_postgres::Object::take(client));
+            }
+        }
+    }
+}
+
+impl Drop for StampSession {
+    fn drop(&mut self) {
+        // Not finished: the connection may still have this session's planner settings. Closed, never
+        // handed to another statement.
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
 }
 
 /// One message of a batch claim ([`claim_batch`]).
@@ -743,7 +811,7 @@ pub struct BatchClaim<'a> {
 /// `require_active` and the booking no longer active, [`Claim::Inactive`]. The answers are in
 /// the order of `items`. Rows are inserted in key order, so runs claiming overlapping batches
 /// at the same time wait on each other instead of deadlocking. The rows are not stamped as
-/// being sent: each is, by [`mark_sends_started`], right before its own send.
+/// being sent: each is, by [`StampSession::stamp`], right before its own send.
 pub async fn claim_batch(
     client: &deadpool_postgres::ClientWrapper,
     stage: &str,
@@ -759,7 +827,9 @@ pub async fn claim_batch(
     let n = items.len();
     let a = BatchArrays::of(items, message_id_domain);
     use tokio_postgres::types::Type;
-    // Planned for each batch (one round trip, nothing prepared): see `mark_sends_started`.
+    // Planned for each batch (one round trip, nothing prepared): a cached plan keeps the
+    // choices made on the ledger's size when it was made (see `StampSession`, whose one
+    // statement runs often enough to be worth a connection of its own).
     let rows = client
         .query_typed(
             &claim_batch_sql(),
@@ -937,7 +1007,9 @@ pub async fn record_batch(
     let ev_props: Vec<Option<&serde_json::Value>> =
         events.iter().map(|e| e.map(|e| &e.properties)).collect();
     use tokio_postgres::types::Type;
-    // Planned for each batch (one round trip, nothing prepared): see `mark_sends_started`.
+    // Planned for each batch (one round trip, nothing prepared): a cached plan keeps the
+    // choices made on the ledger's size when it was made (see `StampSession`, whose one
+    // statement runs often enough to be worth a connection of its own).
     let rows = client
         .query_typed(
             &record_batch_sql(&cols),

@@ -17,7 +17,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::db::ledger::{self, Stamp};
+use crate::db::ledger::{Stamp, StampSession};
 use crate::db::Db;
 
 /// At most this many stamps per statement: the batch's concurrency is far below it; it only
@@ -93,6 +93,9 @@ async fn stamp_loop(
     require_active: bool,
     mut rx: mpsc::UnboundedReceiver<(Uuid, Reply)>,
 ) {
+    // Opened at the first request, kept for the batch (its prepared stamp with it), and
+    // opened again after a statement failed: the next request may find the database back.
+    let mut session: Option<StampSession> = None;
     while let Some(first) = rx.recv().await {
         let mut waiting = vec![first];
         while waiting.len() < MAX_PER_STATEMENT {
@@ -102,12 +105,7 @@ async fn stamp_loop(
             }
         }
         let ids: Vec<Uuid> = waiting.iter().map(|(id, _)| *id).collect();
-        let stamped: Result<HashMap<Uuid, Stamp>, String> = match db.client().await {
-            Ok(c) => ledger::mark_sends_started(&c, &ids, run_id, require_active)
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Err(e) => Err(format!("{e:#}")),
-        };
+        let stamped = stamp(&db, &mut session, &ids, run_id, require_active).await;
         for (id, reply) in waiting {
             // A send that stopped waiting (its run was cut short) needs no answer.
             let _ = reply.send(
@@ -118,4 +116,27 @@ async fn stamp_loop(
             );
         }
     }
+    if let Some(s) = session {
+        s.finish().await;
+    }
+}
+
+/// One stamping statement on the batch's session, opening it when there is none; a failure
+/// drops the session (its connection is closed, not pooled).
+async fn stamp(
+    db: &Db,
+    session: &mut Option<StampSession>,
+    ids: &[Uuid],
+    run_id: Uuid,
+    require_active: bool,
+) -> Result<HashMap<Uuid, Stamp>, String> {
+    if session.is_none() {
+        *session = Some(StampSession::open(db).await.map_err(|e| format!("{e:#}"))?);
+    }
+    let s = session.as_ref().expect("opened above");
+    let stamped = s.stamp(ids, run_id, require_active).await;
+    if stamped.is_err() {
+        *session = None;
+    }
+    stamped.map_err(|e| format!("{e:#}"))
 }

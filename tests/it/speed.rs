@@ -257,3 +257,75 @@ async fn followups_with_something_to_tidy_tidies_the_ledger_once_for_all_stages(
         .get(0);
     assert_eq!(linked, 1, "the walk-in is linked to its person");
 }
+
+/// Blocks the send-started stamp read since the last reset of the statistics.
+async fn stamp_blocks(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(shared_blks_hit + shared_blks_read), 0)::bigint
+           FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+          WHERE d.datname = current_database() AND s.query LIKE '%SET send_started_at = CASE%'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn a_stamp_planned_on_an_empty_ledger_still_looks_its_rows_up_by_key_once_the_ledger_is_large(
+) {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    reset_statements(&c).await;
+    let pool = db.pool().await;
+    let run = uuid::Uuid::new_v4();
+    let session = journeyctl::db::ledger::StampSession::open(&pool)
+        .await
+        .unwrap();
+    // A run's first batch claim on an empty ledger, and its first stamps, three messages at a
+    // time: the stamp's one plan is made now, while the ledger is nearly empty.
+    let claim = |n: i32| {
+        format!(
+            "INSERT INTO journey_deliveries (booking_id, stage, channel, recipient_role, status,
+                                             attempts, run_id)
+             SELECT gen_random_uuid(), 'reminder_24h', 'email', 'patient', 'sending', 1, $1
+               FROM generate_series(1, {n}) RETURNING id"
+        )
+    };
+    c.batch_execute("ANALYZE journey_deliveries").await.unwrap();
+    let first: Vec<uuid::Uuid> = c
+        .query(&claim(64), &[&run])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for three in first.chunks(3).take(10) {
+        let stamped = session.stamp(three, run, false).await.unwrap();
+        assert_eq!(stamped.len(), three.len());
+    }
+    // Then the ledger grows: 20,000 more rows this run claimed and has not sent yet.
+    c.query(&claim(20_000), &[&run]).await.unwrap();
+    let ids: Vec<uuid::Uuid> = c
+        .query(
+            "SELECT id FROM journey_deliveries WHERE send_started_at IS NULL ORDER BY id LIMIT 3",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    reset_statements(&c).await;
+    let stamped = session.stamp(&ids, run, false).await.unwrap();
+    assert_eq!(stamped.len(), 3, "{stamped:?}");
+    // Three rows found through the primary key, locked and updated (a new version in every
+    // index): 60-90 index and heap pages. A scan of the ledger reads about 750, a scan of its
+    // open rows (`journey_deliveries_open_idx`) about 420.
+    let blocks = stamp_blocks(&c).await;
+    assert!(
+        blocks <= 150,
+        "stamping 3 rows of a 20,000-row ledger read {blocks} blocks"
+    );
+    session.finish().await;
+}

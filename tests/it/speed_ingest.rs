@@ -209,7 +209,7 @@ async fn confirmations_owed_for_many_bookings_share_their_statements_instead_of_
     // The next serve finds them all owed at its start and sends them; then it is stopped.
     // The send-started stamps are left out of the count: sends starting together share one,
     // so how many there are depends on timing (at most one per message). The stamp
-    // (`ledger::mark_sends_started`) is the one statement whose SET begins with that column.
+    // (`ledger::StampSession::stamp`) is the one statement whose SET begins with that column.
     let stamps = "%SET send_started_at%";
     let before = statements_except(&db, stamps).await;
     let (second, _) = serve(&db, &tr, None).await;
