@@ -223,7 +223,7 @@ async fn statements(c: &tokio_postgres::Client) -> i64 {
 async fn print_top(c: &tokio_postgres::Client, k: i64) -> anyhow::Result<()> {
     let rows = c
         .query(
-            "SELECT /* bench-own */ calls, total_plan_time, total_exec_time,
+            "SELECT /* bench-own */ calls, total_plan_time, total_exec_time, wal_bytes::int8,
                     left(regexp_replace(query, '\\s+', ' ', 'g'), 100)
                FROM pg_stat_statements
               WHERE query NOT LIKE '%bench-own%' AND query NOT ILIKE '%pg_stat_statements%'
@@ -232,13 +232,16 @@ async fn print_top(c: &tokio_postgres::Client, k: i64) -> anyhow::Result<()> {
         )
         .await?;
     println!(
-        "  {:>7} {:>9} {:>9}  statement",
-        "calls", "plan ms", "exec ms"
+        "  {:>7} {:>9} {:>9} {:>9}  statement",
+        "calls", "plan ms", "exec ms", "WAL kB"
     );
     for r in rows {
-        let (calls, plan, exec, q): (i64, f64, f64, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        println!("  {calls:>7} {plan:>9.0} {exec:>9.0}  {q}");
+        let (calls, plan, exec, wal, q): (i64, f64, f64, i64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        println!(
+            "  {calls:>7} {plan:>9.0} {exec:>9.0} {:>9}  {q}",
+            wal / 1024
+        );
     }
     Ok(())
 }
