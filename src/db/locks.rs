@@ -35,6 +35,47 @@ pub(crate) async fn probe_stage_lock(
     ask(client, &sql, stage).await
 }
 
+/// [`probe_stage_lock`] for several stages with nothing due, in one statement: one answer per
+/// stage, in `stages`' order.
+pub(crate) async fn probe_stage_locks(
+    client: &deadpool_postgres::ClientWrapper,
+    stages: &[Stage],
+) -> anyhow::Result<Vec<bool>> {
+    if stages.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The columns are evaluated left to right, each CASE releasing only the lock it took.
+    let columns: Vec<String> = stages
+        .iter()
+        .map(|&stage| {
+            format!(
+                "CASE WHEN pg_try_advisory_lock({STAGE_LOCK_NS}, {k})
+                      THEN pg_advisory_unlock({STAGE_LOCK_NS}, {k}) ELSE false END",
+                k = stage as i32
+            )
+        })
+        .collect();
+    let sql = format!("SELECT {}", columns.join(", "));
+    let messages = client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| anyhow::anyhow!("Failed to look at the stage locks: {e}"))?;
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("the look at the stage locks answered no row"))?;
+    (0..stages.len())
+        .map(|i| {
+            row.get(i).map(|v| v == "t").ok_or_else(|| {
+                anyhow::anyhow!("the look at the stage locks answered no column {i}")
+            })
+        })
+        .collect()
+}
+
 /// Runs a lock statement answering one boolean, in one round trip: the lock is a constant
 /// pair, no parameters to bind.
 async fn ask(

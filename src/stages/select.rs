@@ -44,9 +44,11 @@ pub(crate) async fn run_prepared(
     // Nothing due: the lock is only checked (taken and released in one statement), so a
     // run of a stage another run holds still reports itself skipped.
     let nothing_due = matches!(prepared, Some(Prepared { due: false, .. }));
-    let free = match nothing_due {
-        true => locks::probe_stage_lock(&live, stage).await?,
-        false => locks::try_stage_lock(&live, stage).await?,
+    let looked = prepared.and_then(|p| p.lock_free);
+    let free = match (nothing_due, looked) {
+        (true, Some(free)) => free,
+        (true, None) => locks::probe_stage_lock(&live, stage).await?,
+        (false, _) => locks::try_stage_lock(&live, stage).await?,
     };
     if !free {
         log::info!("{stage}: another run holds the stage lock; nothing to do");
@@ -165,6 +167,9 @@ pub(crate) struct Prepared {
     due: bool,
     /// Preparing failed (recorded already): counted on this stage's report.
     error: bool,
+    /// Nothing due: whether the stage's lock was free when [`prepare`] looked at every such
+    /// stage's lock at once (`None`: not looked at, the stage looks itself).
+    lock_free: Option<bool>,
 }
 
 /// Before the stages of a run: asks in one cheap statement which stages have anything due
@@ -224,11 +229,37 @@ pub(crate) async fn prepare(j: &Journey, runs: &[(Stage, &StageOptions)]) -> Opt
         Ok(s) => prepared.iter_mut().zip(s.due).for_each(|(p, d)| p.due = d),
         Err(e) => failed = Some(format!("{e:#}; every stage selects")),
     }
+    look_at_locks(&live, runs, &mut prepared).await;
     if let Some(why) = failed {
         record_error(j, dry_run, ErrorAt::stage(*first), &why).await;
         prepared[0].error = true;
     }
     Some(prepared)
+}
+
+/// The locks of the stages with nothing due, in one statement instead of one per stage (a run
+/// with nothing to do is mostly round trips). A failure is not counted: each stage then looks
+/// at its own lock and meets the error there.
+async fn look_at_locks(
+    live: &deadpool_postgres::ClientWrapper,
+    runs: &[(Stage, &StageOptions)],
+    prepared: &mut [Prepared],
+) {
+    let idle: Vec<usize> = (0..runs.len())
+        .filter(|&i| runs[i].1.lock && !prepared[i].due)
+        .collect();
+    if idle.len() < 2 {
+        return;
+    }
+    let stages: Vec<Stage> = idle.iter().map(|&i| runs[i].0).collect();
+    match locks::probe_stage_locks(live, &stages).await {
+        Ok(free) => {
+            for (&i, f) in idle.iter().zip(free) {
+                prepared[i].lock_free = Some(f);
+            }
+        }
+        Err(e) => log::debug!("each stage looks at its own lock: {e:#}"),
+    }
 }
 
 /// Keyset-paginated chunks: select a page, process it (plan, claim, send, record), then the

@@ -231,6 +231,47 @@ async fn followups_with_nothing_due_selects_nothing_and_plans_no_tidying() {
 }
 
 #[tokio::test]
+async fn followups_with_nothing_due_looks_at_every_stage_lock_in_one_statement() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    seed_window(&c, 20, 20).await;
+    // Another run holds the 1 h reminder's lock: that stage alone reports itself skipped.
+    let holder = db.client().await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[
+                &0x4a43_0001_i32,
+                &(journeyctl::domain::Stage::Reminder1h as i32),
+            ],
+        )
+        .await
+        .unwrap();
+    reset_statements(&c).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let out = db
+        .cmd()
+        .env("EMAIL_OUTBOX_DIR", outbox.path())
+        .env("EMAIL_FROM", "Praxis <termine@example.de>")
+        .args(["--now", NOW, "followups"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        calls(&c, "%pg_try_advisory_lock%").await,
+        1,
+        "statements looking at a stage lock"
+    );
+    let skipped: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("another run holds this stage's lock"))
+        .collect();
+    assert_eq!(skipped.len(), 1, "{}", out.stdout);
+    assert!(skipped[0].contains("reminder_1h"), "{}", out.stdout);
+}
+
+#[tokio::test]
 async fn followups_with_something_to_tidy_tidies_the_ledger_once_for_all_stages() {
     let db = TestDb::migrated().await;
     let c = db.client().await;
