@@ -13,8 +13,9 @@
 //!   resends the SMS that went out.
 //! - A row is stamped `send_started_at` (committed) before its message is handed to a
 //!   provider: a one-at-a-time claim ([`claim`]) at claim time, a batch claim ([`claim_batch`])
-//!   right before each send ([`StampSession::stamp`]; sends starting together share one statement). A batch is claimed ahead of its sends, so
-//!   an unstamped `sending` row is one no provider has seen.
+//!   right before each send ([`StampSession::stamp`]; sends starting together share one
+//!   statement). A batch is claimed ahead of its sends, so an unstamped `sending` row is one
+//!   no provider has seen.
 //! - A row left in `sending` is never resent automatically. When its lease has passed or no
 //!   connection of the process that claimed it is left (each process names its connections
 //!   `journeyctl:<id>`, visible in `pg_stat_activity`), it becomes `in_doubt` if stamped, and
@@ -696,23 +697,25 @@ pub struct StampSession {
 }
 
 impl StampSession {
+    /// Takes a pooled connection and sets its planner settings for the stamps.
     pub async fn open(db: &Db) -> anyhow::Result<StampSession> {
         let client = db.client().await?;
+        // Held by the session from here on: a failed SET closes the connection on drop.
         let session = StampSession {
             client: Some(client),
         };
         session
-            .conn()
+            .conn()?
             .batch_execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
             .await
             .context("Failed to prepare the send-started stamps' connection")?;
         Ok(session)
     }
 
-    fn conn(&self) -> &deadpool_postgres::Object {
+    fn conn(&self) -> anyhow::Result<&deadpool_postgres::Object> {
         self.client
             .as_ref()
-            .expect("a stamp session holds its connection until finished or dropped")
+            .context("the send-started stamps' connection was given back already")
     }
 
     /// Stamps the rows of `ids` that are still this run's claims (`sending`, `run_id`), with
@@ -727,7 +730,7 @@ impl StampSession {
         require_active: bool,
     ) -> anyhow::Result<HashMap<Uuid, Stamp>> {
         // The ids are locked in key order by the inner query (an init plan), and the update
-        // finds them through the primary key. `status = 'sending'` is the same test
+        // finds them through the primary key. `(status = 'sending') IS TRUE` is the same test
         // as `status = 'sending'` (the column is never NULL) in a form no index answers: a plan
         // made while no row was `sending` would otherwise read every open row of the ledger
         // through `journey_deliveries_open_idx` instead of looking the ids up. A claim whose
@@ -750,7 +753,7 @@ impl StampSession {
             )
         });
         let failed = || format!("Failed to stamp {} delivery(ies) as being sent", ids.len());
-        let conn = self.conn();
+        let conn = self.conn()?;
         let stmt = conn
             .prepare_typed_cached(&SQL, &[Type::UUID_ARRAY, Type::UUID, Type::BOOL])
             .await
@@ -790,8 +793,8 @@ impl StampSession {
 
 impl Drop for StampSession {
     fn drop(&mut self) {
-        // Not finished: the connection may still have this session's planner settings. Closed, never
-        // handed to another statement.
+        // Not finished: the connection may still have this session's planner settings.
+        // Closed, never handed to another statement.
         if let Some(client) = self.client.take() {
             drop(deadpool_postgres::Object::take(client));
         }

@@ -130,13 +130,13 @@ async fn stamp(
     run_id: Uuid,
     require_active: bool,
 ) -> Result<HashMap<Uuid, Stamp>, String> {
-    if session.is_none() {
-        *session = Some(StampSession::open(db).await.map_err(|e| format!("{e:#}"))?);
-    }
-    let s = session.as_ref().expect("opened above");
+    let s = match session.take() {
+        Some(s) => s,
+        None => StampSession::open(db).await.map_err(|e| format!("{e:#}"))?,
+    };
     let stamped = s.stamp(ids, run_id, require_active).await;
-    if stamped.is_err() {
-        *session = None;
+    if stamped.is_ok() {
+        *session = Some(s);
     }
     stamped.map_err(|e| format!("{e:#}"))
 }
