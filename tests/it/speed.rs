@@ -106,7 +106,7 @@ async fn the_claims_and_outcomes_of_a_chunk_are_one_statement_each() {
 }
 
 /// `followups` at `NOW`, email to an outbox; it must succeed.
-async fn run_followups(db: &TestDb) {
+async fn run_followups(db: &TestDb) -> crate::harness::CliOutput {
     let outbox = tempfile::tempdir().unwrap();
     let out = db
         .cmd()
@@ -116,6 +116,7 @@ async fn run_followups(db: &TestDb) {
         .run()
         .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    out
 }
 
 #[tokio::test]
@@ -248,15 +249,7 @@ async fn followups_with_nothing_due_looks_at_every_stage_lock_in_one_statement()
         .await
         .unwrap();
     reset_statements(&c).await;
-    let outbox = tempfile::tempdir().unwrap();
-    let out = db
-        .cmd()
-        .env("EMAIL_OUTBOX_DIR", outbox.path())
-        .env("EMAIL_FROM", "Praxis <termine@example.de>")
-        .args(["--now", NOW, "followups"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run_followups(&db).await;
     assert_eq!(
         calls(&c, "%pg_try_advisory_lock%").await,
         1,
