@@ -9,7 +9,7 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::ClientWrapper;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -97,7 +97,7 @@ fn read_status(text: Option<String>) -> Option<Result<BookingStatus, UnknownStat
 /// decides on, so two events for one booking are decided one after the other, each on the
 /// other's result. A uid without a row yet is covered by a transaction-scoped advisory lock on
 /// the uid: a second event for the same new booking waits, then finds the first one's row.
-pub(crate) async fn lock_booking(tx: &Transaction<'_>, cal_uid: &str) -> anyhow::Result<Locked> {
+pub(crate) async fn lock_booking(tx: &ClientWrapper, cal_uid: &str) -> anyhow::Result<Locked> {
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[&BOOKING_LOCK_NS, &cal_uid],
@@ -167,7 +167,7 @@ const UPSERT_SQL: &str = "INSERT INTO cal_bookings AS b
 /// Merges one booking by `cal_uid`: every field the event names, and never NULL over a known
 /// value. The status is written as given (the caller decided it on the locked row).
 pub(crate) async fn upsert_booking(
-    tx: &Transaction<'_>,
+    tx: &ClientWrapper,
     u: &BookingUpsert<'_>,
 ) -> anyhow::Result<Upserted> {
     let stmt = tx
@@ -219,10 +219,11 @@ fn upsert_params<'p>(u: &'p BookingUpsert<'_>) -> Vec<Param<'p>> {
     ]
 }
 
-/// [`upsert_booking`] and [`settle_receipt`] as `applied` in one statement (the webhook's last
-/// write before its commit).
-pub(crate) async fn upsert_booking_and_settle(
-    tx: &Transaction<'_>,
+/// [`upsert_booking`] and [`settle_receipt`] as `applied` in one statement, the webhook's last
+/// write, sent with the transaction's COMMIT in one round trip. A failed write leaves the
+/// transaction aborted, and the COMMIT behind it then ends it as a rollback.
+pub(crate) async fn upsert_settle_and_commit(
+    mut tx: ApplyTx,
     u: &BookingUpsert<'_>,
     receipt: Uuid,
 ) -> anyhow::Result<Upserted> {
@@ -249,16 +250,24 @@ pub(crate) async fn upsert_booking_and_settle(
             level = RECEIPT_EVENT.level(),
         )
     });
-    let stmt = tx
+    let conn = tx.conn()?;
+    let stmt = conn
         .prepare_cached(&SQL)
         .await
         .context("Failed to prepare the booking upsert")?;
     let mut params = upsert_params(u);
     params.push(&receipt);
-    let row = tx
-        .query_one(&stmt, &params)
-        .await
-        .with_context(|| format!("Failed to store booking {}", u.cal_uid))?;
+    // Both go out before either answer is awaited; the server runs them in order.
+    let (row, committed) =
+        futures::future::join(conn.query_one(&stmt, &params), conn.batch_execute("COMMIT")).await;
+    let row = row.with_context(|| format!("Failed to store booking {}", u.cal_uid));
+    let committed = committed.context("Failed to commit the webhook's changes");
+    if committed.is_ok() {
+        // Committed, or (after a failed write) rolled back: out of the transaction.
+        tx.release();
+    }
+    let row = row?;
+    committed?;
     Ok(Upserted {
         id: row.try_get(0)?,
         status: row.try_get(1)?,
@@ -276,10 +285,7 @@ pub(crate) struct CarriedOver {
 }
 
 /// Reads what the old booking knew, for the new uid of a reschedule.
-pub(crate) async fn carried_over(
-    tx: &Transaction<'_>,
-    old_uid: &str,
-) -> anyhow::Result<CarriedOver> {
+pub(crate) async fn carried_over(tx: &ClientWrapper, old_uid: &str) -> anyhow::Result<CarriedOver> {
     let row = tx
         .query_opt(
             "SELECT patient_id, therapist_id, booking_kind, match_id, coalesce(is_test, false)
@@ -328,7 +334,7 @@ fn receipt_event_level(error_param: &str) -> String {
 /// `applied` and `acknowledged` are never downgraded: replaying an applied receipt leaves it
 /// applied.
 pub(crate) async fn settle_receipt(
-    tx: &Transaction<'_>,
+    tx: &ClientWrapper,
     id: Uuid,
     outcome: WebhookOutcome,
     error: Option<&str>,
@@ -402,7 +408,7 @@ pub(crate) struct Receipt<'a> {
 }
 
 /// Records a received body and its `cal_webhook_received` event (no personal data).
-pub(crate) async fn record_receipt(tx: &Transaction<'_>, r: &Receipt<'_>) -> anyhow::Result<Uuid> {
+pub(crate) async fn record_receipt(tx: &ClientWrapper, r: &Receipt<'_>) -> anyhow::Result<Uuid> {
     let sql = format!(
         "WITH rec AS (
                INSERT INTO cal_webhook_receipts
@@ -443,23 +449,97 @@ pub(crate) async fn record_receipt(tx: &Transaction<'_>, r: &Receipt<'_>) -> any
 // ---- the fast path of one webhook: few prepared statements ---------------------------------
 //
 // `journeyctl serve` takes many bodies a second; each statement below is prepared once per
-// connection (`prepare_cached`) and the locks and the reads of one apply go out in one round
-// trip. Per BOOKING_CREATED: the receipt (1 statement, autocommitted), then in the apply
-// transaction the locks, one read of everything the apply decides on, and one write of the
-// booking with the receipt's outcome.
+// connection (`prepare_cached`). Per BOOKING_CREATED, six statements in two round trips: the
+// receipt (autocommitted), BEGIN, the locks and one read of everything the apply decides on;
+// then one write of the booking with the receipt's outcome, and COMMIT.
+
+/// The transaction of one webhook's apply, begun and ended by hand so that its BEGIN and its
+/// COMMIT share a round trip with the statements next to them ([`open_receipt_and_begin`],
+/// [`upsert_settle_and_commit`]): a webhook is mostly round trips. Dropped while still open (a
+/// step failed and returned early, or a panic unwound through it; a client hanging up cannot
+/// cancel an apply, which runs in a task of its own), it takes its connection out of the pool
+/// and closes it: PostgreSQL rolls the transaction back, and no pooled connection is ever left
+/// inside a transaction.
+pub(crate) struct ApplyTx {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl ApplyTx {
+    /// A pooled connection, held from before anything is sent on it: dropped at any point
+    /// before it is released, the connection is closed, so a BEGIN already sent can never
+    /// leave it in the pool inside a transaction.
+    async fn take(db: &super::Db) -> anyhow::Result<ApplyTx> {
+        Ok(ApplyTx {
+            client: Some(db.client().await?),
+        })
+    }
+
+    /// The connection the transaction runs on.
+    pub(crate) fn conn(&self) -> anyhow::Result<&ClientWrapper> {
+        self.client
+            .as_deref()
+            .context("the webhook's transaction has ended already")
+    }
+
+    pub(crate) async fn commit(mut self) -> anyhow::Result<()> {
+        self.conn()?
+            .batch_execute("COMMIT")
+            .await
+            .context("Failed to commit the webhook's changes")?;
+        self.release();
+        Ok(())
+    }
+
+    /// Ends the transaction without its changes (nothing was written in it).
+    pub(crate) async fn rollback(mut self) {
+        if let Ok(conn) = self.conn() {
+            if conn.batch_execute("ROLLBACK").await.is_ok() {
+                self.release();
+            }
+        }
+    }
+
+    /// Out of the transaction: the connection goes back to the pool.
+    fn release(&mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl Drop for ApplyTx {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+/// What [`open_receipt_and_begin`] got back: the receipt (`None`: these bytes were applied or
+/// acknowledged before, nothing stored) and the open transaction with what it read.
+pub(crate) struct Opened {
+    pub receipt: anyhow::Result<Option<Uuid>>,
+    pub applying: anyhow::Result<(ApplyTx, Resolved)>,
+}
+
+/// A verified body to store as a receipt.
+pub(crate) struct NewReceipt<'a> {
+    pub trigger: Option<&'a str>,
+    pub cal_uid: Option<&'a str>,
+    pub body_sha256: &'a str,
+    pub body: &'a str,
+    pub received_at: DateTime<Utc>,
+}
 
 /// Stores a verified body as a `received` receipt, committed on its own, unless the same bytes
-/// were already applied or acknowledged: then nothing is stored and `None` is returned (a
-/// redelivery). One statement for the duplicate check and the insert.
-pub(crate) async fn open_receipt_unless_seen(
+/// were already applied or acknowledged (one statement for the check and the insert); then
+/// begins the apply's transaction and takes its locks and reads ([`lock_and_resolve`]). Four
+/// statements, one round trip: the receipt commits before the BEGIN, so a failed apply keeps
+/// it. A caller that finds no receipt rolls the transaction back.
+pub(crate) async fn open_receipt_and_begin(
     db: &super::Db,
-    trigger: Option<&str>,
-    cal_uid: Option<&str>,
-    body_sha256: &str,
-    body: &str,
-    received_at: DateTime<Utc>,
-) -> anyhow::Result<Option<Uuid>> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    r: &NewReceipt<'_>,
+    q: &Lookup<'_>,
+) -> Opened {
+    static RECEIPT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "INSERT INTO cal_webhook_receipts
                (received_at, trigger_event, cal_uid, body_sha256, signature_ok, outcome, body)
@@ -471,19 +551,97 @@ pub(crate) async fn open_receipt_unless_seen(
             settled = WebhookOutcome::sql_final(),
         )
     });
-    let client = db.client().await?;
-    let stmt = client
-        .prepare_cached(&SQL)
-        .await
-        .context("Failed to prepare the webhook receipt")?;
-    let row = client
-        .query_opt(
-            &stmt,
-            &[&received_at, &trigger, &cal_uid, &body_sha256, &body],
-        )
-        .await
-        .context("Failed to store the webhook receipt")?;
-    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    let tx = match ApplyTx::take(db).await {
+        Ok(tx) => tx,
+        Err(e) => {
+            return Opened {
+                receipt: Err(e),
+                applying: Err(anyhow::anyhow!("no connection")),
+            }
+        }
+    };
+    let (receipt, resolved) = {
+        let Ok(conn) = tx.conn() else {
+            return Opened {
+                receipt: Err(anyhow::anyhow!("no connection")),
+                applying: Err(anyhow::anyhow!("no connection")),
+            };
+        };
+        // Prepared before anything is sent (a round trip only on a connection's first
+        // webhook), so the receipt leaves before the BEGIN.
+        let stmt = match conn.prepare_cached(&RECEIPT_SQL).await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = anyhow::Error::new(e).context("Failed to prepare the webhook receipt");
+                return Opened {
+                    receipt: Err(e),
+                    applying: Err(anyhow::anyhow!("no receipt")),
+                };
+            }
+        };
+        let params: [Param<'_>; 5] = [
+            &r.received_at,
+            &r.trigger,
+            &r.cal_uid,
+            &r.body_sha256,
+            &r.body,
+        ];
+        let receipt = async {
+            conn.query_opt(&stmt, &params)
+                .await
+                .context("Failed to store the webhook receipt")?
+                .map(|row| row.try_get(0))
+                .transpose()
+                .map_err(anyhow::Error::from)
+        };
+        futures::future::join(receipt, begin_on(conn, q)).await
+    };
+    Opened {
+        receipt,
+        applying: in_transaction(tx, resolved),
+    }
+}
+
+/// Begins an apply's transaction and takes its locks and reads, in one round trip: for a
+/// receipt stored before (`journeyctl webhook --replay`).
+pub(crate) async fn begin_and_resolve(
+    db: &super::Db,
+    q: &Lookup<'_>,
+) -> anyhow::Result<(ApplyTx, Resolved)> {
+    let tx = ApplyTx::take(db).await?;
+    let resolved = begin_on(tx.conn()?, q).await;
+    in_transaction(tx, resolved)
+}
+
+/// `tx` once [`begin_on`] ran on it. When that failed, the transaction may be open or
+/// aborted: `tx` is dropped, so its connection is closed, never pooled.
+fn in_transaction(
+    tx: ApplyTx,
+    resolved: anyhow::Result<Resolved>,
+) -> anyhow::Result<(ApplyTx, Resolved)> {
+    match resolved {
+        Ok(resolved) => Ok((tx, resolved)),
+        Err(e) => {
+            drop(tx);
+            Err(e)
+        }
+    }
+}
+
+/// BEGIN, then [`lock_and_resolve`], sent together.
+async fn begin_on(client: &ClientWrapper, q: &Lookup<'_>) -> anyhow::Result<Resolved> {
+    let (begun, resolved) = futures::future::join(
+        async {
+            client
+                .batch_execute("BEGIN")
+                .await
+                .context("Failed to begin the webhook's transaction")
+        },
+        lock_and_resolve(client, q),
+    )
+    .await;
+    begun?;
+    resolved
 }
 
 /// What an event names, to be resolved in one read.
@@ -564,10 +722,7 @@ fn resolve_sql() -> String {
 /// previous holder of a lock committed (a second event for the same new booking finds the
 /// first one's row). Lock order: the body's, then the
 /// booking's (as [`lock_booking`] takes it).
-pub(crate) async fn lock_and_resolve(
-    tx: &Transaction<'_>,
-    q: &Lookup<'_>,
-) -> anyhow::Result<Resolved> {
+async fn lock_and_resolve(tx: &ClientWrapper, q: &Lookup<'_>) -> anyhow::Result<Resolved> {
     static READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(resolve_sql);
     let locks = tx
         .prepare_cached(LOCKS_SQL)

@@ -143,22 +143,42 @@ pub(crate) async fn handle(
         );
     }
     // A redelivery of bytes already applied is answered without storing them again; the
-    // check and the receipt are one statement.
-    let receipt = match sql::open_receipt_unless_seen(
+    // check and the receipt are one statement, sent with the apply's BEGIN, locks and reads.
+    let target = Target::of(&event);
+    let text = stored_text(body);
+    let opened = sql::open_receipt_and_begin(
         db,
-        Some(event.trigger.as_str()),
-        uid_of(&event),
-        &hash,
-        &stored_text(body),
-        now,
+        &sql::NewReceipt {
+            trigger: Some(event.trigger.as_str()),
+            cal_uid: uid_of(&event),
+            body_sha256: &hash,
+            body: &text,
+            received_at: now,
+        },
+        &target.lookup(&event, &hash),
     )
-    .await
-    {
-        Ok(Some(id)) => id,
-        Ok(None) => return duplicate(&event, None),
-        Err(e) => return failed(db, &event, None, e).await,
-    };
-    apply_receipt(db, &event, receipt, &hash, now).await
+    .await;
+    match (opened.receipt, opened.applying) {
+        (Ok(Some(receipt)), Ok((tx, resolved))) => {
+            match applied_on(tx, resolved, &event, &target, receipt, now).await {
+                Ok(h) => h,
+                Err(e) => failed(db, &event, Some(receipt), e).await,
+            }
+        }
+        (Ok(Some(receipt)), Err(e)) => failed(db, &event, Some(receipt), e).await,
+        (Ok(None), applying) => {
+            if let Ok((tx, _)) = applying {
+                tx.rollback().await;
+            }
+            duplicate(&event, None)
+        }
+        (Err(e), applying) => {
+            if let Ok((tx, _)) = applying {
+                tx.rollback().await;
+            }
+            failed(db, &event, None, e).await
+        }
+    }
 }
 
 /// The answer to a body whose signature does not verify.
@@ -269,12 +289,10 @@ async fn failed(db: &Db, event: &CalEvent, receipt: Option<Uuid>, e: anyhow::Err
     }
 }
 
+/// One statement, committed on its own.
 async fn settle_error(db: &Db, receipt: Uuid, msg: &str) -> anyhow::Result<()> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await?;
-    sql::settle_receipt(&tx, receipt, WebhookOutcome::Error, Some(msg)).await?;
-    tx.commit().await?;
-    Ok(())
+    let client = db.client().await?;
+    sql::settle_receipt(&client, receipt, WebhookOutcome::Error, Some(msg)).await
 }
 
 fn duplicate(event: &CalEvent, receipt: Option<Uuid>) -> Handled {
@@ -304,20 +322,18 @@ fn stored_text(body: &[u8]) -> String {
 }
 
 /// Stores a body that is not applied (`receipt` says why; its `body` is filled from `body`),
-/// with its event, in a transaction of its own.
+/// with its event, in one statement committed on its own.
 async fn record_only(db: &Db, receipt: Receipt<'_>, body: &[u8]) -> anyhow::Result<()> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await?;
+    let client = db.client().await?;
     let body = stored_text(body);
     sql::record_receipt(
-        &tx,
+        &client,
         &Receipt {
             body: Some(&body),
             ..receipt
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -430,7 +446,7 @@ struct Moved {
 /// has not arrived yet) pointing to the new uid, and the new booking (`upsert`) fills what its
 /// payload lacks from it.
 async fn move_away(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::ClientWrapper,
     old_uid: &str,
     event: &CalEvent,
     upsert: &mut BookingUpsert<'_>,
@@ -599,12 +615,12 @@ fn upsert_of<'e>(
 /// A verified body with nothing to store (a PING, an unknown trigger, or no booking uid): the
 /// receipt is settled `acknowledged`.
 async fn acknowledge(
-    tx: deadpool_postgres::Transaction<'_>,
+    tx: sql::ApplyTx,
     event: &CalEvent,
     receipt: Uuid,
     acknowledged_only: bool,
 ) -> anyhow::Result<Handled> {
-    sql::settle_receipt(&tx, receipt, WebhookOutcome::Acknowledged, None).await?;
+    sql::settle_receipt(tx.conn()?, receipt, WebhookOutcome::Acknowledged, None).await?;
     tx.commit().await?;
     let trigger = event.trigger.as_str();
     let message = if acknowledged_only {
@@ -631,9 +647,7 @@ fn was_active(locked: &sql::Locked) -> bool {
         }
 }
 
-/// Applies one event in one transaction: locks and reads what it names, moves a rescheduled
-/// booking's old uid away, decides the status on the locked row, writes the booking and
-/// settles the receipt `applied` (or `duplicate`, `acknowledged`).
+/// Applies one event of a stored receipt in one transaction (`journeyctl webhook --replay`).
 async fn apply(
     db: &Db,
     event: &CalEvent,
@@ -641,12 +655,25 @@ async fn apply(
     hash: &str,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Handled> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await?;
     let target = Target::of(event);
-    let resolved = sql::lock_and_resolve(&tx, &target.lookup(event, hash)).await?;
+    let (tx, resolved) = sql::begin_and_resolve(db, &target.lookup(event, hash)).await?;
+    applied_on(tx, resolved, event, &target, receipt, now).await
+}
+
+/// Applies one event in its transaction `tx`, which has locked and read what it names
+/// (`resolved`): moves a rescheduled booking's old uid away, decides the status on the locked
+/// row, writes the booking and settles the receipt `applied` (or `duplicate`, `acknowledged`),
+/// and commits.
+async fn applied_on(
+    tx: sql::ApplyTx,
+    resolved: sql::Resolved,
+    event: &CalEvent,
+    target: &Target<'_>,
+    receipt: Uuid,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Handled> {
     if resolved.duplicate {
-        sql::settle_receipt(&tx, receipt, WebhookOutcome::Duplicate, None).await?;
+        sql::settle_receipt(tx.conn()?, receipt, WebhookOutcome::Duplicate, None).await?;
         tx.commit().await?;
         return Ok(duplicate(event, Some(receipt)));
     }
@@ -664,7 +691,7 @@ async fn apply(
     // A reschedule: the old uid is moved away first, and the new one inherits what it knew.
     let moved = match target.old_uid {
         Some(old_uid) => {
-            let moved = move_away(&tx, old_uid, event, &mut upsert).await?;
+            let moved = move_away(tx.conn()?, old_uid, event, &mut upsert).await?;
             upsert.rescheduled_from_uid = Some(old_uid);
             Some(moved)
         }
@@ -675,7 +702,7 @@ async fn apply(
     }
     let locked = match resolved.locked {
         Some(locked) => locked,
-        None => sql::lock_booking(&tx, uid).await?,
+        None => sql::lock_booking(tx.conn()?, uid).await?,
     };
     let was_active = was_active(&locked);
     let (status, write) = decide(&locked, status_event(event), upsert.event_at, uid);
@@ -687,8 +714,7 @@ async fn apply(
         }
         None => upsert.ical_uid = Some(&locked.ical_uid),
     }
-    let stored = sql::upsert_booking_and_settle(&tx, &upsert, receipt).await?;
-    tx.commit().await?;
+    let stored = sql::upsert_settle_and_commit(tx, &upsert, receipt).await?;
     Ok(applied(event, receipt, uid, &stored, status, was_active))
 }
 
