@@ -319,6 +319,10 @@ pub(crate) async fn serve(
         &j.application_name,
     )
     .await?;
+    // Not fatal: the pool then connects and prepares on the first webhooks.
+    if let Err(e) = crate::db::webhook::warm_ingest(&ingest, SERVE_INGEST_CONNECTIONS).await {
+        log::warn!("serve: {}", public_message(&e));
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| ConfigError::new(format!("cannot listen on {listen}: {e}")))?;

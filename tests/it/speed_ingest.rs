@@ -513,3 +513,27 @@ async fn a_demo_interrupted_while_its_postgresql_starts_leaves_no_postgresql_and
     signal(&child, "INT", true);
     no_postgres_left(child, dir).await;
 }
+
+#[tokio::test]
+async fn serve_opens_its_ingest_connections_before_it_takes_the_first_webhook() {
+    let db = TestDb::migrated().await;
+    let tr = Transports::start().await;
+    let mut cli = tr.apply_email_only(db.cmd());
+    cli.env("CAL_WEBHOOK_SECRET", SECRET).args(["--now", NOW]);
+    // Up (it answers /healthz), and no webhook sent yet.
+    let (child, _base) = spawn_serve(cli).await;
+    let open = db
+        .count(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name LIKE 'journeyctl:%' AND datname = current_database()",
+        )
+        .await;
+    // The ingest pool's connections, each with a webhook's statements prepared: the first
+    // burst does not wait for the pool to connect.
+    let ingest = journeyctl::db::SERVE_INGEST_CONNECTIONS as i64;
+    assert!(
+        open >= ingest,
+        "{open} connection(s) open before the first webhook; the ingest pool has {ingest}"
+    );
+    terminate(child).await;
+}
