@@ -693,29 +693,19 @@ pub enum Stamp {
 /// back to the pool, and a session dropped without that (a failed reset, a run cut short)
 /// takes its connection out of the pool and closes it.
 pub struct StampSession {
-    client: Option<deadpool_postgres::Object>,
+    held: super::pool::Held,
 }
 
 impl StampSession {
     /// Takes a pooled connection and sets its planner settings for the stamps.
     pub async fn open(db: &Db) -> anyhow::Result<StampSession> {
-        let client = db.client().await?;
-        // Held by the session from here on: a failed SET closes the connection on drop.
-        let session = StampSession {
-            client: Some(client),
-        };
-        session
-            .conn()?
+        // Held from here on: a failed SET closes the connection.
+        let held = super::pool::Held::take(db).await?;
+        held.conn()?
             .batch_execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
             .await
             .context("Failed to prepare the send-started stamps' connection")?;
-        Ok(session)
-    }
-
-    fn conn(&self) -> anyhow::Result<&deadpool_postgres::Object> {
-        self.client
-            .as_ref()
-            .context("the send-started stamps' connection was given back already")
+        Ok(StampSession { held })
     }
 
     /// Stamps the rows of `ids` that are still this run's claims (`sending`, `run_id`), with
@@ -753,7 +743,7 @@ impl StampSession {
             )
         });
         let failed = || format!("Failed to stamp {} delivery(ies) as being sent", ids.len());
-        let conn = self.conn()?;
+        let conn = self.held.conn()?;
         let stmt = conn
             .prepare_typed_cached(&SQL, &[Type::UUID_ARRAY, Type::UUID, Type::BOOL])
             .await
@@ -773,30 +763,19 @@ impl StampSession {
             .collect()
     }
 
-    /// Gives the connection back to the pool with its planner settings reset.
+    /// Gives the connection back to the pool with its planner settings reset (closed instead
+    /// when the reset fails).
     pub async fn finish(mut self) {
-        let Some(client) = self.client.take() else {
-            return;
+        let reset = match self.held.conn() {
+            Ok(c) => c
+                .batch_execute("RESET enable_seqscan; RESET plan_cache_mode")
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
         };
-        match client
-            .batch_execute("RESET enable_seqscan; RESET plan_cache_mode")
-            .await
-        {
-            Ok(()) => drop(client),
-            Err(e) => {
-                log::debug!("the stamps' connection is closed, not pooled: {e}");
-                drop(deadpool_postgres::Object::take(client));
-            }
-        }
-    }
-}
-
-impl Drop for StampSession {
-    fn drop(&mut self) {
-        // Not finished: the connection may still have this session's planner settings.
-        // Closed, never handed to another statement.
-        if let Some(client) = self.client.take() {
-            drop(deadpool_postgres::Object::take(client));
+        match reset {
+            Ok(()) => self.held.release(),
+            Err(e) => log::debug!("the stamps' connection is closed, not pooled: {e}"),
         }
     }
 }

@@ -5,7 +5,7 @@
 use crate::domain::Stage;
 
 /// Advisory lock namespace of stage runs (first key of `pg_try_advisory_lock(int, int)`).
-const STAGE_LOCK_NS: i32 = 0x4a43_0001;
+pub const STAGE_LOCK_NS: i32 = 0x4a43_0001;
 
 /// Tries to take `stage`'s lock on this connection: `true` when this session holds it now.
 pub(crate) async fn try_stage_lock(
@@ -26,13 +26,17 @@ pub(crate) async fn probe_stage_lock(
     client: &deadpool_postgres::ClientWrapper,
     stage: Stage,
 ) -> anyhow::Result<bool> {
-    // CASE evaluates in order: the lock is released only when this statement took it.
-    let sql = format!(
-        "SELECT CASE WHEN pg_try_advisory_lock({STAGE_LOCK_NS}, {k})
-                     THEN pg_advisory_unlock({STAGE_LOCK_NS}, {k}) ELSE false END",
+    ask(client, &format!("SELECT {}", probe(stage)), stage).await
+}
+
+/// SQL: takes `stage`'s lock and releases it at once; `true` when it was free. CASE
+/// evaluates in order: the lock is released only when this expression took it.
+fn probe(stage: Stage) -> String {
+    format!(
+        "CASE WHEN pg_try_advisory_lock({STAGE_LOCK_NS}, {k})
+              THEN pg_advisory_unlock({STAGE_LOCK_NS}, {k}) ELSE false END",
         k = stage as i32
-    );
-    ask(client, &sql, stage).await
+    )
 }
 
 /// [`probe_stage_lock`] for several stages with nothing due, in one statement: one answer per
@@ -44,17 +48,8 @@ pub(crate) async fn probe_stage_locks(
     if stages.is_empty() {
         return Ok(Vec::new());
     }
-    // The columns are evaluated left to right, each CASE releasing only the lock it took.
-    let columns: Vec<String> = stages
-        .iter()
-        .map(|&stage| {
-            format!(
-                "CASE WHEN pg_try_advisory_lock({STAGE_LOCK_NS}, {k})
-                      THEN pg_advisory_unlock({STAGE_LOCK_NS}, {k}) ELSE false END",
-                k = stage as i32
-            )
-        })
-        .collect();
+    // The columns are evaluated left to right, each releasing only the lock it took.
+    let columns: Vec<String> = stages.iter().map(|&stage| probe(stage)).collect();
     let sql = format!("SELECT {}", columns.join(", "));
     let messages = client
         .simple_query(&sql)

@@ -21,6 +21,7 @@ pub(crate) mod suppressions;
 pub(crate) mod tidy;
 pub(crate) mod webhook;
 
+pub use locks::STAGE_LOCK_NS;
 pub use pool::{connect, connect_as, Db, Unreachable};
 pub use pool::{
     SERVE_CONFIRM_CONNECTIONS, SERVE_CONFIRM_PAGES, SERVE_CONFIRM_SENDS, SERVE_INGEST_CONNECTIONS,

@@ -147,6 +147,37 @@ impl Db {
     }
 }
 
+/// A pooled connection in a state no other statement may inherit (a session setting, an open
+/// transaction). It goes back to the pool only through [`Held::release`], once that state is
+/// undone; dropped before that (an early error return, a panic, a task cut short), it is taken
+/// out of the pool and closed.
+pub(crate) struct Held(Option<deadpool_postgres::Object>);
+
+impl Held {
+    pub(crate) async fn take(db: &Db) -> anyhow::Result<Held> {
+        Ok(Held(Some(db.client().await?)))
+    }
+
+    pub(crate) fn conn(&self) -> anyhow::Result<&deadpool_postgres::ClientWrapper> {
+        self.0
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("the connection was given back to the pool already"))
+    }
+
+    /// Its state undone: the connection goes back to the pool.
+    pub(crate) fn release(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -267,7 +267,7 @@ pub(crate) async fn upsert_settle_and_commit(
     let committed = committed.context("Failed to commit the webhook's changes");
     if committed.is_ok() {
         // Committed, or (after a failed write) rolled back: out of the transaction.
-        tx.release();
+        tx.held.release();
     }
     let row = row?;
     committed?;
@@ -464,7 +464,7 @@ pub(crate) async fn record_receipt(tx: &ClientWrapper, r: &Receipt<'_>) -> anyho
 /// and closes it: PostgreSQL rolls the transaction back, and no pooled connection is ever left
 /// inside a transaction.
 pub(crate) struct ApplyTx {
-    client: Option<deadpool_postgres::Object>,
+    held: super::pool::Held,
 }
 
 impl ApplyTx {
@@ -473,15 +473,13 @@ impl ApplyTx {
     /// leave it in the pool inside a transaction.
     async fn take(db: &super::Db) -> anyhow::Result<ApplyTx> {
         Ok(ApplyTx {
-            client: Some(db.client().await?),
+            held: super::pool::Held::take(db).await?,
         })
     }
 
     /// The connection the transaction runs on.
     pub(crate) fn conn(&self) -> anyhow::Result<&ClientWrapper> {
-        self.client
-            .as_deref()
-            .context("the webhook's transaction has ended already")
+        self.held.conn()
     }
 
     pub(crate) async fn commit(mut self) -> anyhow::Result<()> {
@@ -489,7 +487,7 @@ impl ApplyTx {
             .batch_execute("COMMIT")
             .await
             .context("Failed to commit the webhook's changes")?;
-        self.release();
+        self.held.release();
         Ok(())
     }
 
@@ -497,21 +495,8 @@ impl ApplyTx {
     pub(crate) async fn rollback(mut self) {
         if let Ok(conn) = self.conn() {
             if conn.batch_execute("ROLLBACK").await.is_ok() {
-                self.release();
+                self.held.release();
             }
-        }
-    }
-
-    /// Out of the transaction: the connection goes back to the pool.
-    fn release(&mut self) {
-        drop(self.client.take());
-    }
-}
-
-impl Drop for ApplyTx {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            drop(deadpool_postgres::Object::take(client));
         }
     }
 }
@@ -652,8 +637,8 @@ async fn begin_on(client: &ClientWrapper, q: &Lookup<'_>) -> anyhow::Result<Reso
 
 /// Opens `n` connections of `serve`'s ingest pool and prepares a webhook's statements on each,
 /// before the first webhook is taken: the first burst after a start finds the pool as a
-/// listener that has run for a while has it. Opening and preparing on the first webhooks
-/// instead took that burst's slowest answers from about 45 ms to 55-80 ms (`bench/webhooks`).
+/// listener that has run for a while has it, instead of waiting for each connection to open
+/// and prepare (figures in `bench/RESULTS.md`).
 pub(crate) async fn warm_ingest(db: &super::Db, n: usize) -> anyhow::Result<()> {
     let clients = futures::future::try_join_all((0..n).map(|_| db.client())).await?;
     futures::future::try_join_all(clients.iter().map(|c| async move {

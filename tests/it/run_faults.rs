@@ -192,7 +192,7 @@ async fn a_run_skipped_for_the_lock_is_recorded_as_skipped_and_a_lock_held_past_
     holder
         .execute(
             "SELECT pg_advisory_lock($1, $2)",
-            &[&0x4a43_0001_i32, &stage],
+            &[&journeyctl::db::STAGE_LOCK_NS, &stage],
         )
         .await
         .unwrap();

@@ -242,7 +242,7 @@ async fn followups_with_nothing_due_looks_at_every_stage_lock_in_one_statement()
         .execute(
             "SELECT pg_advisory_lock($1, $2)",
             &[
-                &0x4a43_0001_i32,
+                &journeyctl::db::STAGE_LOCK_NS,
                 &(journeyctl::domain::Stage::Reminder1h as i32),
             ],
         )
