@@ -72,8 +72,10 @@ pub(super) const DRAIN: std::time::Duration = crate::stages::control::DEFAULT_DR
 const DEFAULT_CONCURRENCY: usize = 8;
 
 /// Connections beyond one per concurrent send: the stage's own connection (it holds the
-/// stage lock) and one for the batch claims and records.
-const EXTRA_CONNECTIONS: usize = 2;
+/// stage lock and selects the pages), one for the batch claims and one for their records.
+/// (Batched sends hold none, which leaves room for the send-started stamps' connection and
+/// the next page's lookups.)
+const EXTRA_CONNECTIONS: usize = 3;
 
 /// One stage command as the operator asked for it: its name (`reminder-24h`, `followups`),
 /// the stages it runs, and the run's limits and extras.

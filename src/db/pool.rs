@@ -48,10 +48,11 @@ pub const SERVE_CONFIRM_PAGES: usize = 4;
 /// `serve`: sends at once within one page of confirmations; the sends wait on SMTP far more
 /// than on the database.
 pub const SERVE_CONFIRM_SENDS: usize = 8;
-/// `serve`: connections of the confirmation pages. A page holds one for its claims and
-/// records and briefly others for its lookups and its send-started stamps (confirmations are
-/// email only: no second channel's claim); plus `/healthz` and the start-up scan.
-pub const SERVE_CONFIRM_CONNECTIONS: usize = 3 * SERVE_CONFIRM_PAGES + 2;
+/// `serve`: connections of the confirmation pages. A page holds one for its claims, one for
+/// its records and one for its send-started stamps, and briefly one for its lookups
+/// (confirmations are email only: no second channel's claim); plus `/healthz` and the
+/// start-up scan.
+pub const SERVE_CONFIRM_CONNECTIONS: usize = 4 * SERVE_CONFIRM_PAGES + 2;
 
 /// Connect timeout unless the URL sets one: an unreachable server fails fast instead of
 /// hanging a cron slot.
@@ -135,6 +136,24 @@ impl Db {
         self.pool.get().await.map_err(|e| {
             anyhow::anyhow!("Failed to get a database connection: {}", error_chain(&e))
         })
+    }
+
+    /// A pooled connection if one is free (or can be opened) now; `None` rather than waiting
+    /// for one: for work that can fall back on a connection it holds already.
+    pub async fn spare_client(&self) -> Option<deadpool_postgres::Object> {
+        let now = deadpool_postgres::Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(POOL_CREATE_TIMEOUT),
+            recycle: Some(POOL_RECYCLE_TIMEOUT),
+        };
+        self.pool.timeout_get(&now).await.ok()
+    }
+
+    /// Opens `n` of the pool's connections now (and leaves them pooled), so that the first
+    /// burst of work finds them open.
+    pub async fn open_ahead(&self, n: usize) -> anyhow::Result<()> {
+        futures::future::try_join_all((0..n).map(|_| self.client())).await?;
+        Ok(())
     }
 
     /// One round trip on a pooled connection (`serve`'s `/healthz`): `true` when the database

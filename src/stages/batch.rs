@@ -71,11 +71,21 @@ pub(crate) async fn deliver_all(
         },
         false => None,
     };
+    // Outcomes are recorded on a connection of their own, so a record in flight never holds
+    // up the claim of the next batch; when the pool has none free, on the claims' one.
+    let recorder = match &client {
+        Some(_) => j.db.spare_client().await,
+        None => None,
+    };
     let unsent = Arc::new(Unsent::new(j, stage));
     let at_once = pass.concurrency.max(1);
+    // Each send task holds a sender: once every one is dropped, no send of this page runs.
+    let (alive, mut ended) = tokio::sync::mpsc::channel::<()>(1);
     let stream = match &client {
-        Some(client) => batched_stream(j, stage, client, deliveries, &unsent, at_once),
+        Some(client) => batched_stream(j, stage, client, deliveries, &unsent, at_once, alive),
         None => {
+            // Sent inside this task: nothing to wait for after the stream.
+            drop(alive);
             let mode = move || match pass.dry_run {
                 true => Mode::DryRun,
                 false => Mode::Single,
@@ -86,7 +96,11 @@ pub(crate) async fn deliver_all(
                 .boxed()
         }
     };
-    let (results, cut_short) = drive(j, stage, client.as_deref(), stream).await;
+    let records = recorder.as_deref().or(client.as_deref());
+    let (results, cut_short) = drive(j, stage, records, stream).await;
+    // A run cut short aborted its sends still in flight: they have ended before their claims
+    // are given back or declared in doubt.
+    while ended.recv().await.is_some() {}
     if let Some(c) = &client {
         give_back(j, stage, c, &unsent, report).await;
     }
@@ -103,15 +117,19 @@ pub(crate) fn requires_active(stage: crate::domain::LedgerStage) -> bool {
     stage == Stage::ConfirmationRecovery.ledger()
 }
 
-/// The batched deliveries: claimed `CLAIM_BATCH` at a time on `client`, then delivered,
-/// `at_once` at a time.
+/// The batched deliveries: claimed `CLAIM_BATCH` at a time on `client` (the next batch while
+/// this one is sent), then delivered, `at_once` at a time, each send a task of its own: the
+/// sends use every core, and one waking up (its stamp committed, the relay's answer) waits
+/// for no other. A send's task ends with it, or is aborted when the stream is dropped (a run
+/// cut short); `alive` goes with each task, so the caller can wait until none runs.
 fn batched_stream<'a>(
     j: &'a Journey,
     stage: Stage,
     client: &'a Client,
     deliveries: Vec<Delivery>,
-    unsent: &'a Unsent,
+    unsent: &'a Arc<Unsent>,
     at_once: usize,
+    alive: tokio::sync::mpsc::Sender<()>,
 ) -> BoxStream<'a, DeliveryResult> {
     let mut batches = Vec::new();
     let mut deliveries = deliveries.into_iter().peekable();
@@ -119,14 +137,40 @@ fn batched_stream<'a>(
         batches.push(deliveries.by_ref().take(CLAIM_BATCH).collect::<Vec<_>>());
     }
     futures::stream::iter(batches)
-        .then(move |batch| claim_batch(j, client, batch, unsent))
+        .map(move |batch| claim_batch(j, client, batch, unsent))
+        // The next batch is claimed while this one is sent: a send never waits for a claim.
+        .buffered(2)
         .flat_map(futures::stream::iter)
         .map(move |(d, claim)| {
-            let mode = match claim {
-                Some(claim) => Mode::Batched { claim, unsent },
-                None => Mode::Single,
-            };
-            deliver_guarded(j, stage, d, mode)
+            let (j, unsent, alive) = (j.clone(), unsent.clone(), alive.clone());
+            let (booking_id, channel) = (d.booking_id, d.key.channel);
+            let task = tokio::spawn(async move {
+                let _alive = alive;
+                let mode = match claim {
+                    Some(claim) => Mode::Batched {
+                        claim,
+                        unsent: &unsent,
+                    },
+                    None => Mode::Single,
+                };
+                deliver_guarded(&j, stage, d, mode).await
+            });
+            let mut task = AbortOnDrop(task);
+            async move {
+                match (&mut task.0).await {
+                    Ok(r) => r,
+                    // Never aborted while awaited, and a panic is caught inside: a defect.
+                    Err(e) => {
+                        log::error!("{stage}: booking {booking_id}: the send's task failed: {e}");
+                        DeliveryResult {
+                            tally: Tally::default().fail(Counter::Errors),
+                            outcome: None,
+                            booking_id,
+                            channel,
+                        }
+                    }
+                }
+            }
         })
         .buffer_unordered(at_once)
         .boxed()
@@ -256,5 +300,14 @@ async fn record_outcomes(
             }
             results
         }
+    }
+}
+
+/// A spawned delivery, aborted when its caller stops waiting for it.
+struct AbortOnDrop(tokio::task::JoinHandle<DeliveryResult>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

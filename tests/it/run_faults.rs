@@ -142,6 +142,58 @@ async fn sigterm_drains_in_flight_sends_records_them_and_exits_143_leaving_nothi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_back_the_batch_claimed_ahead_and_the_next_run_sends_it() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let tr = Transports::start().await;
+    let now = at("2026-03-09T15:00:00Z");
+    // All at the same start: 150 minutes apart would leave the reminder's window.
+    crate::support::due_for_reminder_24h(&c, "2026-03-09T15:00:00Z", 150, false).await;
+    tr.smtp.close_gate();
+    let mut cli = tr.apply_email_only(db.cmd());
+    cli.args([
+        "--now",
+        &now.to_rfc3339(),
+        "reminder-24h",
+        "--concurrency",
+        "4",
+    ]);
+    let mut child = cli.spawn();
+    let mut lines = stderr_lines(&mut child);
+    blocking_wait_held(&tr, 4);
+    // Two batches of 64 claimed: the one being sent and the next.
+    let mut polls = 0;
+    while db.count("SELECT count(*) FROM journey_deliveries").await < 128 {
+        polls += 1;
+        assert!(polls < 2_000, "the next batch was never claimed");
+        tokio::task::yield_now().await;
+    }
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    read_until(&mut lines, "SIGTERM received").await;
+    tr.smtp.open_gate();
+    let (code, out, err) = finish(child, lines).await;
+    assert_eq!(code, 143, "{out}\n{err}");
+    // The 4 held sends are recorded; every other claim, of either batch, is given back.
+    assert_eq!(statuses(&c).await, vec!["sent"; 4], "{err}");
+    assert!(out.contains("retry_scheduled=146"), "{out}");
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", &now.to_rfc3339(), "reminder-24h"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut to: Vec<String> = tr.emails().iter().map(|m| m.to[0].clone()).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!((tr.emails().len(), to.len()), (150, 150));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_its_deadline_a_run_stops_claiming_records_what_was_in_flight_and_exits_1() {
     let db = TestDb::migrated().await;
     let c = db.client().await;
