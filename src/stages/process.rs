@@ -20,7 +20,7 @@ use crate::db::ledger::{self, DeliveryKey};
 use crate::domain::{mark_column, Channel, Counter, RecipientRole, Stage};
 
 /// A page's lookups; a failed one is kept as its reason, an error for every booking.
-struct Loaded {
+pub(crate) struct Loaded {
     patients: Result<HashMap<Uuid, PatientRow>, String>,
     existing: Result<Existing, String>,
     optouts: optout::Batch,
@@ -41,11 +41,26 @@ pub(crate) async fn process(
     due: Vec<DueBooking>,
     report: &mut StageReport,
 ) {
-    report.counters.add(Counter::Processed, due.len() as u64);
     if due.is_empty() {
         return;
     }
     let loaded = load(j, pass.stage, &due).await;
+    process_loaded(j, pass, due, loaded, report).await;
+}
+
+/// [`process`] of a page whose lookups are done already ([`load`]): the stage's page loop
+/// looks the next page up while this one is sent.
+pub(crate) async fn process_loaded(
+    j: &Journey,
+    pass: Pass,
+    due: Vec<DueBooking>,
+    loaded: Loaded,
+    report: &mut StageReport,
+) {
+    report.counters.add(Counter::Processed, due.len() as u64);
+    if due.is_empty() {
+        return;
+    }
     let mut page = Page::default();
     for b in &due {
         let mut ctx = Ctx {
@@ -71,7 +86,8 @@ pub(crate) async fn process(
     report.sort_planned();
 }
 
-async fn load(j: &Journey, stage: Stage, due: &[DueBooking]) -> Loaded {
+/// The page's lookups: its patients, its ledger rows and the opt-outs of its addresses.
+pub(crate) async fn load(j: &Journey, stage: Stage, due: &[DueBooking]) -> Loaded {
     let patient_ids: Vec<Uuid> = due.iter().filter_map(|b| b.patient_id).collect();
     let patients = bookings::load_patients(&j.db, &patient_ids)
         .await

@@ -262,8 +262,9 @@ async fn look_at_locks(
     }
 }
 
-/// Keyset-paginated chunks: select a page, process it (plan, claim, send, record), then the
-/// next page after the last booking of this one. Returns how many bookings were selected;
+/// Keyset-paginated chunks: select a page and look its patients, ledger rows and opt-outs
+/// up, then process it (plan, claim, send, record) while the next page, after the last
+/// booking of this one, is selected and looked up. Returns how many bookings were selected;
 /// `None` when a selection failed (counted and recorded).
 async fn select_pages(
     j: &Journey,
@@ -280,18 +281,24 @@ async fn select_pages(
         concurrency: opts.concurrency,
     };
     let now = j.clock.now();
-    let mut after = None;
+    let page_size = |left: Option<i64>| left.map_or(bookings::PAGE, |l| l.min(bookings::PAGE));
+    // One page selected and looked up: its bookings, where the next page starts, its lookups.
+    let fetch = |after: Option<(DateTime<Utc>, uuid::Uuid)>, page: i64| async move {
+        let (due, next) =
+            bookings::select_due_page(live, stage.facts(), now, window, after, page).await?;
+        let loaded = super::process::load(j, stage, &due).await;
+        anyhow::Ok((due, next, loaded))
+    };
     let mut left: Option<i64> = opts.limit.map(i64::from);
+    let mut page = page_size(left);
+    if page <= 0 {
+        return Some(0);
+    }
+    let mut fetched = Some(fetch(None, page).await);
     let mut total = 0usize;
-    loop {
-        let page = left.map_or(bookings::PAGE, |l| l.min(bookings::PAGE));
-        if page <= 0 || (total > 0 && j.control.stopped().is_some()) {
-            break;
-        }
-        let selected =
-            bookings::select_due_page(live, stage.facts(), now, window, after, page).await;
-        let (due, next) = match selected {
-            Ok(d) => d,
+    while let Some(this) = fetched.take() {
+        let (due, next, loaded) = match this {
+            Ok(f) => f,
             Err(e) => {
                 let why = format!("{e:#}");
                 count_error(j, report, opts.dry_run, ErrorAt::stage(stage), &why).await;
@@ -300,12 +307,19 @@ async fn select_pages(
         };
         let n = due.len();
         total += n;
-        super::process::process(j, pass, due, report).await;
-        if (n as i64) < page {
+        left = left.map(|l| l - n as i64);
+        let more = (n as i64) == page;
+        page = page_size(left);
+        let processing = super::process::process_loaded(j, pass, due, loaded, report);
+        if !more || page <= 0 || j.control.stopped().is_some() {
+            processing.await;
             break;
         }
-        after = next;
-        left = left.map(|l| l - n as i64);
+        let (_, following) = futures::future::join(processing, fetch(next, page)).await;
+        // A run told to stop while this page was sent takes no further page.
+        if j.control.stopped().is_none() {
+            fetched = Some(following);
+        }
     }
     Some(total)
 }

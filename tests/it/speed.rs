@@ -363,3 +363,69 @@ async fn a_stamp_planned_on_an_empty_ledger_still_looks_its_rows_up_by_key_once_
     );
     session.finish().await;
 }
+
+/// Polls `sql` (a count) until it reaches `n`; fails, naming `what`, when it never does.
+async fn wait_count(c: &tokio_postgres::Client, sql: &str, n: i64, what: &str) {
+    let mut polls = 0;
+    loop {
+        let now: i64 = c.query_one(sql, &[]).await.unwrap().get(0);
+        if now >= n {
+            return;
+        }
+        polls += 1;
+        assert!(polls < 20_000, "{what}: {now} of {n}");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Runs `reminder-24h` at 4 sends at once while the relay holds every message, calls
+/// `while_held` once the first 4 are held, then lets the relay answer; checks that every due
+/// booking got its reminder once.
+async fn with_sends_held(
+    db: &TestDb,
+    due: usize,
+    while_held: impl std::future::Future<Output = ()>,
+) {
+    let tr = Transports::start().await;
+    tr.smtp.close_gate();
+    let mut cli = tr.apply_email_only(db.cmd());
+    cli.args(["--now", NOW, "reminder-24h", "--concurrency", "4"]);
+    let child = cli.spawn();
+    tokio::task::block_in_place(|| tr.smtp.wait_held(4));
+    while_held.await;
+    tr.smtp.open_gate();
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let mut per_recipient: HashMap<String, usize> = HashMap::new();
+    for m in tr.emails() {
+        *per_recipient.entry(m.to[0].clone()).or_default() += 1;
+    }
+    assert_eq!(per_recipient.len(), due);
+    assert!(per_recipient.values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_is_claimed_while_the_sends_of_this_one_wait_for_the_relay() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    seed_window(&c, 150, 0).await;
+    // Batches of 64: while the first batch's sends are held, the second is claimed too.
+    let claimed = "SELECT count(*) FROM journey_deliveries";
+    let what = "rows claimed while the first batch's sends were held";
+    with_sends_held(&db, 150, wait_count(&c, claimed, 128, what)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_page_is_selected_while_the_sends_of_this_one_wait_for_the_relay() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    // Pages of 500: a second page of one booking.
+    seed_window(&c, 501, 0).await;
+    reset_statements(&c).await;
+    let selections = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s
+                        JOIN pg_database d ON d.oid = s.dbid
+                       WHERE d.datname = current_database() AND s.query LIKE '%AS page_key%'";
+    let what = "pages selected while the first page's sends were held";
+    with_sends_held(&db, 501, wait_count(&c, selections, 2, what)).await;
+}
