@@ -323,6 +323,10 @@ pub(crate) async fn serve(
     if let Err(e) = crate::db::webhook::warm_ingest(&ingest, SERVE_INGEST_CONNECTIONS).await {
         log::warn!("serve: {}", public_message(&e));
     }
+    // The same for the confirmation pages' connections.
+    if let Err(e) = j.db.open_ahead(SERVE_CONFIRM_CONNECTIONS).await {
+        log::warn!("serve: {}", public_message(&e));
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| ConfigError::new(format!("cannot listen on {listen}: {e}")))?;
