@@ -73,9 +73,10 @@ pub(crate) async fn deliver_all(
     };
     // Outcomes are recorded on a connection of their own, so a record in flight never holds
     // up the claim of the next batch; when the pool has none free, on the claims' one.
+    // A page of one batch claims once: nothing for a record to hold up.
     let recorder = match &client {
-        Some(_) => j.db.spare_client().await,
-        None => None,
+        Some(_) if total > CLAIM_BATCH => j.db.spare_client().await,
+        _ => None,
     };
     let unsent = Arc::new(Unsent::new(j, stage));
     let at_once = pass.concurrency.max(1);
@@ -131,6 +132,8 @@ fn batched_stream<'a>(
     at_once: usize,
     alive: tokio::sync::mpsc::Sender<()>,
 ) -> BoxStream<'a, DeliveryResult> {
+    // Shared by the send tasks: one copy of the run context per page, not per send.
+    let shared = Arc::new(j.clone());
     let mut batches = Vec::new();
     let mut deliveries = deliveries.into_iter().peekable();
     while deliveries.peek().is_some() {
@@ -142,7 +145,7 @@ fn batched_stream<'a>(
         .buffered(2)
         .flat_map(futures::stream::iter)
         .map(move |(d, claim)| {
-            let (j, unsent, alive) = (j.clone(), unsent.clone(), alive.clone());
+            let (j, unsent, alive) = (shared.clone(), unsent.clone(), alive.clone());
             let (booking_id, channel) = (d.booking_id, d.key.channel);
             let task = tokio::spawn(async move {
                 let _alive = alive;
