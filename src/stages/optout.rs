@@ -75,6 +75,13 @@ impl Batch {
         due: &[DueBooking],
         patients: &Result<HashMap<Uuid, PatientRow>, String>,
     ) -> Batch {
+        if due.is_empty() {
+            // No booking, no address to look up (not even the QA mailbox's).
+            return Batch {
+                suppressed: Ok(Default::default()),
+                fallback_reported: AtomicBool::new(false),
+            };
+        }
         let mut candidates = Vec::new();
         let mut push = |p: &PatientRow| {
             for (channel, raw) in [

@@ -41,9 +41,6 @@ pub(crate) async fn process(
     due: Vec<DueBooking>,
     report: &mut StageReport,
 ) {
-    if due.is_empty() {
-        return;
-    }
     let loaded = load(j, pass.stage, &due).await;
     process_loaded(j, pass, due, loaded, report).await;
 }
@@ -86,7 +83,8 @@ pub(crate) async fn process_loaded(
     report.sort_planned();
 }
 
-/// The page's lookups: its patients, its ledger rows and the opt-outs of its addresses.
+/// The page's lookups: its patients, its ledger rows and the opt-outs of its addresses (none
+/// for an empty page).
 pub(crate) async fn load(j: &Journey, stage: Stage, due: &[DueBooking]) -> Loaded {
     let patient_ids: Vec<Uuid> = due.iter().filter_map(|b| b.patient_id).collect();
     let patients = bookings::load_patients(&j.db, &patient_ids)

@@ -161,13 +161,8 @@ async fn sigterm_gives_back_the_batch_claimed_ahead_and_the_next_run_sends_it() 
     crate::support::due_for_reminder_24h(&c, "2026-03-09T15:00:00Z", 150, false).await;
     let (child, mut lines) = start_held_run(&db, &tr, now);
     // Two batches of 64 claimed: the one being sent and the next.
-    let mut polls = 0;
-    let claimed = "SELECT count(*) FROM journey_deliveries";
-    while c.query_one(claimed, &[]).await.unwrap().get::<_, i64>(0) < 128 {
-        polls += 1;
-        assert!(polls < 100_000, "the next batch was never claimed");
-        tokio::task::yield_now().await;
-    }
+    let what = "rows claimed while the first batch's sends were held";
+    crate::support::wait_for_count(128, what, || crate::support::ledger_rows(&c)).await;
     sigterm(&child);
     read_until(&mut lines, "SIGTERM received").await;
     tr.smtp.open_gate();

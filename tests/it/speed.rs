@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crate::harness::TestDb;
 use crate::seed::at;
+use crate::support::{ledger_rows as rows, wait_for_count};
 use crate::transports::Transports;
 
 const NOW: &str = "2026-03-09T15:00:00Z";
@@ -364,20 +365,6 @@ async fn a_stamp_planned_on_an_empty_ledger_still_looks_its_rows_up_by_key_once_
     session.finish().await;
 }
 
-/// Polls `sql` (a count) until it reaches `n`; fails, naming `what`, when it never does.
-async fn wait_count(c: &tokio_postgres::Client, sql: &str, n: i64, what: &str) {
-    let mut polls = 0;
-    loop {
-        let now: i64 = c.query_one(sql, &[]).await.unwrap().get(0);
-        if now >= n {
-            return;
-        }
-        polls += 1;
-        assert!(polls < 20_000, "{what}: {now} of {n}");
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Runs `reminder-24h` at 4 sends at once while the relay holds every message, calls
 /// `while_held` once the first 4 are held, then lets the relay answer; checks that every due
 /// booking got its reminder once.
@@ -411,9 +398,9 @@ async fn the_next_batch_is_claimed_while_the_sends_of_this_one_wait_for_the_rela
     let c = db.client().await;
     seed_window(&c, 150, 0).await;
     // Batches of 64: while the first batch's sends are held, the second is claimed too.
-    let claimed = "SELECT count(*) FROM journey_deliveries";
     let what = "rows claimed while the first batch's sends were held";
-    with_sends_held(&db, 150, wait_count(&c, claimed, 128, what)).await;
+    let claimed = wait_for_count(128, what, || rows(&c));
+    with_sends_held(&db, 150, claimed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,9 +410,7 @@ async fn the_next_page_is_selected_while_the_sends_of_this_one_wait_for_the_rela
     // Pages of 500: a second page of one booking.
     seed_window(&c, 501, 0).await;
     reset_statements(&c).await;
-    let selections = "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s
-                        JOIN pg_database d ON d.oid = s.dbid
-                       WHERE d.datname = current_database() AND s.query LIKE '%AS page_key%'";
     let what = "pages selected while the first page's sends were held";
-    with_sends_held(&db, 501, wait_count(&c, selections, 2, what)).await;
+    let selected = wait_for_count(2, what, || calls(&c, "%AS page_key%"));
+    with_sends_held(&db, 501, selected).await;
 }

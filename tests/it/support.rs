@@ -95,6 +95,33 @@ pub fn signal(child: &tokio::process::Child, signal: &str, group: bool) {
         .unwrap();
 }
 
+/// Rows in the ledger (`journey_deliveries`), any status.
+pub async fn ledger_rows(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM journey_deliveries", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Polls `count` until it reaches `n`, yielding between polls; fails, naming `what`, when it
+/// never does.
+pub async fn wait_for_count<F, Fut>(n: i64, what: &str, mut count: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    let mut polls = 0;
+    loop {
+        let now = count().await;
+        if now >= n {
+            return;
+        }
+        polls += 1;
+        assert!(polls < 100_000, "{what}: {now} of {n}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// SIGTERM to a `serve`, which must then exit 0.
 pub async fn terminate(mut child: tokio::process::Child) {
     signal(&child, "TERM", false);
