@@ -1042,7 +1042,11 @@ fn record_batch_sql(cols: &[&'static str]) -> String {
               SET status = o.status, provider_message_id = coalesce(o.provider_id, d.provider_message_id),
                   last_error = o.error, lease_until = NULL, updated_at = now(),
                   sent_at = CASE WHEN o.status = 'sent' THEN $9 ELSE d.sent_at END
-             FROM o JOIN locked l ON l.id = o.id WHERE d.id = o.id
+             FROM o
+            -- The locked ids as one array, so the rows are found through the primary key.
+            -- Joined to `o` or `locked` instead, a young ledger (a few thousand rows) was read
+            -- whole for every batch, or `locked` once per row.
+            WHERE d.id = o.id AND d.id = ANY(ARRAY(SELECT id FROM locked))
            RETURNING d.booking_id, o.status, o.mark
          ){marks},
          ev AS (
@@ -1080,11 +1084,10 @@ fn marks_sql(cols: &[&'static str]) -> String {
              WHERE status = 'sent' AND mark IS NOT NULL GROUP BY booking_id),
            booked AS (
              -- The bookings locked in id order, as every run's record locks them.
-             SELECT x.id FROM cal_bookings x WHERE x.id IN (SELECT booking_id FROM marked)
-              ORDER BY x.id FOR NO KEY UPDATE),
+             SELECT x.id, m.cols FROM cal_bookings x JOIN marked m ON m.booking_id = x.id
+              ORDER BY x.id FOR NO KEY UPDATE OF x),
            mark AS (UPDATE cal_bookings b SET {}, updated_at = now()
-            FROM marked m JOIN booked k ON k.id = m.booking_id
-           WHERE b.id = m.booking_id AND ({}) RETURNING 1)",
+            FROM booked m WHERE b.id = m.id AND ({}) RETURNING 1)",
         sets.join(", "),
         unset.join(" OR ")
     )

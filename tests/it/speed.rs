@@ -365,6 +365,84 @@ async fn a_stamp_planned_on_an_empty_ledger_still_looks_its_rows_up_by_key_once_
     session.finish().await;
 }
 
+/// Rows of the ledger read by sequential scans so far, once `c`'s own counts are flushed (a
+/// backend's counts reach the statistics when it next goes idle, forced here).
+async fn ledger_rows_scanned(c: &tokio_postgres::Client) -> i64 {
+    c.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    c.query_one(
+        "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'journey_deliveries'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn recording_a_batch_of_outcomes_reads_only_its_own_rows_of_a_large_ledger() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let pool = db.pool().await;
+    let run = uuid::Uuid::new_v4();
+    // A young ledger of 10,000 rows this run claimed (a run of 10,000 reminders makes one);
+    // a batch of 64 of them is recorded.
+    let ids: Vec<uuid::Uuid> = c
+        .query(
+            "INSERT INTO journey_deliveries (booking_id, stage, channel, recipient_role, status,
+                                             attempts, run_id, send_started_at)
+             SELECT gen_random_uuid(), 'reminder_24h', 'email', 'patient', 'sending', 1, $1, now()
+               FROM generate_series(1, 10000) RETURNING id",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .take(64)
+        .map(|r| r.get(0))
+        .collect();
+    c.batch_execute("ANALYZE journey_deliveries").await.unwrap();
+    let outcomes: Vec<journeyctl::db::ledger::OwnedOutcome> = ids
+        .iter()
+        .map(|&delivery_id| journeyctl::db::ledger::OwnedOutcome {
+            delivery_id,
+            status: journeyctl::domain::DeliveryStatus::Sent,
+            provider_message_id: Some("<reminder@example.de>".into()),
+            error: None,
+            mark_column: None,
+            event: None,
+        })
+        .collect();
+    let before = ledger_rows_scanned(&c).await;
+    let client = pool.client().await.unwrap();
+    journeyctl::db::ledger::record_batch(&client, &outcomes, at(NOW))
+        .await
+        .unwrap();
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let scanned = ledger_rows_scanned(&c).await - before;
+    let sent: i64 = c
+        .query_one(
+            "SELECT count(*) FROM journey_deliveries WHERE id = ANY($1) AND status = 'sent'",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sent, 64);
+    // The 64 rows are found through the primary key; a scan of the ledger reads all 10,000.
+    assert_eq!(
+        scanned, 0,
+        "recording 64 outcomes in a 10,000-row ledger scanned {scanned} rows of it"
+    );
+}
+
 /// Runs `reminder-24h` at 4 sends at once while the relay holds every message, calls
 /// `while_held` once the first 4 are held, then lets the relay answer; checks that every due
 /// booking got its reminder once.
