@@ -2,7 +2,9 @@
 //! BOOKING_CREATED bodies (default 3,000) at 64 in flight from one generator, first to a
 //! server that answers 200 and does nothing else, then to `serve` on a throwaway PostgreSQL
 //! with pg_stat_statements; alternated `--repeat` times (default 3), medians printed. Each
-//! server first takes one unmeasured round of 128 requested bookings (warm connections).
+//! server first takes one unmeasured round of 128 requested bookings (warm connections), unless
+//! `--cold`: then the measured burst is the first the freshly started server meets. PostgreSQL
+//! runs durable (every commit waits for its WAL flush), as in production.
 //!
 //! For each run: requests/s and p50/p99 latency of the answers, and for `serve` also the time
 //! until every booking is stored and both of its confirmations are sent (bookings/s "with the
@@ -15,7 +17,8 @@
 //! cores put on bookings/s: cores ÷ CPU seconds per booking. Run it on a quiet machine: other
 //! work counts against us.
 //!
-//! Run: `bench/webhooks [N] [--repeat R]` or `cargo bench --bench webhook_load -- [N] [--repeat R]`
+//! Run: `bench/webhooks [N] [--repeat R] [--cold]` or
+//! `cargo bench --bench webhook_load -- [N] [--repeat R] [--cold]`
 //! (needs initdb/pg_ctl like the tests). Confirmations go to `EMAIL_OUTBOX_DIR` (files), or to
 //! `BENCH_SMTP_URL` when set (e.g. postfix's smtp-sink). `BENCH_TOP=K` also prints, per run,
 //! the K statements that took PostgreSQL the most time (planning tracked too).
@@ -266,6 +269,8 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         .position(|a| a == "--repeat")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(3);
+    // Without the warm round: the first burst a freshly started `serve` (and server) meets.
+    let cold = args.iter().any(|a| a == "--cold");
     let smtp = std::env::var("BENCH_SMTP_URL")
         .ok()
         .filter(|s| !s.is_empty());
@@ -273,6 +278,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     let cluster = journeyctl::pgtemp::TempCluster::start(journeyctl::pgtemp::Options {
         tls: false,
         stat_statements: true,
+        durable: true,
     })?;
     let url = format!("{}postgres", cluster.base_url);
     let out = tempfile::tempdir()?;
@@ -329,16 +335,18 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     );
     for run in 0..repeat {
         // Baseline: the same generator against the trivial server, warmed like `serve` below.
-        load(
-            &http,
-            &format!("{trivial_base}/api/public/cal/webhook"),
-            signed(
-                "BOOKING_REQUESTED",
-                &format!("basewarm{run}"),
-                2 * IN_FLIGHT,
-            ),
-        )
-        .await;
+        if !cold {
+            load(
+                &http,
+                &format!("{trivial_base}/api/public/cal/webhook"),
+                signed(
+                    "BOOKING_REQUESTED",
+                    &format!("basewarm{run}"),
+                    2 * IN_FLIGHT,
+                ),
+            )
+            .await;
+        }
         let b = load(
             &http,
             &format!("{trivial_base}/api/public/cal/webhook"),
@@ -379,12 +387,14 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         // first requested bookings (stored, nothing to send) taken, not counted. `serve` opens
         // its database connections before it listens; the first burst after a start is still
         // slower (this bench without this round: p99 52-54 ms in 2026-11).
-        load(
-            &http,
-            &format!("{base}/api/public/cal/webhook"),
-            signed("BOOKING_REQUESTED", &format!("warm{run}"), 2 * IN_FLIGHT),
-        )
-        .await;
+        if !cold {
+            load(
+                &http,
+                &format!("{base}/api/public/cal/webhook"),
+                signed("BOOKING_REQUESTED", &format!("warm{run}"), 2 * IN_FLIGHT),
+            )
+            .await;
+        }
         client
             .batch_execute("SELECT pg_stat_statements_reset()")
             .await?;

@@ -24,6 +24,10 @@ pub struct Options {
     pub tls: bool,
     /// Load pg_stat_statements when the module is installed.
     pub stat_statements: bool,
+    /// Commits wait for their WAL flush, as on a production server (`fsync`,
+    /// `synchronous_commit` and `full_page_writes` on): for benchmarks. Off, a throwaway
+    /// cluster skips the flushes (tests, the demo).
+    pub durable: bool,
 }
 
 /// Finds a PostgreSQL program on PATH or in `/usr/lib/postgresql/*/bin` (newest version).
@@ -177,6 +181,7 @@ impl TempCluster {
             socket_dir: &dir,
             tls,
             stat_statements,
+            durable: opts.durable,
         };
         let mut start = as_postgres(&pg_ctl, root);
         start
@@ -282,25 +287,30 @@ fn stat_statements_installed() -> anyhow::Result<bool> {
         .unwrap_or(false))
 }
 
-/// The server's command-line options (`pg_ctl -o`): loopback only, durability off.
+/// The server's command-line options (`pg_ctl -o`): loopback only, durability off unless
+/// asked for.
 struct ServerOptions<'a> {
     port: u16,
     /// Where the Unix socket goes: the cluster's own directory.
     socket_dir: &'a Path,
     tls: bool,
     stat_statements: bool,
+    durable: bool,
 }
 
 impl std::fmt::Display for ServerOptions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections={MAX_CONNECTIONS} -c ssl={}",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections={MAX_CONNECTIONS} \
+             -c ssl={}",
             self.port,
             self.socket_dir.display(),
             if self.tls { "on" } else { "off" }
         )?;
+        if !self.durable {
+            f.write_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off")?;
+        }
         if self.stat_statements {
             f.write_str(
                 " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all",

@@ -38,6 +38,7 @@ fn cluster() -> &'static Cluster {
             let c = journeyctl::pgtemp::TempCluster::start(journeyctl::pgtemp::Options {
                 tls: true,
                 stat_statements: true,
+                durable: false,
             })
             .unwrap_or_else(|e| panic!("{e:#}"));
             Cluster {

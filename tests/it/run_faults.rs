@@ -481,6 +481,7 @@ async fn losing_postgresql_mid_run_exits_2_with_the_summary_and_the_next_run_clo
     let cluster = journeyctl::pgtemp::TempCluster::start(journeyctl::pgtemp::Options {
         tls: false,
         stat_statements: false,
+        durable: false,
     })
     .unwrap();
     let url = format!("{}postgres", cluster.base_url);

@@ -131,6 +131,7 @@ fn throwaway_cluster() -> anyhow::Result<TempCluster> {
         Options {
             tls: false,
             stat_statements: false,
+            durable: false,
         },
     )?;
     eprintln!("demo: PostgreSQL is up");
