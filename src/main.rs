@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// mimalloc: a run allocates and frees small buffers for every message (rendering, the MIME
+// body, statements); this allocator spends less CPU on them than the system one (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // A panic's message may quote the data that caused it (a patient's name in a header):
     // say where it happened, never what it said.
