@@ -114,13 +114,32 @@ fn start_held_run(
     (child, lines)
 }
 
-fn sigterm(child: &Child) {
+/// Sends SIGTERM to a held run, waits until the run has taken it in (no new claims), lets the
+/// relay answer the held sends, and waits for the run: (exit code, stdout, rest of stderr).
+async fn sigterm_and_finish(
+    tr: &Transports,
+    child: Child,
+    mut lines: tokio::io::Lines<tokio::io::BufReader<ChildStderr>>,
+) -> (i32, String, String) {
     let pid = child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(killed.success());
+    read_until(&mut lines, "SIGTERM received").await;
+    tr.smtp.open_gate();
+    finish(child, lines).await
+}
+
+/// The next `reminder-24h` at `now`, which must succeed.
+async fn next_run(db: &TestDb, tr: &Transports, now: DateTime<Utc>) {
+    let out = tr
+        .apply_email_only(db.cmd())
+        .args(["--now", &now.to_rfc3339(), "reminder-24h"])
+        .run()
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,24 +149,15 @@ async fn sigterm_drains_in_flight_sends_records_them_and_exits_143_leaving_nothi
     let tr = Transports::start().await;
     let now = at("2026-03-09T15:00:00Z");
     reminders_due(&c, now, 20).await;
-    let (child, mut lines) = start_held_run(&db, &tr, now);
-    sigterm(&child);
-    // The run has taken the signal in (no new claims) before the held sends are answered.
-    read_until(&mut lines, "SIGTERM received").await;
-    tr.smtp.open_gate();
-    let (code, out, err) = finish(child, lines).await;
+    let (child, lines) = start_held_run(&db, &tr, now);
+    let (code, out, err) = sigterm_and_finish(&tr, child, lines).await;
     assert_eq!(code, 143, "{out}\n{err}");
     let st = statuses(&c).await;
     assert_eq!(st, vec!["sent"; 4], "{err}");
     assert_eq!(tr.emails().len(), 4);
     assert_eq!(runs(&c).await, vec![(true, Some("terminated".into()))]);
     // The 16 never claimed are due for the next run, which sends them.
-    let out = tr
-        .apply_email_only(db.cmd())
-        .args(["--now", &now.to_rfc3339(), "reminder-24h"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    next_run(&db, &tr, now).await;
     assert_eq!(tr.emails().len(), 20);
 }
 
@@ -159,24 +169,16 @@ async fn sigterm_gives_back_the_batch_claimed_ahead_and_the_next_run_sends_it() 
     let now = at("2026-03-09T15:00:00Z");
     // All at the same start: 150 minutes apart would leave the reminder's window.
     crate::support::due_for_reminder_24h(&c, "2026-03-09T15:00:00Z", 150, false).await;
-    let (child, mut lines) = start_held_run(&db, &tr, now);
+    let (child, lines) = start_held_run(&db, &tr, now);
     // Two batches of 64 claimed: the one being sent and the next.
     let what = "rows claimed while the first batch's sends were held";
     crate::support::wait_for_count(128, what, || crate::support::ledger_rows(&c)).await;
-    sigterm(&child);
-    read_until(&mut lines, "SIGTERM received").await;
-    tr.smtp.open_gate();
-    let (code, out, err) = finish(child, lines).await;
+    let (code, out, err) = sigterm_and_finish(&tr, child, lines).await;
     assert_eq!(code, 143, "{out}\n{err}");
     // The 4 held sends are recorded; every other claim, of either batch, is given back.
     assert_eq!(statuses(&c).await, vec!["sent"; 4], "{err}");
     assert!(out.contains("retry_scheduled=146"), "{out}");
-    let out = tr
-        .apply_email_only(db.cmd())
-        .args(["--now", &now.to_rfc3339(), "reminder-24h"])
-        .run()
-        .await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    next_run(&db, &tr, now).await;
     let mut to: Vec<String> = tr.emails().iter().map(|m| m.to[0].clone()).collect();
     to.sort();
     to.dedup();

@@ -293,6 +293,23 @@ async fn followups_with_something_to_tidy_tidies_the_ledger_once_for_all_stages(
     assert_eq!(linked, 1, "the walk-in is linked to its person");
 }
 
+/// `n` rows of the ledger that run `run` claimed and has not sent yet (24 h reminders of
+/// made-up bookings); their ids.
+async fn claimed_rows(c: &tokio_postgres::Client, run: uuid::Uuid, n: i32) -> Vec<uuid::Uuid> {
+    c.query(
+        "INSERT INTO journey_deliveries (booking_id, stage, channel, recipient_role, status,
+                                         attempts, run_id)
+         SELECT gen_random_uuid(), 'reminder_24h', 'email', 'patient', 'sending', 1, $1
+           FROM generate_series(1, $2) RETURNING id",
+        &[&run, &n],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 /// Blocks the send-started stamp read since the last reset of the statistics.
 async fn stamp_blocks(c: &tokio_postgres::Client) -> i64 {
     c.query_one(
@@ -319,28 +336,14 @@ async fn a_stamp_planned_on_an_empty_ledger_still_looks_its_rows_up_by_key_once_
         .unwrap();
     // A run's first batch claim on an empty ledger, and its first stamps, three messages at a
     // time: the stamp's one plan is made now, while the ledger is nearly empty.
-    let claim = |n: i32| {
-        format!(
-            "INSERT INTO journey_deliveries (booking_id, stage, channel, recipient_role, status,
-                                             attempts, run_id)
-             SELECT gen_random_uuid(), 'reminder_24h', 'email', 'patient', 'sending', 1, $1
-               FROM generate_series(1, {n}) RETURNING id"
-        )
-    };
     c.batch_execute("ANALYZE journey_deliveries").await.unwrap();
-    let first: Vec<uuid::Uuid> = c
-        .query(&claim(64), &[&run])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let first = claimed_rows(&c, run, 64).await;
     for three in first.chunks(3).take(10) {
         let stamped = session.stamp(three, run, false).await.unwrap();
         assert_eq!(stamped.len(), three.len());
     }
     // Then the ledger grows: 20,000 more rows this run claimed and has not sent yet.
-    c.query(&claim(20_000), &[&run]).await.unwrap();
+    claimed_rows(&c, run, 20_000).await;
     let ids: Vec<uuid::Uuid> = c
         .query(
             "SELECT id FROM journey_deliveries WHERE send_started_at IS NULL ORDER BY id LIMIT 3",
@@ -391,20 +394,8 @@ async fn recording_a_batch_of_outcomes_reads_only_its_own_rows_of_a_large_ledger
     let run = uuid::Uuid::new_v4();
     // A young ledger of 10,000 rows this run claimed (a run of 10,000 reminders makes one);
     // a batch of 64 of them is recorded.
-    let ids: Vec<uuid::Uuid> = c
-        .query(
-            "INSERT INTO journey_deliveries (booking_id, stage, channel, recipient_role, status,
-                                             attempts, run_id, send_started_at)
-             SELECT gen_random_uuid(), 'reminder_24h', 'email', 'patient', 'sending', 1, $1, now()
-               FROM generate_series(1, 10000) RETURNING id",
-            &[&run],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .take(64)
-        .map(|r| r.get(0))
-        .collect();
+    let mut ids = claimed_rows(&c, run, 10_000).await;
+    ids.truncate(64);
     c.batch_execute("ANALYZE journey_deliveries").await.unwrap();
     let outcomes: Vec<journeyctl::db::ledger::OwnedOutcome> = ids
         .iter()
